@@ -1,0 +1,362 @@
+//! AMF0: the value encoding of RTMP commands and FLV script data, with a decoder that is safe
+//! on hostile input.
+//!
+//! rml_amf0 recurses without a depth limit (a few bytes per nesting level overflow the stack)
+//! and trusts declared lengths, so Corriente decodes AMF0 itself: nesting is capped, every
+//! length is checked against the bytes actually present, and nothing is allocated ahead of the
+//! data that fills it. Work and memory are linear in the input, which the chunk decoder has
+//! already capped.
+
+use bytes::{BufMut, BytesMut};
+
+/// Deepest nesting of objects and arrays accepted. Real encoders use two or three levels.
+pub const MAX_DEPTH: usize = 16;
+
+/// One AMF0 value. Objects and ECMA arrays keep their property order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Amf0Value {
+    Number(f64),
+    Boolean(bool),
+    String(String),
+    Object(Vec<(String, Amf0Value)>),
+    Null,
+    Undefined,
+    EcmaArray(Vec<(String, Amf0Value)>),
+    StrictArray(Vec<Amf0Value>),
+    /// Milliseconds since the Unix epoch, and a time zone offset that encoders set to 0.
+    Date(f64, i16),
+}
+
+impl Amf0Value {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Amf0Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_number(&self) -> Option<f64> {
+        match self {
+            Amf0Value::Number(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// Properties of an object or ECMA array.
+    pub fn properties(&self) -> Option<&[(String, Amf0Value)]> {
+        match self {
+            Amf0Value::Object(p) | Amf0Value::EcmaArray(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Looks a property up in an object or ECMA array.
+    pub fn property(&self, name: &str) -> Option<&Amf0Value> {
+        self.properties()?
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// Shorthand for building an object from `(&str, value)` pairs.
+    pub fn object<const N: usize>(props: [(&str, Amf0Value); N]) -> Amf0Value {
+        Amf0Value::Object(props.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    }
+
+    pub fn string(s: impl Into<String>) -> Amf0Value {
+        Amf0Value::String(s.into())
+    }
+}
+
+/// Why an AMF0 payload was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Amf0Error {
+    #[error("AMF0 data ends in the middle of a value")]
+    Truncated,
+    #[error("AMF0 values nest deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("unsupported AMF0 type marker 0x{0:02x}")]
+    UnsupportedMarker(u8),
+    #[error("AMF0 object end marker outside an object")]
+    UnexpectedObjectEnd,
+}
+
+mod marker {
+    pub const NUMBER: u8 = 0x00;
+    pub const BOOLEAN: u8 = 0x01;
+    pub const STRING: u8 = 0x02;
+    pub const OBJECT: u8 = 0x03;
+    pub const NULL: u8 = 0x05;
+    pub const UNDEFINED: u8 = 0x06;
+    pub const ECMA_ARRAY: u8 = 0x08;
+    pub const OBJECT_END: u8 = 0x09;
+    pub const STRICT_ARRAY: u8 = 0x0a;
+    pub const DATE: u8 = 0x0b;
+    pub const LONG_STRING: u8 = 0x0c;
+    pub const UNSUPPORTED: u8 = 0x0d;
+    pub const XML_DOCUMENT: u8 = 0x0f;
+    pub const TYPED_OBJECT: u8 = 0x10;
+}
+
+/// Decodes every value in `bytes`.
+pub fn decode_all(bytes: &[u8]) -> Result<Vec<Amf0Value>, Amf0Error> {
+    let mut reader = Reader { bytes, pos: 0 };
+    let mut values = Vec::new();
+    while reader.pos < bytes.len() {
+        values.push(reader.value(0)?);
+    }
+    Ok(values)
+}
+
+/// Decodes the first value in `bytes` and returns it with the number of bytes it used.
+pub fn decode_one(bytes: &[u8]) -> Result<(Amf0Value, usize), Amf0Error> {
+    let mut reader = Reader { bytes, pos: 0 };
+    let value = reader.value(0)?;
+    Ok((value, reader.pos))
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], Amf0Error> {
+        let end = self.pos.checked_add(n).ok_or(Amf0Error::Truncated)?;
+        let slice = self.bytes.get(self.pos..end).ok_or(Amf0Error::Truncated)?;
+        self.pos = end;
+        Ok(slice)
+    }
+
+    fn u8(&mut self) -> Result<u8, Amf0Error> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, Amf0Error> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, Amf0Error> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn f64(&mut self) -> Result<f64, Amf0Error> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(f64::from_be_bytes(a))
+    }
+
+    fn utf8(&mut self, len: usize) -> Result<String, Amf0Error> {
+        Ok(String::from_utf8_lossy(self.take(len)?).into_owned())
+    }
+
+    fn short_string(&mut self) -> Result<String, Amf0Error> {
+        let len = self.u16()? as usize;
+        self.utf8(len)
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Amf0Value, Amf0Error> {
+        if depth > MAX_DEPTH {
+            return Err(Amf0Error::TooDeep);
+        }
+        let m = self.u8()?;
+        Ok(match m {
+            marker::NUMBER => Amf0Value::Number(self.f64()?),
+            marker::BOOLEAN => Amf0Value::Boolean(self.u8()? != 0),
+            marker::STRING => Amf0Value::String(self.short_string()?),
+            marker::OBJECT => Amf0Value::Object(self.properties(depth)?),
+            marker::TYPED_OBJECT => {
+                let _class_name = self.short_string()?;
+                Amf0Value::Object(self.properties(depth)?)
+            }
+            marker::NULL => Amf0Value::Null,
+            marker::UNDEFINED | marker::UNSUPPORTED => Amf0Value::Undefined,
+            marker::ECMA_ARRAY => {
+                // The count is a hint that encoders get wrong; the end marker is authoritative.
+                let _count = self.u32()?;
+                Amf0Value::EcmaArray(self.properties(depth)?)
+            }
+            marker::STRICT_ARRAY => {
+                let count = self.u32()? as usize;
+                // Every element takes at least one byte: never trust the count further than that.
+                let remaining = self.bytes.len() - self.pos;
+                if count > remaining {
+                    return Err(Amf0Error::Truncated);
+                }
+                let mut items = Vec::with_capacity(count);
+                for _ in 0..count {
+                    items.push(self.value(depth + 1)?);
+                }
+                Amf0Value::StrictArray(items)
+            }
+            marker::DATE => {
+                let ms = self.f64()?;
+                let tz = self.u16()? as i16;
+                Amf0Value::Date(ms, tz)
+            }
+            marker::LONG_STRING | marker::XML_DOCUMENT => {
+                let len = self.u32()? as usize;
+                Amf0Value::String(self.utf8(len)?)
+            }
+            marker::OBJECT_END => return Err(Amf0Error::UnexpectedObjectEnd),
+            other => return Err(Amf0Error::UnsupportedMarker(other)),
+        })
+    }
+
+    fn properties(&mut self, depth: usize) -> Result<Vec<(String, Amf0Value)>, Amf0Error> {
+        let mut props = Vec::new();
+        loop {
+            let key = self.short_string()?;
+            if key.is_empty() {
+                // An empty key followed by the end marker closes the object. Some encoders
+                // omit the marker at the very end of a message; accept that too.
+                if self.pos == self.bytes.len() {
+                    return Ok(props);
+                }
+                if self.bytes[self.pos] == marker::OBJECT_END {
+                    self.pos += 1;
+                    return Ok(props);
+                }
+            }
+            let value = self.value(depth + 1)?;
+            props.push((key, value));
+        }
+    }
+}
+
+/// Appends the AMF0 encoding of `value` to `out`.
+pub fn encode(value: &Amf0Value, out: &mut BytesMut) {
+    match value {
+        Amf0Value::Number(n) => {
+            out.put_u8(marker::NUMBER);
+            out.put_f64(*n);
+        }
+        Amf0Value::Boolean(b) => {
+            out.put_u8(marker::BOOLEAN);
+            out.put_u8(u8::from(*b));
+        }
+        Amf0Value::String(s) => {
+            if s.len() > u16::MAX as usize {
+                out.put_u8(marker::LONG_STRING);
+                out.put_u32(s.len() as u32);
+            } else {
+                out.put_u8(marker::STRING);
+                out.put_u16(s.len() as u16);
+            }
+            out.put_slice(s.as_bytes());
+        }
+        Amf0Value::Object(props) => {
+            out.put_u8(marker::OBJECT);
+            encode_properties(props, out);
+        }
+        Amf0Value::Null => out.put_u8(marker::NULL),
+        Amf0Value::Undefined => out.put_u8(marker::UNDEFINED),
+        Amf0Value::EcmaArray(props) => {
+            out.put_u8(marker::ECMA_ARRAY);
+            out.put_u32(props.len() as u32);
+            encode_properties(props, out);
+        }
+        Amf0Value::StrictArray(items) => {
+            out.put_u8(marker::STRICT_ARRAY);
+            out.put_u32(items.len() as u32);
+            for item in items {
+                encode(item, out);
+            }
+        }
+        Amf0Value::Date(ms, tz) => {
+            out.put_u8(marker::DATE);
+            out.put_f64(*ms);
+            out.put_i16(*tz);
+        }
+    }
+}
+
+fn encode_properties(props: &[(String, Amf0Value)], out: &mut BytesMut) {
+    for (key, value) in props {
+        let key = &key.as_bytes()[..key.len().min(u16::MAX as usize)];
+        out.put_u16(key.len() as u16);
+        out.put_slice(key);
+        encode(value, out);
+    }
+    out.put_u16(0);
+    out.put_u8(marker::OBJECT_END);
+}
+
+/// Encodes a sequence of values.
+pub fn encode_all(values: &[Amf0Value], out: &mut BytesMut) {
+    for value in values {
+        encode(value, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(values: Vec<Amf0Value>) {
+        let mut buf = BytesMut::new();
+        encode_all(&values, &mut buf);
+        assert_eq!(decode_all(&buf).unwrap(), values);
+    }
+
+    #[test]
+    fn roundtrips_every_type() {
+        roundtrip(vec![
+            Amf0Value::string("connect"),
+            Amf0Value::Number(1.0),
+            Amf0Value::object([
+                ("app", Amf0Value::string("live")),
+                ("fpad", Amf0Value::Boolean(false)),
+                ("nested", Amf0Value::object([("x", Amf0Value::Null)])),
+            ]),
+            Amf0Value::Undefined,
+            Amf0Value::EcmaArray(vec![("width".into(), Amf0Value::Number(1280.0))]),
+            Amf0Value::StrictArray(vec![Amf0Value::Number(1.0), Amf0Value::Boolean(true)]),
+            Amf0Value::Date(1.5e12, 0),
+        ]);
+    }
+
+    #[test]
+    fn refuses_deep_nesting_without_overflowing_the_stack() {
+        // 100 000 nested objects: a recursive decoder without a limit overflows the stack.
+        let mut bomb = Vec::new();
+        for _ in 0..100_000 {
+            bomb.extend_from_slice(&[marker::OBJECT, 0x00, 0x01, b'a']);
+        }
+        assert_eq!(decode_all(&bomb), Err(Amf0Error::TooDeep));
+        let mut arrays = Vec::new();
+        for _ in 0..100_000 {
+            arrays.extend_from_slice(&[marker::STRICT_ARRAY, 0, 0, 0, 1]);
+        }
+        assert_eq!(decode_all(&arrays), Err(Amf0Error::TooDeep));
+    }
+
+    #[test]
+    fn refuses_lying_lengths_without_allocating() {
+        // A strict array that claims four billion elements.
+        assert_eq!(
+            decode_all(&[marker::STRICT_ARRAY, 0xff, 0xff, 0xff, 0xff]),
+            Err(Amf0Error::Truncated)
+        );
+        // A long string that claims four gigabytes.
+        assert_eq!(
+            decode_all(&[marker::LONG_STRING, 0xff, 0xff, 0xff, 0xff, b'a']),
+            Err(Amf0Error::Truncated)
+        );
+        assert_eq!(decode_all(&[marker::STRING, 0x00]), Err(Amf0Error::Truncated));
+        assert_eq!(decode_all(&[0x42]), Err(Amf0Error::UnsupportedMarker(0x42)));
+        assert_eq!(decode_all(&[marker::OBJECT_END]), Err(Amf0Error::UnexpectedObjectEnd));
+    }
+
+    #[test]
+    fn accepts_objects_missing_their_final_end_marker() {
+        let bytes = [marker::OBJECT, 0x00, 0x01, b'a', marker::NULL, 0x00, 0x00];
+        assert_eq!(
+            decode_all(&bytes).unwrap(),
+            vec![Amf0Value::object([("a", Amf0Value::Null)])]
+        );
+    }
+}

@@ -1,0 +1,704 @@
+//! The stream hub: one per live stream on a node. It owns the fan-out of that stream.
+//!
+//! A single [`HubWriter`] (the publisher's connection at an origin, the relay pull at an edge)
+//! pushes frames in. The writer muxes each frame once per output format and coalesces frames
+//! into [`Batch`]es over a short window; each batch goes to every subscriber through a bounded
+//! broadcast ring as one shared `Arc`, so per subscriber there is one wake-up and one vectored
+//! write per batch, and never a copy of the payload. The hub also keeps what a newcomer needs
+//! to start at once: the configuration frames ([`Init`]) and the group of pictures since the
+//! last keyframe (or, for audio-only streams, a short recent window).
+//!
+//! Memory is bounded per stream (ring capacity × batch, plus the GOP cache), never per
+//! subscriber: a subscriber that falls behind loses its place in the ring and skips to the next
+//! keyframe (see [`crate::feed`]).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::feed::{Feed, LagPolicy, Segment};
+use crate::frame::{Frame, FrameKind, FrameRole};
+use crate::info::{MediaInfo, RateMeter, metadata_declares_video};
+use crate::key::StreamKey;
+use crate::metrics::Protocol;
+use crate::mux::{Outputs, mux_frame};
+
+/// How a hub batches, muxes and caches.
+#[derive(Debug, Clone, Copy)]
+pub struct HubConfig {
+    /// Frames that arrive within this window after the first pending one go out together.
+    /// Zero sends every frame at once. The dial between latency and writes per viewer.
+    pub coalesce_window: Duration,
+    /// A pending batch is sent early once it holds this many payload bytes.
+    pub coalesce_max_bytes: usize,
+    /// Formats muxed for subscribers.
+    pub outputs: Outputs,
+    /// Batches the broadcast ring keeps. A subscriber further behind skips to a keyframe.
+    pub ring_capacity: usize,
+    /// Largest GOP cached for newcomers. A longer GOP is not cached: newcomers wait for the
+    /// next keyframe instead of the node holding an unbounded GOP.
+    pub gop_max_bytes: usize,
+    /// How much recent audio an audio-only stream keeps for newcomers.
+    pub audio_window: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            coalesce_window: Duration::ZERO,
+            coalesce_max_bytes: 256 << 10,
+            outputs: Outputs::RAW,
+            ring_capacity: 256,
+            gop_max_bytes: 32 << 20,
+            audio_window: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Why a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The publisher stopped or disconnected.
+    Unpublished,
+    /// The node lost ownership of the stream (fenced by a newer epoch).
+    Fenced,
+    /// The node is shutting down.
+    Shutdown,
+    /// The upstream (origin relay) went away and the stream did not come back in time.
+    UpstreamLost,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Unpublished => "unpublished",
+            EndReason::Fenced => "fenced",
+            EndReason::Shutdown => "shutdown",
+            EndReason::UpstreamLost => "upstream_lost",
+        }
+    }
+}
+
+/// The configuration frames a viewer needs before any media, muxed once.
+#[derive(Debug, Default)]
+pub struct Init {
+    /// Grows on every change; subscribers compare it to know whether to resend.
+    pub version: u64,
+    pub metadata: Option<Frame>,
+    pub video_config: Option<Frame>,
+    pub audio_config: Option<Frame>,
+    /// FLV tags of the frames above.
+    pub flv: Bytes,
+    /// Pre-chunked RTMP messages of the frames above.
+    pub rtmp: Bytes,
+}
+
+impl Init {
+    /// The configuration frames, metadata first.
+    pub fn frames(&self) -> impl Iterator<Item = &Frame> {
+        [&self.metadata, &self.video_config, &self.audio_config]
+            .into_iter()
+            .flatten()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames().next().is_none()
+    }
+
+    fn with(&self, frame: &Frame, outputs: Outputs) -> Init {
+        let mut next = Init {
+            version: self.version + 1,
+            metadata: self.metadata.clone(),
+            video_config: self.video_config.clone(),
+            audio_config: self.audio_config.clone(),
+            ..Init::default()
+        };
+        match frame.role() {
+            FrameRole::Metadata => next.metadata = Some(frame.clone()),
+            FrameRole::VideoConfig => next.video_config = Some(frame.clone()),
+            FrameRole::AudioConfig => next.audio_config = Some(frame.clone()),
+            _ => {}
+        }
+        let (mut flv, mut rtmp) = (BytesMut::new(), BytesMut::new());
+        for f in next.frames() {
+            mux_frame(f, outputs, &mut flv, &mut rtmp);
+        }
+        next.flv = flv.freeze();
+        next.rtmp = rtmp.freeze();
+        next
+    }
+}
+
+/// Frames sent to subscribers together, with their muxed forms.
+#[derive(Debug)]
+pub struct Batch {
+    pub frames: Vec<Frame>,
+    /// FLV tags of all frames, back to back.
+    pub flv: Bytes,
+    /// Pre-chunked RTMP messages of all frames, back to back.
+    pub rtmp: Bytes,
+    /// Start of each frame in `flv` and `rtmp`.
+    offsets: Vec<(u32, u32)>,
+    /// Indexes of frames where a viewer may start (keyframes; any audio frame of an
+    /// audio-only stream).
+    sync_points: Vec<u32>,
+    /// Configuration in effect for the media frames of this batch. Configuration frames only
+    /// ever lead a batch, so this holds for all of them.
+    pub init: Arc<Init>,
+    /// When the batch was sent.
+    pub sent_at: Instant,
+}
+
+impl Batch {
+    /// First frame where a viewer may start, if any.
+    pub fn first_sync_point(&self) -> Option<usize> {
+        self.sync_points.first().map(|i| *i as usize)
+    }
+
+    fn last_sync_point(&self) -> Option<usize> {
+        self.sync_points.last().map(|i| *i as usize)
+    }
+
+    /// FLV tags from frame `from` on.
+    pub fn flv_from(&self, from: usize) -> Bytes {
+        match self.offsets.get(from) {
+            Some((flv, _)) => self.flv.slice(*flv as usize..),
+            None => Bytes::new(),
+        }
+    }
+
+    /// RTMP messages from frame `from` on.
+    pub fn rtmp_from(&self, from: usize) -> Bytes {
+        match self.offsets.get(from) {
+            Some((_, rtmp)) => self.rtmp.slice(*rtmp as usize..),
+            None => Bytes::new(),
+        }
+    }
+
+    /// Payload bytes of frames from `from` on.
+    pub fn payload_bytes_from(&self, from: usize) -> usize {
+        self.frames.iter().skip(from).map(|f| f.payload.len()).sum()
+    }
+}
+
+/// A snapshot of a hub for stats.
+#[derive(Debug, Clone, Serialize)]
+pub struct HubStats {
+    pub key: StreamKey,
+    pub media: MediaInfo,
+    pub subscribers: usize,
+    pub frames_in: u64,
+    pub bytes_in: u64,
+    /// Unix milliseconds.
+    pub started_at_ms: u64,
+    pub gop_frames: usize,
+}
+
+/// The hub is gone: its stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stream ended ({})", .0.as_str())]
+pub struct Ended(pub EndReason);
+
+struct GopEntry {
+    batch: Arc<Batch>,
+    from: usize,
+}
+
+struct State {
+    init: Arc<Init>,
+    gop: VecDeque<GopEntry>,
+    gop_bytes: usize,
+    media: MediaInfo,
+    has_video: bool,
+    has_audio: bool,
+    /// `None` once the stream has ended.
+    tx: Option<broadcast::Sender<Arc<Batch>>>,
+    end: Option<EndReason>,
+}
+
+pub(crate) struct Shared {
+    key: StreamKey,
+    config: HubConfig,
+    state: Mutex<State>,
+    subscribers: AtomicUsize,
+    frames_in: AtomicU64,
+    bytes_in: AtomicU64,
+    started_at_ms: u64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data (every update is a plain
+        // assignment), so a poisoned lock is still safe to use.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn end_reason(&self) -> Option<EndReason> {
+        self.lock().end
+    }
+
+    pub(crate) fn subscriber_left(&self) {
+        self.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A handle on a live stream's hub, for subscribing and stats. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("key", &self.shared.key).finish()
+    }
+}
+
+/// The hub with its single writer.
+pub fn spawn_hub(key: StreamKey, config: HubConfig) -> (Hub, HubWriter) {
+    let (tx, _) = broadcast::channel(config.ring_capacity.max(1));
+    let shared = Arc::new(Shared {
+        key,
+        config,
+        state: Mutex::new(State {
+            init: Arc::new(Init::default()),
+            gop: VecDeque::new(),
+            gop_bytes: 0,
+            media: MediaInfo::default(),
+            has_video: false,
+            has_audio: false,
+            tx: Some(tx),
+            end: None,
+        }),
+        subscribers: AtomicUsize::new(0),
+        frames_in: AtomicU64::new(0),
+        bytes_in: AtomicU64::new(0),
+        started_at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    });
+    let writer = HubWriter {
+        shared: shared.clone(),
+        init: Arc::new(Init::default()),
+        pending: Pending::default(),
+        deadline: None,
+        has_video: false,
+        rate: RateMeter::new(Duration::from_secs(2)),
+        finished: false,
+    };
+    (Hub { shared }, writer)
+}
+
+/// What a new subscriber starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackFlags {
+    pub has_audio: bool,
+    pub has_video: bool,
+}
+
+impl Hub {
+    pub fn key(&self) -> &StreamKey {
+        &self.shared.key
+    }
+
+    /// Subscribes: the feed starts with the configuration frames and the cached GOP, then
+    /// continues live with no gap and no duplicate.
+    pub fn subscribe(&self, policy: LagPolicy, protocol: Protocol) -> Result<Feed, Ended> {
+        let state = self.shared.lock();
+        let Some(tx) = &state.tx else {
+            return Err(Ended(state.end.unwrap_or(EndReason::Unpublished)));
+        };
+        let rx = tx.subscribe();
+        let mut prelude = Vec::with_capacity(state.gop.len() + 1);
+        if !state.init.is_empty() {
+            prelude.push(Segment::Init(state.init.clone()));
+        }
+        for entry in &state.gop {
+            prelude.push(Segment::Batch {
+                batch: entry.batch.clone(),
+                from: entry.from,
+            });
+        }
+        let tracks = TrackFlags {
+            has_audio: state.has_audio,
+            has_video: state.has_video,
+        };
+        let init_version = state.init.version;
+        drop(state);
+        self.shared.subscribers.fetch_add(1, Ordering::Relaxed);
+        Ok(Feed::new(
+            self.shared.clone(),
+            rx,
+            prelude,
+            init_version,
+            tracks,
+            policy,
+            protocol,
+        ))
+    }
+
+    /// Number of feeds currently open.
+    pub fn subscribers(&self) -> usize {
+        self.shared.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// Why the stream ended, once it has.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        self.shared.end_reason()
+    }
+
+    pub fn media(&self) -> MediaInfo {
+        self.shared.lock().media.clone()
+    }
+
+    pub fn stats(&self) -> HubStats {
+        let state = self.shared.lock();
+        HubStats {
+            key: self.shared.key.clone(),
+            media: state.media.clone(),
+            subscribers: self.subscribers(),
+            frames_in: self.shared.frames_in.load(Ordering::Relaxed),
+            bytes_in: self.shared.bytes_in.load(Ordering::Relaxed),
+            started_at_ms: self.shared.started_at_ms,
+            gop_frames: state
+                .gop
+                .iter()
+                .map(|e| e.batch.frames.len() - e.from)
+                .sum(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    frames: Vec<Frame>,
+    flv: BytesMut,
+    rtmp: BytesMut,
+    offsets: Vec<(u32, u32)>,
+    sync_points: Vec<u32>,
+    payload_bytes: usize,
+}
+
+impl Pending {
+    fn has_media(&self) -> bool {
+        self.frames.iter().any(|f| !f.is_config())
+    }
+}
+
+/// The single producer of a hub. Dropping it ends the stream as unpublished.
+pub struct HubWriter {
+    shared: Arc<Shared>,
+    init: Arc<Init>,
+    pending: Pending,
+    deadline: Option<Instant>,
+    has_video: bool,
+    rate: RateMeter,
+    finished: bool,
+}
+
+impl HubWriter {
+    pub fn hub(&self) -> Hub {
+        Hub {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Adds a frame. It goes out at once when the coalescing window is zero, otherwise when
+    /// the window closes (see [`Self::flush_due`]) or the batch is full.
+    pub fn push(&mut self, frame: Frame) {
+        let outputs = self.shared.config.outputs;
+        self.shared.frames_in.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .bytes_in
+            .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
+        self.rate.add(frame.payload.len());
+
+        if frame.is_config() {
+            // Configuration only ever leads a batch, so `Batch::init` holds for all its media.
+            if self.pending.has_media() {
+                self.flush();
+            }
+            if frame.role() == FrameRole::Metadata
+                && let Some(declares_video) = metadata_declares_video(&frame.payload)
+            {
+                self.has_video |= declares_video;
+            }
+            self.init = Arc::new(self.init.with(&frame, outputs));
+        }
+        if frame.kind == FrameKind::Video && !frame.is_config() {
+            self.has_video = true;
+        }
+        let sync = match frame.role() {
+            FrameRole::Keyframe => true,
+            FrameRole::Audio => !self.has_video,
+            _ => false,
+        };
+        let p = &mut self.pending;
+        p.offsets.push((p.flv.len() as u32, p.rtmp.len() as u32));
+        if sync {
+            p.sync_points.push(p.frames.len() as u32);
+        }
+        mux_frame(&frame, outputs, &mut p.flv, &mut p.rtmp);
+        p.payload_bytes += frame.payload.len();
+        p.frames.push(frame);
+
+        let window = self.shared.config.coalesce_window;
+        if window.is_zero() || p.payload_bytes >= self.shared.config.coalesce_max_bytes {
+            self.flush();
+        } else if self.deadline.is_none() {
+            self.deadline = Some(Instant::now() + window);
+        }
+    }
+
+    /// When the pending batch must go out, if there is one.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Waits for the coalescing window to close, then sends the pending batch. Never
+    /// completes while nothing is pending, so it sits in a `select!` next to the input.
+    pub async fn flush_due(&mut self) {
+        match self.deadline {
+            Some(deadline) => {
+                tokio::time::sleep_until(deadline).await;
+                self.flush();
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Sends the pending batch now.
+    pub fn flush(&mut self) {
+        self.deadline = None;
+        if self.pending.frames.is_empty() {
+            return;
+        }
+        let p = std::mem::take(&mut self.pending);
+        let batch = Arc::new(Batch {
+            frames: p.frames,
+            flv: p.flv.freeze(),
+            rtmp: p.rtmp.freeze(),
+            offsets: p.offsets,
+            sync_points: p.sync_points,
+            init: self.init.clone(),
+            sent_at: Instant::now(),
+        });
+        let config = self.shared.config;
+        let mut state = self.shared.lock();
+        for frame in &batch.frames {
+            state.media.observe(frame);
+            match frame.kind {
+                FrameKind::Audio => state.has_audio = true,
+                FrameKind::Video if !frame.is_config() => state.has_video = true,
+                _ => {}
+            }
+        }
+        state.has_video |= self.has_video;
+        state.media.bitrate_bps = self.rate.bps();
+        state.init = self.init.clone();
+        update_gop(&mut state, &batch, self.has_video, &config);
+        if let Some(tx) = &state.tx {
+            // No receivers is fine: the batch still went into the GOP cache.
+            let _ = tx.send(batch);
+        }
+    }
+
+    /// Flushes and ends the stream; subscribers drain what they have, then see `reason`.
+    pub fn finish(mut self, reason: EndReason) {
+        self.end(reason);
+    }
+
+    fn end(&mut self, reason: EndReason) {
+        if self.finished {
+            return;
+        }
+        self.flush();
+        self.finished = true;
+        let mut state = self.shared.lock();
+        state.end = Some(reason);
+        state.tx = None;
+        state.gop.clear();
+    }
+}
+
+impl Drop for HubWriter {
+    fn drop(&mut self) {
+        self.end(EndReason::Unpublished);
+    }
+}
+
+fn update_gop(state: &mut State, batch: &Arc<Batch>, has_video: bool, config: &HubConfig) {
+    let bytes = |entry: &GopEntry| entry.batch.payload_bytes_from(entry.from);
+    if has_video {
+        if let Some(k) = batch.last_sync_point() {
+            state.gop.clear();
+            state.gop_bytes = 0;
+            let entry = GopEntry {
+                batch: batch.clone(),
+                from: k,
+            };
+            state.gop_bytes = bytes(&entry);
+            state.gop.push_back(entry);
+        } else if !state.gop.is_empty() {
+            let entry = GopEntry {
+                batch: batch.clone(),
+                from: 0,
+            };
+            state.gop_bytes += bytes(&entry);
+            state.gop.push_back(entry);
+        }
+        if state.gop_bytes > config.gop_max_bytes {
+            // Far too long a GOP: stop caching it rather than hold it all.
+            state.gop.clear();
+            state.gop_bytes = 0;
+        }
+    } else {
+        // Audio only: keep a short recent window, starting on a frame boundary.
+        let from = batch.first_sync_point().unwrap_or(batch.frames.len());
+        if from < batch.frames.len() {
+            let entry = GopEntry {
+                batch: batch.clone(),
+                from,
+            };
+            state.gop_bytes += bytes(&entry);
+            state.gop.push_back(entry);
+        }
+        let newest = batch.frames.last().map_or(0, |f| f.timestamp);
+        let window = config.audio_window.as_millis() as u32;
+        while let Some(front) = state.gop.front() {
+            let oldest = front.batch.frames.last().map_or(0, |f| f.timestamp);
+            if state.gop.len() > 1 && newest.wrapping_sub(oldest) > window {
+                let removed = state.gop.pop_front().map_or(0, |e| bytes(&e));
+                state.gop_bytes -= removed;
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::{FutureExt, StreamExt};
+
+    use super::*;
+
+    pub(crate) fn video(ts: u32, key: bool) -> Frame {
+        let first = if key { 0x17 } else { 0x27 };
+        Frame::new(FrameKind::Video, ts, Bytes::from(vec![first, 1, 0, 0, 0, 9, 9]), 0)
+    }
+
+    pub(crate) fn audio(ts: u32) -> Frame {
+        Frame::new(FrameKind::Audio, ts, Bytes::from_static(&[0xaf, 1, 5, 5]), 0)
+    }
+
+    pub(crate) fn config() -> [Frame; 2] {
+        [
+            Frame::new(FrameKind::Video, 0, Bytes::from_static(&[0x17, 0, 0, 0, 0, 1]), 0),
+            Frame::new(FrameKind::Audio, 0, Bytes::from_static(&[0xaf, 0, 0x12, 0x10]), 0),
+        ]
+    }
+
+    fn frames_of(segments: &[Segment]) -> Vec<(FrameKind, u32)> {
+        let mut out = Vec::new();
+        for s in segments {
+            match s {
+                Segment::Init(init) => out.extend(init.frames().map(|f| (f.kind, u32::MAX))),
+                Segment::Batch { batch, from } => {
+                    out.extend(batch.frames[*from..].iter().map(|f| (f.kind, f.timestamp)))
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn newcomers_start_with_config_and_the_gop_from_its_keyframe() {
+        let (hub, mut writer) = spawn_hub(StreamKey::new("live", "a").unwrap(), HubConfig::default());
+        for f in config() {
+            writer.push(f);
+        }
+        writer.push(video(0, true));
+        writer.push(video(33, false));
+        writer.push(video(66, true));
+        writer.push(audio(70));
+        writer.push(video(100, false));
+        let mut feed = hub.subscribe(LagPolicy::default(), Protocol::HttpFlv).unwrap();
+        assert_eq!(feed.tracks(), TrackFlags { has_audio: true, has_video: true });
+        let mut got = Vec::new();
+        while let Some(Some(s)) = feed.next().now_or_never() {
+            got.push(s);
+        }
+        assert_eq!(
+            frames_of(&got),
+            vec![
+                (FrameKind::Video, u32::MAX),
+                (FrameKind::Audio, u32::MAX),
+                (FrameKind::Video, 66),
+                (FrameKind::Audio, 70),
+                (FrameKind::Video, 100),
+            ]
+        );
+        writer.push(video(133, false));
+        let live = feed.next().await.unwrap();
+        assert_eq!(frames_of(&[live]), vec![(FrameKind::Video, 133)]);
+        writer.finish(EndReason::Unpublished);
+        assert!(feed.next().await.is_none());
+        assert_eq!(feed.end(), Some(crate::feed::FeedEnd::Ended(EndReason::Unpublished)));
+        assert!(hub.subscribe(LagPolicy::default(), Protocol::HttpFlv).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn coalesces_frames_within_the_window() {
+        let config = HubConfig {
+            coalesce_window: Duration::from_millis(20),
+            outputs: Outputs::viewers(4096),
+            ..HubConfig::default()
+        };
+        let (hub, mut writer) = spawn_hub(StreamKey::new("live", "a").unwrap(), config);
+        let mut feed = hub.subscribe(LagPolicy::default(), Protocol::HttpFlv).unwrap();
+        writer.push(video(0, true));
+        writer.push(audio(5));
+        assert!(writer.deadline().is_some());
+        writer.flush_due().await;
+        match feed.next().await.unwrap() {
+            Segment::Batch { batch, from: 0 } => {
+                assert_eq!(batch.frames.len(), 2);
+                assert_eq!(batch.first_sync_point(), Some(0));
+                // The FLV output is the two tags back to back; the second starts after the first.
+                assert_eq!(batch.flv.len(), (11 + 7 + 4) + (11 + 4 + 4));
+                assert_eq!(batch.flv_from(1).len(), 11 + 4 + 4);
+                assert_eq!(batch.rtmp_from(1).len(), 12 + 4);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn audio_only_streams_start_at_once_with_a_short_window() {
+        let (hub, mut writer) = spawn_hub(StreamKey::new("radio", "a").unwrap(), HubConfig::default());
+        writer.push(config()[1].clone());
+        for i in 0..100 {
+            writer.push(audio(i * 23));
+        }
+        let mut feed = hub.subscribe(LagPolicy::default(), Protocol::HttpFlv).unwrap();
+        assert_eq!(feed.tracks(), TrackFlags { has_audio: true, has_video: false });
+        let mut got = Vec::new();
+        while let Some(Some(s)) = feed.next().now_or_never() {
+            got.push(s);
+        }
+        let frames = frames_of(&got);
+        assert_eq!(frames[0], (FrameKind::Audio, u32::MAX), "config first");
+        let first_ts = frames[1].1;
+        assert!(first_ts >= 99 * 23 - 550 && first_ts < 99 * 23, "window starts at {first_ts}");
+    }
+
+}
