@@ -1,1 +1,207 @@
-fn main() {}
+//! The `corriente` binary: parses the command line and runs one role, or all of them.
+
+mod admin;
+mod cli;
+mod logging;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use corriente_control_plane::ControlPlane;
+use corriente_edge::Edge;
+use corriente_origin::Origin;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::admin::Admin;
+use crate::cli::{AllArgs, Cli, Command, CommonArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let common = match &cli.command {
+        None => &cli.all.common,
+        Some(Command::All(a)) => &a.common,
+        Some(Command::Origin(a)) => &a.common,
+        Some(Command::Edge(a)) => &a.common,
+        Some(Command::ControlPlane(a)) => &a.common,
+    };
+    logging::init(common.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels the returned token on SIGINT or SIGTERM; a second signal exits at once.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down: draining connections (signal again to stop at once)");
+        cancel.cancel();
+        wait_for_signal().await;
+        error!("second signal: stopping now");
+        std::process::exit(130);
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn check_only(common: &CommonArgs, config: &dyn std::fmt::Debug) -> bool {
+    if common.check_config {
+        println!("configuration OK\n{config:#?}");
+    }
+    common.check_config
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => run_all(cli.all).await,
+        Some(Command::All(args)) => run_all(args).await,
+        Some(Command::Origin(args)) => {
+            let config = args.config().map_err(anyhow::Error::msg)?;
+            if check_only(&args.common, &config) {
+                return Ok(());
+            }
+            let shutdown = shutdown_on_signals();
+            let origin = Origin::bind(config).await?;
+            let admin = bind_admin(&args.common, 9090, vec![("origin", origin.health())], origin.admin_routes()).await?;
+            let admin_stop = CancellationToken::new();
+            let admin_task = tokio::spawn(admin.serve(admin_stop.clone()));
+            let result = origin.serve(shutdown).await;
+            admin_stop.cancel();
+            let _ = admin_task.await;
+            Ok(result?)
+        }
+        Some(Command::Edge(args)) => {
+            let config = args.config().map_err(anyhow::Error::msg)?;
+            if check_only(&args.common, &config) {
+                return Ok(());
+            }
+            let shutdown = shutdown_on_signals();
+            let edge = Edge::bind(config).await?;
+            let admin = bind_admin(&args.common, 9090, vec![("edge", edge.health())], edge.admin_routes()).await?;
+            let admin_stop = CancellationToken::new();
+            let admin_task = tokio::spawn(admin.serve(admin_stop.clone()));
+            let result = edge.serve(shutdown).await;
+            admin_stop.cancel();
+            let _ = admin_task.await;
+            Ok(result?)
+        }
+        Some(Command::ControlPlane(args)) => {
+            let config = args.config().map_err(anyhow::Error::msg)?;
+            if check_only(&args.common, &config) {
+                return Ok(());
+            }
+            let shutdown = shutdown_on_signals();
+            let control = ControlPlane::bind(config).await?;
+            let admin = bind_admin(&args.common, 9090, vec![], control.admin_routes()).await?;
+            let admin_task = tokio::spawn(admin.serve(shutdown.clone()));
+            let result = control.serve(shutdown).await;
+            let _ = admin_task.await;
+            Ok(result?)
+        }
+    }
+}
+
+async fn bind_admin(
+    common: &CommonArgs,
+    default_port: u16,
+    components: Vec<(&'static str, corriente_control_plane::Health)>,
+    routes: axum::Router,
+) -> anyhow::Result<Admin> {
+    let addr = common
+        .admin
+        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], default_port)));
+    Admin::bind(addr, components, routes).await
+}
+
+/// Control plane, origin and edge in one process, wired over loopback gRPC.
+async fn run_all(args: AllArgs) -> anyhow::Result<()> {
+    let mut config = args.config().map_err(anyhow::Error::msg)?;
+    if check_only(&args.common, &(&config.control, &config.origin, &config.edge)) {
+        return Ok(());
+    }
+    let shutdown = shutdown_on_signals();
+    let control = ControlPlane::bind(config.control.clone()).await?;
+    let control_url = format!("http://{}", control.local_addr());
+    config.origin.control_url = control_url.clone();
+    config.edge.control_url = control_url;
+    let origin = Origin::bind(config.origin).await?;
+    let edge = Edge::bind(config.edge).await?;
+    let routes = control
+        .admin_routes()
+        .merge(origin.admin_routes())
+        .merge(edge.admin_routes());
+    let admin = Admin::bind(
+        args.admin(),
+        vec![("origin", origin.health()), ("edge", edge.health())],
+        routes,
+    )
+    .await?;
+    print_banner(origin.rtmp_addr(), edge.rtmp_addr(), edge.http_addr(), admin.local_addr());
+
+    // The control plane and admin server outlive the roles, so origins can release their
+    // streams while draining.
+    let last = CancellationToken::new();
+    let control_task = tokio::spawn(control.serve(last.clone()));
+    let admin_task = tokio::spawn(admin.serve(last.clone()));
+    let (origin_result, edge_result) = tokio::join!(
+        origin.serve(shutdown.clone()),
+        edge.serve(shutdown.clone())
+    );
+    last.cancel();
+    let control_result = control_task.await.context("control plane task")?;
+    let _ = admin_task.await;
+    origin_result?;
+    edge_result?;
+    control_result?;
+    Ok(())
+}
+
+fn print_banner(
+    ingest: std::net::SocketAddr,
+    rtmp: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+) {
+    println!(
+        "\nCorriente {version} is running: control plane, origin and edge in one process.\n\n\
+         \x20 Publish   rtmp://{ingest}/live/STREAM\n\
+         \x20           (OBS: Server rtmp://{ingest}/live, Stream key: any name, e.g. test)\n\
+         \x20           ffmpeg -re -i input.mp4 -c:v libx264 -c:a aac -f flv rtmp://{ingest}/live/test\n\
+         \x20 Watch     rtmp://{rtmp}/live/test\n\
+         \x20           http://{http}/live/test.flv\n\
+         \x20           ffplay http://{http}/live/test.flv\n\
+         \x20 Operate   http://{admin}/metrics  /healthz  /readyz  /api/v1/cluster/streams\n\n\
+         Stop with Ctrl-C.\n",
+        version = env!("CARGO_PKG_VERSION"),
+    );
+}

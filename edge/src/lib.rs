@@ -1,1 +1,302 @@
-//! placeholder
+//! Corriente's edge role: serves viewers over RTMP and HTTP-FLV. On a stream's first viewer it
+//! looks the stream up in the control plane, pulls it once from the owning origin over the
+//! relay, and fans it out to every local viewer from one hub.
+//!
+//! The edge never imports the origin: they meet only through the relay and control APIs.
+
+mod http;
+mod metrics;
+mod pulls;
+mod rtmp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::{Json, Router};
+use corriente_control_plane::{
+    ControlClient, ControlError, Health, Member, NodeLoad, NodeRecord, NodeRole, run_membership,
+};
+use corriente_media::frame::unix_micros;
+use corriente_media::net::accept_loop;
+use corriente_media::rtmp::SessionConfig;
+use corriente_media::{HubConfig, LagPolicy};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use crate::pulls::PullConfig;
+use crate::pulls::Pulls;
+
+/// Settings of an edge.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// RTMP playback listen address.
+    pub rtmp_addr: SocketAddr,
+    /// HTTP playback (HTTP-FLV) listen address.
+    pub http_addr: SocketAddr,
+    /// Control plane URL (`http://HOST:PORT`).
+    pub control_url: String,
+    /// This node's id in the cluster.
+    pub node_id: String,
+    /// Admin address, for the node record.
+    pub admin_addr: String,
+    /// RTMP session settings; its chunk size is also the chunk size of the shared media.
+    pub session: SessionConfig,
+    /// Deadline for the RTMP handshake and the `play` request, and for HTTP request headers.
+    pub handshake_timeout: Duration,
+    /// A viewer whose socket accepts nothing for this long is disconnected.
+    pub write_timeout: Duration,
+    /// Most simultaneous connections per listener.
+    pub max_connections: usize,
+    /// When a viewer that keeps falling behind is disconnected.
+    pub viewer_lag: LagPolicy,
+    /// Relay pull settings (hub, linger, failover grace).
+    pub pull: PullConfig,
+    /// How long shutdown waits for viewers to be ended.
+    pub drain_timeout: Duration,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        let session = SessionConfig::default();
+        Self {
+            rtmp_addr: SocketAddr::from(([0, 0, 0, 0], 1935)),
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            control_url: "http://127.0.0.1:50051".to_owned(),
+            node_id: "edge".to_owned(),
+            admin_addr: String::new(),
+            session,
+            handshake_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            max_connections: 20_000,
+            viewer_lag: LagPolicy::default(),
+            pull: PullConfig {
+                hub: HubConfig {
+                    coalesce_window: Duration::from_millis(10),
+                    outputs: corriente_media::mux::Outputs::viewers(session.chunk_size),
+                    ..HubConfig::default()
+                },
+                linger: Duration::from_secs(5),
+                resolve_timeout: Duration::from_secs(5),
+                upstream_grace: Duration::from_secs(10),
+                upstream_stall: Duration::from_secs(4),
+                node_id: "edge".to_owned(),
+            },
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why an edge could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Control(#[from] ControlError),
+}
+
+/// What every connection of this edge shares.
+pub(crate) struct EdgeContext {
+    pub(crate) config: EdgeConfig,
+    pub(crate) pulls: Arc<Pulls>,
+    /// Cancelled when the edge starts draining: new viewers are refused.
+    pub(crate) draining: CancellationToken,
+    /// Cancelled when viewers must be ended.
+    pub(crate) shutdown: CancellationToken,
+    rtmp_local: SocketAddr,
+    http_local: SocketAddr,
+    started_at_ms: u64,
+    health: Health,
+}
+
+impl Member for EdgeContext {
+    fn node(&self) -> NodeRecord {
+        let hubs = self.pulls.active();
+        let viewers: Vec<_> = hubs
+            .iter()
+            .map(|hub| (hub.key().clone(), hub.subscribers() as u32))
+            .collect();
+        NodeRecord {
+            id: self.config.node_id.clone(),
+            role: NodeRole::Edge,
+            relay_addr: String::new(),
+            rtmp_addr: self.rtmp_local.to_string(),
+            http_addr: self.http_local.to_string(),
+            admin_addr: self.config.admin_addr.clone(),
+            load: NodeLoad {
+                streams: hubs.len() as u32,
+                viewers: viewers.iter().map(|(_, v)| v).sum(),
+                ingress_bps: hubs.iter().map(|h| h.media().bitrate_bps).sum(),
+                egress_bps: 0,
+            },
+            viewers,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at_ms: self.started_at_ms,
+            ready: !self.health.is_draining(),
+        }
+    }
+}
+
+/// A bound, not yet serving, edge.
+pub struct Edge {
+    rtmp: TcpListener,
+    http: TcpListener,
+    ctx: Arc<EdgeContext>,
+    control: ControlClient,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, EdgeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| EdgeError::Bind { what, addr, source })
+}
+
+impl Edge {
+    /// Binds the RTMP and HTTP ports.
+    pub async fn bind(mut config: EdgeConfig) -> Result<Self, EdgeError> {
+        let control = ControlClient::new(&config.control_url)?;
+        let rtmp = bind("RTMP playback", config.rtmp_addr).await?;
+        let http = bind("HTTP playback", config.http_addr).await?;
+        config.pull.node_id = config.node_id.clone();
+        config.pull.hub.outputs.rtmp_chunk_size = config.session.chunk_size;
+        let shutdown = CancellationToken::new();
+        let pulls = Pulls::new(control.clone(), config.pull.clone(), shutdown.clone());
+        let ctx = Arc::new(EdgeContext {
+            rtmp_local: rtmp.local_addr().unwrap_or(config.rtmp_addr),
+            http_local: http.local_addr().unwrap_or(config.http_addr),
+            config,
+            pulls,
+            draining: CancellationToken::new(),
+            shutdown,
+            started_at_ms: unix_micros() / 1000,
+            health: Health::default(),
+        });
+        Ok(Self {
+            rtmp,
+            http,
+            ctx,
+            control,
+        })
+    }
+
+    pub fn rtmp_addr(&self) -> SocketAddr {
+        self.ctx.rtmp_local
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.ctx.http_local
+    }
+
+    /// Readiness of this edge (control plane reachable, not draining).
+    pub fn health(&self) -> Health {
+        self.ctx.health.clone()
+    }
+
+    /// Admin routes: the streams pulled here and their viewers.
+    pub fn admin_routes(&self) -> Router {
+        let ctx = self.ctx.clone();
+        Router::new().route(
+            "/api/v1/edge/streams",
+            get(move || async move {
+                let streams: Vec<serde_json::Value> = ctx
+                    .pulls
+                    .active()
+                    .into_iter()
+                    .map(|hub| {
+                        let stats = hub.stats();
+                        serde_json::json!({
+                            "key": stats.key.to_string(),
+                            "app": stats.key.app(),
+                            "name": stats.key.name(),
+                            "media": stats.media,
+                            "viewers": stats.subscribers,
+                            "frames_in": stats.frames_in,
+                            "bytes_in": stats.bytes_in,
+                        })
+                    })
+                    .collect();
+                Json(serde_json::json!({ "node": ctx.config.node_id, "streams": streams }))
+            }),
+        )
+    }
+
+    /// Serves until `shutdown`, then drains: new viewers are refused, the node reports not
+    /// ready, and the viewers still connected get a clean end within the drain deadline.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), EdgeError> {
+        let Edge {
+            rtmp,
+            http,
+            ctx,
+            control,
+        } = self;
+        info!(listener = "edge-rtmp", addr = %ctx.rtmp_local, "listening");
+        info!(listener = "edge-http", addr = %ctx.http_local, "listening");
+        let membership_stop = CancellationToken::new();
+        tokio::spawn(run_membership(
+            control,
+            ctx.clone(),
+            ctx.health.clone(),
+            membership_stop.clone(),
+        ));
+
+        let tracker = TaskTracker::new();
+        let rtmp_ctx = ctx.clone();
+        let rtmp_loop = accept_loop(
+            "edge-rtmp",
+            rtmp,
+            ctx.config.max_connections,
+            shutdown.clone(),
+            tracker.clone(),
+            move |stream, peer| {
+                rtmp::serve_viewer(rtmp_ctx.clone(), stream, peer, rtmp_ctx.shutdown.clone())
+            },
+        );
+        let http_ctx = ctx.clone();
+        let router = http::router(ctx.clone());
+        let http_loop = accept_loop(
+            "edge-http",
+            http,
+            ctx.config.max_connections,
+            shutdown.clone(),
+            tracker.clone(),
+            move |stream, peer| {
+                http::serve_connection(
+                    http_ctx.clone(),
+                    router.clone(),
+                    stream,
+                    peer,
+                    http_ctx.shutdown.clone(),
+                )
+            },
+        );
+        tokio::join!(rtmp_loop, http_loop);
+
+        // Draining: not ready, refuse newcomers, end the viewers still here.
+        ctx.health.start_draining();
+        ctx.draining.cancel();
+        ctx.shutdown.cancel();
+        tracker.close();
+        if tokio::time::timeout(ctx.config.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(deadline = ?ctx.config.drain_timeout, "viewers did not end in time; stopping anyway");
+        }
+        membership_stop.cancel();
+        info!("edge stopped");
+        Ok(())
+    }
+}
+
+/// Binds and serves an edge until `shutdown`.
+pub async fn run(config: EdgeConfig, shutdown: CancellationToken) -> Result<(), EdgeError> {
+    Edge::bind(config).await?.serve(shutdown).await
+}

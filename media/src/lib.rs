@@ -14,6 +14,7 @@ pub mod io;
 pub mod key;
 pub mod metrics;
 pub mod mux;
+pub mod net;
 pub mod rtmp;
 
 pub use feed::{Feed, FeedEnd, LagPolicy, Segment};

@@ -1,1 +1,363 @@
-//! placeholder
+//! Corriente's origin role: accepts RTMP publishers, claims their streams through the control
+//! plane (one owner per name, cluster-wide), keeps each stream's hub, and serves the relay that
+//! edges pull from.
+//!
+//! The origin never talks to Redis and never serves viewers: edges do.
+
+mod ingest;
+mod metrics;
+mod relay;
+mod streams;
+
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::{Json, Router};
+use corriente_control_plane::{
+    ControlClient, ControlError, Health, Member, NodeLoad, NodeRecord, NodeRole, OwnedStream,
+    run_membership,
+};
+use corriente_media::frame::unix_micros;
+use corriente_media::net::accept_loop;
+use corriente_media::rtmp::SessionConfig;
+use corriente_media::{HubConfig, LagPolicy, StreamKey};
+use corriente_proto::relay::relay_server::RelayServer;
+use futures_util::StreamExt;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::relay::RelayService;
+use crate::streams::Streams;
+
+/// Settings of an origin.
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    /// RTMP ingest listen address.
+    pub rtmp_addr: SocketAddr,
+    /// Relay (gRPC) listen address.
+    pub relay_addr: SocketAddr,
+    /// Address edges dial for the relay (`HOST:PORT`). Defaults to the relay listen address,
+    /// or, when that is a wildcard, to this host's address towards the control plane.
+    pub advertise_relay: Option<String>,
+    /// Control plane URL (`http://HOST:PORT`).
+    pub control_url: String,
+    /// This node's id in the cluster.
+    pub node_id: String,
+    /// Admin address, for the node record.
+    pub admin_addr: String,
+    /// RTMP session settings (chunk size, limits).
+    pub session: SessionConfig,
+    /// Deadline for the RTMP handshake.
+    pub handshake_timeout: Duration,
+    /// A publisher connection silent this long is closed.
+    pub idle_timeout: Duration,
+    /// A write to a publisher blocked this long closes the connection.
+    pub write_timeout: Duration,
+    /// Most simultaneous RTMP connections.
+    pub max_connections: usize,
+    /// Hub settings of published streams.
+    pub hub: HubConfig,
+    /// When an edge pulling a stream falls behind for good.
+    pub relay_lag: LagPolicy,
+    /// How long shutdown waits for connections to end.
+    pub drain_timeout: Duration,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        Self {
+            rtmp_addr: SocketAddr::from(([0, 0, 0, 0], 1935)),
+            relay_addr: SocketAddr::from(([0, 0, 0, 0], 50052)),
+            advertise_relay: None,
+            control_url: "http://127.0.0.1:50051".to_owned(),
+            node_id: "origin".to_owned(),
+            admin_addr: String::new(),
+            session: SessionConfig::default(),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            hub: HubConfig::default(),
+            relay_lag: LagPolicy::default(),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why an origin could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Control(#[from] ControlError),
+    #[error("relay server failed: {0}")]
+    Relay(#[from] tonic::transport::Error),
+}
+
+/// What every connection of this origin shares.
+pub(crate) struct OriginContext {
+    pub(crate) config: OriginConfig,
+    pub(crate) streams: Arc<Streams>,
+    pub(crate) node_id: String,
+    relay_advertised: String,
+    rtmp_local: SocketAddr,
+    started_at_ms: u64,
+    health: Health,
+}
+
+impl Member for OriginContext {
+    fn node(&self) -> NodeRecord {
+        let live = self.streams.live();
+        let load = NodeLoad {
+            streams: live.len() as u32,
+            viewers: live.iter().map(|(hub, _, _)| hub.subscribers() as u32).sum(),
+            ingress_bps: live.iter().map(|(hub, _, _)| hub.media().bitrate_bps).sum(),
+            egress_bps: 0,
+        };
+        NodeRecord {
+            id: self.node_id.clone(),
+            role: NodeRole::Origin,
+            relay_addr: self.relay_advertised.clone(),
+            rtmp_addr: self.rtmp_local.to_string(),
+            http_addr: String::new(),
+            admin_addr: self.config.admin_addr.clone(),
+            load,
+            viewers: Vec::new(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at_ms: self.started_at_ms,
+            ready: !self.health.is_draining(),
+        }
+    }
+
+    fn owned_streams(&self) -> Vec<OwnedStream> {
+        self.streams.owned()
+    }
+
+    fn lost(&self, keys: Vec<StreamKey>) {
+        self.streams.fence(&keys);
+    }
+}
+
+/// A bound, not yet serving, origin.
+pub struct Origin {
+    rtmp: TcpListener,
+    relay: TcpListener,
+    ctx: Arc<OriginContext>,
+    control: ControlClient,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, OriginError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| OriginError::Bind { what, addr, source })
+}
+
+impl Origin {
+    /// Binds the RTMP and relay ports.
+    pub async fn bind(config: OriginConfig) -> Result<Self, OriginError> {
+        let control = ControlClient::new(&config.control_url)?;
+        let rtmp = bind("RTMP ingest", config.rtmp_addr).await?;
+        let relay = bind("relay", config.relay_addr).await?;
+        let relay_local = relay.local_addr().unwrap_or(config.relay_addr);
+        let relay_advertised = advertised_relay(&config, relay_local);
+        let streams = Streams::new(
+            control.clone(),
+            config.node_id.clone(),
+            relay_advertised.clone(),
+            config.hub,
+        );
+        let ctx = Arc::new(OriginContext {
+            node_id: config.node_id.clone(),
+            rtmp_local: rtmp.local_addr().unwrap_or(config.rtmp_addr),
+            relay_advertised,
+            streams,
+            started_at_ms: unix_micros() / 1000,
+            health: Health::default(),
+            config,
+        });
+        Ok(Self {
+            rtmp,
+            relay,
+            ctx,
+            control,
+        })
+    }
+
+    pub fn rtmp_addr(&self) -> SocketAddr {
+        self.ctx.rtmp_local
+    }
+
+    pub fn relay_addr(&self) -> SocketAddr {
+        self.relay.local_addr().unwrap_or(self.ctx.config.relay_addr)
+    }
+
+    /// Readiness of this origin (control plane reachable, lease held, not draining).
+    pub fn health(&self) -> Health {
+        self.ctx.health.clone()
+    }
+
+    /// Admin routes: the streams published here.
+    pub fn admin_routes(&self) -> Router {
+        let ctx = self.ctx.clone();
+        Router::new().route(
+            "/api/v1/origin/streams",
+            get(move || async move {
+                let streams: Vec<serde_json::Value> = ctx
+                    .streams
+                    .live()
+                    .into_iter()
+                    .map(|(hub, epoch, publisher)| {
+                        let stats = hub.stats();
+                        serde_json::json!({
+                            "key": stats.key.to_string(),
+                            "app": stats.key.app(),
+                            "name": stats.key.name(),
+                            "epoch": epoch,
+                            "publisher_addr": publisher,
+                            "media": stats.media,
+                            "relay_subscribers": stats.subscribers,
+                            "frames_in": stats.frames_in,
+                            "bytes_in": stats.bytes_in,
+                            "started_at_ms": stats.started_at_ms,
+                        })
+                    })
+                    .collect();
+                Json(serde_json::json!({ "node": ctx.node_id, "streams": streams }))
+            }),
+        )
+    }
+
+    /// Serves until `shutdown`, then drains: publishers are told to go, their streams end
+    /// (edges see a clean end) and are released, and the relay stops last.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), OriginError> {
+        let Origin {
+            rtmp,
+            relay,
+            ctx,
+            control,
+        } = self;
+        info!(listener = "origin-rtmp", addr = %ctx.rtmp_local, "listening");
+        info!(listener = "origin-relay", addr = %relay.local_addr().unwrap_or(ctx.config.relay_addr), advertised = %ctx.relay_advertised, "listening");
+
+        let membership_stop = CancellationToken::new();
+        tokio::spawn(run_membership(
+            control,
+            ctx.clone(),
+            ctx.health.clone(),
+            membership_stop.clone(),
+        ));
+
+        let relay_stop = CancellationToken::new();
+        let relay_server = tokio::spawn(serve_relay(relay, ctx.clone(), relay_stop.clone()));
+
+        let tracker = TaskTracker::new();
+        let accept_ctx = ctx.clone();
+        let conn_shutdown = shutdown.clone();
+        accept_loop(
+            "origin-rtmp",
+            rtmp,
+            ctx.config.max_connections,
+            shutdown.clone(),
+            tracker.clone(),
+            move |stream, peer| {
+                ingest::serve_publisher(accept_ctx.clone(), stream, peer, conn_shutdown.clone())
+            },
+        )
+        .await;
+
+        // Draining: refuse new publishes, let connections end their streams.
+        ctx.health.start_draining();
+        ctx.streams.start_draining();
+        tracker.close();
+        if tokio::time::timeout(ctx.config.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(deadline = ?ctx.config.drain_timeout, "publisher connections did not end in time; stopping anyway");
+        }
+        membership_stop.cancel();
+        relay_stop.cancel();
+        match relay_server.await {
+            Ok(result) => result?,
+            Err(e) => warn!(error = %e, "relay server task failed"),
+        }
+        info!("origin stopped");
+        Ok(())
+    }
+}
+
+/// Binds and serves an origin until `shutdown`.
+pub async fn run(config: OriginConfig, shutdown: CancellationToken) -> Result<(), OriginError> {
+    Origin::bind(config).await?.serve(shutdown).await
+}
+
+async fn serve_relay(
+    listener: TcpListener,
+    ctx: Arc<OriginContext>,
+    stop: CancellationToken,
+) -> Result<(), OriginError> {
+    let incoming = TcpListenerStream::new(listener).filter_map(|conn| async move {
+        match conn {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                Some(Ok::<_, std::io::Error>(stream))
+            }
+            Err(e) => {
+                warn!(error = %e, "relay failed to accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                None
+            }
+        }
+    });
+    tonic::transport::Server::builder()
+        // Room for a few seconds of a high-bitrate stream in flight per pull.
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(RelayServer::new(RelayService { ctx }))
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+/// The relay address edges should dial.
+fn advertised_relay(config: &OriginConfig, local: SocketAddr) -> String {
+    if let Some(addr) = &config.advertise_relay {
+        return addr.clone();
+    }
+    if !local.ip().is_unspecified() {
+        return local.to_string();
+    }
+    // Listening on every interface: advertise the address this host uses to reach the
+    // control plane, which is the one other nodes can reach it on in most networks.
+    let ip = control_host_port(&config.control_url)
+        .and_then(|target| {
+            let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+            let addr = target.to_socket_addrs().ok()?.next()?;
+            socket.connect(addr).ok()?;
+            socket.local_addr().ok()
+        })
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified());
+    match ip {
+        Some(ip) => SocketAddr::new(ip, local.port()).to_string(),
+        None => format!("127.0.0.1:{}", local.port()),
+    }
+}
+
+fn control_host_port(url: &str) -> Option<(String, u16)> {
+    let uri: tonic::transport::Uri = url.parse().ok()?;
+    let host = uri.host()?.trim_matches(['[', ']']).to_owned();
+    Some((host, uri.port_u16().unwrap_or(80)))
+}

@@ -8,3 +8,61 @@ pub mod control {
 pub mod relay {
     tonic::include_proto!("corriente.relay.v1");
 }
+
+/// Conversions between relay messages and media frames. Prost types stop at the gRPC
+/// boundary: origins and edges handle [`Frame`]s.
+pub mod convert {
+    use corriente_media::{EndReason, Frame, FrameKind};
+
+    use crate::relay as pb;
+
+    pub fn frame_to_pb(frame: &Frame) -> pb::RelayFrame {
+        pb::RelayFrame {
+            kind: match frame.kind {
+                FrameKind::Audio => pb::FrameKind::Audio,
+                FrameKind::Video => pb::FrameKind::Video,
+                FrameKind::Script => pb::FrameKind::Script,
+            } as i32,
+            timestamp: frame.timestamp,
+            payload: frame.payload.clone(),
+            ingest_time_us: frame.ingest_us,
+        }
+    }
+
+    /// `None` for a frame kind this build does not know (a newer origin): skip it.
+    pub fn frame_from_pb(frame: pb::RelayFrame) -> Option<Frame> {
+        let kind = match pb::FrameKind::try_from(frame.kind).ok()? {
+            pb::FrameKind::Audio => FrameKind::Audio,
+            pb::FrameKind::Video => FrameKind::Video,
+            pb::FrameKind::Script => FrameKind::Script,
+            pb::FrameKind::Unspecified => return None,
+        };
+        Some(Frame::new(kind, frame.timestamp, frame.payload, frame.ingest_time_us))
+    }
+
+    pub fn end_reason_to_pb(reason: EndReason) -> pb::EndReason {
+        match reason {
+            EndReason::Unpublished => pb::EndReason::Unpublished,
+            EndReason::Fenced => pb::EndReason::Fenced,
+            EndReason::Shutdown => pb::EndReason::Shutdown,
+            EndReason::UpstreamLost => pb::EndReason::Unspecified,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use corriente_media::{Frame, FrameKind};
+
+    use super::convert::*;
+
+    #[test]
+    fn frames_survive_the_relay_encoding() {
+        let frame = Frame::new(FrameKind::Video, 1234, Bytes::from_static(&[0x17, 1, 0, 0, 0, 7]), 99);
+        let back = frame_from_pb(frame_to_pb(&frame)).unwrap();
+        assert_eq!((back.kind, back.timestamp, back.ingest_us), (FrameKind::Video, 1234, 99));
+        assert!(back.is_keyframe());
+        assert_eq!(back.payload, frame.payload);
+    }
+}

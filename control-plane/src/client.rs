@@ -1,0 +1,213 @@
+//! The client origins and edges use to reach the control plane. Domain types in and out; every
+//! call has a deadline, so a dead control plane makes callers fail fast instead of hang.
+
+use std::time::Duration;
+
+use corriente_media::StreamKey;
+use corriente_proto::control as pb;
+use futures_util::{Stream, StreamExt};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::convert;
+use crate::registry::{NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord};
+
+/// Why a control-plane call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("invalid control plane URL {0:?}: {1}")]
+    BadUrl(String, String),
+    #[error("control plane unreachable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    AlreadyPublished(String),
+    #[error("control plane refused the request: {0}")]
+    Refused(String),
+}
+
+impl From<Status> for ControlError {
+    fn from(s: Status) -> Self {
+        match s.code() {
+            Code::AlreadyExists => ControlError::AlreadyPublished(s.message().to_owned()),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+                ControlError::Unavailable(s.message().to_owned())
+            }
+            _ => ControlError::Refused(s.message().to_owned()),
+        }
+    }
+}
+
+/// Lease parameters the control plane hands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub ttl: Duration,
+    pub heartbeat_interval: Duration,
+}
+
+impl Lease {
+    fn from_ms(ttl_ms: u32, interval_ms: u32) -> Self {
+        Self {
+            ttl: Duration::from_millis(u64::from(ttl_ms.max(300))),
+            heartbeat_interval: Duration::from_millis(u64::from(interval_ms.clamp(100, 60_000))),
+        }
+    }
+}
+
+/// Result of a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatOutcome {
+    /// Streams the node no longer owns: stop serving them at once.
+    pub lost: Vec<StreamKey>,
+    pub lease: Lease,
+}
+
+/// A connection to the control plane (lazy: connects on first use, reconnects as needed).
+#[derive(Clone, Debug)]
+pub struct ControlClient {
+    inner: pb::control_client::ControlClient<Channel>,
+    url: String,
+}
+
+impl ControlClient {
+    /// A client for `url` (`http://HOST:PORT`). Does not connect yet.
+    pub fn new(url: &str) -> Result<Self, ControlError> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| ControlError::BadUrl(url.to_owned(), e.to_string()))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        Ok(Self {
+            inner: pb::control_client::ControlClient::new(endpoint.connect_lazy()),
+            url: url.to_owned(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn client(&self) -> pb::control_client::ControlClient<Channel> {
+        self.inner.clone()
+    }
+
+    pub async fn register_node(&self, node: &NodeRecord) -> Result<Lease, ControlError> {
+        let response = self
+            .client()
+            .register_node(pb::RegisterNodeRequest {
+                node: Some(convert::node_to_pb(node)),
+            })
+            .await?
+            .into_inner();
+        Ok(Lease::from_ms(response.lease_ttl_ms, response.heartbeat_interval_ms))
+    }
+
+    pub async fn heartbeat(
+        &self,
+        node: &NodeRecord,
+        streams: &[OwnedStream],
+    ) -> Result<HeartbeatOutcome, ControlError> {
+        let response = self
+            .client()
+            .heartbeat(pb::HeartbeatRequest {
+                node: Some(convert::node_to_pb(node)),
+                streams: streams.iter().map(convert::owned_to_pb).collect(),
+            })
+            .await?
+            .into_inner();
+        let lost = response
+            .lost
+            .into_iter()
+            .map(|k| convert::key_from_pb(Some(k)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(HeartbeatOutcome {
+            lost,
+            lease: Lease::from_ms(response.lease_ttl_ms, response.heartbeat_interval_ms),
+        })
+    }
+
+    /// Claims a stream. `ControlError::AlreadyPublished` when another node owns it.
+    pub async fn register_stream(&self, claim: &StreamClaim) -> Result<StreamRecord, ControlError> {
+        let response = self
+            .client()
+            .register_stream(convert::claim_to_pb(claim))
+            .await?
+            .into_inner();
+        Ok(convert::stream_from_pb(response.stream)?)
+    }
+
+    pub async fn unregister_stream(
+        &self,
+        key: &StreamKey,
+        node_id: &str,
+        epoch: u64,
+    ) -> Result<bool, ControlError> {
+        let response = self
+            .client()
+            .unregister_stream(pb::UnregisterStreamRequest {
+                key: Some(convert::key_to_pb(key)),
+                node_id: node_id.to_owned(),
+                epoch,
+            })
+            .await?
+            .into_inner();
+        Ok(response.released)
+    }
+
+    /// The owner of a live stream; `None` when it is not live.
+    pub async fn lookup_stream(&self, key: &StreamKey) -> Result<Option<StreamRecord>, ControlError> {
+        match self
+            .client()
+            .lookup_stream(pb::LookupStreamRequest {
+                key: Some(convert::key_to_pb(key)),
+            })
+            .await
+        {
+            Ok(response) => Ok(Some(convert::stream_from_pb(response.into_inner().stream)?)),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(s.into()),
+        }
+    }
+
+    pub async fn list_streams(&self) -> Result<Vec<StreamRecord>, ControlError> {
+        let response = self
+            .client()
+            .list_streams(pb::ListStreamsRequest {})
+            .await?
+            .into_inner();
+        response
+            .streams
+            .into_iter()
+            .map(|s| convert::stream_from_pb(Some(s)).map_err(ControlError::from))
+            .collect()
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<NodeRecord>, ControlError> {
+        let response = self
+            .client()
+            .list_nodes(pb::ListNodesRequest {})
+            .await?
+            .into_inner();
+        response
+            .nodes
+            .into_iter()
+            .map(|n| convert::node_from_pb(Some(n)).map_err(ControlError::from))
+            .collect()
+    }
+
+    /// Registry changes as they happen. The stream ends (or yields an error) when the
+    /// connection breaks or the watcher fell behind; callers reconnect and re-check.
+    pub async fn watch(
+        &self,
+    ) -> Result<impl Stream<Item = Result<RegistryEvent, ControlError>> + Send + use<>, ControlError>
+    {
+        // The endpoint's deadline covers the response head only, not the stream that follows.
+        let stream = self.client().watch(pb::WatchRequest {}).await?.into_inner();
+        Ok(stream.map(|item| match item {
+            Ok(event) => convert::event_from_pb(event).map_err(ControlError::from),
+            Err(s) => Err(s.into()),
+        }))
+    }
+}

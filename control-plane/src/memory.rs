@@ -1,0 +1,392 @@
+//! The in-memory registry, for the all-in-one mode and unit tests. Same semantics as the
+//! Redis registry: leases expire, epochs only grow, events on every change.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use corriente_media::StreamKey;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::registry::{
+    NodeRecord, OwnedStream, Registry, RegistryError, RegistryEvent, StreamClaim, StreamRecord,
+};
+
+struct Leased<T> {
+    value: T,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    streams: HashMap<StreamKey, Leased<StreamRecord>>,
+    /// Last epoch handed out per stream name; survives releases so epochs only grow.
+    epochs: HashMap<StreamKey, u64>,
+    nodes: HashMap<String, Leased<NodeRecord>>,
+}
+
+/// A registry held in this process.
+pub struct MemoryRegistry {
+    ttl: Duration,
+    state: Mutex<State>,
+    events: broadcast::Sender<RegistryEvent>,
+}
+
+impl MemoryRegistry {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            state: Mutex::new(State::default()),
+            events: broadcast::channel(1024).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn emit(&self, event: RegistryEvent) {
+        // Nobody watching is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// Removes expired leases and announces them. Runs periodically; lookups also ignore
+    /// expired entries, so correctness does not depend on how often.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut events = Vec::new();
+        {
+            let mut state = self.lock();
+            state.streams.retain(|key, leased| {
+                let live = leased.expires > now;
+                if !live {
+                    events.push(RegistryEvent::StreamDown {
+                        key: key.clone(),
+                        epoch: leased.value.epoch,
+                        node_id: leased.value.node_id.clone(),
+                    });
+                }
+                live
+            });
+            state.nodes.retain(|id, leased| {
+                let live = leased.expires > now;
+                if !live {
+                    events.push(RegistryEvent::NodeDown(id.clone()));
+                }
+                live
+            });
+        }
+        for event in events {
+            self.emit(event);
+        }
+    }
+}
+
+fn live<T>(leased: Option<&Leased<T>>, now: Instant) -> Option<&T> {
+    leased.filter(|l| l.expires > now).map(|l| &l.value)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Registry for MemoryRegistry {
+    fn lease_ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    async fn register_node(&self, node: NodeRecord) -> Result<(), RegistryError> {
+        let now = Instant::now();
+        let fresh = {
+            let mut state = self.lock();
+            let fresh = live(state.nodes.get(&node.id), now).is_none();
+            state.nodes.insert(
+                node.id.clone(),
+                Leased {
+                    value: node.clone(),
+                    expires: now + self.ttl,
+                },
+            );
+            fresh
+        };
+        if fresh {
+            self.emit(RegistryEvent::NodeUp(node));
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        node: NodeRecord,
+        streams: Vec<OwnedStream>,
+    ) -> Result<Vec<StreamKey>, RegistryError> {
+        let now = Instant::now();
+        let expires = now + self.ttl;
+        let mut lost = Vec::new();
+        let mut events = Vec::new();
+        {
+            let mut state = self.lock();
+            if live(state.nodes.get(&node.id), now).is_none() {
+                events.push(RegistryEvent::NodeUp(node.clone()));
+            }
+            state.nodes.insert(
+                node.id.clone(),
+                Leased {
+                    value: node.clone(),
+                    expires,
+                },
+            );
+            for owned in streams {
+                let current = live(state.streams.get(&owned.key), now).cloned();
+                match current {
+                    Some(record) if record.node_id == node.id && record.epoch == owned.epoch => {
+                        let mut record = record;
+                        record.media = owned.media;
+                        state.streams.insert(
+                            owned.key,
+                            Leased {
+                                value: record,
+                                expires,
+                            },
+                        );
+                    }
+                    Some(_) => lost.push(owned.key),
+                    None => {
+                        let last = state.epochs.get(&owned.key).copied().unwrap_or(0);
+                        if owned.epoch >= last {
+                            // Re-assert: the lease lapsed (or the registry forgot it) and
+                            // nobody newer claimed the name meanwhile.
+                            let record = StreamRecord {
+                                key: owned.key.clone(),
+                                node_id: node.id.clone(),
+                                relay_addr: node.relay_addr.clone(),
+                                epoch: owned.epoch,
+                                media: owned.media,
+                                publisher_addr: owned.publisher_addr,
+                                started_at_ms: owned.started_at_ms,
+                            };
+                            state.epochs.insert(owned.key.clone(), owned.epoch);
+                            events.push(RegistryEvent::StreamUp(record.clone()));
+                            state.streams.insert(
+                                owned.key,
+                                Leased {
+                                    value: record,
+                                    expires,
+                                },
+                            );
+                        } else {
+                            lost.push(owned.key);
+                        }
+                    }
+                }
+            }
+        }
+        for event in events {
+            self.emit(event);
+        }
+        Ok(lost)
+    }
+
+    async fn claim_stream(&self, claim: StreamClaim) -> Result<StreamRecord, RegistryError> {
+        let now = Instant::now();
+        let record = {
+            let mut state = self.lock();
+            if let Some(owner) = live(state.streams.get(&claim.key), now) {
+                return Err(RegistryError::AlreadyOwned {
+                    key: claim.key,
+                    owner: owner.node_id.clone(),
+                });
+            }
+            let epoch = state.epochs.get(&claim.key).copied().unwrap_or(0) + 1;
+            state.epochs.insert(claim.key.clone(), epoch);
+            let record = StreamRecord {
+                key: claim.key.clone(),
+                node_id: claim.node_id,
+                relay_addr: claim.relay_addr,
+                epoch,
+                media: claim.media,
+                publisher_addr: claim.publisher_addr,
+                started_at_ms: unix_ms(),
+            };
+            state.streams.insert(
+                claim.key,
+                Leased {
+                    value: record.clone(),
+                    expires: now + self.ttl,
+                },
+            );
+            record
+        };
+        self.emit(RegistryEvent::StreamUp(record.clone()));
+        Ok(record)
+    }
+
+    async fn release_stream(
+        &self,
+        key: &StreamKey,
+        node_id: &str,
+        epoch: u64,
+    ) -> Result<bool, RegistryError> {
+        let released = {
+            let mut state = self.lock();
+            let owned = state
+                .streams
+                .get(key)
+                .is_some_and(|l| l.value.node_id == node_id && l.value.epoch == epoch);
+            if owned {
+                state.streams.remove(key);
+            }
+            owned
+        };
+        if released {
+            self.emit(RegistryEvent::StreamDown {
+                key: key.clone(),
+                epoch,
+                node_id: node_id.to_owned(),
+            });
+        }
+        Ok(released)
+    }
+
+    async fn lookup_stream(&self, key: &StreamKey) -> Result<Option<StreamRecord>, RegistryError> {
+        Ok(live(self.lock().streams.get(key), Instant::now()).cloned())
+    }
+
+    async fn list_streams(&self) -> Result<Vec<StreamRecord>, RegistryError> {
+        let now = Instant::now();
+        let mut streams: Vec<StreamRecord> = self
+            .lock()
+            .streams
+            .values()
+            .filter_map(|l| live(Some(l), now).cloned())
+            .collect();
+        streams.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(streams)
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, RegistryError> {
+        let now = Instant::now();
+        let mut nodes: Vec<NodeRecord> = self
+            .lock()
+            .nodes
+            .values()
+            .filter_map(|l| live(Some(l), now).cloned())
+            .collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(nodes)
+    }
+
+    fn watch(&self) -> broadcast::Receiver<RegistryEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use corriente_media::MediaInfo;
+
+    use super::*;
+    use crate::registry::{NodeLoad, NodeRole};
+
+    fn key() -> StreamKey {
+        StreamKey::new("live", "a").unwrap()
+    }
+
+    fn claim(node: &str) -> StreamClaim {
+        StreamClaim {
+            key: key(),
+            node_id: node.to_owned(),
+            relay_addr: format!("{node}:50052"),
+            media: MediaInfo::default(),
+            publisher_addr: "203.0.113.9:5000".to_owned(),
+        }
+    }
+
+    fn node(id: &str) -> NodeRecord {
+        NodeRecord {
+            id: id.to_owned(),
+            role: NodeRole::Origin,
+            relay_addr: format!("{id}:50052"),
+            rtmp_addr: String::new(),
+            http_addr: String::new(),
+            admin_addr: String::new(),
+            load: NodeLoad::default(),
+            viewers: vec![],
+            version: "test".to_owned(),
+            started_at_ms: 0,
+            ready: true,
+        }
+    }
+
+    fn owned(epoch: u64) -> OwnedStream {
+        OwnedStream {
+            key: key(),
+            epoch,
+            media: MediaInfo::default(),
+            publisher_addr: String::new(),
+            started_at_ms: 0,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_owner_per_stream_and_epochs_only_grow() {
+        let registry = MemoryRegistry::new(Duration::from_secs(6));
+        let mut events = registry.watch();
+        let first = registry.claim_stream(claim("o1")).await.unwrap();
+        assert_eq!(first.epoch, 1);
+        assert!(matches!(events.try_recv(), Ok(RegistryEvent::StreamUp(r)) if r.epoch == 1));
+        let refused = registry.claim_stream(claim("o2")).await.unwrap_err();
+        assert_eq!(
+            refused,
+            RegistryError::AlreadyOwned {
+                key: key(),
+                owner: "o1".to_owned()
+            }
+        );
+        assert!(!registry.release_stream(&key(), "o2", 1).await.unwrap(), "not the owner");
+        assert!(registry.release_stream(&key(), "o1", 1).await.unwrap());
+        assert!(registry.lookup_stream(&key()).await.unwrap().is_none());
+        let second = registry.claim_stream(claim("o2")).await.unwrap();
+        assert_eq!(second.epoch, 2, "a new ownership gets a larger epoch");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leases_expire_and_a_stale_owner_learns_it_lost() {
+        let registry = MemoryRegistry::new(Duration::from_secs(6));
+        let first = registry.claim_stream(claim("o1")).await.unwrap();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(registry.heartbeat(node("o1"), vec![owned(first.epoch)]).await.unwrap().is_empty());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(registry.lookup_stream(&key()).await.unwrap().is_some(), "renewed");
+        // o1 pauses past its lease; o2 takes over.
+        tokio::time::advance(Duration::from_secs(7)).await;
+        let mut events = registry.watch();
+        registry.sweep();
+        assert!(matches!(events.try_recv(), Ok(RegistryEvent::StreamDown { epoch: 1, .. })));
+        let second = registry.claim_stream(claim("o2")).await.unwrap();
+        assert_eq!(second.epoch, 2);
+        // o1 comes back and heartbeats its old epoch: fenced.
+        let lost = registry.heartbeat(node("o1"), vec![owned(1)]).await.unwrap();
+        assert_eq!(lost, vec![key()]);
+        assert_eq!(registry.lookup_stream(&key()).await.unwrap().unwrap().node_id, "o2");
+        // Even after o2 releases, epoch 1 stays stale.
+        registry.release_stream(&key(), "o2", 2).await.unwrap();
+        assert_eq!(registry.heartbeat(node("o1"), vec![owned(1)]).await.unwrap(), vec![key()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forgotten_stream_is_reasserted_by_its_owner() {
+        let registry = MemoryRegistry::new(Duration::from_secs(6));
+        // A fresh registry (as after a Redis restart) that never saw the claim.
+        let lost = registry.heartbeat(node("o1"), vec![owned(5)]).await.unwrap();
+        assert!(lost.is_empty());
+        let record = registry.lookup_stream(&key()).await.unwrap().unwrap();
+        assert_eq!((record.node_id.as_str(), record.epoch), ("o1", 5));
+        registry.release_stream(&key(), "o1", 5).await.unwrap();
+        assert_eq!(registry.claim_stream(claim("o2")).await.unwrap().epoch, 6);
+    }
+}

@@ -1,0 +1,51 @@
+//! Control-plane metrics: requests by method and code, and their latency.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    HistogramVec, IntCounterVec, exponential_buckets, register_histogram_vec,
+    register_int_counter_vec,
+};
+
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "corriente_control_requests_total",
+        "Control-plane gRPC requests served, by method and status code",
+        &["method", "code"]
+    )
+    .expect("metric registers once")
+});
+
+pub static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "corriente_control_request_duration_seconds",
+        "Time to serve a control-plane gRPC request (registry work included), by method",
+        &["method"],
+        exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")
+    )
+    .expect("metric registers once")
+});
+
+/// The lowercase name of a gRPC status code, for the `code` label.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        Cancelled => "cancelled",
+        Unknown => "unknown",
+        InvalidArgument => "invalid_argument",
+        DeadlineExceeded => "deadline_exceeded",
+        NotFound => "not_found",
+        AlreadyExists => "already_exists",
+        PermissionDenied => "permission_denied",
+        ResourceExhausted => "resource_exhausted",
+        FailedPrecondition => "failed_precondition",
+        Aborted => "aborted",
+        OutOfRange => "out_of_range",
+        Unimplemented => "unimplemented",
+        Internal => "internal",
+        Unavailable => "unavailable",
+        DataLoss => "data_loss",
+        Unauthenticated => "unauthenticated",
+    }
+}

@@ -1,0 +1,164 @@
+//! The registry: what the control plane knows about the cluster, behind one trait with an
+//! in-memory implementation (all-in-one mode, unit tests) and a Redis one (clusters).
+//!
+//! Data model:
+//! - **Stream ownership.** One owner per stream name, cluster-wide. A claim gives the owner a
+//!   lease (renewed by its heartbeat) and a **fencing epoch** taken from a per-name counter that
+//!   only grows: every new ownership gets a larger epoch, so a stale owner (paused,
+//!   partitioned) presenting an old epoch learns it lost the stream.
+//! - **Node membership.** Origins and edges with their addresses and load, leased the same way.
+//! - **Events.** Stream up/down and node up/down, for the control plane's watch stream.
+
+use std::future::Future;
+use std::time::Duration;
+
+use corriente_media::{MediaInfo, StreamKey};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// A node's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    Origin,
+    Edge,
+}
+
+impl NodeRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Origin => "origin",
+            NodeRole::Edge => "edge",
+        }
+    }
+}
+
+/// A node's load, as it reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct NodeLoad {
+    pub streams: u32,
+    pub viewers: u32,
+    pub ingress_bps: u64,
+    pub egress_bps: u64,
+}
+
+/// An origin or edge.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub role: NodeRole,
+    /// Where edges dial this origin's relay (its advertised address).
+    pub relay_addr: String,
+    pub rtmp_addr: String,
+    pub http_addr: String,
+    pub admin_addr: String,
+    pub load: NodeLoad,
+    /// Viewers per stream on this edge.
+    pub viewers: Vec<(StreamKey, u32)>,
+    pub version: String,
+    pub started_at_ms: u64,
+    pub ready: bool,
+}
+
+/// A live stream and its owner.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StreamRecord {
+    pub key: StreamKey,
+    pub node_id: String,
+    pub relay_addr: String,
+    pub epoch: u64,
+    pub media: MediaInfo,
+    pub publisher_addr: String,
+    pub started_at_ms: u64,
+}
+
+/// A request to own a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamClaim {
+    pub key: StreamKey,
+    pub node_id: String,
+    pub relay_addr: String,
+    pub media: MediaInfo,
+    pub publisher_addr: String,
+}
+
+/// A stream a node believes it owns, as its heartbeat reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnedStream {
+    pub key: StreamKey,
+    pub epoch: u64,
+    pub media: MediaInfo,
+    pub publisher_addr: String,
+    pub started_at_ms: u64,
+}
+
+/// A change in the registry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegistryEvent {
+    StreamUp(StreamRecord),
+    StreamDown {
+        key: StreamKey,
+        epoch: u64,
+        node_id: String,
+    },
+    NodeUp(NodeRecord),
+    NodeDown(String),
+}
+
+/// Why a registry operation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("stream {key} is already published on node {owner}")]
+    AlreadyOwned { key: StreamKey, owner: String },
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What the control plane needs from its storage. Every operation is atomic.
+pub trait Registry: Send + Sync + 'static {
+    /// Lease duration of nodes and streams.
+    fn lease_ttl(&self) -> Duration;
+
+    /// Adds or refreshes a node.
+    fn register_node(
+        &self,
+        node: NodeRecord,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// Renews the node's lease and the leases of its streams. A stream whose record vanished
+    /// (expired, or the registry restarted empty) is re-asserted if no newer owner claimed it
+    /// since. Returns the streams the node no longer owns.
+    fn heartbeat(
+        &self,
+        node: NodeRecord,
+        streams: Vec<OwnedStream>,
+    ) -> impl Future<Output = Result<Vec<StreamKey>, RegistryError>> + Send;
+
+    /// Claims a stream: fails when another node holds a live lease on it; otherwise records the
+    /// claimant as owner under a new, larger epoch.
+    fn claim_stream(
+        &self,
+        claim: StreamClaim,
+    ) -> impl Future<Output = Result<StreamRecord, RegistryError>> + Send;
+
+    /// Releases a stream if `node_id` owns it with `epoch`. Returns whether it did.
+    fn release_stream(
+        &self,
+        key: &StreamKey,
+        node_id: &str,
+        epoch: u64,
+    ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
+
+    /// The live owner of a stream.
+    fn lookup_stream(
+        &self,
+        key: &StreamKey,
+    ) -> impl Future<Output = Result<Option<StreamRecord>, RegistryError>> + Send;
+
+    fn list_streams(&self) -> impl Future<Output = Result<Vec<StreamRecord>, RegistryError>> + Send;
+
+    fn list_nodes(&self) -> impl Future<Output = Result<Vec<NodeRecord>, RegistryError>> + Send;
+
+    /// Changes from now on. A receiver that lags loses events and should re-list.
+    fn watch(&self) -> broadcast::Receiver<RegistryEvent>;
+}

@@ -1,0 +1,247 @@
+//! The control plane's gRPC service: a stateless translation of the control API onto a
+//! [`Registry`]. Any number of replicas over one registry give the same answers.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use corriente_proto::control as pb;
+use futures_util::Stream;
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info, warn};
+
+use crate::convert;
+use crate::metrics;
+use crate::registry::{Registry, RegistryError};
+
+/// The control API over a registry.
+pub struct ControlService<R> {
+    registry: Arc<R>,
+}
+
+impl<R: Registry> ControlService<R> {
+    pub fn new(registry: Arc<R>) -> Self {
+        Self { registry }
+    }
+
+    fn lease(&self) -> (u32, u32) {
+        let ttl = self.registry.lease_ttl().as_millis() as u32;
+        (ttl, (ttl / 3).max(100))
+    }
+}
+
+fn status(e: RegistryError) -> Status {
+    match e {
+        RegistryError::AlreadyOwned { .. } => Status::already_exists(e.to_string()),
+        RegistryError::Unavailable(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+/// Counts a request and its outcome.
+fn observe<T>(method: &'static str, started: Instant, result: Result<T, Status>) -> Result<T, Status> {
+    let code = match &result {
+        Ok(_) => "ok",
+        Err(s) => metrics::code_name(s.code()),
+    };
+    metrics::REQUESTS.with_label_values(&[method, code]).inc();
+    metrics::REQUEST_SECONDS
+        .with_label_values(&[method])
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<R: Registry> pb::control_server::Control for ControlService<R> {
+    async fn register_node(
+        &self,
+        request: Request<pb::RegisterNodeRequest>,
+    ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let node = convert::node_from_pb(request.into_inner().node)?;
+            info!(node = %node.id, role = node.role.as_str(), relay = %node.relay_addr, "node registered");
+            self.registry.register_node(node).await.map_err(status)?;
+            let (lease_ttl_ms, heartbeat_interval_ms) = self.lease();
+            Ok(Response::new(pb::RegisterNodeResponse {
+                lease_ttl_ms,
+                heartbeat_interval_ms,
+            }))
+        }
+        .await;
+        observe("register_node", started, result)
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let request = request.into_inner();
+            let node = convert::node_from_pb(request.node)?;
+            let streams = request
+                .streams
+                .into_iter()
+                .map(convert::owned_from_pb)
+                .collect::<Result<Vec<_>, _>>()?;
+            let node_id = node.id.clone();
+            let lost = self
+                .registry
+                .heartbeat(node, streams)
+                .await
+                .map_err(status)?;
+            for key in &lost {
+                warn!(node = %node_id, stream = %key, "node lost a stream it still claims: fenced");
+            }
+            let (lease_ttl_ms, heartbeat_interval_ms) = self.lease();
+            Ok(Response::new(pb::HeartbeatResponse {
+                lost: lost.iter().map(convert::key_to_pb).collect(),
+                lease_ttl_ms,
+                heartbeat_interval_ms,
+            }))
+        }
+        .await;
+        observe("heartbeat", started, result)
+    }
+
+    async fn register_stream(
+        &self,
+        request: Request<pb::RegisterStreamRequest>,
+    ) -> Result<Response<pb::RegisterStreamResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let claim = convert::claim_from_pb(request.into_inner())?;
+            match self.registry.claim_stream(claim.clone()).await {
+                Ok(record) => {
+                    info!(stream = %record.key, node = %record.node_id, epoch = record.epoch, "stream registered");
+                    Ok(Response::new(pb::RegisterStreamResponse {
+                        stream: Some(convert::stream_to_pb(&record)),
+                        lease_ttl_ms: self.lease().0,
+                    }))
+                }
+                Err(e) => {
+                    info!(stream = %claim.key, node = %claim.node_id, error = %e, "stream registration refused");
+                    Err(status(e))
+                }
+            }
+        }
+        .await;
+        observe("register_stream", started, result)
+    }
+
+    async fn unregister_stream(
+        &self,
+        request: Request<pb::UnregisterStreamRequest>,
+    ) -> Result<Response<pb::UnregisterStreamResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let request = request.into_inner();
+            let key = convert::key_from_pb(request.key)?;
+            let released = self
+                .registry
+                .release_stream(&key, &request.node_id, request.epoch)
+                .await
+                .map_err(status)?;
+            info!(stream = %key, node = %request.node_id, epoch = request.epoch, released, "stream unregistered");
+            Ok(Response::new(pb::UnregisterStreamResponse { released }))
+        }
+        .await;
+        observe("unregister_stream", started, result)
+    }
+
+    async fn lookup_stream(
+        &self,
+        request: Request<pb::LookupStreamRequest>,
+    ) -> Result<Response<pb::LookupStreamResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let key = convert::key_from_pb(request.into_inner().key)?;
+            match self.registry.lookup_stream(&key).await.map_err(status)? {
+                Some(record) => {
+                    debug!(stream = %key, node = %record.node_id, "lookup");
+                    Ok(Response::new(pb::LookupStreamResponse {
+                        stream: Some(convert::stream_to_pb(&record)),
+                    }))
+                }
+                None => Err(Status::not_found(format!("stream {key} is not live"))),
+            }
+        }
+        .await;
+        observe("lookup_stream", started, result)
+    }
+
+    async fn list_streams(
+        &self,
+        _request: Request<pb::ListStreamsRequest>,
+    ) -> Result<Response<pb::ListStreamsResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let streams = self.registry.list_streams().await.map_err(status)?;
+            Ok(Response::new(pb::ListStreamsResponse {
+                streams: streams.iter().map(convert::stream_to_pb).collect(),
+            }))
+        }
+        .await;
+        observe("list_streams", started, result)
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let nodes = self.registry.list_nodes().await.map_err(status)?;
+            Ok(Response::new(pb::ListNodesResponse {
+                nodes: nodes.iter().map(convert::node_to_pb).collect(),
+            }))
+        }
+        .await;
+        observe("list_nodes", started, result)
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        _request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let started = Instant::now();
+        let mut events = self.registry.watch();
+        let stream = async_stream(move |tx| async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => {
+                        if tx.send(Ok(convert::event_to_pb(&event))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        // The watcher missed events: make it reconnect and re-list.
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!("watch fell {n} events behind; reconnect"))))
+                            .await;
+                        return;
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        observe("watch", started, Ok(Response::new(stream)))
+    }
+}
+
+/// A boxed stream fed by a task through a small channel; the task stops when the receiver
+/// (the gRPC response) is dropped.
+fn async_stream<F, Fut>(produce: F) -> WatchStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::WatchEvent, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(produce(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

@@ -1,0 +1,30 @@
+//! Edge metrics: relay pulls, failovers, play refusals.
+
+use std::sync::LazyLock;
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, register_int_counter, register_int_counter_vec, register_int_gauge};
+
+pub static RELAY_PULLS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "corriente_relay_pulls_active",
+        "Relay pulls from origins currently running on this edge (one per stream with viewers)"
+    )
+    .expect("metric registers once")
+});
+
+pub static FAILOVERS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "corriente_relay_failovers_total",
+        "Times a pull resumed its stream from a new upstream after losing the origin"
+    )
+    .expect("metric registers once")
+});
+
+pub static PLAY_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "corriente_play_refused_total",
+        "Play requests refused, by protocol and reason",
+        &["protocol", "reason"]
+    )
+    .expect("metric registers once")
+});

@@ -1,0 +1,514 @@
+//! Relay pulls: the first viewer of a stream on this edge triggers one lookup and one relay
+//! pull into a local hub; every later viewer shares it. When the last viewer leaves, the pull
+//! lingers briefly, then stops.
+//!
+//! A pull outlives its upstream: when the origin goes away without ending the stream (it died,
+//! was drained, or lost the stream to another origin), the pull looks the stream up again and
+//! resumes from wherever it now lives, for up to a grace period, while viewers stay connected.
+//! Timestamps are rebased across such a switch so players see them keep growing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::Duration;
+
+use corriente_control_plane::{ControlClient, StreamRecord};
+use corriente_media::frame::unix_micros;
+use corriente_media::{EndReason, Frame, Hub, HubConfig, HubWriter, StreamKey, spawn_hub};
+use corriente_proto::convert::frame_from_pb;
+use corriente_proto::relay::relay_client::RelayClient;
+use corriente_proto::relay::relay_message::Body;
+use corriente_proto::relay::{self as pb, SubscribeRequest};
+use prometheus::{Histogram, exponential_buckets, register_histogram};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::metrics;
+
+static RELAY_LAG: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "corriente_relay_lag_seconds",
+        "Time from a frame's arrival at the origin to its arrival at this edge",
+        exponential_buckets(0.0005, 2.0, 14).expect("valid buckets")
+    )
+    .expect("metric registers once")
+});
+
+/// Settings of relay pulls.
+#[derive(Debug, Clone)]
+pub struct PullConfig {
+    /// Hub settings of pulled streams (coalescing window, outputs, caches).
+    pub hub: HubConfig,
+    /// How long a pull stays up after its last viewer left.
+    pub linger: Duration,
+    /// How long a viewer waits for the stream to be found and its pull to start.
+    pub resolve_timeout: Duration,
+    /// How long a pull keeps looking for its stream after losing the origin, viewers still
+    /// connected, before it ends the stream for them.
+    pub upstream_grace: Duration,
+    /// No frame from the origin for this long means the upstream is lost.
+    pub upstream_stall: Duration,
+    /// This edge's node id, sent to origins for their logs.
+    pub node_id: String,
+}
+
+/// Where a pull is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullState {
+    Resolving,
+    Live,
+    NotFound,
+    Failed(String),
+}
+
+/// Why a viewer cannot play.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PlayError {
+    #[error("stream {0} is not live")]
+    NotFound(StreamKey),
+    #[error("stream {key} is unavailable: {reason}")]
+    Unavailable { key: StreamKey, reason: String },
+}
+
+impl PlayError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PlayError::NotFound(_) => "not_found",
+            PlayError::Unavailable { .. } => "unavailable",
+        }
+    }
+}
+
+struct PullEntry {
+    id: u64,
+    key: StreamKey,
+    hub: Hub,
+    state: watch::Receiver<PullState>,
+    viewers: AtomicUsize,
+    idle: Notify,
+}
+
+/// The pulls of this edge.
+pub struct Pulls {
+    map: Mutex<HashMap<StreamKey, Arc<PullEntry>>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    control: ControlClient,
+    config: PullConfig,
+    shutdown: CancellationToken,
+    next_id: AtomicU64,
+}
+
+/// A viewer's hold on a pull: keeps it alive, gives access to its hub.
+pub struct ViewerLease {
+    entry: Arc<PullEntry>,
+    pulls: Arc<Pulls>,
+}
+
+impl ViewerLease {
+    pub fn hub(&self) -> &Hub {
+        &self.entry.hub
+    }
+}
+
+impl Drop for ViewerLease {
+    fn drop(&mut self) {
+        let _map = self.pulls.lock();
+        if self.entry.viewers.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.entry.idle.notify_one();
+        }
+    }
+}
+
+impl Pulls {
+    pub fn new(control: ControlClient, config: PullConfig, shutdown: CancellationToken) -> Arc<Self> {
+        Arc::new(Self {
+            map: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
+            control,
+            config,
+            shutdown,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<StreamKey, Arc<PullEntry>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Joins the pull of `key`, starting it if this is the stream's first viewer here, and
+    /// waits until the stream is found and flowing.
+    pub async fn acquire(self: &Arc<Self>, key: &StreamKey) -> Result<ViewerLease, PlayError> {
+        let entry = {
+            let mut map = self.lock();
+            let entry = match map.get(key) {
+                Some(entry) => entry.clone(),
+                None => {
+                    let entry = self.start(key.clone());
+                    map.insert(key.clone(), entry.clone());
+                    entry
+                }
+            };
+            entry.viewers.fetch_add(1, Ordering::Relaxed);
+            entry
+        };
+        let lease = ViewerLease {
+            entry: entry.clone(),
+            pulls: self.clone(),
+        };
+        let mut state = entry.state.clone();
+        let settled = tokio::time::timeout(
+            self.config.resolve_timeout,
+            state.wait_for(|s| *s != PullState::Resolving),
+        )
+        .await;
+        let unavailable = |reason: String| PlayError::Unavailable {
+            key: key.clone(),
+            reason,
+        };
+        match settled {
+            Err(_) => Err(unavailable("timed out waiting for the origin".to_owned())),
+            Ok(Err(_)) => Err(PlayError::NotFound(key.clone())),
+            Ok(Ok(s)) => match &*s {
+                PullState::Live => Ok(lease),
+                PullState::NotFound | PullState::Resolving => Err(PlayError::NotFound(key.clone())),
+                PullState::Failed(reason) => Err(unavailable(reason.clone())),
+            },
+        }
+    }
+
+    /// Streams pulled here with their hubs, for stats and load reports.
+    pub fn active(&self) -> Vec<Hub> {
+        self.lock()
+            .values()
+            .filter(|e| *e.state.borrow() == PullState::Live)
+            .map(|e| e.hub.clone())
+            .collect()
+    }
+
+    fn start(self: &Arc<Self>, key: StreamKey) -> Arc<PullEntry> {
+        let (hub, writer) = spawn_hub(key.clone(), self.config.hub);
+        let (state_tx, state_rx) = watch::channel(PullState::Resolving);
+        let entry = Arc::new(PullEntry {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            key: key.clone(),
+            hub,
+            state: state_rx,
+            viewers: AtomicUsize::new(0),
+            idle: Notify::new(),
+        });
+        let span = info_span!("pull", stream = %key);
+        tokio::spawn(run_pull(self.clone(), entry.clone(), writer, state_tx).instrument(span));
+        entry
+    }
+
+    fn remove(&self, entry: &PullEntry) {
+        let mut map = self.lock();
+        if map.get(&entry.key).is_some_and(|e| e.id == entry.id) {
+            map.remove(&entry.key);
+        }
+    }
+
+    /// Removes the pull if it still has no viewer; false when one arrived meanwhile.
+    fn remove_if_idle(&self, entry: &PullEntry) -> bool {
+        let mut map = self.lock();
+        if entry.viewers.load(Ordering::Relaxed) > 0 {
+            return false;
+        }
+        if map.get(&entry.key).is_some_and(|e| e.id == entry.id) {
+            map.remove(&entry.key);
+        }
+        true
+    }
+
+    fn channel(&self, relay_addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(relay_addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{relay_addr}"))
+            .map_err(|e| format!("bad relay address {relay_addr:?}: {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20))
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        channels.insert(relay_addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    fn forget_channel(&self, relay_addr: &str) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(relay_addr);
+    }
+
+    /// Opens the relay stream for `record`.
+    async fn subscribe(&self, record: &StreamRecord) -> Result<Streaming<pb::RelayMessage>, Upstream> {
+        let channel = self.channel(&record.relay_addr).map_err(Upstream::Failed)?;
+        let request = SubscribeRequest {
+            app: record.key.app().to_owned(),
+            name: record.key.name().to_owned(),
+            epoch: record.epoch,
+            edge_node: self.config.node_id.clone(),
+        };
+        match RelayClient::new(channel).subscribe(request).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(s) if matches!(s.code(), Code::NotFound | Code::FailedPrecondition) => {
+                Err(Upstream::Moved(s.message().to_owned()))
+            }
+            Err(s) => {
+                self.forget_channel(&record.relay_addr);
+                Err(Upstream::Failed(format!(
+                    "relay pull from {} failed: {}",
+                    record.relay_addr,
+                    s.message()
+                )))
+            }
+        }
+    }
+}
+
+/// What happened upstream.
+#[derive(Debug)]
+enum Upstream {
+    /// The origin does not (or no longer) have the stream under that epoch.
+    Moved(String),
+    /// The origin could not be reached or broke off.
+    Failed(String),
+}
+
+/// Keeps timestamps growing across upstream switches: the first media frame from a new
+/// upstream is placed just after the last frame sent, and the rest follow at the same offset.
+#[derive(Debug, Default)]
+struct Timeline {
+    offset: u32,
+    last: Option<u32>,
+    rebase: bool,
+}
+
+/// Gap between the last frame of the old upstream and the first of the new.
+const SWITCH_GAP_MS: u32 = 100;
+
+impl Timeline {
+    fn switch_upstream(&mut self) {
+        self.rebase = self.last.is_some();
+    }
+
+    fn map(&mut self, frame: &Frame) -> u32 {
+        if self.rebase {
+            if frame.is_config() {
+                return self.last.unwrap_or(0);
+            }
+            if let Some(last) = self.last {
+                self.offset = last.wrapping_add(SWITCH_GAP_MS).wrapping_sub(frame.timestamp);
+            }
+            self.rebase = false;
+        }
+        let out = frame.timestamp.wrapping_add(self.offset);
+        if !frame.is_config() {
+            self.last = Some(self.last.map_or(out, |l| if out.wrapping_sub(l) < u32::MAX / 2 { out } else { l }));
+        }
+        out
+    }
+}
+
+/// How one upstream session ended.
+enum SessionEnd {
+    /// The stream ended for good.
+    Ended(EndReason),
+    /// The upstream went away; the stream may be elsewhere.
+    Lost(String),
+    /// No viewers for the linger period, or the node is shutting down.
+    Stopped(EndReason),
+}
+
+async fn run_pull(
+    pulls: Arc<Pulls>,
+    entry: Arc<PullEntry>,
+    mut writer: HubWriter,
+    state: watch::Sender<PullState>,
+) {
+    let reason = pull(&pulls, &entry, &mut writer, &state).await;
+    pulls.remove(&entry);
+    debug!(reason = reason.as_str(), "pull ended");
+    writer.finish(reason);
+}
+
+async fn pull(
+    pulls: &Arc<Pulls>,
+    entry: &Arc<PullEntry>,
+    writer: &mut HubWriter,
+    state: &watch::Sender<PullState>,
+) -> EndReason {
+    let mut timeline = Timeline::default();
+    let mut lost_since: Option<Instant> = None;
+    let mut linger: Option<Instant> = None;
+    let mut last_problem = String::new();
+    let mut current_epoch = 0;
+    loop {
+        // Find the stream.
+        let lookup = pulls.control.lookup_stream(&entry.key).await;
+        let record = match lookup {
+            Ok(Some(record)) if record.epoch >= current_epoch => Some(record),
+            Ok(_) => None,
+            Err(e) => {
+                last_problem = e.to_string();
+                None
+            }
+        };
+        let upstream = match &record {
+            Some(record) => match pulls.subscribe(record).await {
+                Ok(stream) => Some(stream),
+                Err(Upstream::Moved(why)) | Err(Upstream::Failed(why)) => {
+                    last_problem = why;
+                    None
+                }
+            },
+            None => None,
+        };
+        let (Some(record), Some(upstream)) = (record, upstream) else {
+            if lost_since.is_none() {
+                // First attempt: answer the waiting viewers now.
+                let problem = if last_problem.is_empty() {
+                    PullState::NotFound
+                } else {
+                    PullState::Failed(last_problem.clone())
+                };
+                if *state.borrow() == PullState::Resolving {
+                    let _ = state.send(problem);
+                    return EndReason::Unpublished;
+                }
+            }
+            let since = *lost_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= pulls.config.upstream_grace {
+                warn!(grace = ?pulls.config.upstream_grace, problem = %last_problem, "stream did not come back; ending it for its viewers");
+                return EndReason::UpstreamLost;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                _ = pulls.shutdown.cancelled() => return EndReason::Shutdown,
+            }
+        };
+
+        if lost_since.take().is_some() || current_epoch != 0 {
+            timeline.switch_upstream();
+            metrics::FAILOVERS.inc();
+        }
+        current_epoch = record.epoch;
+        info!(origin = %record.node_id, relay = %record.relay_addr, epoch = record.epoch, "pulling from origin");
+        let _ = state.send(PullState::Live);
+        metrics::RELAY_PULLS.inc();
+        let end = relay_session(pulls, entry, writer, upstream, &mut timeline, &mut linger).await;
+        metrics::RELAY_PULLS.dec();
+        match end {
+            SessionEnd::Ended(reason) | SessionEnd::Stopped(reason) => return reason,
+            SessionEnd::Lost(why) => {
+                info!(origin = %record.node_id, reason = %why, "lost the origin; looking for the stream again");
+                last_problem = why;
+                lost_since = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// Moves frames from one relay stream into the hub until it ends.
+async fn relay_session(
+    pulls: &Arc<Pulls>,
+    entry: &Arc<PullEntry>,
+    writer: &mut HubWriter,
+    mut upstream: Streaming<pb::RelayMessage>,
+    timeline: &mut Timeline,
+    linger: &mut Option<Instant>,
+) -> SessionEnd {
+    let stall = pulls.config.upstream_stall;
+    loop {
+        let linger_at = *linger;
+        tokio::select! {
+            message = tokio::time::timeout(stall, upstream.message()) => match message {
+                Ok(Ok(Some(pb::RelayMessage { body: Some(Body::Frame(f)) }))) => {
+                    let Some(frame) = frame_from_pb(f) else { continue };
+                    if frame.ingest_us > 0 {
+                        let lag = unix_micros().saturating_sub(frame.ingest_us);
+                        RELAY_LAG.observe(lag as f64 / 1e6);
+                    }
+                    corriente_media::metrics::BYTES_IN
+                        .with_label_values(&["relay"])
+                        .inc_by(frame.payload.len() as u64);
+                    let ts = timeline.map(&frame);
+                    writer.push(frame.with_timestamp(ts));
+                }
+                Ok(Ok(Some(pb::RelayMessage { body: Some(Body::End(end)) }))) => {
+                    return match pb::EndReason::try_from(end.reason) {
+                        Ok(pb::EndReason::Unpublished) => SessionEnd::Ended(EndReason::Unpublished),
+                        Ok(other) => SessionEnd::Lost(format!("origin ended the pull: {}", other.as_str_name())),
+                        Err(_) => SessionEnd::Lost("origin ended the pull".to_owned()),
+                    };
+                }
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) => return SessionEnd::Lost("relay stream closed without an end".to_owned()),
+                Ok(Err(status)) => return SessionEnd::Lost(format!("relay stream broke: {}", status.message())),
+                Err(_) => return SessionEnd::Lost(format!("no frame from the origin for {stall:?}")),
+            },
+            _ = writer.flush_due() => {}
+            _ = entry.idle.notified() => {
+                if entry.viewers.load(Ordering::Relaxed) == 0 {
+                    *linger = Some(Instant::now() + pulls.config.linger);
+                }
+            }
+            _ = sleep_until_some(linger_at) => {
+                if pulls.remove_if_idle(entry) {
+                    debug!("no viewers left; stopping the pull");
+                    return SessionEnd::Stopped(EndReason::Unpublished);
+                }
+                *linger = None;
+            }
+            _ = pulls.shutdown.cancelled() => return SessionEnd::Stopped(EndReason::Shutdown),
+        }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use corriente_media::FrameKind;
+
+    use super::*;
+
+    fn frame(kind: FrameKind, ts: u32, key: bool) -> Frame {
+        let payload = match (kind, key) {
+            (FrameKind::Video, true) => vec![0x17, 1, 0, 0, 0],
+            (FrameKind::Video, false) => vec![0x27, 1, 0, 0, 0],
+            _ => vec![0xaf, 1, 0],
+        };
+        Frame::new(kind, ts, Bytes::from(payload), 0)
+    }
+
+    #[test]
+    fn timestamps_keep_growing_across_an_upstream_switch() {
+        let mut t = Timeline::default();
+        assert_eq!(t.map(&frame(FrameKind::Video, 5000, true)), 5000, "first upstream passes through");
+        assert_eq!(t.map(&frame(FrameKind::Audio, 5020, false)), 5020);
+        t.switch_upstream();
+        // The new origin's stream starts near zero; config frames come first.
+        let config = Frame::new(FrameKind::Video, 0, Bytes::from_static(&[0x17, 0, 0, 0, 0]), 0);
+        assert_eq!(t.map(&config), 5020);
+        assert_eq!(t.map(&frame(FrameKind::Video, 40, true)), 5120);
+        assert_eq!(t.map(&frame(FrameKind::Audio, 45, false)), 5125);
+        assert_eq!(t.map(&frame(FrameKind::Video, 73, false)), 5153);
+    }
+}

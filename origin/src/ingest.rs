@@ -1,0 +1,210 @@
+//! RTMP ingest: one task per publisher connection, driving the server session state machine
+//! from handshake to publishing, and pushing the publisher's frames into its stream's hub.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corriente_media::frame::unix_micros;
+use corriente_media::key::split_query;
+use corriente_media::metrics::BYTES_IN;
+use corriente_media::net::close_gracefully;
+use corriente_media::rtmp::handshake::{self, HandshakeError};
+use corriente_media::rtmp::{ServerSession, SessionError, SessionEvent, SessionState};
+use corriente_media::{EndReason, StreamKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{Span, debug, info, warn};
+
+use crate::OriginContext;
+use crate::metrics::PUBLISH_REFUSED;
+use crate::streams::Publication;
+
+/// How a publisher connection ended badly.
+#[derive(Debug, thiserror::Error)]
+enum IngestError {
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("{0}")]
+    Session(#[from] SessionError),
+    #[error("no data for {0:?}")]
+    Idle(Duration),
+    #[error("write to the publisher timed out after {0:?}")]
+    WriteTimeout(Duration),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves one publisher connection to its end, logging how it ended.
+pub(crate) async fn serve_publisher(
+    ctx: Arc<OriginContext>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let mut publication = None;
+    let result = run(&ctx, &mut stream, peer, &shutdown, &mut publication).await;
+    let reason = match &result {
+        Ok(reason) => *reason,
+        Err(_) => EndReason::Unpublished,
+    };
+    if let Some(publication) = publication.take() {
+        publication.end(reason).await;
+    }
+    match result {
+        Ok(_) => debug!("publisher connection closed"),
+        Err(IngestError::Handshake(HandshakeError::Closed)) => debug!("peer left during the handshake"),
+        Err(IngestError::Io(e)) if is_hangup(&e) => debug!(error = %e, "publisher hung up"),
+        Err(e) => warn!(error = %e, "publisher connection closed"),
+    }
+    close_gracefully(&mut stream, Duration::from_secs(2)).await;
+}
+
+fn is_hangup(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof)
+}
+
+async fn run(
+    ctx: &Arc<OriginContext>,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    shutdown: &CancellationToken,
+    publication: &mut Option<Publication>,
+) -> Result<EndReason, IngestError> {
+    let config = &ctx.config;
+    let mut input = handshake::accept(stream, config.handshake_timeout).await?;
+    let mut session = ServerSession::new(config.session);
+    let mut events = Vec::new();
+    let mut fenced = CancellationToken::new();
+    loop {
+        // Process everything complete in the buffer, answering requests as they come.
+        loop {
+            session.feed(&mut input, unix_micros(), &mut events)?;
+            if events.is_empty() {
+                break;
+            }
+            for event in events.drain(..) {
+                handle(ctx, &mut session, event, peer, publication).await;
+            }
+            if let Some(p) = publication.as_ref() {
+                fenced = p.fenced();
+            }
+            flush(stream, &mut session, config.write_timeout).await?;
+            if session.state() == &SessionState::Closed {
+                return Ok(EndReason::Unpublished);
+            }
+        }
+        flush(stream, &mut session, config.write_timeout).await?;
+
+        input.reserve(64 << 10);
+        let read = tokio::select! {
+            read = tokio::time::timeout(config.idle_timeout, stream.read_buf(&mut input)) => read,
+            _ = fenced.cancelled() => {
+                let name = publication.as_ref().map(|p| p.key().to_string()).unwrap_or_default();
+                session.stop_publish("NetStream.Publish.BadName", &format!("stream {name} is now published on another origin"));
+                flush(stream, &mut session, config.write_timeout).await?;
+                return Ok(EndReason::Fenced);
+            }
+            _ = shutdown.cancelled() => {
+                session.stop_publish("NetStream.Publish.Failed", "server shutting down; reconnect to publish elsewhere");
+                flush(stream, &mut session, config.write_timeout).await?;
+                return Ok(EndReason::Shutdown);
+            }
+        };
+        match read {
+            Err(_) => return Err(IngestError::Idle(config.idle_timeout)),
+            Ok(Ok(0)) => return Ok(EndReason::Unpublished),
+            Ok(Ok(n)) => BYTES_IN.with_label_values(&["rtmp"]).inc_by(n as u64),
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+async fn flush(
+    stream: &mut TcpStream,
+    session: &mut ServerSession,
+    timeout: Duration,
+) -> Result<(), IngestError> {
+    if session.has_output() {
+        let out = session.take_output();
+        tokio::time::timeout(timeout, stream.write_all(&out))
+            .await
+            .map_err(|_| IngestError::WriteTimeout(timeout))??;
+    }
+    Ok(())
+}
+
+async fn handle(
+    ctx: &Arc<OriginContext>,
+    session: &mut ServerSession,
+    event: SessionEvent,
+    peer: SocketAddr,
+    publication: &mut Option<Publication>,
+) {
+    match event {
+        SessionEvent::ConnectRequested { app, tc_url } => {
+            match StreamKey::new(&app, "probe") {
+                Ok(_) => {
+                    debug!(%app, %tc_url, "connect");
+                    session.accept_connect();
+                }
+                Err(e) => {
+                    PUBLISH_REFUSED.with_label_values(&["bad_name"]).inc();
+                    info!(%app, error = %e, "connect refused");
+                    session.reject_connect(&e.to_string());
+                }
+            }
+        }
+        SessionEvent::PublishRequested { name, publish_type } => {
+            let (name, _query) = split_query(&name);
+            let key = match StreamKey::new(session.app(), name) {
+                Ok(key) => key,
+                Err(e) => {
+                    PUBLISH_REFUSED.with_label_values(&["bad_name"]).inc();
+                    info!(error = %e, "publish refused");
+                    session.reject_publish("NetStream.Publish.BadName", &e.to_string());
+                    return;
+                }
+            };
+            Span::current().record("stream", tracing::field::display(&key));
+            if publication.is_some() {
+                PUBLISH_REFUSED.with_label_values(&["already_publishing"]).inc();
+                session.reject_publish("NetStream.Publish.BadName", "this connection is already publishing");
+                return;
+            }
+            match ctx.streams.start_publish(key.clone(), peer.to_string()).await {
+                Ok(p) => {
+                    info!(stream = %key, epoch = p.epoch(), %publish_type, "publishing");
+                    *publication = Some(p);
+                    session.accept_publish();
+                }
+                Err(refusal) => {
+                    PUBLISH_REFUSED.with_label_values(&[refusal.reason()]).inc();
+                    info!(stream = %key, reason = refusal.reason(), "publish refused: {refusal}");
+                    session.reject_publish(refusal.code(), &refusal.to_string());
+                }
+            }
+        }
+        SessionEvent::PlayRequested { name } => {
+            debug!(%name, "play refused on an origin");
+            session.reject_play(
+                "NetStream.Play.Failed",
+                "this is an ingest (origin) node; play from an edge",
+            );
+        }
+        SessionEvent::Frame(frame) => {
+            if let Some(p) = publication {
+                p.push(frame);
+            }
+        }
+        SessionEvent::PublishStopped => {
+            if let Some(p) = publication.take() {
+                p.end(EndReason::Unpublished).await;
+            }
+        }
+        SessionEvent::PlayStopped => {}
+        SessionEvent::Ignored(what) => debug!(%what, "ignored"),
+    }
+}

@@ -1,0 +1,22 @@
+//! Origin metrics: publishers and publish refusals.
+
+use std::sync::LazyLock;
+
+use prometheus::{IntCounterVec, IntGauge, register_int_counter_vec, register_int_gauge};
+
+pub static PUBLISHERS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "corriente_publishers",
+        "Publishers currently streaming into this origin"
+    )
+    .expect("metric registers once")
+});
+
+pub static PUBLISH_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "corriente_publish_refused_total",
+        "Publish requests refused, by reason",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});

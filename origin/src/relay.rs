@@ -1,0 +1,122 @@
+//! The relay edges pull from: gRPC server streaming of one stream's frames, starting with its
+//! configuration frames and cached GOP, then live. A pull is refused unless this origin owns
+//! the stream under the epoch the edge asked for, so an edge never takes frames from an origin
+//! that lost the stream.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use corriente_media::metrics::{BYTES_OUT, Protocol};
+use corriente_media::{EndReason, Feed, FeedEnd, Segment, StreamKey};
+use corriente_proto::convert::{end_reason_to_pb, frame_to_pb};
+use corriente_proto::relay::{self as pb, relay_message::Body};
+use futures_util::Stream;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::OriginContext;
+
+pub(crate) struct RelayService {
+    pub(crate) ctx: Arc<OriginContext>,
+}
+
+#[tonic::async_trait]
+impl pb::relay_server::Relay for RelayService {
+    type SubscribeStream = RelayStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<RelayStream>, Status> {
+        let request = request.into_inner();
+        let key = StreamKey::new(&request.app, &request.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (hub, epoch) = self
+            .ctx
+            .streams
+            .lookup(&key)
+            .ok_or_else(|| Status::not_found(format!("stream {key} is not published on this origin")))?;
+        if request.epoch != 0 && request.epoch != epoch {
+            return Err(Status::failed_precondition(format!(
+                "this origin holds {key} at epoch {epoch}, not {}",
+                request.epoch
+            )));
+        }
+        let feed = hub
+            .subscribe(self.ctx.config.relay_lag, Protocol::Relay)
+            .map_err(|e| Status::not_found(format!("stream {key}: {e}")))?;
+        info!(stream = %key, epoch, edge = %request.edge_node, "relay pull started");
+        Ok(Response::new(RelayStream {
+            feed,
+            queue: VecDeque::from([pb::RelayMessage {
+                body: Some(Body::Start(pb::RelayStart {
+                    epoch,
+                    origin_node: self.ctx.node_id.clone(),
+                })),
+            }]),
+            done: false,
+            key,
+        }))
+    }
+}
+
+/// The response stream of one relay pull.
+pub struct RelayStream {
+    feed: Feed,
+    queue: VecDeque<pb::RelayMessage>,
+    done: bool,
+    key: StreamKey,
+}
+
+impl RelayStream {
+    fn enqueue(&mut self, segment: Segment) {
+        let mut bytes = 0u64;
+        let mut push = |frame: &corriente_media::Frame| {
+            bytes += frame.payload.len() as u64;
+            self.queue.push_back(pb::RelayMessage {
+                body: Some(Body::Frame(frame_to_pb(frame))),
+            });
+        };
+        match &segment {
+            Segment::Init(init) => init.frames().for_each(&mut push),
+            Segment::Batch { batch, from } => batch.frames[*from..].iter().for_each(&mut push),
+        }
+        BYTES_OUT.with_label_values(&["relay"]).inc_by(bytes);
+    }
+}
+
+impl Stream for RelayStream {
+    type Item = Result<pb::RelayMessage, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(message) = this.queue.pop_front() {
+                return Poll::Ready(Some(Ok(message)));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.feed).poll_next(cx) {
+                Poll::Ready(Some(segment)) => this.enqueue(segment),
+                Poll::Ready(None) => {
+                    this.done = true;
+                    let reason = match this.feed.end() {
+                        Some(FeedEnd::Ended(reason)) => end_reason_to_pb(reason),
+                        Some(FeedEnd::TooSlow) => pb::EndReason::TooSlow,
+                        None => end_reason_to_pb(EndReason::Unpublished),
+                    };
+                    info!(stream = %this.key, reason = reason.as_str_name(), "relay pull ended");
+                    this.queue.push_back(pb::RelayMessage {
+                        body: Some(Body::End(pb::RelayEnd {
+                            reason: reason as i32,
+                        })),
+                    });
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The streams this origin owns: claimed through the control plane, held in a local table for
+//! the relay, renewed by the membership heartbeat, and released when the publisher stops.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use corriente_control_plane::{ControlClient, ControlError, OwnedStream, StreamClaim};
+use corriente_media::frame::unix_micros;
+use corriente_media::{EndReason, Frame, Hub, HubConfig, HubWriter, StreamKey, spawn_hub};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::metrics;
+
+/// A stream published here.
+struct LiveStream {
+    hub: Hub,
+    epoch: u64,
+    publisher_addr: String,
+    started_at_ms: u64,
+    /// Cancelled when the control plane says another origin owns the stream now.
+    fenced: CancellationToken,
+}
+
+enum Slot {
+    /// A publisher asked for the name and the claim is in flight.
+    Claiming,
+    Live(LiveStream),
+}
+
+/// Why a publish was refused. Each maps to an RTMP status and a metrics reason.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishRefusal {
+    #[error("stream {0} is already being published")]
+    AlreadyPublishing(StreamKey),
+    #[error("cannot register stream {key}: {reason}; try again shortly")]
+    ControlPlane { key: StreamKey, reason: String },
+    #[error("this origin is shutting down; reconnect to publish elsewhere")]
+    Draining,
+}
+
+impl PublishRefusal {
+    /// RTMP status code sent to the encoder.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PublishRefusal::AlreadyPublishing(_) => "NetStream.Publish.BadName",
+            PublishRefusal::ControlPlane { .. } | PublishRefusal::Draining => {
+                "NetStream.Publish.Failed"
+            }
+        }
+    }
+
+    /// Bounded reason label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PublishRefusal::AlreadyPublishing(_) => "already_publishing",
+            PublishRefusal::ControlPlane { .. } => "control_plane_unavailable",
+            PublishRefusal::Draining => "draining",
+        }
+    }
+}
+
+/// The local stream table.
+pub struct Streams {
+    map: Mutex<HashMap<StreamKey, Slot>>,
+    control: ControlClient,
+    node_id: String,
+    relay_addr: String,
+    hub_config: HubConfig,
+    draining: CancellationToken,
+}
+
+impl Streams {
+    pub fn new(
+        control: ControlClient,
+        node_id: String,
+        relay_addr: String,
+        hub_config: HubConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            map: Mutex::new(HashMap::new()),
+            control,
+            node_id,
+            relay_addr,
+            hub_config,
+            draining: CancellationToken::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<StreamKey, Slot>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuses new publishes from now on.
+    pub fn start_draining(&self) {
+        self.draining.cancel();
+    }
+
+    /// Claims `key` for a publisher at `peer`: locally first (one publisher per name on this
+    /// node), then cluster-wide through the control plane.
+    pub async fn start_publish(
+        self: &Arc<Self>,
+        key: StreamKey,
+        peer: String,
+    ) -> Result<Publication, PublishRefusal> {
+        if self.draining.is_cancelled() {
+            return Err(PublishRefusal::Draining);
+        }
+        {
+            let mut map = self.lock();
+            if map.contains_key(&key) {
+                return Err(PublishRefusal::AlreadyPublishing(key));
+            }
+            map.insert(key.clone(), Slot::Claiming);
+        }
+        let claim = StreamClaim {
+            key: key.clone(),
+            node_id: self.node_id.clone(),
+            relay_addr: self.relay_addr.clone(),
+            media: Default::default(),
+            publisher_addr: peer.clone(),
+        };
+        let record = match self.control.register_stream(&claim).await {
+            Ok(record) => record,
+            Err(e) => {
+                self.lock().remove(&key);
+                return Err(match e {
+                    ControlError::AlreadyPublished(_) => PublishRefusal::AlreadyPublishing(key),
+                    other => PublishRefusal::ControlPlane {
+                        key,
+                        reason: other.to_string(),
+                    },
+                });
+            }
+        };
+        let (hub, writer) = spawn_hub(key.clone(), self.hub_config);
+        let fenced = CancellationToken::new();
+        self.lock().insert(
+            key.clone(),
+            Slot::Live(LiveStream {
+                hub,
+                epoch: record.epoch,
+                publisher_addr: peer,
+                started_at_ms: unix_micros() / 1000,
+                fenced: fenced.clone(),
+            }),
+        );
+        metrics::PUBLISHERS.inc();
+        Ok(Publication {
+            key,
+            epoch: record.epoch,
+            writer: Some(writer),
+            fenced,
+            streams: self.clone(),
+        })
+    }
+
+    /// The hub and epoch of a live stream, for the relay.
+    pub fn lookup(&self, key: &StreamKey) -> Option<(Hub, u64)> {
+        match self.lock().get(key) {
+            Some(Slot::Live(s)) => Some((s.hub.clone(), s.epoch)),
+            _ => None,
+        }
+    }
+
+    /// Live streams with their hubs, for stats.
+    pub fn live(&self) -> Vec<(Hub, u64, String)> {
+        self.lock()
+            .values()
+            .filter_map(|slot| match slot {
+                Slot::Live(s) => Some((s.hub.clone(), s.epoch, s.publisher_addr.clone())),
+                Slot::Claiming => None,
+            })
+            .collect()
+    }
+
+    /// What the heartbeat renews.
+    pub fn owned(&self) -> Vec<OwnedStream> {
+        self.lock()
+            .iter()
+            .filter_map(|(key, slot)| match slot {
+                Slot::Live(s) => Some(OwnedStream {
+                    key: key.clone(),
+                    epoch: s.epoch,
+                    media: s.hub.media(),
+                    publisher_addr: s.publisher_addr.clone(),
+                    started_at_ms: s.started_at_ms,
+                }),
+                Slot::Claiming => None,
+            })
+            .collect()
+    }
+
+    /// The control plane says these streams belong to another origin now.
+    pub fn fence(&self, keys: &[StreamKey]) {
+        let map = self.lock();
+        for key in keys {
+            if let Some(Slot::Live(s)) = map.get(key) {
+                warn!(stream = %key, epoch = s.epoch, "fenced: another origin owns this stream now; stopping it here");
+                s.fenced.cancel();
+            }
+        }
+    }
+
+    fn remove(&self, key: &StreamKey, epoch: u64) {
+        let mut map = self.lock();
+        if matches!(map.get(key), Some(Slot::Live(s)) if s.epoch == epoch) {
+            map.remove(key);
+        }
+    }
+}
+
+/// A publisher's hold on its stream. Ending it (or dropping it) ends the stream for every
+/// subscriber and releases the name.
+pub struct Publication {
+    key: StreamKey,
+    epoch: u64,
+    writer: Option<HubWriter>,
+    fenced: CancellationToken,
+    streams: Arc<Streams>,
+}
+
+impl Publication {
+    pub fn key(&self) -> &StreamKey {
+        &self.key
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Cancelled when the stream was taken over elsewhere.
+    pub fn fenced(&self) -> CancellationToken {
+        self.fenced.clone()
+    }
+
+    pub fn push(&mut self, frame: Frame) {
+        if let Some(writer) = &mut self.writer {
+            writer.push(frame);
+        }
+    }
+
+    /// Ends the stream for its subscribers with `reason` and releases the name (unless it was
+    /// fenced: then it is not ours to release).
+    pub async fn end(mut self, reason: EndReason) {
+        self.finish(reason);
+        if reason != EndReason::Fenced {
+            release(&self.streams.control, &self.key, &self.streams.node_id, self.epoch).await;
+        }
+    }
+
+    fn finish(&mut self, reason: EndReason) {
+        if let Some(writer) = self.writer.take() {
+            writer.finish(reason);
+            self.streams.remove(&self.key, self.epoch);
+            metrics::PUBLISHERS.dec();
+            info!(stream = %self.key, epoch = self.epoch, reason = reason.as_str(), "stream ended");
+        }
+    }
+}
+
+impl Drop for Publication {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            self.finish(EndReason::Unpublished);
+            let (control, key, node, epoch) = (
+                self.streams.control.clone(),
+                self.key.clone(),
+                self.streams.node_id.clone(),
+                self.epoch,
+            );
+            tokio::spawn(async move { release(&control, &key, &node, epoch).await });
+        }
+    }
+}
+
+async fn release(control: &ControlClient, key: &StreamKey, node: &str, epoch: u64) {
+    if let Err(e) = control.unregister_stream(key, node, epoch).await {
+        // The lease expires by itself; this only makes the name free sooner.
+        warn!(stream = %key, error = %e, "could not release the stream; its lease will expire");
+    }
+}

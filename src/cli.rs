@@ -1,0 +1,511 @@
+//! Command line: one binary, a subcommand per role (`all` when none is given). Every flag has
+//! a `CORRIENTE_*` environment twin; deploy files and tests rely on these names.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use corriente_control_plane::ControlPlaneConfig;
+use corriente_edge::EdgeConfig;
+use corriente_media::rtmp::SessionConfig;
+use corriente_media::rtmp::chunk::ChunkLimits;
+use corriente_media::{HubConfig, LagPolicy};
+use corriente_origin::OriginConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "corriente",
+    version,
+    about = "Horizontally scalable live streaming: RTMP ingest, gRPC relay, RTMP and HTTP-FLV fan-out",
+    long_about = "Horizontally scalable live streaming.\n\nWith no subcommand, runs `all`: control plane, origin and edge in one process on loopback, with an in-memory registry.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Options of `all`, accepted without the subcommand too.
+    #[command(flatten)]
+    pub all: AllArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Control plane, origin and edge in one process (binds loopback by default).
+    All(AllArgs),
+    /// Accepts RTMP publishers and serves the relay to edges.
+    Origin(OriginArgs),
+    /// Serves viewers over RTMP and HTTP-FLV, pulling streams from origins.
+    Edge(EdgeArgs),
+    /// Stream ownership, leases and node membership over gRPC.
+    ControlPlane(ControlArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options every role has.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Admin HTTP address: /metrics, /healthz, /readyz and the stats API.
+    #[arg(long, env = "CORRIENTE_ADMIN", value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+
+    /// Log format. Levels come from RUST_LOG (default: info).
+    #[arg(long, env = "CORRIENTE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// This node's id in the cluster (default: HOSTNAME-ROLE-PID).
+    #[arg(long, env = "CORRIENTE_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+
+    /// How long shutdown waits for connections to end before it stops anyway.
+    #[arg(long, env = "CORRIENTE_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Parse and validate the configuration, print it, and exit without starting.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// RTMP protocol settings (origin and edge).
+#[derive(Debug, Clone, Args)]
+pub struct RtmpArgs {
+    /// Chunk size Corriente sends with.
+    #[arg(long, env = "CORRIENTE_CHUNK_SIZE", value_name = "BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(128..=65536))]
+    pub chunk_size: u32,
+
+    /// Largest RTMP message accepted from a peer.
+    #[arg(long, env = "CORRIENTE_MAX_MESSAGE_SIZE", value_name = "BYTES", default_value_t = 8 << 20, value_parser = clap::value_parser!(u32).range(4096..=16_777_215))]
+    pub max_message_size: u32,
+
+    /// Deadline for the RTMP handshake (and for the play request, and HTTP request headers).
+    #[arg(long, env = "CORRIENTE_HANDSHAKE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Most simultaneous connections per listener.
+    #[arg(long, env = "CORRIENTE_MAX_CONNECTIONS", value_name = "N", default_value_t = 20_000)]
+    pub max_connections: usize,
+}
+
+impl RtmpArgs {
+    fn session(&self) -> SessionConfig {
+        SessionConfig {
+            chunk_size: self.chunk_size,
+            window_ack_size: 2_500_000,
+            limits: ChunkLimits {
+                max_message_size: self.max_message_size,
+                max_buffered: 2 * self.max_message_size as usize,
+                ..ChunkLimits::default()
+            },
+        }
+    }
+}
+
+/// Origin tuning.
+#[derive(Debug, Clone, Args)]
+pub struct OriginTuning {
+    /// A publisher silent this long is disconnected.
+    #[arg(long, env = "CORRIENTE_PUBLISH_IDLE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub publish_idle_timeout: Duration,
+}
+
+/// Edge tuning.
+#[derive(Debug, Clone, Args)]
+pub struct EdgeTuning {
+    /// Coalescing window: frames arriving this close together are written to viewers in one
+    /// write. The dial between latency and viewers per core (0 = write every frame at once).
+    #[arg(long, env = "CORRIENTE_COALESCE_WINDOW", value_name = "DURATION", default_value = "10ms", value_parser = parse_duration)]
+    pub coalesce_window: Duration,
+
+    /// A coalesced batch is written early once it holds this many bytes.
+    #[arg(long, env = "CORRIENTE_COALESCE_MAX_BYTES", value_name = "BYTES", default_value_t = 256 << 10)]
+    pub coalesce_max_bytes: usize,
+
+    /// A viewer whose socket takes nothing for this long is disconnected.
+    #[arg(long, env = "CORRIENTE_VIEWER_WRITE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub viewer_write_timeout: Duration,
+
+    /// Keyframe skips a lagging viewer may need within a minute before it is disconnected.
+    #[arg(long, env = "CORRIENTE_VIEWER_MAX_SKIPS", value_name = "N", default_value_t = 3)]
+    pub viewer_max_skips: u32,
+
+    /// How long a relay pull stays up after its last viewer left.
+    #[arg(long, env = "CORRIENTE_PULL_LINGER", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub pull_linger: Duration,
+
+    /// After losing a stream's origin, how long viewers are kept while the stream is looked for
+    /// elsewhere, before they get a clean end.
+    #[arg(long, env = "CORRIENTE_UPSTREAM_GRACE", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub upstream_grace: Duration,
+}
+
+/// `corriente all`.
+#[derive(Debug, Clone, Args)]
+pub struct AllArgs {
+    /// Origin RTMP ingest address.
+    #[arg(long, env = "CORRIENTE_ORIGIN_RTMP", value_name = "ADDR", default_value = "127.0.0.1:1935")]
+    pub origin_rtmp: SocketAddr,
+
+    /// Origin relay (gRPC) address.
+    #[arg(long, env = "CORRIENTE_ORIGIN_RELAY", value_name = "ADDR", default_value = "127.0.0.1:50052")]
+    pub origin_relay: SocketAddr,
+
+    /// Edge RTMP playback address.
+    #[arg(long, env = "CORRIENTE_EDGE_RTMP", value_name = "ADDR", default_value = "127.0.0.1:1936")]
+    pub edge_rtmp: SocketAddr,
+
+    /// Edge HTTP playback address.
+    #[arg(long, env = "CORRIENTE_EDGE_HTTP", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub edge_http: SocketAddr,
+
+    /// Control plane gRPC address.
+    #[arg(long, env = "CORRIENTE_CONTROL_GRPC", value_name = "ADDR", default_value = "127.0.0.1:50051")]
+    pub control_grpc: SocketAddr,
+
+    /// Lease duration of streams and nodes.
+    #[arg(long, env = "CORRIENTE_LEASE_TTL", value_name = "DURATION", default_value = "6s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub rtmp: RtmpArgs,
+    #[command(flatten)]
+    pub origin: OriginTuning,
+    #[command(flatten)]
+    pub edge: EdgeTuning,
+}
+
+/// `corriente origin`.
+#[derive(Debug, Clone, Args)]
+pub struct OriginArgs {
+    /// RTMP ingest address.
+    #[arg(long, env = "CORRIENTE_RTMP", value_name = "ADDR", default_value = "0.0.0.0:1935")]
+    pub rtmp: SocketAddr,
+
+    /// Relay (gRPC) address edges pull from.
+    #[arg(long, env = "CORRIENTE_RELAY", value_name = "ADDR", default_value = "0.0.0.0:50052")]
+    pub relay: SocketAddr,
+
+    /// Relay address to register for edges to dial (HOST:PORT), when it differs from the bind
+    /// address (containers, NAT). Default: this host's address towards the control plane.
+    #[arg(long, env = "CORRIENTE_ADVERTISE_RELAY", value_name = "HOST:PORT")]
+    pub advertise_relay: Option<String>,
+
+    /// Control plane URL.
+    #[arg(long, env = "CORRIENTE_CONTROL", value_name = "URL", default_value = "http://127.0.0.1:50051")]
+    pub control: String,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub rtmp_tuning: RtmpArgs,
+    #[command(flatten)]
+    pub tuning: OriginTuning,
+}
+
+/// `corriente edge`.
+#[derive(Debug, Clone, Args)]
+pub struct EdgeArgs {
+    /// RTMP playback address.
+    #[arg(long, env = "CORRIENTE_RTMP", value_name = "ADDR", default_value = "0.0.0.0:1935")]
+    pub rtmp: SocketAddr,
+
+    /// HTTP playback address (HTTP-FLV).
+    #[arg(long, env = "CORRIENTE_HTTP", value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    pub http: SocketAddr,
+
+    /// Control plane URL.
+    #[arg(long, env = "CORRIENTE_CONTROL", value_name = "URL", default_value = "http://127.0.0.1:50051")]
+    pub control: String,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub rtmp_tuning: RtmpArgs,
+    #[command(flatten)]
+    pub tuning: EdgeTuning,
+}
+
+/// `corriente control-plane`.
+#[derive(Debug, Clone, Args)]
+pub struct ControlArgs {
+    /// gRPC address.
+    #[arg(long, env = "CORRIENTE_GRPC", value_name = "ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc: SocketAddr,
+
+    /// Lease duration of streams and nodes: a dead origin's streams are free again at most
+    /// this long after its last heartbeat.
+    #[arg(long, env = "CORRIENTE_LEASE_TTL", value_name = "DURATION", default_value = "6s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Parses `250ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (examples: 250ms, 10s, 2m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !seconds.is_finite() || seconds < 0.0 || seconds > 86_400.0 * 365.0 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// The default node id: `HOSTNAME-ROLE-PID`.
+pub fn default_node_id(role: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    format!("{host}-{role}-{}", std::process::id())
+}
+
+fn admin_string(admin: Option<SocketAddr>) -> String {
+    admin.map(|a| a.to_string()).unwrap_or_default()
+}
+
+impl OriginArgs {
+    pub fn config(&self) -> Result<OriginConfig, String> {
+        validate_url(&self.control)?;
+        Ok(origin_config(
+            self.rtmp,
+            self.relay,
+            self.advertise_relay.clone(),
+            self.control.clone(),
+            self.common
+                .node_id
+                .clone()
+                .unwrap_or_else(|| default_node_id("origin")),
+            admin_string(self.common.admin),
+            &self.rtmp_tuning,
+            &self.tuning,
+            self.common.drain_timeout,
+        ))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn origin_config(
+    rtmp: SocketAddr,
+    relay: SocketAddr,
+    advertise_relay: Option<String>,
+    control_url: String,
+    node_id: String,
+    admin_addr: String,
+    rtmp_args: &RtmpArgs,
+    tuning: &OriginTuning,
+    drain_timeout: Duration,
+) -> OriginConfig {
+    OriginConfig {
+        rtmp_addr: rtmp,
+        relay_addr: relay,
+        advertise_relay,
+        control_url,
+        node_id,
+        admin_addr,
+        session: rtmp_args.session(),
+        handshake_timeout: rtmp_args.handshake_timeout,
+        idle_timeout: tuning.publish_idle_timeout,
+        max_connections: rtmp_args.max_connections,
+        drain_timeout,
+        ..OriginConfig::default()
+    }
+}
+
+impl EdgeArgs {
+    pub fn config(&self) -> Result<EdgeConfig, String> {
+        validate_url(&self.control)?;
+        Ok(edge_config(
+            self.rtmp,
+            self.http,
+            self.control.clone(),
+            self.common
+                .node_id
+                .clone()
+                .unwrap_or_else(|| default_node_id("edge")),
+            admin_string(self.common.admin),
+            &self.rtmp_tuning,
+            &self.tuning,
+            self.common.drain_timeout,
+        ))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn edge_config(
+    rtmp: SocketAddr,
+    http: SocketAddr,
+    control_url: String,
+    node_id: String,
+    admin_addr: String,
+    rtmp_args: &RtmpArgs,
+    tuning: &EdgeTuning,
+    drain_timeout: Duration,
+) -> EdgeConfig {
+    let mut config = EdgeConfig::default();
+    config.rtmp_addr = rtmp;
+    config.http_addr = http;
+    config.control_url = control_url;
+    config.node_id = node_id;
+    config.admin_addr = admin_addr;
+    config.session = rtmp_args.session();
+    config.handshake_timeout = rtmp_args.handshake_timeout;
+    config.write_timeout = tuning.viewer_write_timeout;
+    config.max_connections = rtmp_args.max_connections;
+    config.viewer_lag = LagPolicy {
+        max_skips: tuning.viewer_max_skips,
+        window: Duration::from_secs(60),
+    };
+    config.pull.hub = HubConfig {
+        coalesce_window: tuning.coalesce_window,
+        coalesce_max_bytes: tuning.coalesce_max_bytes,
+        ..config.pull.hub
+    };
+    config.pull.linger = tuning.pull_linger;
+    config.pull.upstream_grace = tuning.upstream_grace;
+    config.drain_timeout = drain_timeout;
+    config
+}
+
+impl ControlArgs {
+    pub fn config(&self) -> Result<ControlPlaneConfig, String> {
+        validate_lease(self.lease_ttl)?;
+        Ok(ControlPlaneConfig {
+            grpc_addr: self.grpc,
+            lease_ttl: self.lease_ttl,
+        })
+    }
+}
+
+fn validate_lease(ttl: Duration) -> Result<(), String> {
+    if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(300) {
+        return Err(format!("--lease-ttl must be between 1s and 5m, not {ttl:?}"));
+    }
+    Ok(())
+}
+
+fn validate_url(url: &str) -> Result<(), String> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && url.parse::<axum::http::Uri>().is_ok_and(|u| u.host().is_some());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("--control {url:?} is not a URL like http://HOST:PORT"))
+    }
+}
+
+/// The three parts of `all`, wired to each other through the control plane's address (known
+/// once it is bound).
+pub struct AllConfig {
+    pub control: ControlPlaneConfig,
+    pub origin: OriginConfig,
+    pub edge: EdgeConfig,
+}
+
+impl AllArgs {
+    pub fn config(&self) -> Result<AllConfig, String> {
+        validate_lease(self.lease_ttl)?;
+        let node = self
+            .common
+            .node_id
+            .clone()
+            .unwrap_or_else(|| default_node_id("all"));
+        let control_url = format!("http://{}", self.control_grpc);
+        let admin = admin_string(Some(self.admin()));
+        Ok(AllConfig {
+            control: ControlPlaneConfig {
+                grpc_addr: self.control_grpc,
+                lease_ttl: self.lease_ttl,
+            },
+            origin: origin_config(
+                self.origin_rtmp,
+                self.origin_relay,
+                None,
+                control_url.clone(),
+                format!("{node}-origin"),
+                admin.clone(),
+                &self.rtmp,
+                &self.origin,
+                self.common.drain_timeout,
+            ),
+            edge: edge_config(
+                self.edge_rtmp,
+                self.edge_http,
+                control_url,
+                format!("{node}-edge"),
+                admin,
+                &self.rtmp,
+                &self.edge,
+                self.common.drain_timeout,
+            ),
+        })
+    }
+
+    /// The admin address of `all`: loopback 9090 unless told otherwise.
+    pub fn admin(&self) -> SocketAddr {
+        self.common
+            .admin
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn no_subcommand_means_all() {
+        let cli = Cli::try_parse_from(["corriente", "--edge-http", "127.0.0.1:8081"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.all.edge_http, "127.0.0.1:8081".parse().unwrap());
+        let cli = Cli::try_parse_from(["corriente", "origin", "--rtmp", "0.0.0.0:1936"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Origin(_))));
+    }
+
+    #[test]
+    fn refuses_bad_values_clearly() {
+        assert!(Cli::try_parse_from(["corriente", "edge", "--rtmp", "nope"]).is_err());
+        assert!(Cli::try_parse_from(["corriente", "--chunk-size", "1"]).is_err());
+        let cli = Cli::try_parse_from(["corriente", "edge", "--control", "localhost:50051"]).unwrap();
+        let Some(Command::Edge(edge)) = cli.command else { unreachable!() };
+        assert!(edge.config().unwrap_err().contains("not a URL"));
+    }
+}
