@@ -13,6 +13,7 @@ use corriente_media::{EndReason, Feed, FeedEnd, Segment, StreamKey};
 use corriente_proto::convert::{end_reason_to_pb, frame_to_pb};
 use corriente_proto::relay::{self as pb, relay_message::Body};
 use futures_util::Stream;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
@@ -58,6 +59,7 @@ impl pb::relay_server::Relay for RelayService {
             }]),
             done: false,
             key,
+            since: Instant::now(),
         }))
     }
 }
@@ -68,15 +70,26 @@ pub struct RelayStream {
     queue: VecDeque<pb::RelayMessage>,
     done: bool,
     key: StreamKey,
+    /// When the pull started: frames sent before are replayed from the cache, and carry no
+    /// ingest time, so the edge's relay lag only measures live frames.
+    since: Instant,
 }
 
 impl RelayStream {
     fn enqueue(&mut self, segment: Segment) {
+        let replayed = match &segment {
+            Segment::Init(_) => true,
+            Segment::Batch { batch, .. } => batch.sent_at < self.since,
+        };
         let mut bytes = 0u64;
         let mut push = |frame: &corriente_media::Frame| {
             bytes += frame.payload.len() as u64;
+            let mut message = frame_to_pb(frame);
+            if replayed {
+                message.ingest_time_us = 0;
+            }
             self.queue.push_back(pb::RelayMessage {
-                body: Some(Body::Frame(frame_to_pb(frame))),
+                body: Some(Body::Frame(message)),
             });
         };
         match &segment {

@@ -1,1 +1,300 @@
-//! placeholder
+//! Harness for Corriente's end-to-end tests: starts the real `corriente` binary on free ports
+//! (every listener binds `127.0.0.1:0` and the harness reads the bound addresses from the JSON
+//! log), encodes test media once with ffmpeg, publishes it with `ffmpeg -c copy`, and plays it
+//! with ffprobe, ffmpeg, and the RTMP and HTTP-FLV clients in [`clients`].
+
+pub mod clients;
+pub mod media;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The `corriente` binary under test: `$CORRIENTE_BIN`, or the one cargo built next to this
+/// test executable (`target/<profile>/corriente`).
+pub fn corriente_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("CORRIENTE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("corriente");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first (`cargo build --bin corriente`; tests/run does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Where tests keep generated media and artifacts (`target/test-media`).
+pub fn work_dir() -> PathBuf {
+    let dir = corriente_bin()
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|target| target.join("test-media"))
+        .unwrap_or_else(|| std::env::temp_dir().join("corriente-test-media"));
+    std::fs::create_dir_all(&dir).expect("create test media dir");
+    dir
+}
+
+/// A running `corriente` process. Killed when dropped; its log is printed if the test failed.
+pub struct Node {
+    child: Child,
+    listeners: HashMap<String, SocketAddr>,
+    log: Arc<Mutex<Vec<String>>>,
+    name: String,
+}
+
+impl Node {
+    /// Starts `corriente ARGS` and waits until every listener in `expect` is bound.
+    pub fn start(name: &str, args: &[&str], expect: &[&str]) -> Result<Node> {
+        let mut child = Command::new(corriente_bin())
+            .args(args)
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", std::env::var("CORRIENTE_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn corriente")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["message"] == "listening"
+                    && let (Some(l), Some(a)) = (v["listener"].as_str(), v["addr"].as_str())
+                    && let Ok(addr) = a.parse::<SocketAddr>()
+                {
+                    let _ = tx.send((l.to_owned(), addr));
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut node = Node {
+            child,
+            listeners: HashMap::new(),
+            log,
+            name: name.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while expect.iter().any(|l| !node.listeners.contains_key(*l)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((listener, addr)) => {
+                    node.listeners.insert(listener, addr);
+                }
+                Err(_) => {
+                    let status = node.child.try_wait()?;
+                    bail!(
+                        "{name} did not bind {expect:?} (exit status {status:?}); log:\n{}",
+                        node.log_text()
+                    );
+                }
+            }
+        }
+        Ok(node)
+    }
+
+    /// `corriente all` with every port free.
+    pub fn all(extra: &[&str]) -> Result<Node> {
+        let mut args = vec![
+            "all",
+            "--origin-rtmp",
+            "127.0.0.1:0",
+            "--origin-relay",
+            "127.0.0.1:0",
+            "--edge-rtmp",
+            "127.0.0.1:0",
+            "--edge-http",
+            "127.0.0.1:0",
+            "--control-grpc",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        Node::start(
+            "all",
+            &args,
+            &["origin-rtmp", "edge-rtmp", "edge-http", "admin", "control-grpc", "origin-relay"],
+        )
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        *self
+            .listeners
+            .get(listener)
+            .unwrap_or_else(|| panic!("{} has no {listener} listener", self.name))
+    }
+
+    /// `rtmp://ORIGIN/live/NAME` for publishing.
+    pub fn ingest_url(&self, name: &str) -> String {
+        format!("rtmp://{}/live/{name}", self.addr("origin-rtmp"))
+    }
+
+    /// `rtmp://EDGE/live/NAME` for playing.
+    pub fn rtmp_url(&self, name: &str) -> String {
+        format!("rtmp://{}/live/{name}", self.addr("edge-rtmp"))
+    }
+
+    /// `http://EDGE/live/NAME.flv`.
+    pub fn flv_url(&self, name: &str) -> String {
+        format!("http://{}/live/{name}.flv", self.addr("edge-http"))
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr("admin"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Resident memory of the process, in kilobytes.
+    pub fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status();
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        self.signal("TERM");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not exit within {timeout:?} of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Log lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log_lines().join("\n")
+    }
+
+    /// Fetches an admin path (`/metrics`, `/readyz`, ...): status and body.
+    pub async fn admin_get(&self, path: &str) -> Result<(u16, String)> {
+        clients::http_get(self.addr("admin"), path).await
+    }
+
+    /// Current Prometheus metrics.
+    pub async fn metrics(&self) -> Result<Metrics> {
+        let (status, body) = self.admin_get("/metrics").await?;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        Ok(Metrics(body))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let lines = self.log_lines();
+            let tail = &lines[lines.len().saturating_sub(80)..];
+            eprintln!("---- last log lines of {} ----\n{}", self.name, tail.join("\n"));
+        }
+    }
+}
+
+/// Prometheus text exposition, with lookups.
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// Value of the series `name` whose labels include all of `labels` (summed over the rest).
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut found = None;
+        for line in self.0.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                continue;
+            }
+            let matches = labels
+                .iter()
+                .all(|(k, v)| label_text.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
+            if matches && let Ok(v) = value.parse::<f64>() {
+                *found.get_or_insert(0.0) += v;
+            }
+        }
+        found
+    }
+
+    /// Every label value of every `corriente_` series, for cardinality checks.
+    pub fn label_values(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for line in self.0.lines().filter(|l| l.starts_with("corriente_")) {
+            let Some((series, _)) = line.rsplit_once(' ') else { continue };
+            let Some((metric, labels)) = series.split_once('{') else { continue };
+            for pair in labels.trim_end_matches('}').split(',') {
+                if let Some((k, v)) = pair.split_once('=') {
+                    out.push((metric.to_owned(), k.to_owned(), v.trim_matches('"').to_owned()));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

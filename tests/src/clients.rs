@@ -1,0 +1,321 @@
+//! Protocol clients for tests: an HTTP-FLV reader, an RTMP player and an RTMP publisher built on
+//! Corriente's own RTMP client session, recording what arrives and when. Lighter than ffmpeg,
+//! so a test can run fifty of them, and exact about timing (first frame, keyframe first).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::{BufMut, BytesMut};
+use corriente_media::flv::{self, TagReader};
+use corriente_media::frame::unix_micros;
+use corriente_media::rtmp::chunk::encode_message;
+use corriente_media::rtmp::handshake;
+use corriente_media::rtmp::message::{csid, type_id};
+use corriente_media::rtmp::{ClientEvent, ClientMode, ClientSession};
+use corriente_media::{Frame, FrameKind, FrameRole};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Minimal HTTP/1.0 GET: status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await??;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await??;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    Ok((status, body.to_owned()))
+}
+
+/// One frame a test client received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub kind: FrameKind,
+    pub role: FrameRole,
+    pub timestamp: u32,
+    pub len: usize,
+    /// When it arrived, since the client connected.
+    pub after: Duration,
+}
+
+/// What a viewer got.
+#[derive(Debug, Clone, Default)]
+pub struct Playback {
+    pub frames: Vec<Received>,
+    /// The server ended the stream (end of HTTP body, or RTMP UnpublishNotify/StreamEOF).
+    pub ended: bool,
+    /// The server refused the request (HTTP status or RTMP error status).
+    pub refused: Option<String>,
+}
+
+impl Playback {
+    pub fn video(&self) -> impl Iterator<Item = &Received> {
+        self.frames
+            .iter()
+            .filter(|f| matches!(f.role, FrameRole::Keyframe | FrameRole::Inter))
+    }
+
+    pub fn audio(&self) -> impl Iterator<Item = &Received> {
+        self.frames.iter().filter(|f| f.role == FrameRole::Audio)
+    }
+
+    /// The first media frame (not metadata or a sequence header).
+    pub fn first_media(&self) -> Option<&Received> {
+        self.frames.iter().find(|f| !matches!(f.role, FrameRole::Metadata | FrameRole::VideoConfig | FrameRole::AudioConfig | FrameRole::Data))
+    }
+}
+
+fn received(frame: &Frame, started: Instant) -> Received {
+    Received {
+        kind: frame.kind,
+        role: frame.role(),
+        timestamp: frame.timestamp,
+        len: frame.payload.len(),
+        after: started.elapsed(),
+    }
+}
+
+/// Reads `http://ADDR/PATH` as HTTP-FLV for `duration` (or until the body ends).
+pub async fn play_flv(addr: SocketAddr, path: &str, duration: Duration) -> Result<Playback> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut playback = Playback::default();
+    let deadline = started + duration;
+    // Response head.
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let _ = buf.split_to(end + 4);
+            let status = head.split_whitespace().nth(1).unwrap_or("");
+            if status != "200" {
+                playback.refused = Some(head.lines().next().unwrap_or("").to_owned());
+                return Ok(playback);
+            }
+            break;
+        }
+        if tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await?? == 0 {
+            bail!("connection closed before the response head");
+        }
+    }
+    let mut reader = TagReader::new(16 << 20);
+    loop {
+        while let Some(tag) = reader.next_tag(&mut buf)? {
+            if let Some(kind) = FrameKind::from_tag_type(tag.tag_type) {
+                let frame = Frame::new(kind, tag.timestamp, tag.body, 0);
+                playback.frames.push(received(&frame, started));
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Err(_) => return Ok(playback),
+            Ok(Ok(0)) => {
+                playback.ended = true;
+                return Ok(playback);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Plays `rtmp://ADDR/APP/NAME` for `duration` (or until the server ends the stream).
+pub async fn play_rtmp(addr: SocketAddr, app: &str, name: &str, duration: Duration) -> Result<Playback> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let mut input = handshake::connect(&mut stream, Duration::from_secs(5)).await?;
+    let tc_url = format!("rtmp://{addr}/{app}");
+    let mut session = ClientSession::new(ClientMode::Play, app, &tc_url, name, 4096);
+    let mut playback = Playback::default();
+    let mut events = Vec::new();
+    loop {
+        session.feed(&mut input, unix_micros(), &mut events)?;
+        for event in events.drain(..) {
+            match event {
+                ClientEvent::Frame(frame) => playback.frames.push(received(&frame, started)),
+                ClientEvent::Refused { code, description } => {
+                    playback.refused = Some(format!("{code}: {description}"));
+                    return Ok(playback);
+                }
+                ClientEvent::Ended => {
+                    playback.ended = true;
+                    return Ok(playback);
+                }
+                _ => {}
+            }
+        }
+        if session.has_output() {
+            stream.write_all(&session.take_output()).await?;
+        }
+        input.reserve(64 << 10);
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut input)).await {
+            Err(_) => return Ok(playback),
+            Ok(Ok(0)) => {
+                playback.ended = true;
+                return Ok(playback);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// How [`publish_flv_file`] puts frames on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// One message per frame, as encoders do.
+    Plain,
+    /// Frames grouped into aggregate messages (type 22) of about 100 ms.
+    Aggregate,
+    /// Chunks of audio messages interleaved between the chunks of video messages, with a
+    /// 128-byte chunk size (legal RTMP that rml_rtmp's deserializer mishandles).
+    Interleaved,
+}
+
+/// Publishes an FLV file to `rtmp://ADDR/APP/NAME` in real time, looping, for `duration`.
+/// Returns the number of frames sent.
+pub async fn publish_flv_file(
+    addr: SocketAddr,
+    app: &str,
+    name: &str,
+    file: &Path,
+    wire: Wire,
+    duration: Duration,
+) -> Result<u64> {
+    let data = std::fs::read(file)?;
+    let mut buf = BytesMut::from(&data[..]);
+    let mut reader = TagReader::new(16 << 20);
+    let mut tags = Vec::new();
+    while let Some(tag) = reader.next_tag(&mut buf)? {
+        tags.push(tag);
+    }
+    let file_duration = tags.last().map_or(0, |t| t.timestamp) + 33;
+
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let mut input = handshake::connect(&mut stream, Duration::from_secs(5)).await?;
+    let chunk_size = if wire == Wire::Interleaved { 128 } else { 4096 };
+    let mut session = ClientSession::new(ClientMode::Publish, app, &format!("rtmp://{addr}/{app}"), name, chunk_size);
+    let mut events = Vec::new();
+    // Set up the publish.
+    let setup_deadline = Instant::now() + Duration::from_secs(10);
+    while !session.is_active() {
+        if session.has_output() {
+            stream.write_all(&session.take_output()).await?;
+        }
+        input.reserve(4096);
+        if tokio::time::timeout_at(setup_deadline, stream.read_buf(&mut input)).await?? == 0 {
+            bail!("server closed the connection during publish setup");
+        }
+        session.feed(&mut input, 0, &mut events)?;
+        for e in events.drain(..) {
+            if let ClientEvent::Refused { code, description } = e {
+                bail!("publish refused: {code}: {description}");
+            }
+        }
+    }
+
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut round = 0u32;
+    let mut pending_audio: Vec<(u32, bytes::Bytes)> = Vec::new();
+    'outer: loop {
+        let mut aggregate = BytesMut::new();
+        let mut aggregate_ts = None;
+        for tag in &tags {
+            let Some(kind) = FrameKind::from_tag_type(tag.tag_type) else { continue };
+            let ts = tag.timestamp + round * file_duration;
+            let config = Frame::new(kind, ts, tag.body.clone(), 0).is_config();
+            if round > 0 && config {
+                continue;
+            }
+            let due = started + Duration::from_millis(u64::from(ts));
+            if started.elapsed() >= duration {
+                break 'outer;
+            }
+            tokio::time::sleep_until(due).await;
+            let mut out = BytesMut::new();
+            match wire {
+                Wire::Plain => {
+                    session.send_frame(&Frame::new(kind, ts, tag.body.clone(), 0));
+                }
+                Wire::Aggregate if config => {
+                    session.send_frame(&Frame::new(kind, ts, tag.body.clone(), 0));
+                }
+                Wire::Aggregate => {
+                    let base = *aggregate_ts.get_or_insert(ts);
+                    flv::write_tag(&mut aggregate, tag.tag_type, ts, &tag.body);
+                    if ts.saturating_sub(base) >= 100 {
+                        encode_message(&mut out, csid::VIDEO, base, type_id::AGGREGATE, 1, &aggregate, 4096);
+                        aggregate.clear();
+                        aggregate_ts = None;
+                    }
+                }
+                Wire::Interleaved => {
+                    if kind == FrameKind::Audio && !config {
+                        pending_audio.push((ts, tag.body.clone()));
+                    } else if kind == FrameKind::Video && tag.body.len() > 128 && !pending_audio.is_empty() {
+                        // First chunk of the video message, then whole audio messages, then the
+                        // rest of the video message's chunks.
+                        let mut video = BytesMut::new();
+                        encode_message(&mut video, csid::VIDEO, ts, type_id::VIDEO, 1, &tag.body, 128);
+                        let first = 12 + 128;
+                        out.put_slice(&video[..first]);
+                        for (ats, body) in pending_audio.drain(..) {
+                            encode_message(&mut out, csid::AUDIO, ats, type_id::AUDIO, 1, &body, 128);
+                        }
+                        out.put_slice(&video[first..]);
+                    } else {
+                        session.send_frame(&Frame::new(kind, ts, tag.body.clone(), 0));
+                    }
+                }
+            }
+            if session.has_output() {
+                stream.write_all(&session.take_output()).await?;
+            }
+            if !out.is_empty() {
+                stream.write_all(&out).await?;
+            }
+            sent += 1;
+        }
+        round += 1;
+    }
+    session.stop();
+    stream.write_all(&session.take_output()).await?;
+    let _ = stream.shutdown().await;
+    Ok(sent)
+}
+
+/// A TCP connection with the RTMP handshake done, for sending hand-made chunks.
+pub async fn rtmp_handshaken(addr: SocketAddr) -> Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await?;
+    handshake::connect(&mut stream, Duration::from_secs(5)).await?;
+    Ok(stream)
+}
+
+/// Reads until the server closes the connection; true when it did within `timeout`.
+pub async fn closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
+    let mut sink = [0u8; 4096];
+    let deadline = Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Test media and the real clients: media is encoded once per machine with ffmpeg and then
+//! published with `ffmpeg -c copy` (cheap, so tests stay reliable on a loaded 2-core box);
+//! ffprobe and ffmpeg check what viewers receive.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::process::{Child, Command};
+
+use crate::work_dir;
+
+/// Encodes `name` with ffmpeg `args` unless it exists; safe when many test processes race.
+fn encode_once(name: &str, args: &[&str]) -> Result<PathBuf> {
+    let dir = work_dir();
+    let path = dir.join(name);
+    if path.exists() {
+        return Ok(path);
+    }
+    let lock = File::create(dir.join(format!("{name}.lock")))?;
+    lock.lock()?;
+    if !path.exists() {
+        let partial = dir.join(format!("{name}.partial.flv"));
+        let status = std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y"])
+            .args(args)
+            .args(["-f", "flv"])
+            .arg(&partial)
+            .status()
+            .context("run ffmpeg (is it installed? tests/run installs it)")?;
+        if !status.success() {
+            bail!("ffmpeg failed to encode {name}: {status}");
+        }
+        std::fs::rename(&partial, &path)?;
+    }
+    drop(lock);
+    Ok(path)
+}
+
+/// 10 s of H.264 1280x720 at 30 fps (2 s GOP, about 2.5 Mbit/s) with AAC stereo 44.1 kHz:
+/// the stream of a typical OBS setup.
+pub fn av_720p() -> Result<PathBuf> {
+    encode_once(
+        "av-720p30-h264-aac.flv",
+        &[
+            "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",
+            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
+            "-t", "10",
+            "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-pix_fmt", "yuv420p",
+            "-g", "60", "-b:v", "2500k", "-maxrate", "2500k", "-bufsize", "2500k",
+            "-c:a", "aac", "-b:a", "128k", "-ac", "2",
+        ],
+    )
+}
+
+/// A small H.264 + AAC stream (320x240, 1 s GOP) for tests that run many streams at once.
+pub fn av_small() -> Result<PathBuf> {
+    encode_once(
+        "av-240p30-h264-aac.flv",
+        &[
+            "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+            "-f", "lavfi", "-i", "sine=frequency=660:sample_rate=44100",
+            "-t", "10",
+            "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-pix_fmt", "yuv420p",
+            "-g", "30", "-b:v", "400k",
+            "-c:a", "aac", "-b:a", "64k",
+        ],
+    )
+}
+
+/// An ffmpeg publishing a file in a loop, in real time, with `-c copy`. Killed on drop.
+pub struct Publisher {
+    child: Child,
+    url: String,
+}
+
+impl Publisher {
+    pub fn start(file: &std::path::Path, url: &str) -> Result<Publisher> {
+        let child = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i"])
+            .arg(file)
+            .args(["-c", "copy", "-f", "flv", url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn ffmpeg publisher")?;
+        Ok(Publisher {
+            child,
+            url: url.to_owned(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops publishing abruptly (SIGKILL of the encoder).
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Waits for the publisher to exit and returns its exit code and error output.
+    pub async fn wait(mut self, timeout: Duration) -> Result<(Option<i32>, String)> {
+        let mut stderr = self.child.stderr.take().context("stderr")?;
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .context("publisher still running")??;
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await?;
+        Ok((status.code(), text))
+    }
+
+    /// True while ffmpeg runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// One stream as ffprobe reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbedStream {
+    pub codec_type: String,
+    pub codec_name: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Runs ffprobe on `url` and returns its streams.
+pub async fn ffprobe(url: &str) -> Result<Vec<ProbedStream>> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new("ffprobe")
+            .args([
+                "-v", "error", "-rw_timeout", "15000000",
+                "-show_entries", "stream=codec_type,codec_name,width,height",
+                "-of", "json", url,
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("ffprobe timed out")??;
+    if !output.status.success() {
+        bail!("ffprobe {url} failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    Ok(json["streams"]
+        .as_array()
+        .map(|streams| {
+            streams
+                .iter()
+                .map(|s| ProbedStream {
+                    codec_type: s["codec_type"].as_str().unwrap_or("").to_owned(),
+                    codec_name: s["codec_name"].as_str().unwrap_or("").to_owned(),
+                    width: s["width"].as_u64().unwrap_or(0) as u32,
+                    height: s["height"].as_u64().unwrap_or(0) as u32,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// What `ffmpeg -i URL -t SECONDS -f null -` decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct Decoded {
+    pub video_frames: u64,
+    pub exit_ok: bool,
+}
+
+/// Decodes `seconds` of `url` with ffmpeg and counts the video frames.
+pub async fn decode(url: &str, seconds: u32) -> Result<Decoded> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(u64::from(seconds) + 40),
+        Command::new("ffmpeg")
+            .args(["-hide_banner", "-nostats", "-rw_timeout", "15000000", "-i", url])
+            .args(["-t", &seconds.to_string(), "-f", "null", "-"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("ffmpeg decode timed out")??;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    Ok(Decoded {
+        video_frames: last_frame_count(&stderr),
+        exit_ok: output.status.success(),
+    })
+}
+
+/// The last `frame=N` ffmpeg printed.
+pub fn last_frame_count(stderr: &str) -> u64 {
+    stderr
+        .rsplit("frame=")
+        .next()
+        .filter(|_| stderr.contains("frame="))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A long-running ffmpeg viewer that decodes and reports progress. Killed on drop.
+pub struct Viewer {
+    child: Child,
+    progress: std::sync::Arc<std::sync::Mutex<(u64, std::time::Instant)>>,
+}
+
+impl Viewer {
+    /// Starts `ffmpeg -i URL -f null -` with progress reporting.
+    pub fn start(url: &str) -> Result<Viewer> {
+        let mut child = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-rw_timeout", "30000000", "-i", url])
+            .args(["-f", "null", "-", "-progress", "pipe:1", "-stats_period", "0.1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn ffmpeg viewer")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let progress = std::sync::Arc::new(std::sync::Mutex::new((0u64, std::time::Instant::now())));
+        let sink = progress.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(n) = line.strip_prefix("frame=").and_then(|n| n.trim().parse::<u64>().ok()) {
+                    let mut p = sink.lock().unwrap();
+                    if n > p.0 {
+                        *p = (n, std::time::Instant::now());
+                    }
+                }
+            }
+        });
+        Ok(Viewer { child, progress })
+    }
+
+    /// Video frames decoded so far, and when the count last grew.
+    pub fn frames(&self) -> (u64, std::time::Instant) {
+        *self.progress.lock().unwrap()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Exit code once it exited.
+    pub async fn exit_code(&mut self, timeout: Duration) -> Option<i32> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .ok()
+            .and_then(|s| s.ok())
+            .and_then(|s| s.code())
+    }
+}

@@ -1,0 +1,225 @@
+//! The streaming core, end to end: ffmpeg publishes to the origin of a real `corriente all`
+//! process; ffprobe, ffmpeg and protocol clients watch from its edge over RTMP and HTTP-FLV.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use corriente_media::FrameRole;
+use corriente_tests::clients::{Playback, play_flv, play_rtmp};
+use corriente_tests::media::{Publisher, Viewer, av_720p, av_small, decode, ffprobe};
+use corriente_tests::{Node, wait_for};
+
+/// Waits until the control plane lists `name` as live.
+async fn wait_live(node: &Node, name: &str) -> Result<()> {
+    let needle = format!("\"name\":\"{name}\"");
+    wait_for(Duration::from_secs(20), &format!("stream {name} to be live"), || async {
+        let (status, body) = node.admin_get("/api/v1/cluster/streams").await.ok()?;
+        (status == 200 && body.contains(&needle)).then_some(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ffprobe_and_ffmpeg_play_over_rtmp_and_http_flv() -> Result<()> {
+    let node = Node::all(&[])?;
+    let _publisher = Publisher::start(&av_720p()?, &node.ingest_url("cam"))?;
+    wait_live(&node, "cam").await?;
+
+    let (rtmp_url, flv_url) = (node.rtmp_url("cam"), node.flv_url("cam"));
+    let (rtmp, http) = tokio::join!(ffprobe(&rtmp_url), ffprobe(&flv_url));
+    for (what, streams) in [("RTMP", rtmp?), ("HTTP-FLV", http?)] {
+        let video: Vec<_> = streams.iter().filter(|s| s.codec_type == "video").collect();
+        let audio: Vec<_> = streams.iter().filter(|s| s.codec_type == "audio").collect();
+        assert_eq!(video.len(), 1, "{what}: one video stream in {streams:?}");
+        assert_eq!(
+            (video[0].codec_name.as_str(), video[0].width, video[0].height),
+            ("h264", 1280, 720),
+            "{what}"
+        );
+        assert_eq!(audio.len(), 1, "{what}: one audio stream in {streams:?}");
+        assert_eq!(audio[0].codec_name, "aac", "{what}");
+        assert_eq!(streams.len(), 2, "{what}: no extra data streams in {streams:?}");
+    }
+
+    // 5 s at 30 fps: at least 90% of 150 frames decoded from each.
+    let (rtmp, http) = tokio::join!(decode(&rtmp_url, 5), decode(&flv_url, 5));
+    for (what, decoded) in [("RTMP", rtmp?), ("HTTP-FLV", http?)] {
+        assert!(decoded.exit_ok, "{what}: ffmpeg failed");
+        assert!(
+            decoded.video_frames >= 135,
+            "{what}: decoded {} video frames of 150",
+            decoded.video_frames
+        );
+    }
+    Ok(())
+}
+
+fn assert_starts_on_a_keyframe_at_once(what: &str, playback: &Playback) {
+    assert!(playback.refused.is_none(), "{what}: refused: {:?}", playback.refused);
+    let first = playback.first_media().unwrap_or_else(|| panic!("{what}: no media received"));
+    let first_video = playback.video().next().unwrap_or_else(|| panic!("{what}: no video"));
+    assert_eq!(first_video.role, FrameRole::Keyframe, "{what}: first video frame is not a keyframe");
+    // Decoder configuration arrives before any media.
+    let config_before = |role| {
+        playback
+            .frames
+            .iter()
+            .take_while(|f| f.after <= first.after && !std::ptr::eq(*f, first))
+            .any(|f| f.role == role)
+    };
+    assert!(config_before(FrameRole::VideoConfig), "{what}: no AVC sequence header before media");
+    assert!(config_before(FrameRole::AudioConfig), "{what}: no AAC sequence header before media");
+    assert!(
+        first_video.after < Duration::from_millis(500),
+        "{what}: first decodable video frame after {:?}",
+        first_video.after
+    );
+    eprintln!("{what}: first keyframe {:?} after connecting", first_video.after);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_viewer_joining_mid_stream_gets_a_keyframe_first_within_500ms() -> Result<()> {
+    let node = Node::all(&[])?;
+    let _publisher = Publisher::start(&av_720p()?, &node.ingest_url("cam"))?;
+    wait_live(&node, "cam").await?;
+    // The pull starts with the first viewer; keep one watching so later joiners find the
+    // stream already flowing on the edge, as on a busy edge.
+    let _watcher = Viewer::start(&node.flv_url("cam"))?;
+    // Join at different points of the 2 s GOP.
+    for pause in [2300, 700, 1100] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let window = Duration::from_millis(1500);
+        let (http, rtmp) = tokio::join!(
+            play_flv(node.addr("edge-http"), "/live/cam.flv", window),
+            play_rtmp(node.addr("edge-rtmp"), "live", "cam", window)
+        );
+        assert_starts_on_a_keyframe_at_once("HTTP-FLV", &http?);
+        assert_starts_on_a_keyframe_at_once("RTMP", &rtmp?);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_viewers_share_one_relay_pull() -> Result<()> {
+    let node = Node::all(&[])?;
+    let _publisher = Publisher::start(&av_small()?, &node.ingest_url("crowd"))?;
+    wait_live(&node, "crowd").await?;
+
+    let watch = Duration::from_secs(5);
+    let mut viewers = Vec::new();
+    for i in 0..50 {
+        let (http, rtmp) = (node.addr("edge-http"), node.addr("edge-rtmp"));
+        viewers.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                ("HTTP-FLV", play_flv(http, "/live/crowd.flv", watch).await)
+            } else {
+                ("RTMP", play_rtmp(rtmp, "live", "crowd", watch).await)
+            }
+        }));
+    }
+    // While all fifty watch: one relay pull, fifty viewers.
+    let metrics = wait_for(Duration::from_secs(4), "50 viewers connected", || async {
+        let m = node.metrics().await.ok()?;
+        let viewers = m.value("corriente_viewers", &[("protocol", "rtmp")])? + m.value("corriente_viewers", &[("protocol", "http_flv")])?;
+        (viewers == 50.0).then_some(m)
+    })
+    .await?;
+    assert_eq!(metrics.value("corriente_relay_pulls_active", &[]), Some(1.0), "edge pulls the stream once");
+    assert_eq!(metrics.value("corriente_viewers", &[("protocol", "relay")]), Some(1.0), "origin serves one relay subscriber");
+    assert_eq!(metrics.value("corriente_viewers", &[("protocol", "rtmp")]), Some(25.0));
+    assert_eq!(metrics.value("corriente_viewers", &[("protocol", "http_flv")]), Some(25.0));
+
+    for viewer in viewers {
+        let (what, playback) = viewer.await?;
+        let playback = playback?;
+        assert!(playback.refused.is_none(), "{what}: refused");
+        let video = playback.video().count();
+        // 5 s at 30 fps, less what it takes all fifty to connect.
+        assert!(video >= 100, "{what}: only {video} video frames in 5 s");
+        assert_eq!(playback.video().next().map(|f| f.role), Some(FrameRole::Keyframe), "{what}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_streams_stay_isolated_when_one_ends() -> Result<()> {
+    let node = Node::all(&[])?;
+    let media = av_small()?;
+    let publisher_a = Publisher::start(&media, &node.ingest_url("a"))?;
+    let _publisher_b = Publisher::start(&media, &node.ingest_url("b"))?;
+    wait_live(&node, "a").await?;
+    wait_live(&node, "b").await?;
+
+    let mut viewer_b = Viewer::start(&node.rtmp_url("b"))?;
+    let viewer_a = tokio::spawn({
+        let addr = node.addr("edge-http");
+        async move { play_flv(addr, "/live/a.flv", Duration::from_secs(30)).await }
+    });
+    wait_for(Duration::from_secs(10), "stream b decoding", || async {
+        (viewer_b.frames().0 > 30).then_some(())
+    })
+    .await?;
+    let before = viewer_b.frames().0;
+
+    // End stream a abruptly; its viewer gets a clean end, b's viewer carries on.
+    publisher_a.kill().await;
+    let a = tokio::time::timeout(Duration::from_secs(10), viewer_a).await???;
+    assert!(a.ended, "viewer of a got a proper end");
+    assert!(a.video().count() > 10, "viewer of a played before the end");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (after, last_growth) = viewer_b.frames();
+    assert!(viewer_b.is_running(), "viewer of b still running");
+    assert!(after >= before + 45, "b kept playing: {before} -> {after} frames");
+    assert!(last_growth.elapsed() < Duration::from_secs(1), "b is still decoding");
+    // a can come back under the same name.
+    let _publisher_a = Publisher::start(&media, &node.ingest_url("a"))?;
+    wait_live(&node, "a").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_streams_and_duplicate_publishers_get_clear_errors() -> Result<()> {
+    let node = Node::all(&[])?;
+    let rtmp = play_rtmp(node.addr("edge-rtmp"), "live", "nobody", Duration::from_secs(5)).await?;
+    let refused = rtmp.refused.unwrap_or_default();
+    assert!(refused.starts_with("NetStream.Play.StreamNotFound"), "{refused}");
+    let http = play_flv(node.addr("edge-http"), "/live/nobody.flv", Duration::from_secs(5)).await?;
+    assert!(http.refused.unwrap_or_default().contains("404"));
+
+    let media = av_small()?;
+    let _first = Publisher::start(&media, &node.ingest_url("once"))?;
+    wait_live(&node, "once").await?;
+    let second = Publisher::start(&media, &node.ingest_url("once"))?;
+    let (code, stderr) = second.wait(Duration::from_secs(15)).await?;
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("already being published"), "ffmpeg said: {stderr}");
+    let metrics = node.metrics().await?;
+    assert_eq!(metrics.value("corriente_publish_refused_total", &[("reason", "already_publishing")]), Some(1.0));
+    assert!(metrics.value("corriente_play_refused_total", &[("reason", "not_found")]).unwrap_or(0.0) >= 2.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_viewers_cleanly_and_exits() -> Result<()> {
+    let mut node = Node::all(&["--drain-timeout", "5s"])?;
+    let publisher = Publisher::start(&av_small()?, &node.ingest_url("bye"))?;
+    wait_live(&node, "bye").await?;
+    let mut viewer = Viewer::start(&node.rtmp_url("bye"))?;
+    let http = tokio::spawn({
+        let addr = node.addr("edge-http");
+        async move { play_flv(addr, "/live/bye.flv", Duration::from_secs(30)).await }
+    });
+    wait_for(Duration::from_secs(10), "viewer decoding", || async {
+        (viewer.frames().0 > 15).then_some(())
+    })
+    .await?;
+    let status = node.terminate(Duration::from_secs(10))?;
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(viewer.exit_code(Duration::from_secs(5)).await, Some(0), "RTMP viewer saw a clean end");
+    let http = tokio::time::timeout(Duration::from_secs(5), http).await???;
+    assert!(http.ended, "HTTP-FLV response ended");
+    let (code, stderr) = publisher.wait(Duration::from_secs(5)).await?;
+    assert_ne!(code, Some(0), "the encoder was told the server is going away");
+    assert!(stderr.contains("shutting down"), "ffmpeg said: {stderr}");
+    Ok(())
+}
