@@ -87,11 +87,7 @@ fn readiness(components: &[(&'static str, Health)]) -> axum::response::Response 
 
 async fn metrics() -> axum::response::Response {
     match prometheus::TextEncoder::new().encode_to_string(&prometheus::gather()) {
-        Ok(text) => (
-            [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-            text,
-        )
-            .into_response(),
+        Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

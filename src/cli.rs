@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use corriente_control_plane::ControlPlaneConfig;
-use corriente_edge::EdgeConfig;
+use corriente_edge::{EdgeConfig, PullConfig};
 use corriente_media::rtmp::SessionConfig;
 use corriente_media::rtmp::chunk::ChunkLimits;
 use corriente_media::{HubConfig, LagPolicy};
@@ -89,7 +89,12 @@ pub struct RtmpArgs {
     pub handshake_timeout: Duration,
 
     /// Most simultaneous connections per listener.
-    #[arg(long, env = "CORRIENTE_MAX_CONNECTIONS", value_name = "N", default_value_t = 20_000)]
+    #[arg(
+        long,
+        env = "CORRIENTE_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 20_000
+    )]
     pub max_connections: usize,
 }
 
@@ -131,8 +136,18 @@ pub struct EdgeTuning {
     #[arg(long, env = "CORRIENTE_VIEWER_WRITE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub viewer_write_timeout: Duration,
 
+    /// Kernel send buffer per viewer socket (0: kernel default). Bounds how far behind live a
+    /// slow viewer can queue before it meets backpressure and skips to a keyframe.
+    #[arg(long, env = "CORRIENTE_VIEWER_SEND_BUFFER", value_name = "BYTES", default_value_t = 256 << 10)]
+    pub viewer_send_buffer: u32,
+
     /// Keyframe skips a lagging viewer may need within a minute before it is disconnected.
-    #[arg(long, env = "CORRIENTE_VIEWER_MAX_SKIPS", value_name = "N", default_value_t = 3)]
+    #[arg(
+        long,
+        env = "CORRIENTE_VIEWER_MAX_SKIPS",
+        value_name = "N",
+        default_value_t = 3
+    )]
     pub viewer_max_skips: u32,
 
     /// How long a relay pull stays up after its last viewer left.
@@ -149,23 +164,48 @@ pub struct EdgeTuning {
 #[derive(Debug, Clone, Args)]
 pub struct AllArgs {
     /// Origin RTMP ingest address.
-    #[arg(long, env = "CORRIENTE_ORIGIN_RTMP", value_name = "ADDR", default_value = "127.0.0.1:1935")]
+    #[arg(
+        long,
+        env = "CORRIENTE_ORIGIN_RTMP",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:1935"
+    )]
     pub origin_rtmp: SocketAddr,
 
     /// Origin relay (gRPC) address.
-    #[arg(long, env = "CORRIENTE_ORIGIN_RELAY", value_name = "ADDR", default_value = "127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "CORRIENTE_ORIGIN_RELAY",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:50052"
+    )]
     pub origin_relay: SocketAddr,
 
     /// Edge RTMP playback address.
-    #[arg(long, env = "CORRIENTE_EDGE_RTMP", value_name = "ADDR", default_value = "127.0.0.1:1936")]
+    #[arg(
+        long,
+        env = "CORRIENTE_EDGE_RTMP",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:1936"
+    )]
     pub edge_rtmp: SocketAddr,
 
     /// Edge HTTP playback address.
-    #[arg(long, env = "CORRIENTE_EDGE_HTTP", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "CORRIENTE_EDGE_HTTP",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     pub edge_http: SocketAddr,
 
     /// Control plane gRPC address.
-    #[arg(long, env = "CORRIENTE_CONTROL_GRPC", value_name = "ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "CORRIENTE_CONTROL_GRPC",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
     pub control_grpc: SocketAddr,
 
     /// Lease duration of streams and nodes.
@@ -186,11 +226,21 @@ pub struct AllArgs {
 #[derive(Debug, Clone, Args)]
 pub struct OriginArgs {
     /// RTMP ingest address.
-    #[arg(long, env = "CORRIENTE_RTMP", value_name = "ADDR", default_value = "0.0.0.0:1935")]
+    #[arg(
+        long,
+        env = "CORRIENTE_RTMP",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:1935"
+    )]
     pub rtmp: SocketAddr,
 
     /// Relay (gRPC) address edges pull from.
-    #[arg(long, env = "CORRIENTE_RELAY", value_name = "ADDR", default_value = "0.0.0.0:50052")]
+    #[arg(
+        long,
+        env = "CORRIENTE_RELAY",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:50052"
+    )]
     pub relay: SocketAddr,
 
     /// Relay address to register for edges to dial (HOST:PORT), when it differs from the bind
@@ -199,7 +249,12 @@ pub struct OriginArgs {
     pub advertise_relay: Option<String>,
 
     /// Control plane URL.
-    #[arg(long, env = "CORRIENTE_CONTROL", value_name = "URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "CORRIENTE_CONTROL",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub control: String,
 
     #[command(flatten)]
@@ -214,15 +269,30 @@ pub struct OriginArgs {
 #[derive(Debug, Clone, Args)]
 pub struct EdgeArgs {
     /// RTMP playback address.
-    #[arg(long, env = "CORRIENTE_RTMP", value_name = "ADDR", default_value = "0.0.0.0:1935")]
+    #[arg(
+        long,
+        env = "CORRIENTE_RTMP",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:1935"
+    )]
     pub rtmp: SocketAddr,
 
     /// HTTP playback address (HTTP-FLV).
-    #[arg(long, env = "CORRIENTE_HTTP", value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "CORRIENTE_HTTP",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
     pub http: SocketAddr,
 
     /// Control plane URL.
-    #[arg(long, env = "CORRIENTE_CONTROL", value_name = "URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "CORRIENTE_CONTROL",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub control: String,
 
     #[command(flatten)]
@@ -237,7 +307,12 @@ pub struct EdgeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ControlArgs {
     /// gRPC address.
-    #[arg(long, env = "CORRIENTE_GRPC", value_name = "ADDR", default_value = "0.0.0.0:50051")]
+    #[arg(
+        long,
+        env = "CORRIENTE_GRPC",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:50051"
+    )]
     pub grpc: SocketAddr,
 
     /// Lease duration of streams and nodes: a dead origin's streams are free again at most
@@ -266,7 +341,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 86_400.0 * 365.0 {
+    if !seconds.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&seconds) {
         return Err(format!("{s:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(seconds))
@@ -369,29 +444,34 @@ fn edge_config(
     tuning: &EdgeTuning,
     drain_timeout: Duration,
 ) -> EdgeConfig {
-    let mut config = EdgeConfig::default();
-    config.rtmp_addr = rtmp;
-    config.http_addr = http;
-    config.control_url = control_url;
-    config.node_id = node_id;
-    config.admin_addr = admin_addr;
-    config.session = rtmp_args.session();
-    config.handshake_timeout = rtmp_args.handshake_timeout;
-    config.write_timeout = tuning.viewer_write_timeout;
-    config.max_connections = rtmp_args.max_connections;
-    config.viewer_lag = LagPolicy {
-        max_skips: tuning.viewer_max_skips,
-        window: Duration::from_secs(60),
-    };
-    config.pull.hub = HubConfig {
-        coalesce_window: tuning.coalesce_window,
-        coalesce_max_bytes: tuning.coalesce_max_bytes,
-        ..config.pull.hub
-    };
-    config.pull.linger = tuning.pull_linger;
-    config.pull.upstream_grace = tuning.upstream_grace;
-    config.drain_timeout = drain_timeout;
-    config
+    let defaults = EdgeConfig::default();
+    EdgeConfig {
+        rtmp_addr: rtmp,
+        http_addr: http,
+        control_url,
+        node_id,
+        admin_addr,
+        session: rtmp_args.session(),
+        handshake_timeout: rtmp_args.handshake_timeout,
+        write_timeout: tuning.viewer_write_timeout,
+        viewer_send_buffer: tuning.viewer_send_buffer,
+        max_connections: rtmp_args.max_connections,
+        viewer_lag: LagPolicy {
+            max_skips: tuning.viewer_max_skips,
+            window: Duration::from_secs(60),
+        },
+        pull: PullConfig {
+            hub: HubConfig {
+                coalesce_window: tuning.coalesce_window,
+                coalesce_max_bytes: tuning.coalesce_max_bytes,
+                ..defaults.pull.hub
+            },
+            linger: tuning.pull_linger,
+            upstream_grace: tuning.upstream_grace,
+            ..defaults.pull
+        },
+        drain_timeout,
+    }
 }
 
 impl ControlArgs {
@@ -406,18 +486,24 @@ impl ControlArgs {
 
 fn validate_lease(ttl: Duration) -> Result<(), String> {
     if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(300) {
-        return Err(format!("--lease-ttl must be between 1s and 5m, not {ttl:?}"));
+        return Err(format!(
+            "--lease-ttl must be between 1s and 5m, not {ttl:?}"
+        ));
     }
     Ok(())
 }
 
 fn validate_url(url: &str) -> Result<(), String> {
     let ok = (url.starts_with("http://") || url.starts_with("https://"))
-        && url.parse::<axum::http::Uri>().is_ok_and(|u| u.host().is_some());
+        && url
+            .parse::<axum::http::Uri>()
+            .is_ok_and(|u| u.host().is_some());
     if ok {
         Ok(())
     } else {
-        Err(format!("--control {url:?} is not a URL like http://HOST:PORT"))
+        Err(format!(
+            "--control {url:?} is not a URL like http://HOST:PORT"
+        ))
     }
 }
 
@@ -504,8 +590,11 @@ mod tests {
     fn refuses_bad_values_clearly() {
         assert!(Cli::try_parse_from(["corriente", "edge", "--rtmp", "nope"]).is_err());
         assert!(Cli::try_parse_from(["corriente", "--chunk-size", "1"]).is_err());
-        let cli = Cli::try_parse_from(["corriente", "edge", "--control", "localhost:50051"]).unwrap();
-        let Some(Command::Edge(edge)) = cli.command else { unreachable!() };
+        let cli =
+            Cli::try_parse_from(["corriente", "edge", "--control", "localhost:50051"]).unwrap();
+        let Some(Command::Edge(edge)) = cli.command else {
+            unreachable!()
+        };
         assert!(edge.config().unwrap_err().contains("not a URL"));
     }
 }

@@ -27,7 +27,10 @@ fn main() -> ExitCode {
         Some(Command::ControlPlane(a)) => &a.common,
     };
     logging::init(common.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -92,7 +95,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let shutdown = shutdown_on_signals();
             let origin = Origin::bind(config).await?;
-            let admin = bind_admin(&args.common, 9090, vec![("origin", origin.health())], origin.admin_routes()).await?;
+            let admin = bind_admin(
+                &args.common,
+                9090,
+                vec![("origin", origin.health())],
+                origin.admin_routes(),
+            )
+            .await?;
             let admin_stop = CancellationToken::new();
             let admin_task = tokio::spawn(admin.serve(admin_stop.clone()));
             let result = origin.serve(shutdown).await;
@@ -107,7 +116,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let shutdown = shutdown_on_signals();
             let edge = Edge::bind(config).await?;
-            let admin = bind_admin(&args.common, 9090, vec![("edge", edge.health())], edge.admin_routes()).await?;
+            let admin = bind_admin(
+                &args.common,
+                9090,
+                vec![("edge", edge.health())],
+                edge.admin_routes(),
+            )
+            .await?;
             let admin_stop = CancellationToken::new();
             let admin_task = tokio::spawn(admin.serve(admin_stop.clone()));
             let result = edge.serve(shutdown).await;
@@ -146,7 +161,10 @@ async fn bind_admin(
 /// Control plane, origin and edge in one process, wired over loopback gRPC.
 async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     let mut config = args.config().map_err(anyhow::Error::msg)?;
-    if check_only(&args.common, &(&config.control, &config.origin, &config.edge)) {
+    if check_only(
+        &args.common,
+        &(&config.control, &config.origin, &config.edge),
+    ) {
         return Ok(());
     }
     let shutdown = shutdown_on_signals();
@@ -166,17 +184,20 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
         routes,
     )
     .await?;
-    print_banner(origin.rtmp_addr(), edge.rtmp_addr(), edge.http_addr(), admin.local_addr());
+    print_banner(
+        origin.rtmp_addr(),
+        edge.rtmp_addr(),
+        edge.http_addr(),
+        admin.local_addr(),
+    );
 
     // The control plane and admin server outlive the roles, so origins can release their
     // streams while draining.
     let last = CancellationToken::new();
     let control_task = tokio::spawn(control.serve(last.clone()));
     let admin_task = tokio::spawn(admin.serve(last.clone()));
-    let (origin_result, edge_result) = tokio::join!(
-        origin.serve(shutdown.clone()),
-        edge.serve(shutdown.clone())
-    );
+    let (origin_result, edge_result) =
+        tokio::join!(origin.serve(shutdown.clone()), edge.serve(shutdown.clone()));
     last.cancel();
     let control_result = control_task.await.context("control plane task")?;
     let _ = admin_task.await;

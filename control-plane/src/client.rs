@@ -101,7 +101,10 @@ impl ControlClient {
             })
             .await?
             .into_inner();
-        Ok(Lease::from_ms(response.lease_ttl_ms, response.heartbeat_interval_ms))
+        Ok(Lease::from_ms(
+            response.lease_ttl_ms,
+            response.heartbeat_interval_ms,
+        ))
     }
 
     pub async fn heartbeat(
@@ -157,7 +160,10 @@ impl ControlClient {
     }
 
     /// The owner of a live stream; `None` when it is not live.
-    pub async fn lookup_stream(&self, key: &StreamKey) -> Result<Option<StreamRecord>, ControlError> {
+    pub async fn lookup_stream(
+        &self,
+        key: &StreamKey,
+    ) -> Result<Option<StreamRecord>, ControlError> {
         match self
             .client()
             .lookup_stream(pb::LookupStreamRequest {

@@ -7,8 +7,8 @@
 
 pub mod client;
 mod convert;
-pub mod memory;
 pub mod membership;
+pub mod memory;
 mod metrics;
 pub mod registry;
 mod service;
@@ -121,7 +121,10 @@ impl ControlPlane {
 }
 
 /// Binds and serves the control plane until `shutdown`.
-pub async fn run(config: ControlPlaneConfig, shutdown: CancellationToken) -> Result<(), ControlPlaneError> {
+pub async fn run(
+    config: ControlPlaneConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ControlPlaneError> {
     ControlPlane::bind(config).await?.serve(shutdown).await
 }
 

@@ -86,7 +86,11 @@ impl Health {
     }
 
     fn failed(&self, error: &ControlError) {
-        *self.inner.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error.to_string();
+        *self
+            .inner
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = error.to_string();
     }
 
     /// Marks the node as draining: not ready from now on.
@@ -111,7 +115,10 @@ impl Health {
         } else if !lease_held {
             format!(
                 "control plane not reached within the lease: {}",
-                self.inner.last_error.lock().unwrap_or_else(|p| p.into_inner())
+                self.inner
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
             )
         } else {
             String::new()

@@ -347,7 +347,10 @@ mod tests {
                 owner: "o1".to_owned()
             }
         );
-        assert!(!registry.release_stream(&key(), "o2", 1).await.unwrap(), "not the owner");
+        assert!(
+            !registry.release_stream(&key(), "o2", 1).await.unwrap(),
+            "not the owner"
+        );
         assert!(registry.release_stream(&key(), "o1", 1).await.unwrap());
         assert!(registry.lookup_stream(&key()).await.unwrap().is_none());
         let second = registry.claim_stream(claim("o2")).await.unwrap();
@@ -359,30 +362,62 @@ mod tests {
         let registry = MemoryRegistry::new(Duration::from_secs(6));
         let first = registry.claim_stream(claim("o1")).await.unwrap();
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert!(registry.heartbeat(node("o1"), vec![owned(first.epoch)]).await.unwrap().is_empty());
+        assert!(
+            registry
+                .heartbeat(node("o1"), vec![owned(first.epoch)])
+                .await
+                .unwrap()
+                .is_empty()
+        );
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(registry.lookup_stream(&key()).await.unwrap().is_some(), "renewed");
+        assert!(
+            registry.lookup_stream(&key()).await.unwrap().is_some(),
+            "renewed"
+        );
         // o1 pauses past its lease; o2 takes over.
         tokio::time::advance(Duration::from_secs(7)).await;
         let mut events = registry.watch();
         registry.sweep();
-        assert!(matches!(events.try_recv(), Ok(RegistryEvent::StreamDown { epoch: 1, .. })));
+        assert!(matches!(
+            events.try_recv(),
+            Ok(RegistryEvent::StreamDown { epoch: 1, .. })
+        ));
         let second = registry.claim_stream(claim("o2")).await.unwrap();
         assert_eq!(second.epoch, 2);
         // o1 comes back and heartbeats its old epoch: fenced.
-        let lost = registry.heartbeat(node("o1"), vec![owned(1)]).await.unwrap();
+        let lost = registry
+            .heartbeat(node("o1"), vec![owned(1)])
+            .await
+            .unwrap();
         assert_eq!(lost, vec![key()]);
-        assert_eq!(registry.lookup_stream(&key()).await.unwrap().unwrap().node_id, "o2");
+        assert_eq!(
+            registry
+                .lookup_stream(&key())
+                .await
+                .unwrap()
+                .unwrap()
+                .node_id,
+            "o2"
+        );
         // Even after o2 releases, epoch 1 stays stale.
         registry.release_stream(&key(), "o2", 2).await.unwrap();
-        assert_eq!(registry.heartbeat(node("o1"), vec![owned(1)]).await.unwrap(), vec![key()]);
+        assert_eq!(
+            registry
+                .heartbeat(node("o1"), vec![owned(1)])
+                .await
+                .unwrap(),
+            vec![key()]
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_forgotten_stream_is_reasserted_by_its_owner() {
         let registry = MemoryRegistry::new(Duration::from_secs(6));
         // A fresh registry (as after a Redis restart) that never saw the claim.
-        let lost = registry.heartbeat(node("o1"), vec![owned(5)]).await.unwrap();
+        let lost = registry
+            .heartbeat(node("o1"), vec![owned(5)])
+            .await
+            .unwrap();
         assert!(lost.is_empty());
         let record = registry.lookup_stream(&key()).await.unwrap().unwrap();
         assert_eq!((record.node_id.as_str(), record.epoch), ("o1", 5));

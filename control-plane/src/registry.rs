@@ -155,7 +155,8 @@ pub trait Registry: Send + Sync + 'static {
         key: &StreamKey,
     ) -> impl Future<Output = Result<Option<StreamRecord>, RegistryError>> + Send;
 
-    fn list_streams(&self) -> impl Future<Output = Result<Vec<StreamRecord>, RegistryError>> + Send;
+    fn list_streams(&self)
+    -> impl Future<Output = Result<Vec<StreamRecord>, RegistryError>> + Send;
 
     fn list_nodes(&self) -> impl Future<Output = Result<Vec<NodeRecord>, RegistryError>> + Send;
 

@@ -39,7 +39,11 @@ fn status(e: RegistryError) -> Status {
 }
 
 /// Counts a request and its outcome.
-fn observe<T>(method: &'static str, started: Instant, result: Result<T, Status>) -> Result<T, Status> {
+fn observe<T>(
+    method: &'static str,
+    started: Instant,
+    result: Result<T, Status>,
+) -> Result<T, Status> {
     let code = match &result {
         Ok(_) => "ok",
         Err(s) => metrics::code_name(s.code()),
@@ -222,7 +226,9 @@ impl<R: Registry> pb::control_server::Control for ControlService<R> {
                     Err(RecvError::Lagged(n)) => {
                         // The watcher missed events: make it reconnect and re-list.
                         let _ = tx
-                            .send(Err(Status::data_loss(format!("watch fell {n} events behind; reconnect"))))
+                            .send(Err(Status::data_loss(format!(
+                                "watch fell {n} events behind; reconnect"
+                            ))))
                             .await;
                         return;
                     }

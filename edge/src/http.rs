@@ -53,6 +53,9 @@ pub(crate) async fn serve_connection(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(ctx.config.handshake_timeout)
+        // What hyper buffers per connection (body chunks queued for the socket): as small as
+        // the RTMP viewer's queue, for the same reason.
+        .max_buf_size(crate::rtmp::MAX_QUEUED)
         .keep_alive(true);
     let conn = builder.serve_connection(io, TowerToHyperService::new(router));
     tokio::pin!(conn);
@@ -64,11 +67,7 @@ pub(crate) async fn serve_connection(
         }
     };
     if let Err(e) = result {
-        let stalled = e
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
-            || e.to_string().contains("stopped reading");
-        if stalled {
+        if is_write_stall(e.as_ref()) {
             media_metrics::VIEWERS_DROPPED
                 .with_label_values(&["http_flv", "write_stall"])
                 .inc();
@@ -77,6 +76,20 @@ pub(crate) async fn serve_connection(
             debug!(error = %e, "HTTP connection ended");
         }
     }
+}
+
+/// True when the error (or one it wraps) is the stall guard's timeout.
+fn is_write_stall(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 async fn preflight() -> Response {
@@ -114,7 +127,11 @@ async fn play(
 ) -> Response {
     let requested = Instant::now();
     let Some(name) = file.strip_suffix(".flv") else {
-        return refuse(StatusCode::NOT_FOUND, "not_found", format!("no such page: /{app}/{file}"));
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such page: /{app}/{file}"),
+        );
     };
     let key = match StreamKey::new(&app, name) {
         Ok(key) => key,
@@ -136,9 +153,18 @@ async fn play(
             return refuse(StatusCode::SERVICE_UNAVAILABLE, e.reason(), e.to_string());
         }
     };
-    let feed = match lease.hub().subscribe(ctx.config.viewer_lag, Protocol::HttpFlv) {
+    let feed = match lease
+        .hub()
+        .subscribe(ctx.config.viewer_lag, Protocol::HttpFlv)
+    {
         Ok(feed) => feed,
-        Err(e) => return refuse(StatusCode::NOT_FOUND, "not_found", format!("stream {key}: {e}")),
+        Err(e) => {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("stream {key}: {e}"),
+            );
+        }
     };
     debug!(stream = %key, "playing over HTTP-FLV");
     let tracks = feed.tracks();
@@ -159,9 +185,18 @@ async fn play(
         })
     });
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/x-flv"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("video/x-flv"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     headers.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static("Content-Type"),

@@ -22,7 +22,7 @@ use corriente_media::frame::unix_micros;
 use corriente_media::net::accept_loop;
 use corriente_media::rtmp::SessionConfig;
 use corriente_media::{HubConfig, LagPolicy};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -49,6 +49,11 @@ pub struct EdgeConfig {
     pub handshake_timeout: Duration,
     /// A viewer whose socket accepts nothing for this long is disconnected.
     pub write_timeout: Duration,
+    /// Kernel send buffer of viewer sockets (0: the kernel's default, which autotunes up to
+    /// megabytes). A bounded buffer keeps slow viewers near live: they meet backpressure
+    /// within a second or two of falling behind and skip to a keyframe, instead of queueing
+    /// many seconds in the kernel.
+    pub viewer_send_buffer: u32,
     /// Most simultaneous connections per listener.
     pub max_connections: usize,
     /// When a viewer that keeps falling behind is disconnected.
@@ -71,6 +76,7 @@ impl Default for EdgeConfig {
             session,
             handshake_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            viewer_send_buffer: 256 << 10,
             max_connections: 20_000,
             viewer_lag: LagPolicy::default(),
             pull: PullConfig {
@@ -153,18 +159,30 @@ pub struct Edge {
     control: ControlClient,
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, EdgeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| EdgeError::Bind { what, addr, source })
+/// Binds a listener whose accepted sockets inherit `send_buffer` (when non-zero).
+fn bind(what: &'static str, addr: SocketAddr, send_buffer: u32) -> Result<TcpListener, EdgeError> {
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if send_buffer > 0 {
+            socket.set_send_buffer_size(send_buffer)?;
+        }
+        socket.bind(addr)?;
+        socket.listen(1024)
+    };
+    bind().map_err(|source| EdgeError::Bind { what, addr, source })
 }
 
 impl Edge {
     /// Binds the RTMP and HTTP ports.
     pub async fn bind(mut config: EdgeConfig) -> Result<Self, EdgeError> {
         let control = ControlClient::new(&config.control_url)?;
-        let rtmp = bind("RTMP playback", config.rtmp_addr).await?;
-        let http = bind("HTTP playback", config.http_addr).await?;
+        let rtmp = bind("RTMP playback", config.rtmp_addr, config.viewer_send_buffer)?;
+        let http = bind("HTTP playback", config.http_addr, config.viewer_send_buffer)?;
         config.pull.node_id = config.node_id.clone();
         config.pull.hub.outputs.rtmp_chunk_size = config.session.chunk_size;
         let shutdown = CancellationToken::new();

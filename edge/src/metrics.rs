@@ -2,7 +2,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, register_int_counter, register_int_counter_vec, register_int_gauge};
+use prometheus::{
+    IntCounter, IntCounterVec, IntGauge, register_int_counter, register_int_counter_vec,
+    register_int_gauge,
+};
 
 pub static RELAY_PULLS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(

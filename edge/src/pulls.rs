@@ -124,7 +124,11 @@ impl Drop for ViewerLease {
 }
 
 impl Pulls {
-    pub fn new(control: ControlClient, config: PullConfig, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn new(
+        control: ControlClient,
+        config: PullConfig,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         Arc::new(Self {
             map: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
@@ -251,7 +255,10 @@ impl Pulls {
     }
 
     /// Opens the relay stream for `record`.
-    async fn subscribe(&self, record: &StreamRecord) -> Result<Streaming<pb::RelayMessage>, Upstream> {
+    async fn subscribe(
+        &self,
+        record: &StreamRecord,
+    ) -> Result<Streaming<pb::RelayMessage>, Upstream> {
         let channel = self.channel(&record.relay_addr).map_err(Upstream::Failed)?;
         let request = SubscribeRequest {
             app: record.key.app().to_owned(),
@@ -308,13 +315,21 @@ impl Timeline {
                 return self.last.unwrap_or(0);
             }
             if let Some(last) = self.last {
-                self.offset = last.wrapping_add(SWITCH_GAP_MS).wrapping_sub(frame.timestamp);
+                self.offset = last
+                    .wrapping_add(SWITCH_GAP_MS)
+                    .wrapping_sub(frame.timestamp);
             }
             self.rebase = false;
         }
         let out = frame.timestamp.wrapping_add(self.offset);
         if !frame.is_config() {
-            self.last = Some(self.last.map_or(out, |l| if out.wrapping_sub(l) < u32::MAX / 2 { out } else { l }));
+            self.last = Some(self.last.map_or(out, |l| {
+                if out.wrapping_sub(l) < u32::MAX / 2 {
+                    out
+                } else {
+                    l
+                }
+            }));
         }
         out
     }
@@ -501,11 +516,20 @@ mod tests {
     #[test]
     fn timestamps_keep_growing_across_an_upstream_switch() {
         let mut t = Timeline::default();
-        assert_eq!(t.map(&frame(FrameKind::Video, 5000, true)), 5000, "first upstream passes through");
+        assert_eq!(
+            t.map(&frame(FrameKind::Video, 5000, true)),
+            5000,
+            "first upstream passes through"
+        );
         assert_eq!(t.map(&frame(FrameKind::Audio, 5020, false)), 5020);
         t.switch_upstream();
         // The new origin's stream starts near zero; config frames come first.
-        let config = Frame::new(FrameKind::Video, 0, Bytes::from_static(&[0x17, 0, 0, 0, 0]), 0);
+        let config = Frame::new(
+            FrameKind::Video,
+            0,
+            Bytes::from_static(&[0x17, 0, 0, 0, 0]),
+            0,
+        );
         assert_eq!(t.map(&config), 5020);
         assert_eq!(t.map(&frame(FrameKind::Video, 40, true)), 5120);
         assert_eq!(t.map(&frame(FrameKind::Audio, 45, false)), 5125);

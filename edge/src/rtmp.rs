@@ -27,8 +27,10 @@ use crate::metrics::PLAY_REFUSED;
 use crate::pulls::ViewerLease;
 
 /// Bytes queued for one viewer before the task stops taking more from the feed: beyond this
-/// the viewer is slow, and the feed's lag policy takes over.
-const MAX_QUEUED: usize = 256 << 10;
+/// the viewer is slow, and the feed's lag policy takes over. The queue only references shared
+/// buffers, but a stalled viewer keeps what it references alive after the hub moved on, so it
+/// stays small: the kernel's send buffer does the real buffering.
+pub(crate) const MAX_QUEUED: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 enum ViewerError {
@@ -50,7 +52,9 @@ pub(crate) async fn serve_viewer(
 ) {
     match run(&ctx, &mut stream, &shutdown).await {
         Ok(()) => debug!("viewer connection closed"),
-        Err(ViewerError::Handshake(HandshakeError::Closed)) => debug!("peer left during the handshake"),
+        Err(ViewerError::Handshake(HandshakeError::Closed)) => {
+            debug!("peer left during the handshake")
+        }
         Err(ViewerError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
             media_metrics::VIEWERS_DROPPED
                 .with_label_values(&["rtmp", "write_stall"])
@@ -74,22 +78,33 @@ async fn run(
     let mut events = Vec::new();
 
     // Until `play`: request/response on the socket.
-    let (lease, feed, requested) = loop {
-        session.feed(&mut input, unix_micros(), &mut events)?;
-        let mut playing = None;
-        for event in events.drain(..) {
-            if let Some(p) = handle_setup(ctx, &mut session, event).await {
-                playing = Some(p);
+    let (lease, feed, requested) = 'setup: loop {
+        // Everything complete in the buffer first: a client may send connect, createStream and
+        // play back to back without waiting for answers.
+        loop {
+            session.feed(&mut input, unix_micros(), &mut events)?;
+            if events.is_empty() {
+                break;
+            }
+            let mut playing = None;
+            for event in events.drain(..) {
+                if let Some(p) = handle_setup(ctx, &mut session, event).await {
+                    playing = Some(p);
+                }
+            }
+            if session.has_output() {
+                stream.write_all(&session.take_output()).await?;
+            }
+            if session.state() == &SessionState::Closed {
+                return Ok(());
+            }
+            if let Some(playing) = playing {
+                break 'setup playing;
             }
         }
+        // Answers that raise no event (createStream's result, pings) go out too.
         if session.has_output() {
             stream.write_all(&session.take_output()).await?;
-        }
-        if session.state() == &SessionState::Closed {
-            return Ok(());
-        }
-        if let Some(playing) = playing {
-            break playing;
         }
         input.reserve(4096);
         let read = tokio::select! {
@@ -103,7 +118,10 @@ async fn run(
             Ok(Err(e)) => return Err(e.into()),
         }
     };
-    play(ctx, stream, session, input, lease, feed, requested, shutdown).await
+    play(
+        ctx, stream, session, input, lease, feed, requested, shutdown,
+    )
+    .await
 }
 
 /// Handles an event before playback; returns the viewer's pull and feed once `play` is
@@ -135,13 +153,23 @@ async fn handle_setup(
             let key = match StreamKey::new(session.app(), name) {
                 Ok(key) => key,
                 Err(e) => {
-                    refuse(session, "bad_name", "NetStream.Play.StreamNotFound", &e.to_string());
+                    refuse(
+                        session,
+                        "bad_name",
+                        "NetStream.Play.StreamNotFound",
+                        &e.to_string(),
+                    );
                     return None;
                 }
             };
             Span::current().record("stream", tracing::field::display(&key));
             if ctx.draining.is_cancelled() {
-                refuse(session, "draining", "NetStream.Play.Failed", "this edge is shutting down; reconnect");
+                refuse(
+                    session,
+                    "draining",
+                    "NetStream.Play.Failed",
+                    "this edge is shutting down; reconnect",
+                );
                 return None;
             }
             let lease = match ctx.pulls.acquire(&key).await {
@@ -161,7 +189,12 @@ async fn handle_setup(
                     session.accept_play();
                     return Some((lease, feed, requested));
                 }
-                Err(e) => refuse(session, "not_found", "NetStream.Play.StreamNotFound", &format!("stream {key}: {e}")),
+                Err(e) => refuse(
+                    session,
+                    "not_found",
+                    "NetStream.Play.StreamNotFound",
+                    &format!("stream {key}: {e}"),
+                ),
             }
         }
         SessionEvent::Ignored(what) => debug!(%what, "ignored"),

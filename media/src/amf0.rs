@@ -346,9 +346,15 @@ mod tests {
             decode_all(&[marker::LONG_STRING, 0xff, 0xff, 0xff, 0xff, b'a']),
             Err(Amf0Error::Truncated)
         );
-        assert_eq!(decode_all(&[marker::STRING, 0x00]), Err(Amf0Error::Truncated));
+        assert_eq!(
+            decode_all(&[marker::STRING, 0x00]),
+            Err(Amf0Error::Truncated)
+        );
         assert_eq!(decode_all(&[0x42]), Err(Amf0Error::UnsupportedMarker(0x42)));
-        assert_eq!(decode_all(&[marker::OBJECT_END]), Err(Amf0Error::UnexpectedObjectEnd));
+        assert_eq!(
+            decode_all(&[marker::OBJECT_END]),
+            Err(Amf0Error::UnexpectedObjectEnd)
+        );
     }
 
     #[test]

@@ -56,7 +56,10 @@ pub enum FeedEnd {
     TooSlow,
 }
 
-type Recv = (Result<Arc<Batch>, RecvError>, broadcast::Receiver<Arc<Batch>>);
+type Recv = (
+    Result<Arc<Batch>, RecvError>,
+    broadcast::Receiver<Arc<Batch>>,
+);
 
 async fn recv(mut rx: broadcast::Receiver<Arc<Batch>>) -> Recv {
     let result = rx.recv().await;
@@ -87,7 +90,9 @@ impl Feed {
         policy: LagPolicy,
         protocol: Protocol,
     ) -> Self {
-        metrics::VIEWERS.with_label_values(&[protocol.as_str()]).inc();
+        metrics::VIEWERS
+            .with_label_values(&[protocol.as_str()])
+            .inc();
         Self {
             shared,
             recv: ReusableBoxFuture::new(recv(rx)),
@@ -214,7 +219,12 @@ mod tests {
 
     fn video(ts: u32, key: bool) -> Frame {
         let first = if key { 0x17 } else { 0x27 };
-        Frame::new(FrameKind::Video, ts, Bytes::from(vec![first, 1, 0, 0, 0, 9]), 0)
+        Frame::new(
+            FrameKind::Video,
+            ts,
+            Bytes::from(vec![first, 1, 0, 0, 0, 9]),
+            0,
+        )
     }
 
     fn drain(feed: &mut Feed) -> Vec<Segment> {
@@ -232,7 +242,12 @@ mod tests {
             ..HubConfig::default()
         };
         let (hub, mut writer) = spawn_hub(StreamKey::new("live", "a").unwrap(), config);
-        writer.push(Frame::new(FrameKind::Video, 0, Bytes::from_static(&[0x17, 0, 0, 0, 0]), 0));
+        writer.push(Frame::new(
+            FrameKind::Video,
+            0,
+            Bytes::from_static(&[0x17, 0, 0, 0, 0]),
+            0,
+        ));
         writer.push(video(0, true));
         let mut feed = hub.subscribe(LagPolicy::default(), Protocol::Rtmp).unwrap();
         assert_eq!(drain(&mut feed).len(), 2, "init and the keyframe");
@@ -250,7 +265,9 @@ mod tests {
         let ts: Vec<u32> = segments
             .iter()
             .flat_map(|s| match s {
-                Segment::Batch { batch, from } => batch.frames[*from..].iter().map(|f| f.timestamp).collect(),
+                Segment::Batch { batch, from } => {
+                    batch.frames[*from..].iter().map(|f| f.timestamp).collect()
+                }
                 Segment::Init(_) => vec![],
             })
             .collect();

@@ -342,7 +342,10 @@ mod tests {
         assert_eq!((tag.tag_type, tag.timestamp), (TAG_VIDEO, 0x0123_4567));
         assert_eq!(&tag.body[..], &[0x17, 0x01, 0, 0, 0, 9]);
         let tag = reader.next_tag(&mut partial).unwrap().unwrap();
-        assert_eq!((tag.tag_type, tag.timestamp, tag.body.len()), (TAG_AUDIO, 5, 3));
+        assert_eq!(
+            (tag.tag_type, tag.timestamp, tag.body.len()),
+            (TAG_AUDIO, 5, 3)
+        );
         assert!(partial.is_empty());
     }
 

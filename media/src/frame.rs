@@ -155,12 +155,27 @@ mod tests {
     #[test]
     fn classifies_frames() {
         let f = |kind, p: &'static [u8]| Frame::new(kind, 0, Bytes::from_static(p), 0).role();
-        assert_eq!(f(FrameKind::Video, &[0x17, 0, 0, 0, 0]), FrameRole::VideoConfig);
-        assert_eq!(f(FrameKind::Video, &[0x17, 1, 0, 0, 0]), FrameRole::Keyframe);
+        assert_eq!(
+            f(FrameKind::Video, &[0x17, 0, 0, 0, 0]),
+            FrameRole::VideoConfig
+        );
+        assert_eq!(
+            f(FrameKind::Video, &[0x17, 1, 0, 0, 0]),
+            FrameRole::Keyframe
+        );
         assert_eq!(f(FrameKind::Video, &[0x27, 1, 0, 0, 0]), FrameRole::Inter);
-        assert_eq!(f(FrameKind::Audio, &[0xaf, 0, 0x12, 0x10]), FrameRole::AudioConfig);
+        assert_eq!(
+            f(FrameKind::Audio, &[0xaf, 0, 0x12, 0x10]),
+            FrameRole::AudioConfig
+        );
         assert_eq!(f(FrameKind::Audio, &[0xaf, 1, 1]), FrameRole::Audio);
-        assert_eq!(f(FrameKind::Script, b"\x02\x00\x0aonMetaData\x05"), FrameRole::Metadata);
-        assert_eq!(f(FrameKind::Script, b"\x02\x00\x0aonTextData"), FrameRole::Data);
+        assert_eq!(
+            f(FrameKind::Script, b"\x02\x00\x0aonMetaData\x05"),
+            FrameRole::Metadata
+        );
+        assert_eq!(
+            f(FrameKind::Script, b"\x02\x00\x0aonTextData"),
+            FrameRole::Data
+        );
     }
 }

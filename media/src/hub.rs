@@ -54,7 +54,7 @@ impl Default for HubConfig {
             coalesce_window: Duration::ZERO,
             coalesce_max_bytes: 256 << 10,
             outputs: Outputs::RAW,
-            ring_capacity: 256,
+            ring_capacity: 128,
             gop_max_bytes: 32 << 20,
             audio_window: Duration::from_millis(500),
         }
@@ -257,7 +257,9 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("key", &self.shared.key).finish()
+        f.debug_struct("Hub")
+            .field("key", &self.shared.key)
+            .finish()
     }
 }
 
@@ -593,17 +595,37 @@ mod tests {
 
     pub(crate) fn video(ts: u32, key: bool) -> Frame {
         let first = if key { 0x17 } else { 0x27 };
-        Frame::new(FrameKind::Video, ts, Bytes::from(vec![first, 1, 0, 0, 0, 9, 9]), 0)
+        Frame::new(
+            FrameKind::Video,
+            ts,
+            Bytes::from(vec![first, 1, 0, 0, 0, 9, 9]),
+            0,
+        )
     }
 
     pub(crate) fn audio(ts: u32) -> Frame {
-        Frame::new(FrameKind::Audio, ts, Bytes::from_static(&[0xaf, 1, 5, 5]), 0)
+        Frame::new(
+            FrameKind::Audio,
+            ts,
+            Bytes::from_static(&[0xaf, 1, 5, 5]),
+            0,
+        )
     }
 
     pub(crate) fn config() -> [Frame; 2] {
         [
-            Frame::new(FrameKind::Video, 0, Bytes::from_static(&[0x17, 0, 0, 0, 0, 1]), 0),
-            Frame::new(FrameKind::Audio, 0, Bytes::from_static(&[0xaf, 0, 0x12, 0x10]), 0),
+            Frame::new(
+                FrameKind::Video,
+                0,
+                Bytes::from_static(&[0x17, 0, 0, 0, 0, 1]),
+                0,
+            ),
+            Frame::new(
+                FrameKind::Audio,
+                0,
+                Bytes::from_static(&[0xaf, 0, 0x12, 0x10]),
+                0,
+            ),
         ]
     }
 
@@ -622,7 +644,8 @@ mod tests {
 
     #[tokio::test]
     async fn newcomers_start_with_config_and_the_gop_from_its_keyframe() {
-        let (hub, mut writer) = spawn_hub(StreamKey::new("live", "a").unwrap(), HubConfig::default());
+        let (hub, mut writer) =
+            spawn_hub(StreamKey::new("live", "a").unwrap(), HubConfig::default());
         for f in config() {
             writer.push(f);
         }
@@ -631,8 +654,16 @@ mod tests {
         writer.push(video(66, true));
         writer.push(audio(70));
         writer.push(video(100, false));
-        let mut feed = hub.subscribe(LagPolicy::default(), Protocol::HttpFlv).unwrap();
-        assert_eq!(feed.tracks(), TrackFlags { has_audio: true, has_video: true });
+        let mut feed = hub
+            .subscribe(LagPolicy::default(), Protocol::HttpFlv)
+            .unwrap();
+        assert_eq!(
+            feed.tracks(),
+            TrackFlags {
+                has_audio: true,
+                has_video: true
+            }
+        );
         let mut got = Vec::new();
         while let Some(Some(s)) = feed.next().now_or_never() {
             got.push(s);
@@ -652,8 +683,14 @@ mod tests {
         assert_eq!(frames_of(&[live]), vec![(FrameKind::Video, 133)]);
         writer.finish(EndReason::Unpublished);
         assert!(feed.next().await.is_none());
-        assert_eq!(feed.end(), Some(crate::feed::FeedEnd::Ended(EndReason::Unpublished)));
-        assert!(hub.subscribe(LagPolicy::default(), Protocol::HttpFlv).is_err());
+        assert_eq!(
+            feed.end(),
+            Some(crate::feed::FeedEnd::Ended(EndReason::Unpublished))
+        );
+        assert!(
+            hub.subscribe(LagPolicy::default(), Protocol::HttpFlv)
+                .is_err()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -664,7 +701,9 @@ mod tests {
             ..HubConfig::default()
         };
         let (hub, mut writer) = spawn_hub(StreamKey::new("live", "a").unwrap(), config);
-        let mut feed = hub.subscribe(LagPolicy::default(), Protocol::HttpFlv).unwrap();
+        let mut feed = hub
+            .subscribe(LagPolicy::default(), Protocol::HttpFlv)
+            .unwrap();
         writer.push(video(0, true));
         writer.push(audio(5));
         assert!(writer.deadline().is_some());
@@ -684,13 +723,22 @@ mod tests {
 
     #[tokio::test]
     async fn audio_only_streams_start_at_once_with_a_short_window() {
-        let (hub, mut writer) = spawn_hub(StreamKey::new("radio", "a").unwrap(), HubConfig::default());
+        let (hub, mut writer) =
+            spawn_hub(StreamKey::new("radio", "a").unwrap(), HubConfig::default());
         writer.push(config()[1].clone());
         for i in 0..100 {
             writer.push(audio(i * 23));
         }
-        let mut feed = hub.subscribe(LagPolicy::default(), Protocol::HttpFlv).unwrap();
-        assert_eq!(feed.tracks(), TrackFlags { has_audio: true, has_video: false });
+        let mut feed = hub
+            .subscribe(LagPolicy::default(), Protocol::HttpFlv)
+            .unwrap();
+        assert_eq!(
+            feed.tracks(),
+            TrackFlags {
+                has_audio: true,
+                has_video: false
+            }
+        );
         let mut got = Vec::new();
         while let Some(Some(s)) = feed.next().now_or_never() {
             got.push(s);
@@ -698,7 +746,9 @@ mod tests {
         let frames = frames_of(&got);
         assert_eq!(frames[0], (FrameKind::Audio, u32::MAX), "config first");
         let first_ts = frames[1].1;
-        assert!(first_ts >= 99 * 23 - 550 && first_ts < 99 * 23, "window starts at {first_ts}");
+        assert!(
+            first_ts >= 99 * 23 - 550 && first_ts < 99 * 23,
+            "window starts at {first_ts}"
+        );
     }
-
 }

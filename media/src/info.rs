@@ -54,7 +54,8 @@ impl MediaInfo {
                     self.audio_codec = tag.codec.name().to_owned();
                     let first = frame.payload[0];
                     if tag.codec != flv::AudioCodec::Aac && self.audio_sample_rate == 0 {
-                        self.audio_sample_rate = [5512, 11025, 22050, 44100][((first >> 2) & 3) as usize];
+                        self.audio_sample_rate =
+                            [5512, 11025, 22050, 44100][((first >> 2) & 3) as usize];
                         self.audio_channels = u32::from(first & 1) + 1;
                     }
                 }
@@ -76,7 +77,11 @@ impl MediaInfo {
             self.height = h.clamp(0.0, 65535.0) as u32;
         }
         if let Some(fps) = num("framerate").or_else(|| num("fps")) {
-            self.frame_rate = if fps.is_finite() { fps.clamp(0.0, 1000.0) } else { 0.0 };
+            self.frame_rate = if fps.is_finite() {
+                fps.clamp(0.0, 1000.0)
+            } else {
+                0.0
+            };
         }
         if self.video_codec.is_empty()
             && let Some(id) = num("videocodecid")
@@ -110,11 +115,10 @@ impl MediaInfo {
 pub fn metadata_declares_video(payload: &[u8]) -> Option<bool> {
     let values = amf0::decode_all(payload).ok()?;
     let props = values.get(1)?;
-    Some(
-        props
-            .property("videocodecid")
-            .is_some_and(|v| !matches!(v, Amf0Value::Number(n) if *n == 0.0) && !matches!(v, Amf0Value::Null | Amf0Value::Undefined)),
-    )
+    Some(props.property("videocodecid").is_some_and(|v| {
+        !matches!(v, Amf0Value::Number(n) if *n == 0.0)
+            && !matches!(v, Amf0Value::Null | Amf0Value::Undefined)
+    }))
 }
 
 /// Measures a byte rate over fixed windows.
@@ -180,9 +184,20 @@ mod tests {
             ("videocodecid", Amf0Value::Number(7.0)),
             ("audiocodecid", Amf0Value::Number(10.0)),
         ]));
-        assert_eq!((info.width, info.height, info.frame_rate), (1280, 720, 30.0));
-        assert_eq!((info.video_codec.as_str(), info.audio_codec.as_str()), ("h264", "aac"));
-        info.observe(&Frame::new(FrameKind::Audio, 0, Bytes::from_static(&[0xaf, 0, 0x12, 0x10]), 0));
+        assert_eq!(
+            (info.width, info.height, info.frame_rate),
+            (1280, 720, 30.0)
+        );
+        assert_eq!(
+            (info.video_codec.as_str(), info.audio_codec.as_str()),
+            ("h264", "aac")
+        );
+        info.observe(&Frame::new(
+            FrameKind::Audio,
+            0,
+            Bytes::from_static(&[0xaf, 0, 0x12, 0x10]),
+            0,
+        ));
         assert_eq!((info.audio_sample_rate, info.audio_channels), (44100, 2));
     }
 

@@ -24,7 +24,9 @@ pub enum KeyError {
     Empty(&'static str),
     #[error("the {0} name is longer than {MAX_NAME_LEN} bytes")]
     TooLong(&'static str),
-    #[error("the {what} name {value:?} has characters other than letters, digits, '-', '_', '.' and '~'")]
+    #[error(
+        "the {what} name {value:?} has characters other than letters, digits, '-', '_', '.' and '~'"
+    )]
     BadCharacters { what: &'static str, value: String },
 }
 
@@ -107,7 +109,10 @@ mod tests {
     fn accepts_ordinary_names() {
         let key = StreamKey::new("live", "cam-1_hd.v2").unwrap();
         assert_eq!(key.to_string(), "live/cam-1_hd.v2");
-        assert_eq!(StreamKey::parse("live/test").unwrap(), key_of("live", "test"));
+        assert_eq!(
+            StreamKey::parse("live/test").unwrap(),
+            key_of("live", "test")
+        );
     }
 
     fn key_of(a: &str, n: &str) -> StreamKey {

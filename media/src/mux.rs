@@ -40,7 +40,12 @@ impl Outputs {
 /// Appends `frame` in every enabled format.
 pub fn mux_frame(frame: &Frame, outputs: Outputs, flv_out: &mut BytesMut, rtmp_out: &mut BytesMut) {
     if outputs.flv {
-        flv::write_tag(flv_out, frame.kind.tag_type(), frame.timestamp, &frame.payload);
+        flv::write_tag(
+            flv_out,
+            frame.kind.tag_type(),
+            frame.timestamp,
+            &frame.payload,
+        );
     }
     if outputs.rtmp {
         let (cs, type_id) = match frame.kind {

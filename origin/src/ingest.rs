@@ -54,7 +54,9 @@ pub(crate) async fn serve_publisher(
     }
     match result {
         Ok(_) => debug!("publisher connection closed"),
-        Err(IngestError::Handshake(HandshakeError::Closed)) => debug!("peer left during the handshake"),
+        Err(IngestError::Handshake(HandshakeError::Closed)) => {
+            debug!("peer left during the handshake")
+        }
         Err(IngestError::Io(e)) if is_hangup(&e) => debug!(error = %e, "publisher hung up"),
         Err(e) => warn!(error = %e, "publisher connection closed"),
     }
@@ -63,7 +65,10 @@ pub(crate) async fn serve_publisher(
 
 fn is_hangup(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
-    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof)
+    matches!(
+        e.kind(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+    )
 }
 
 async fn run(
@@ -144,19 +149,17 @@ async fn handle(
     publication: &mut Option<Publication>,
 ) {
     match event {
-        SessionEvent::ConnectRequested { app, tc_url } => {
-            match StreamKey::new(&app, "probe") {
-                Ok(_) => {
-                    debug!(%app, %tc_url, "connect");
-                    session.accept_connect();
-                }
-                Err(e) => {
-                    PUBLISH_REFUSED.with_label_values(&["bad_name"]).inc();
-                    info!(%app, error = %e, "connect refused");
-                    session.reject_connect(&e.to_string());
-                }
+        SessionEvent::ConnectRequested { app, tc_url } => match StreamKey::new(&app, "probe") {
+            Ok(_) => {
+                debug!(%app, %tc_url, "connect");
+                session.accept_connect();
             }
-        }
+            Err(e) => {
+                PUBLISH_REFUSED.with_label_values(&["bad_name"]).inc();
+                info!(%app, error = %e, "connect refused");
+                session.reject_connect(&e.to_string());
+            }
+        },
         SessionEvent::PublishRequested { name, publish_type } => {
             let (name, _query) = split_query(&name);
             let key = match StreamKey::new(session.app(), name) {
@@ -170,11 +173,20 @@ async fn handle(
             };
             Span::current().record("stream", tracing::field::display(&key));
             if publication.is_some() {
-                PUBLISH_REFUSED.with_label_values(&["already_publishing"]).inc();
-                session.reject_publish("NetStream.Publish.BadName", "this connection is already publishing");
+                PUBLISH_REFUSED
+                    .with_label_values(&["already_publishing"])
+                    .inc();
+                session.reject_publish(
+                    "NetStream.Publish.BadName",
+                    "this connection is already publishing",
+                );
                 return;
             }
-            match ctx.streams.start_publish(key.clone(), peer.to_string()).await {
+            match ctx
+                .streams
+                .start_publish(key.clone(), peer.to_string())
+                .await
+            {
                 Ok(p) => {
                     info!(stream = %key, epoch = p.epoch(), %publish_type, "publishing");
                     *publication = Some(p);

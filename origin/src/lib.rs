@@ -120,7 +120,10 @@ impl Member for OriginContext {
         let live = self.streams.live();
         let load = NodeLoad {
             streams: live.len() as u32,
-            viewers: live.iter().map(|(hub, _, _)| hub.subscribers() as u32).sum(),
+            viewers: live
+                .iter()
+                .map(|(hub, _, _)| hub.subscribers() as u32)
+                .sum(),
             ingress_bps: live.iter().map(|(hub, _, _)| hub.media().bitrate_bps).sum(),
             egress_bps: 0,
         };
@@ -198,7 +201,9 @@ impl Origin {
     }
 
     pub fn relay_addr(&self) -> SocketAddr {
-        self.relay.local_addr().unwrap_or(self.ctx.config.relay_addr)
+        self.relay
+            .local_addr()
+            .unwrap_or(self.ctx.config.relay_addr)
     }
 
     /// Readiness of this origin (control plane reachable, lease held, not draining).

@@ -34,11 +34,9 @@ impl pb::relay_server::Relay for RelayService {
         let request = request.into_inner();
         let key = StreamKey::new(&request.app, &request.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (hub, epoch) = self
-            .ctx
-            .streams
-            .lookup(&key)
-            .ok_or_else(|| Status::not_found(format!("stream {key} is not published on this origin")))?;
+        let (hub, epoch) = self.ctx.streams.lookup(&key).ok_or_else(|| {
+            Status::not_found(format!("stream {key} is not published on this origin"))
+        })?;
         if request.epoch != 0 && request.epoch != epoch {
             return Err(Status::failed_precondition(format!(
                 "this origin holds {key} at epoch {epoch}, not {}",

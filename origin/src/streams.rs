@@ -245,7 +245,13 @@ impl Publication {
     pub async fn end(mut self, reason: EndReason) {
         self.finish(reason);
         if reason != EndReason::Fenced {
-            release(&self.streams.control, &self.key, &self.streams.node_id, self.epoch).await;
+            release(
+                &self.streams.control,
+                &self.key,
+                &self.streams.node_id,
+                self.epoch,
+            )
+            .await;
         }
     }
 

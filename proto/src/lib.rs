@@ -37,7 +37,12 @@ pub mod convert {
             pb::FrameKind::Script => FrameKind::Script,
             pb::FrameKind::Unspecified => return None,
         };
-        Some(Frame::new(kind, frame.timestamp, frame.payload, frame.ingest_time_us))
+        Some(Frame::new(
+            kind,
+            frame.timestamp,
+            frame.payload,
+            frame.ingest_time_us,
+        ))
     }
 
     pub fn end_reason_to_pb(reason: EndReason) -> pb::EndReason {
@@ -59,9 +64,17 @@ mod tests {
 
     #[test]
     fn frames_survive_the_relay_encoding() {
-        let frame = Frame::new(FrameKind::Video, 1234, Bytes::from_static(&[0x17, 1, 0, 0, 0, 7]), 99);
+        let frame = Frame::new(
+            FrameKind::Video,
+            1234,
+            Bytes::from_static(&[0x17, 1, 0, 0, 0, 7]),
+            99,
+        );
         let back = frame_from_pb(frame_to_pb(&frame)).unwrap();
-        assert_eq!((back.kind, back.timestamp, back.ingest_us), (FrameKind::Video, 1234, 99));
+        assert_eq!(
+            (back.kind, back.timestamp, back.ingest_us),
+            (FrameKind::Video, 1234, 99)
+        );
         assert!(back.is_keyframe());
         assert_eq!(back.payload, frame.payload);
     }

@@ -21,7 +21,8 @@ use tokio::time::Instant;
 
 /// Minimal HTTP/1.0 GET: status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await??;
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await??;
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await?;
@@ -71,7 +72,15 @@ impl Playback {
 
     /// The first media frame (not metadata or a sequence header).
     pub fn first_media(&self) -> Option<&Received> {
-        self.frames.iter().find(|f| !matches!(f.role, FrameRole::Metadata | FrameRole::VideoConfig | FrameRole::AudioConfig | FrameRole::Data))
+        self.frames.iter().find(|f| {
+            !matches!(
+                f.role,
+                FrameRole::Metadata
+                    | FrameRole::VideoConfig
+                    | FrameRole::AudioConfig
+                    | FrameRole::Data
+            )
+        })
     }
 }
 
@@ -132,7 +141,12 @@ pub async fn play_flv(addr: SocketAddr, path: &str, duration: Duration) -> Resul
 }
 
 /// Plays `rtmp://ADDR/APP/NAME` for `duration` (or until the server ends the stream).
-pub async fn play_rtmp(addr: SocketAddr, app: &str, name: &str, duration: Duration) -> Result<Playback> {
+pub async fn play_rtmp(
+    addr: SocketAddr,
+    app: &str,
+    name: &str,
+    duration: Duration,
+) -> Result<Playback> {
     let started = Instant::now();
     let deadline = started + duration;
     let mut stream = TcpStream::connect(addr).await?;
@@ -209,7 +223,13 @@ pub async fn publish_flv_file(
     stream.set_nodelay(true)?;
     let mut input = handshake::connect(&mut stream, Duration::from_secs(5)).await?;
     let chunk_size = if wire == Wire::Interleaved { 128 } else { 4096 };
-    let mut session = ClientSession::new(ClientMode::Publish, app, &format!("rtmp://{addr}/{app}"), name, chunk_size);
+    let mut session = ClientSession::new(
+        ClientMode::Publish,
+        app,
+        &format!("rtmp://{addr}/{app}"),
+        name,
+        chunk_size,
+    );
     let mut events = Vec::new();
     // Set up the publish.
     let setup_deadline = Instant::now() + Duration::from_secs(10);
@@ -237,7 +257,9 @@ pub async fn publish_flv_file(
         let mut aggregate = BytesMut::new();
         let mut aggregate_ts = None;
         for tag in &tags {
-            let Some(kind) = FrameKind::from_tag_type(tag.tag_type) else { continue };
+            let Some(kind) = FrameKind::from_tag_type(tag.tag_type) else {
+                continue;
+            };
             let ts = tag.timestamp + round * file_duration;
             let config = Frame::new(kind, ts, tag.body.clone(), 0).is_config();
             if round > 0 && config {
@@ -260,7 +282,15 @@ pub async fn publish_flv_file(
                     let base = *aggregate_ts.get_or_insert(ts);
                     flv::write_tag(&mut aggregate, tag.tag_type, ts, &tag.body);
                     if ts.saturating_sub(base) >= 100 {
-                        encode_message(&mut out, csid::VIDEO, base, type_id::AGGREGATE, 1, &aggregate, 4096);
+                        encode_message(
+                            &mut out,
+                            csid::VIDEO,
+                            base,
+                            type_id::AGGREGATE,
+                            1,
+                            &aggregate,
+                            4096,
+                        );
                         aggregate.clear();
                         aggregate_ts = None;
                     }
@@ -268,15 +298,34 @@ pub async fn publish_flv_file(
                 Wire::Interleaved => {
                     if kind == FrameKind::Audio && !config {
                         pending_audio.push((ts, tag.body.clone()));
-                    } else if kind == FrameKind::Video && tag.body.len() > 128 && !pending_audio.is_empty() {
+                    } else if kind == FrameKind::Video
+                        && tag.body.len() > 128
+                        && !pending_audio.is_empty()
+                    {
                         // First chunk of the video message, then whole audio messages, then the
                         // rest of the video message's chunks.
                         let mut video = BytesMut::new();
-                        encode_message(&mut video, csid::VIDEO, ts, type_id::VIDEO, 1, &tag.body, 128);
+                        encode_message(
+                            &mut video,
+                            csid::VIDEO,
+                            ts,
+                            type_id::VIDEO,
+                            1,
+                            &tag.body,
+                            128,
+                        );
                         let first = 12 + 128;
                         out.put_slice(&video[..first]);
                         for (ats, body) in pending_audio.drain(..) {
-                            encode_message(&mut out, csid::AUDIO, ats, type_id::AUDIO, 1, &body, 128);
+                            encode_message(
+                                &mut out,
+                                csid::AUDIO,
+                                ats,
+                                type_id::AUDIO,
+                                1,
+                                &body,
+                                128,
+                            );
                         }
                         out.put_slice(&video[first..]);
                     } else {

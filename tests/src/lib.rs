@@ -61,7 +61,10 @@ impl Node {
         let mut child = Command::new(corriente_bin())
             .args(args)
             .args(["--log-format", "json"])
-            .env("RUST_LOG", std::env::var("CORRIENTE_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .env(
+                "RUST_LOG",
+                std::env::var("CORRIENTE_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -129,7 +132,14 @@ impl Node {
         Node::start(
             "all",
             &args,
-            &["origin-rtmp", "edge-rtmp", "edge-http", "admin", "control-grpc", "origin-relay"],
+            &[
+                "origin-rtmp",
+                "edge-rtmp",
+                "edge-http",
+                "admin",
+                "control-grpc",
+                "origin-relay",
+            ],
         )
     }
 
@@ -170,7 +180,8 @@ impl Node {
 
     /// Resident memory of the process, in kilobytes.
     pub fn rss_kb(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -231,7 +242,11 @@ impl Drop for Node {
         if std::thread::panicking() {
             let lines = self.log_lines();
             let tail = &lines[lines.len().saturating_sub(80)..];
-            eprintln!("---- last log lines of {} ----\n{}", self.name, tail.join("\n"));
+            eprintln!(
+                "---- last log lines of {} ----\n{}",
+                self.name,
+                tail.join("\n")
+            );
         }
     }
 }
@@ -247,7 +262,9 @@ impl Metrics {
             if line.starts_with('#') {
                 continue;
             }
-            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
             let (metric, label_text) = match series.split_once('{') {
                 Some((m, rest)) => (m, rest.trim_end_matches('}')),
                 None => (series, ""),
@@ -255,9 +272,11 @@ impl Metrics {
             if metric != name {
                 continue;
             }
-            let matches = labels
-                .iter()
-                .all(|(k, v)| label_text.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
+            let matches = labels.iter().all(|(k, v)| {
+                label_text
+                    .split(',')
+                    .any(|pair| pair == format!("{k}=\"{v}\""))
+            });
             if matches && let Ok(v) = value.parse::<f64>() {
                 *found.get_or_insert(0.0) += v;
             }
@@ -269,11 +288,19 @@ impl Metrics {
     pub fn label_values(&self) -> Vec<(String, String, String)> {
         let mut out = Vec::new();
         for line in self.0.lines().filter(|l| l.starts_with("corriente_")) {
-            let Some((series, _)) = line.rsplit_once(' ') else { continue };
-            let Some((metric, labels)) = series.split_once('{') else { continue };
+            let Some((series, _)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Some((metric, labels)) = series.split_once('{') else {
+                continue;
+            };
             for pair in labels.trim_end_matches('}').split(',') {
                 if let Some((k, v)) = pair.split_once('=') {
-                    out.push((metric.to_owned(), k.to_owned(), v.trim_matches('"').to_owned()));
+                    out.push((
+                        metric.to_owned(),
+                        k.to_owned(),
+                        v.trim_matches('"').to_owned(),
+                    ));
                 }
             }
         }

@@ -45,12 +45,38 @@ pub fn av_720p() -> Result<PathBuf> {
     encode_once(
         "av-720p30-h264-aac.flv",
         &[
-            "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",
-            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
-            "-t", "10",
-            "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-pix_fmt", "yuv420p",
-            "-g", "60", "-b:v", "2500k", "-maxrate", "2500k", "-bufsize", "2500k",
-            "-c:a", "aac", "-b:a", "128k", "-ac", "2",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-t",
+            "10",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-tune",
+            "zerolatency",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            "60",
+            "-b:v",
+            "2500k",
+            "-maxrate",
+            "2500k",
+            "-bufsize",
+            "2500k",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "128k",
+            "-ac",
+            "2",
         ],
     )
 }
@@ -60,12 +86,32 @@ pub fn av_small() -> Result<PathBuf> {
     encode_once(
         "av-240p30-h264-aac.flv",
         &[
-            "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
-            "-f", "lavfi", "-i", "sine=frequency=660:sample_rate=44100",
-            "-t", "10",
-            "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-pix_fmt", "yuv420p",
-            "-g", "30", "-b:v", "400k",
-            "-c:a", "aac", "-b:a", "64k",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=660:sample_rate=44100",
+            "-t",
+            "10",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-tune",
+            "zerolatency",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            "30",
+            "-b:v",
+            "400k",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
         ],
     )
 }
@@ -79,7 +125,15 @@ pub struct Publisher {
 impl Publisher {
     pub fn start(file: &std::path::Path, url: &str) -> Result<Publisher> {
         let child = Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i"])
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-re",
+                "-stream_loop",
+                "-1",
+                "-i",
+            ])
             .arg(file)
             .args(["-c", "copy", "-f", "flv", url])
             .stdin(Stdio::null())
@@ -135,9 +189,15 @@ pub async fn ffprobe(url: &str) -> Result<Vec<ProbedStream>> {
         Duration::from_secs(30),
         Command::new("ffprobe")
             .args([
-                "-v", "error", "-rw_timeout", "15000000",
-                "-show_entries", "stream=codec_type,codec_name,width,height",
-                "-of", "json", url,
+                "-v",
+                "error",
+                "-rw_timeout",
+                "15000000",
+                "-show_entries",
+                "stream=codec_type,codec_name,width,height",
+                "-of",
+                "json",
+                url,
             ])
             .kill_on_drop(true)
             .output(),
@@ -145,7 +205,10 @@ pub async fn ffprobe(url: &str) -> Result<Vec<ProbedStream>> {
     .await
     .context("ffprobe timed out")??;
     if !output.status.success() {
-        bail!("ffprobe {url} failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "ffprobe {url} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
     Ok(json["streams"]
@@ -176,7 +239,14 @@ pub async fn decode(url: &str, seconds: u32) -> Result<Decoded> {
     let output = tokio::time::timeout(
         Duration::from_secs(u64::from(seconds) + 40),
         Command::new("ffmpeg")
-            .args(["-hide_banner", "-nostats", "-rw_timeout", "15000000", "-i", url])
+            .args([
+                "-hide_banner",
+                "-nostats",
+                "-rw_timeout",
+                "15000000",
+                "-i",
+                url,
+            ])
             .args(["-t", &seconds.to_string(), "-f", "null", "-"])
             .kill_on_drop(true)
             .output(),
@@ -211,8 +281,24 @@ impl Viewer {
     /// Starts `ffmpeg -i URL -f null -` with progress reporting.
     pub fn start(url: &str) -> Result<Viewer> {
         let mut child = Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-rw_timeout", "30000000", "-i", url])
-            .args(["-f", "null", "-", "-progress", "pipe:1", "-stats_period", "0.1"])
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-rw_timeout",
+                "30000000",
+                "-i",
+                url,
+            ])
+            .args([
+                "-f",
+                "null",
+                "-",
+                "-progress",
+                "pipe:1",
+                "-stats_period",
+                "0.1",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -220,13 +306,17 @@ impl Viewer {
             .spawn()
             .context("spawn ffmpeg viewer")?;
         let stdout = child.stdout.take().context("stdout")?;
-        let progress = std::sync::Arc::new(std::sync::Mutex::new((0u64, std::time::Instant::now())));
+        let progress =
+            std::sync::Arc::new(std::sync::Mutex::new((0u64, std::time::Instant::now())));
         let sink = progress.clone();
         tokio::spawn(async move {
             use tokio::io::AsyncBufReadExt;
             let mut lines = tokio::io::BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(n) = line.strip_prefix("frame=").and_then(|n| n.trim().parse::<u64>().ok()) {
+                if let Some(n) = line
+                    .strip_prefix("frame=")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                {
                     let mut p = sink.lock().unwrap();
                     if n > p.0 {
                         *p = (n, std::time::Instant::now());

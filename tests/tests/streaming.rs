@@ -12,10 +12,14 @@ use corriente_tests::{Node, wait_for};
 /// Waits until the control plane lists `name` as live.
 async fn wait_live(node: &Node, name: &str) -> Result<()> {
     let needle = format!("\"name\":\"{name}\"");
-    wait_for(Duration::from_secs(20), &format!("stream {name} to be live"), || async {
-        let (status, body) = node.admin_get("/api/v1/cluster/streams").await.ok()?;
-        (status == 200 && body.contains(&needle)).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(20),
+        &format!("stream {name} to be live"),
+        || async {
+            let (status, body) = node.admin_get("/api/v1/cluster/streams").await.ok()?;
+            (status == 200 && body.contains(&needle)).then_some(())
+        },
+    )
     .await
 }
 
@@ -32,13 +36,21 @@ async fn ffprobe_and_ffmpeg_play_over_rtmp_and_http_flv() -> Result<()> {
         let audio: Vec<_> = streams.iter().filter(|s| s.codec_type == "audio").collect();
         assert_eq!(video.len(), 1, "{what}: one video stream in {streams:?}");
         assert_eq!(
-            (video[0].codec_name.as_str(), video[0].width, video[0].height),
+            (
+                video[0].codec_name.as_str(),
+                video[0].width,
+                video[0].height
+            ),
             ("h264", 1280, 720),
             "{what}"
         );
         assert_eq!(audio.len(), 1, "{what}: one audio stream in {streams:?}");
         assert_eq!(audio[0].codec_name, "aac", "{what}");
-        assert_eq!(streams.len(), 2, "{what}: no extra data streams in {streams:?}");
+        assert_eq!(
+            streams.len(),
+            2,
+            "{what}: no extra data streams in {streams:?}"
+        );
     }
 
     // 5 s at 30 fps: at least 90% of 150 frames decoded from each.
@@ -55,10 +67,23 @@ async fn ffprobe_and_ffmpeg_play_over_rtmp_and_http_flv() -> Result<()> {
 }
 
 fn assert_starts_on_a_keyframe_at_once(what: &str, playback: &Playback) {
-    assert!(playback.refused.is_none(), "{what}: refused: {:?}", playback.refused);
-    let first = playback.first_media().unwrap_or_else(|| panic!("{what}: no media received"));
-    let first_video = playback.video().next().unwrap_or_else(|| panic!("{what}: no video"));
-    assert_eq!(first_video.role, FrameRole::Keyframe, "{what}: first video frame is not a keyframe");
+    assert!(
+        playback.refused.is_none(),
+        "{what}: refused: {:?}",
+        playback.refused
+    );
+    let first = playback
+        .first_media()
+        .unwrap_or_else(|| panic!("{what}: no media received"));
+    let first_video = playback
+        .video()
+        .next()
+        .unwrap_or_else(|| panic!("{what}: no video"));
+    assert_eq!(
+        first_video.role,
+        FrameRole::Keyframe,
+        "{what}: first video frame is not a keyframe"
+    );
     // Decoder configuration arrives before any media.
     let config_before = |role| {
         playback
@@ -67,14 +92,23 @@ fn assert_starts_on_a_keyframe_at_once(what: &str, playback: &Playback) {
             .take_while(|f| f.after <= first.after && !std::ptr::eq(*f, first))
             .any(|f| f.role == role)
     };
-    assert!(config_before(FrameRole::VideoConfig), "{what}: no AVC sequence header before media");
-    assert!(config_before(FrameRole::AudioConfig), "{what}: no AAC sequence header before media");
+    assert!(
+        config_before(FrameRole::VideoConfig),
+        "{what}: no AVC sequence header before media"
+    );
+    assert!(
+        config_before(FrameRole::AudioConfig),
+        "{what}: no AAC sequence header before media"
+    );
     assert!(
         first_video.after < Duration::from_millis(500),
         "{what}: first decodable video frame after {:?}",
         first_video.after
     );
-    eprintln!("{what}: first keyframe {:?} after connecting", first_video.after);
+    eprintln!(
+        "{what}: first keyframe {:?} after connecting",
+        first_video.after
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -120,14 +154,29 @@ async fn fifty_viewers_share_one_relay_pull() -> Result<()> {
     // While all fifty watch: one relay pull, fifty viewers.
     let metrics = wait_for(Duration::from_secs(4), "50 viewers connected", || async {
         let m = node.metrics().await.ok()?;
-        let viewers = m.value("corriente_viewers", &[("protocol", "rtmp")])? + m.value("corriente_viewers", &[("protocol", "http_flv")])?;
+        let viewers = m.value("corriente_viewers", &[("protocol", "rtmp")])?
+            + m.value("corriente_viewers", &[("protocol", "http_flv")])?;
         (viewers == 50.0).then_some(m)
     })
     .await?;
-    assert_eq!(metrics.value("corriente_relay_pulls_active", &[]), Some(1.0), "edge pulls the stream once");
-    assert_eq!(metrics.value("corriente_viewers", &[("protocol", "relay")]), Some(1.0), "origin serves one relay subscriber");
-    assert_eq!(metrics.value("corriente_viewers", &[("protocol", "rtmp")]), Some(25.0));
-    assert_eq!(metrics.value("corriente_viewers", &[("protocol", "http_flv")]), Some(25.0));
+    assert_eq!(
+        metrics.value("corriente_relay_pulls_active", &[]),
+        Some(1.0),
+        "edge pulls the stream once"
+    );
+    assert_eq!(
+        metrics.value("corriente_viewers", &[("protocol", "relay")]),
+        Some(1.0),
+        "origin serves one relay subscriber"
+    );
+    assert_eq!(
+        metrics.value("corriente_viewers", &[("protocol", "rtmp")]),
+        Some(25.0)
+    );
+    assert_eq!(
+        metrics.value("corriente_viewers", &[("protocol", "http_flv")]),
+        Some(25.0)
+    );
 
     for viewer in viewers {
         let (what, playback) = viewer.await?;
@@ -136,7 +185,11 @@ async fn fifty_viewers_share_one_relay_pull() -> Result<()> {
         let video = playback.video().count();
         // 5 s at 30 fps, less what it takes all fifty to connect.
         assert!(video >= 100, "{what}: only {video} video frames in 5 s");
-        assert_eq!(playback.video().next().map(|f| f.role), Some(FrameRole::Keyframe), "{what}");
+        assert_eq!(
+            playback.video().next().map(|f| f.role),
+            Some(FrameRole::Keyframe),
+            "{what}"
+        );
     }
     Ok(())
 }
@@ -169,8 +222,14 @@ async fn two_streams_stay_isolated_when_one_ends() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (after, last_growth) = viewer_b.frames();
     assert!(viewer_b.is_running(), "viewer of b still running");
-    assert!(after >= before + 45, "b kept playing: {before} -> {after} frames");
-    assert!(last_growth.elapsed() < Duration::from_secs(1), "b is still decoding");
+    assert!(
+        after >= before + 45,
+        "b kept playing: {before} -> {after} frames"
+    );
+    assert!(
+        last_growth.elapsed() < Duration::from_secs(1),
+        "b is still decoding"
+    );
     // a can come back under the same name.
     let _publisher_a = Publisher::start(&media, &node.ingest_url("a"))?;
     wait_live(&node, "a").await?;
@@ -180,10 +239,24 @@ async fn two_streams_stay_isolated_when_one_ends() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_streams_and_duplicate_publishers_get_clear_errors() -> Result<()> {
     let node = Node::all(&[])?;
-    let rtmp = play_rtmp(node.addr("edge-rtmp"), "live", "nobody", Duration::from_secs(5)).await?;
+    let rtmp = play_rtmp(
+        node.addr("edge-rtmp"),
+        "live",
+        "nobody",
+        Duration::from_secs(5),
+    )
+    .await?;
     let refused = rtmp.refused.unwrap_or_default();
-    assert!(refused.starts_with("NetStream.Play.StreamNotFound"), "{refused}");
-    let http = play_flv(node.addr("edge-http"), "/live/nobody.flv", Duration::from_secs(5)).await?;
+    assert!(
+        refused.starts_with("NetStream.Play.StreamNotFound"),
+        "{refused}"
+    );
+    let http = play_flv(
+        node.addr("edge-http"),
+        "/live/nobody.flv",
+        Duration::from_secs(5),
+    )
+    .await?;
     assert!(http.refused.unwrap_or_default().contains("404"));
 
     let media = av_small()?;
@@ -192,10 +265,24 @@ async fn unknown_streams_and_duplicate_publishers_get_clear_errors() -> Result<(
     let second = Publisher::start(&media, &node.ingest_url("once"))?;
     let (code, stderr) = second.wait(Duration::from_secs(15)).await?;
     assert_ne!(code, Some(0));
-    assert!(stderr.contains("already being published"), "ffmpeg said: {stderr}");
+    assert!(
+        stderr.contains("already being published"),
+        "ffmpeg said: {stderr}"
+    );
     let metrics = node.metrics().await?;
-    assert_eq!(metrics.value("corriente_publish_refused_total", &[("reason", "already_publishing")]), Some(1.0));
-    assert!(metrics.value("corriente_play_refused_total", &[("reason", "not_found")]).unwrap_or(0.0) >= 2.0);
+    assert_eq!(
+        metrics.value(
+            "corriente_publish_refused_total",
+            &[("reason", "already_publishing")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        metrics
+            .value("corriente_play_refused_total", &[("reason", "not_found")])
+            .unwrap_or(0.0)
+            >= 2.0
+    );
     Ok(())
 }
 
@@ -215,11 +302,19 @@ async fn sigterm_ends_viewers_cleanly_and_exits() -> Result<()> {
     .await?;
     let status = node.terminate(Duration::from_secs(10))?;
     assert!(status.success(), "exit status {status}");
-    assert_eq!(viewer.exit_code(Duration::from_secs(5)).await, Some(0), "RTMP viewer saw a clean end");
+    assert_eq!(
+        viewer.exit_code(Duration::from_secs(5)).await,
+        Some(0),
+        "RTMP viewer saw a clean end"
+    );
     let http = tokio::time::timeout(Duration::from_secs(5), http).await???;
     assert!(http.ended, "HTTP-FLV response ended");
     let (code, stderr) = publisher.wait(Duration::from_secs(5)).await?;
-    assert_ne!(code, Some(0), "the encoder was told the server is going away");
+    assert_ne!(
+        code,
+        Some(0),
+        "the encoder was told the server is going away"
+    );
     assert!(stderr.contains("shutting down"), "ffmpeg said: {stderr}");
     Ok(())
 }

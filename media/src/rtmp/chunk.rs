@@ -163,7 +163,9 @@ impl ChunkDecoder {
             return Err(ChunkError::NoPriorHeader(csid, fmt));
         }
         if prior.is_none() && self.streams.len() >= self.limits.max_chunk_streams {
-            return Err(ChunkError::TooManyChunkStreams(self.limits.max_chunk_streams));
+            return Err(ChunkError::TooManyChunkStreams(
+                self.limits.max_chunk_streams,
+            ));
         }
         let u24 = |b: &[u8]| u32::from_be_bytes([0, b[0], b[1], b[2]]);
         let mut header = ChunkHeader {
@@ -205,7 +207,10 @@ impl ChunkDecoder {
 
         let length = header.length.or(prior.map(|s| s.length)).unwrap_or(0);
         if length > self.limits.max_message_size {
-            return Err(ChunkError::MessageTooLarge(length, self.limits.max_message_size));
+            return Err(ChunkError::MessageTooLarge(
+                length,
+                self.limits.max_message_size,
+            ));
         }
         let continuing = fmt == 3 && prior.is_some_and(|s| s.in_progress);
         let already = if continuing {
@@ -265,7 +270,9 @@ impl ChunkDecoder {
                 stream.extended = header.extended;
             }
             stream.in_progress = true;
-            stream.partial.reserve((stream.length as usize).min(64 << 10));
+            stream
+                .partial
+                .reserve((stream.length as usize).min(64 << 10));
         }
         input.advance(header.header_len);
         let payload = (stream.length as usize - stream.partial.len()).min(self.chunk_size as usize);
@@ -316,7 +323,11 @@ pub fn encode_message(
     let chunks = payload.len().div_ceil(chunk_size).max(1);
     out.reserve(12 + if extended { 4 } else { 0 } + payload.len() + (chunks - 1) * 5);
     out.put_u8(csid & 0x3f);
-    let field = if extended { EXTENDED_TIMESTAMP } else { timestamp };
+    let field = if extended {
+        EXTENDED_TIMESTAMP
+    } else {
+        timestamp
+    };
     out.put_slice(&field.to_be_bytes()[1..]);
     out.put_slice(&(payload.len() as u32).to_be_bytes()[1..]);
     out.put_u8(type_id);
@@ -398,8 +409,14 @@ mod tests {
         let mut decoder = ChunkDecoder::new(ChunkLimits::default());
         let messages = decode_all(&mut decoder, &wire);
         assert_eq!(messages.len(), 2);
-        assert_eq!((messages[0].type_id, &messages[0].payload[..]), (8, &audio[..]));
-        assert_eq!((messages[1].type_id, &messages[1].payload[..]), (9, &video[..]));
+        assert_eq!(
+            (messages[0].type_id, &messages[0].payload[..]),
+            (8, &audio[..])
+        );
+        assert_eq!(
+            (messages[1].type_id, &messages[1].payload[..]),
+            (9, &video[..])
+        );
     }
 
     #[test]
@@ -415,7 +432,10 @@ mod tests {
         let m = decode_all(&mut decoder, &wire);
         let ts: Vec<u32> = m.iter().map(|m| m.timestamp).collect();
         assert_eq!(ts, vec![1000, 1020, 1040, 1045]);
-        assert_eq!((m[3].type_id, m[3].stream_id, &m[3].payload[..]), (9, 1, &[0x11][..]));
+        assert_eq!(
+            (m[3].type_id, m[3].stream_id, &m[3].payload[..]),
+            (9, 1, &[0x11][..])
+        );
     }
 
     #[test]
@@ -431,7 +451,10 @@ mod tests {
             decoder.decode(&mut big),
             Err(ChunkError::MessageTooLarge(1001, 1000))
         );
-        assert!(matches!(decoder.set_chunk_size(0), Err(ChunkError::BadChunkSize(0, _))));
+        assert!(matches!(
+            decoder.set_chunk_size(0),
+            Err(ChunkError::BadChunkSize(0, _))
+        ));
         assert!(decoder.set_chunk_size(u32::MAX).is_err());
         // A continuation header on a chunk stream that never had a full one.
         let mut orphan = BytesMut::from(&[0xc5u8, 1, 2, 3][..]);

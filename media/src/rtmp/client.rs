@@ -75,7 +75,10 @@ impl ClientSession {
             Amf0Value::object([
                 ("app", Amf0Value::string(app)),
                 ("type", Amf0Value::string("nonprivate")),
-                ("flashVer", Amf0Value::string("FMLE/3.0 (compatible; corriente)")),
+                (
+                    "flashVer",
+                    Amf0Value::string("FMLE/3.0 (compatible; corriente)"),
+                ),
                 ("tcUrl", Amf0Value::string(tc_url)),
             ]),
             vec![],
@@ -176,15 +179,27 @@ impl ClientSession {
                 self.send_command("createStream", 4.0, vec![], 0);
                 self.step = Step::CreatingStream;
             }
-            "_result" if self.step == Step::CreatingStream && c.transaction_id == self.create_txn => {
+            "_result"
+                if self.step == Step::CreatingStream && c.transaction_id == self.create_txn =>
+            {
                 self.stream_id = c.number_arg(0).unwrap_or(1.0) as u32;
                 let name = Amf0Value::string(self.name.clone());
                 match self.mode {
                     ClientMode::Publish => {
-                        self.send_command("publish", 5.0, vec![name, Amf0Value::string("live")], self.stream_id);
+                        self.send_command(
+                            "publish",
+                            5.0,
+                            vec![name, Amf0Value::string("live")],
+                            self.stream_id,
+                        );
                     }
                     ClientMode::Play => {
-                        self.send_command("play", 5.0, vec![name, Amf0Value::Number(-2000.0)], self.stream_id);
+                        self.send_command(
+                            "play",
+                            5.0,
+                            vec![name, Amf0Value::Number(-2000.0)],
+                            self.stream_id,
+                        );
                         message::write_user_control(
                             &mut self.out,
                             UserControl::SetBufferLength {
@@ -221,7 +236,8 @@ impl ClientSession {
                 } else if code == "NetStream.Publish.Start" || code == "NetStream.Play.Start" {
                     self.step = Step::Active;
                     events.push(ClientEvent::Started);
-                } else if code == "NetStream.Play.UnpublishNotify" || code == "NetStream.Play.Stop" {
+                } else if code == "NetStream.Play.UnpublishNotify" || code == "NetStream.Play.Stop"
+                {
                     self.step = Step::Ended;
                     events.push(ClientEvent::Ended);
                 }
@@ -231,7 +247,15 @@ impl ClientSession {
     }
 
     fn send_command(&mut self, name: &str, txn: f64, args: Vec<Amf0Value>, stream_id: u32) {
-        message::write_command(&mut self.out, self.chunk_size, stream_id, name, txn, Amf0Value::Null, args);
+        message::write_command(
+            &mut self.out,
+            self.chunk_size,
+            stream_id,
+            name,
+            txn,
+            Amf0Value::Null,
+            args,
+        );
     }
 
     /// Queues one frame for publishing.
@@ -258,7 +282,12 @@ impl ClientSession {
         if self.mode == ClientMode::Publish {
             self.send_command("FCUnpublish", 6.0, vec![name], 0);
         }
-        self.send_command("deleteStream", 7.0, vec![Amf0Value::Number(f64::from(self.stream_id))], 0);
+        self.send_command(
+            "deleteStream",
+            7.0,
+            vec![Amf0Value::Number(f64::from(self.stream_id))],
+            0,
+        );
         self.step = Step::Ended;
     }
 }
@@ -280,7 +309,12 @@ mod tests {
     use crate::rtmp::session::{ServerSession, SessionConfig, SessionEvent};
 
     /// Drives a client against the server session, moving bytes both ways until quiet.
-    fn pump(client: &mut ClientSession, server: &mut ServerSession, server_events: &mut Vec<SessionEvent>, client_events: &mut Vec<ClientEvent>) {
+    fn pump(
+        client: &mut ClientSession,
+        server: &mut ServerSession,
+        server_events: &mut Vec<SessionEvent>,
+        client_events: &mut Vec<ClientEvent>,
+    ) {
         for _ in 0..10 {
             let mut to_server = BytesMut::from(&client.take_output()[..]);
             server.feed(&mut to_server, 0, server_events).unwrap();
@@ -292,20 +326,33 @@ mod tests {
     #[test]
     fn publishes_and_plays_against_the_server_session() {
         let mut server = ServerSession::new(SessionConfig::default());
-        let mut client = ClientSession::new(ClientMode::Publish, "live", "rtmp://h/live", "cam", 4096);
+        let mut client =
+            ClientSession::new(ClientMode::Publish, "live", "rtmp://h/live", "cam", 4096);
         let (mut se, mut ce) = (Vec::new(), Vec::new());
         pump(&mut client, &mut server, &mut se, &mut ce);
-        assert!(matches!(se.last(), Some(SessionEvent::ConnectRequested { .. })));
+        assert!(matches!(
+            se.last(),
+            Some(SessionEvent::ConnectRequested { .. })
+        ));
         server.accept_connect();
         pump(&mut client, &mut server, &mut se, &mut ce);
-        assert!(matches!(se.last(), Some(SessionEvent::PublishRequested { name, .. }) if name == "cam"));
+        assert!(
+            matches!(se.last(), Some(SessionEvent::PublishRequested { name, .. }) if name == "cam")
+        );
         server.accept_publish();
         pump(&mut client, &mut server, &mut se, &mut ce);
         assert!(client.is_active());
-        client.send_frame(&Frame::new(FrameKind::Video, 33, Bytes::from(vec![0x17, 1, 0, 0, 0, 5, 5, 5]), 0));
+        client.send_frame(&Frame::new(
+            FrameKind::Video,
+            33,
+            Bytes::from(vec![0x17, 1, 0, 0, 0, 5, 5, 5]),
+            0,
+        ));
         se.clear();
         pump(&mut client, &mut server, &mut se, &mut ce);
-        assert!(matches!(&se[..], [SessionEvent::Frame(f)] if f.is_keyframe() && f.timestamp == 33));
+        assert!(
+            matches!(&se[..], [SessionEvent::Frame(f)] if f.is_keyframe() && f.timestamp == 33)
+        );
 
         let mut server = ServerSession::new(SessionConfig::default());
         let mut player = ClientSession::new(ClientMode::Play, "live", "rtmp://h/live", "cam", 4096);

@@ -104,7 +104,10 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(16 << 10);
         let server = tokio::spawn(async move { accept(&mut a, Duration::from_secs(5)).await });
         b.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        assert!(matches!(server.await.unwrap(), Err(HandshakeError::Invalid(_))));
+        assert!(matches!(
+            server.await.unwrap(),
+            Err(HandshakeError::Invalid(_))
+        ));
 
         let (mut a, _b) = tokio::io::duplex(16 << 10);
         let result = accept(&mut a, Duration::from_millis(50)).await;

@@ -337,13 +337,27 @@ mod tests {
         assert_eq!(roundtrip(out), Message::SetChunkSize(4096));
         let mut out = BytesMut::new();
         write_user_control(&mut out, UserControl::PingRequest(77));
-        assert_eq!(roundtrip(out), Message::UserControl(UserControl::PingRequest(77)));
+        assert_eq!(
+            roundtrip(out),
+            Message::UserControl(UserControl::PingRequest(77))
+        );
         let mut out = BytesMut::new();
-        write_command(&mut out, 128, 0, "connect", 1.0, Amf0Value::object([("app", Amf0Value::string("live"))]), vec![]);
+        write_command(
+            &mut out,
+            128,
+            0,
+            "connect",
+            1.0,
+            Amf0Value::object([("app", Amf0Value::string("live"))]),
+            vec![],
+        );
         match roundtrip(out) {
             Message::Command(c) => {
                 assert_eq!((c.name.as_str(), c.transaction_id), ("connect", 1.0));
-                assert_eq!(c.object.property("app").and_then(Amf0Value::as_str), Some("live"));
+                assert_eq!(
+                    c.object.property("app").and_then(Amf0Value::as_str),
+                    Some("live")
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -369,9 +383,15 @@ mod tests {
         let subs = split_aggregate(5000, &body.freeze()).unwrap();
         assert_eq!(subs.len(), 2);
         assert_eq!((subs[0].type_id, subs[0].timestamp), (9, 5000));
-        assert_eq!((subs[1].type_id, subs[1].timestamp, &subs[1].payload[..]), (8, 5023, &[0xaf, 1][..]));
         assert_eq!(
-            split_aggregate(0, &Bytes::from_static(&[9, 0, 0, 50, 0, 0, 0, 0, 0, 0, 0, 1])),
+            (subs[1].type_id, subs[1].timestamp, &subs[1].payload[..]),
+            (8, 5023, &[0xaf, 1][..])
+        );
+        assert_eq!(
+            split_aggregate(
+                0,
+                &Bytes::from_static(&[9, 0, 0, 50, 0, 0, 0, 0, 0, 0, 0, 1])
+            ),
             Err(MessageError::BadAggregate)
         );
     }

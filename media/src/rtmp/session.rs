@@ -205,8 +205,12 @@ impl ServerSession {
             Message::UserControl(_) => {}
             Message::Command(command) => self.handle_command(command, events)?,
             Message::Data(body) => self.handle_data(raw.timestamp, body, now_us, events),
-            Message::Audio(body) => self.media(FrameKind::Audio, raw.timestamp, body, now_us, events),
-            Message::Video(body) => self.media(FrameKind::Video, raw.timestamp, body, now_us, events),
+            Message::Audio(body) => {
+                self.media(FrameKind::Audio, raw.timestamp, body, now_us, events)
+            }
+            Message::Video(body) => {
+                self.media(FrameKind::Video, raw.timestamp, body, now_us, events)
+            }
             Message::Aggregate(body) => {
                 if self.state != SessionState::Publishing {
                     return Ok(());
@@ -237,7 +241,9 @@ impl ServerSession {
         events: &mut Vec<SessionEvent>,
     ) {
         if self.state == SessionState::Publishing && !body.is_empty() {
-            events.push(SessionEvent::Frame(Frame::new(kind, timestamp, body, now_us)));
+            events.push(SessionEvent::Frame(Frame::new(
+                kind, timestamp, body, now_us,
+            )));
         }
     }
 
@@ -269,7 +275,9 @@ impl ServerSession {
                 return;
             }
             Err(e) => {
-                events.push(SessionEvent::Ignored(format!("bad AMF0 in script data: {e}")));
+                events.push(SessionEvent::Ignored(format!(
+                    "bad AMF0 in script data: {e}"
+                )));
                 return;
             }
         };
@@ -285,7 +293,9 @@ impl ServerSession {
             Ok(_) => events.push(SessionEvent::Ignored(
                 "script data needs a handler name and a value".to_owned(),
             )),
-            Err(e) => events.push(SessionEvent::Ignored(format!("bad AMF0 in script data: {e}"))),
+            Err(e) => events.push(SessionEvent::Ignored(format!(
+                "bad AMF0 in script data: {e}"
+            ))),
         }
     }
 
@@ -310,7 +320,12 @@ impl ServerSession {
                 };
                 let app = prop("app");
                 // OBS and others may put a query string or a trailing slash in `app`.
-                let app = app.split('?').next().unwrap_or("").trim_end_matches('/').to_owned();
+                let app = app
+                    .split('?')
+                    .next()
+                    .unwrap_or("")
+                    .trim_end_matches('/')
+                    .to_owned();
                 self.object_encoding = command
                     .object
                     .property("objectEncoding")
@@ -366,8 +381,8 @@ impl ServerSession {
             }
             // Replies to our own commands, bandwidth checks and Flash-era extras.
             "_result" | "_error" | "_checkbw" | "checkBandwidth" | "receiveAudio"
-            | "receiveVideo" | "pause" | "seek" | "FCSubscribe" | "FCUnsubscribe"
-            | "onBWDone" | "setPeerInfo" => {}
+            | "receiveVideo" | "pause" | "seek" | "FCSubscribe" | "FCUnsubscribe" | "onBWDone"
+            | "setPeerInfo" => {}
             other => events.push(SessionEvent::Ignored(format!("command {other:?}"))),
         }
         Ok(())
@@ -472,8 +487,16 @@ impl ServerSession {
         }
         message::write_user_control(&mut self.out, UserControl::StreamBegin(MEDIA_STREAM_ID));
         let name = self.stream_name.clone();
-        self.status("status", "NetStream.Play.Reset", &format!("Playing and resetting {name}."));
-        self.status("status", "NetStream.Play.Start", &format!("Started playing {name}."));
+        self.status(
+            "status",
+            "NetStream.Play.Reset",
+            &format!("Playing and resetting {name}."),
+        );
+        self.status(
+            "status",
+            "NetStream.Play.Start",
+            &format!("Started playing {name}."),
+        );
         self.state = SessionState::Playing;
     }
 
@@ -524,7 +547,10 @@ mod tests {
             1.0,
             Amf0Value::object([
                 ("app", Amf0Value::string(app)),
-                ("tcUrl", Amf0Value::string(format!("rtmp://localhost/{app}"))),
+                (
+                    "tcUrl",
+                    Amf0Value::string(format!("rtmp://localhost/{app}")),
+                ),
             ]),
             vec![],
         );
@@ -547,7 +573,10 @@ mod tests {
     }
 
     fn status_code(c: &Command) -> &str {
-        c.args[0].property("code").and_then(Amf0Value::as_str).unwrap()
+        c.args[0]
+            .property("code")
+            .and_then(Amf0Value::as_str)
+            .unwrap()
     }
 
     fn publishing_session() -> ServerSession {
@@ -555,14 +584,26 @@ mod tests {
         let mut events = Vec::new();
         let mut input = connect("live");
         input.extend_from_slice(&command("createStream", 2.0, vec![], 0));
-        input.extend_from_slice(&command("publish", 3.0, vec![Amf0Value::string("cam?key=1"), Amf0Value::string("live")], 1));
+        input.extend_from_slice(&command(
+            "publish",
+            3.0,
+            vec![Amf0Value::string("cam?key=1"), Amf0Value::string("live")],
+            1,
+        ));
         session.feed(&mut input, 0, &mut events).unwrap();
-        assert!(matches!(&events[..], [SessionEvent::ConnectRequested { app, .. }] if app == "live"));
-        assert!(!input.is_empty(), "waits for the decision before reading on");
+        assert!(
+            matches!(&events[..], [SessionEvent::ConnectRequested { app, .. }] if app == "live")
+        );
+        assert!(
+            !input.is_empty(),
+            "waits for the decision before reading on"
+        );
         session.accept_connect();
         events.clear();
         session.feed(&mut input, 0, &mut events).unwrap();
-        assert!(matches!(&events[..], [SessionEvent::PublishRequested { name, .. }] if name == "cam?key=1"));
+        assert!(
+            matches!(&events[..], [SessionEvent::PublishRequested { name, .. }] if name == "cam?key=1")
+        );
         session.accept_publish();
         let commands = sent_commands(&mut session);
         let names: Vec<&str> = commands.iter().map(|c| c.name.as_str()).collect();
@@ -586,7 +627,15 @@ mod tests {
             &mut meta,
         );
         encode_message(&mut input, 5, 0, type_id::DATA_AMF0, 1, &meta, 128);
-        encode_message(&mut input, 6, 40, type_id::VIDEO, 1, &[0x17, 1, 0, 0, 0, 1], 128);
+        encode_message(
+            &mut input,
+            6,
+            40,
+            type_id::VIDEO,
+            1,
+            &[0x17, 1, 0, 0, 0, 1],
+            128,
+        );
         let mut events = Vec::new();
         session.feed(&mut input, 7, &mut events).unwrap();
         let frames: Vec<&Frame> = events
@@ -597,7 +646,10 @@ mod tests {
             })
             .collect();
         assert_eq!(frames.len(), 2);
-        assert!(crate::frame::is_on_metadata(&frames[0].payload), "@setDataFrame stripped");
+        assert!(
+            crate::frame::is_on_metadata(&frames[0].payload),
+            "@setDataFrame stripped"
+        );
         assert!(frames[1].is_keyframe());
         assert_eq!((frames[1].timestamp, frames[1].ingest_us), (40, 7));
     }
@@ -635,10 +687,15 @@ mod tests {
         session.accept_connect();
         let mut input = command("play", 4.0, vec![Amf0Value::string("nope")], 1);
         session.feed(&mut input, 0, &mut events).unwrap();
-        assert!(matches!(events.last(), Some(SessionEvent::PlayRequested { name }) if name == "nope"));
+        assert!(
+            matches!(events.last(), Some(SessionEvent::PlayRequested { name }) if name == "nope")
+        );
         session.reject_play("NetStream.Play.StreamNotFound", "no such stream");
         let commands = sent_commands(&mut session);
-        assert_eq!(status_code(commands.last().unwrap()), "NetStream.Play.StreamNotFound");
+        assert_eq!(
+            status_code(commands.last().unwrap()),
+            "NetStream.Play.StreamNotFound"
+        );
         assert_eq!(session.state(), &SessionState::Closed);
 
         let mut session = ServerSession::new(SessionConfig::default());
@@ -656,7 +713,11 @@ mod tests {
             .collect();
         assert_eq!(
             codes,
-            ["NetStream.Play.Reset", "NetStream.Play.Start", "NetStream.Play.UnpublishNotify"]
+            [
+                "NetStream.Play.Reset",
+                "NetStream.Play.Start",
+                "NetStream.Play.UnpublishNotify"
+            ]
         );
     }
 
@@ -684,6 +745,9 @@ mod tests {
             seen.push(Message::parse(&raw).unwrap());
         }
         assert!(seen.contains(&Message::UserControl(UserControl::PingResponse(9))));
-        assert!(seen.iter().any(|m| matches!(m, Message::Acknowledgement(n) if *n >= 20)));
+        assert!(
+            seen.iter()
+                .any(|m| matches!(m, Message::Acknowledgement(n) if *n >= 20))
+        );
     }
 }
