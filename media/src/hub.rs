@@ -747,7 +747,7 @@ mod tests {
         assert_eq!(frames[0], (FrameKind::Audio, u32::MAX), "config first");
         let first_ts = frames[1].1;
         assert!(
-            first_ts >= 99 * 23 - 550 && first_ts < 99 * 23,
+            (99 * 23 - 550..99 * 23).contains(&first_ts),
             "window starts at {first_ts}"
         );
     }

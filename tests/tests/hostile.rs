@@ -317,7 +317,7 @@ async fn decode_strictly(url: &str, seconds: u32) -> Result<(bool, u64, String)>
         .lines()
         .filter_map(|l| l.strip_prefix("frame="))
         .filter_map(|n| n.trim().parse().ok())
-        .last()
+        .next_back()
         .unwrap_or(0);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     Ok((
