@@ -27,6 +27,10 @@ fn main() -> ExitCode {
         Some(Command::ControlPlane(a)) => &a.common,
     };
     logging::init(common.log_format);
+    // Every viewer is a socket: use all the file descriptors the hard limit allows.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "cannot raise the open files limit");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,12 +1,20 @@
-//! HTTP playback: `GET /APP/NAME.flv` streams the live FLV (chunked, CORS-enabled so browser
-//! players can fetch it). The response body is the stream's FLV tags, shared with every other
-//! HTTP-FLV viewer; per viewer there is only the socket write.
+//! HTTP playback: `GET /APP/NAME.flv` streams the live FLV (HTTP/1.1 chunked, CORS-enabled so
+//! browser players can fetch it).
+//!
+//! The edge reads each connection's first request head itself. A playback request (the usual
+//! case: players open a connection for the stream) is served on the fast path: the socket is
+//! attached to the stream's direct fan-out like an RTMP viewer's, and the FLV tags shared with
+//! every other HTTP-FLV viewer are written with their chunk framing, no HTTP library in the
+//! loop. Every other request, and anything after the first request on a kept-alive connection,
+//! goes to hyper and the axum routes below, which serve the same stream through a feed-backed
+//! response body.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -14,14 +22,17 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use corriente_media::fanout::{Drain, Sink, Wire, chunk_head};
 use corriente_media::io::{Format, StallGuard, segment_bytes};
 use corriente_media::metrics::{self as media_metrics, Protocol};
-use corriente_media::{Feed, FeedEnd, Segment, StreamKey, flv};
+use corriente_media::net::{close_gracefully, close_shared};
+use corriente_media::{EndReason, Feed, FeedEnd, Segment, StreamKey, flv};
 use futures_util::Stream;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -30,32 +41,234 @@ use tracing::{debug, info};
 use crate::EdgeContext;
 use crate::metrics::PLAY_REFUSED;
 use crate::pulls::{PlayError, ViewerLease};
+use crate::viewer::{self, Playback};
 
-/// The edge's HTTP routes.
+/// Largest request head read on the fast path; larger ones go to hyper, which refuses them.
+const MAX_HEAD: usize = 8 << 10;
+
+/// The edge's HTTP routes (served by hyper).
 pub(crate) fn router(ctx: Arc<EdgeContext>) -> Router {
     Router::new()
         .route("/{app}/{file}", get(play).head(play).options(preflight))
         .with_state(ctx)
 }
 
-/// Serves one HTTP connection (HTTP/1.1, or HTTP/2 with prior knowledge) until it closes or
-/// the node shuts down.
+/// Serves one HTTP connection until it closes or the node shuts down.
 pub(crate) async fn serve_connection(
     ctx: Arc<EdgeContext>,
     router: Router,
-    stream: TcpStream,
+    mut stream: TcpStream,
     _peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    let io = TokioIo::new(StallGuard::new(stream, ctx.config.write_timeout));
+    let mut head = BytesMut::with_capacity(1024);
+    let timeout = ctx.config.handshake_timeout;
+    match tokio::time::timeout(timeout, read_head(&mut stream, &mut head)).await {
+        Ok(Ok(Some(request))) => {
+            serve_flv(ctx, stream, request, shutdown).await;
+            return;
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(_)) => return,
+        Err(_) => {
+            debug!(?timeout, "no request head in time");
+            return;
+        }
+    }
+    serve_hyper(ctx, router, Rewind::new(head.freeze(), stream), shutdown).await;
+}
+
+/// A playback request on the fast path.
+struct FlvRequest {
+    app: String,
+    file: String,
+    head_only: bool,
+    http11: bool,
+}
+
+/// Reads the first request head. `Some` for a playback request (`GET`/`HEAD` of
+/// `/APP/NAME.flv`); `None` for anything else, which hyper then reads from `buf` again.
+async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<Option<FlvRequest>> {
+    loop {
+        if stream.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let method = request.method.unwrap_or("");
+                let path = request.path.unwrap_or("");
+                let path = path.split('?').next().unwrap_or("");
+                let mut parts = path.trim_start_matches('/').splitn(2, '/');
+                let (Some(app), Some(file)) = (parts.next(), parts.next()) else {
+                    return Ok(None);
+                };
+                let playback = matches!(method, "GET" | "HEAD") && file.ends_with(".flv") && !file.contains('/');
+                return Ok(playback.then(|| FlvRequest {
+                    app: app.to_owned(),
+                    file: file.to_owned(),
+                    head_only: method == "HEAD",
+                    http11: request.version == Some(1),
+                }));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+            _ => return Ok(None),
+        }
+    }
+}
+
+/// Why a playback request is refused, as HTTP.
+struct Refusal {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+/// Finds the stream of `/APP/FILE` and joins its pull.
+async fn resolve(ctx: &EdgeContext, app: &str, file: &str) -> Result<(StreamKey, ViewerLease), Refusal> {
+    let refuse = |status, reason, message: String| Refusal {
+        status,
+        reason,
+        message,
+    };
+    let Some(name) = file.strip_suffix(".flv") else {
+        return Err(refuse(StatusCode::NOT_FOUND, "not_found", format!("no such page: /{app}/{file}")));
+    };
+    let key = StreamKey::new(app, name).map_err(|e| refuse(StatusCode::NOT_FOUND, "bad_name", e.to_string()))?;
+    if ctx.draining.is_cancelled() {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this edge is shutting down; retry".to_owned(),
+        ));
+    }
+    match ctx.pulls.acquire(&key).await {
+        Ok(lease) => Ok((key, lease)),
+        Err(e @ PlayError::NotFound(_)) => Err(refuse(StatusCode::NOT_FOUND, e.reason(), e.to_string())),
+        Err(e @ PlayError::Unavailable { .. }) => {
+            Err(refuse(StatusCode::SERVICE_UNAVAILABLE, e.reason(), e.to_string()))
+        }
+    }
+}
+
+impl Refusal {
+    fn count(&self) {
+        PLAY_REFUSED.with_label_values(&["http_flv", self.reason]).inc();
+        debug!(reason = self.reason, "play refused: {}", self.message);
+    }
+}
+
+/// Response headers of a playback response.
+const FLV_HEADERS: &str = "Content-Type: video/x-flv\r\nCache-Control: no-cache, no-store\r\nAccess-Control-Allow-Origin: *\r\nAccess-Control-Expose-Headers: Content-Type\r\n";
+
+/// The fast path: answers a playback request on the socket itself.
+async fn serve_flv(ctx: Arc<EdgeContext>, mut stream: TcpStream, request: FlvRequest, shutdown: CancellationToken) {
+    let requested = Instant::now();
+    let version = if request.http11 { "1.1" } else { "1.0" };
+    let (key, lease) = match resolve(&ctx, &request.app, &request.file).await {
+        Ok(found) => found,
+        Err(refusal) => {
+            refusal.count();
+            let body = format!("{}\n", refusal.message);
+            let response = format!(
+                "HTTP/{version} {status}\r\nContent-Type: text/plain; charset=utf-8\r\nAccess-Control-Allow-Origin: *\r\nCache-Control: no-store\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}",
+                status = refusal.status,
+                len = body.len(),
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            close_gracefully(&mut stream, Duration::from_secs(1)).await;
+            return;
+        }
+    };
+    tracing::Span::current().record("stream", tracing::field::display(&key));
+    let chunked = request.http11;
+    let head = format!(
+        "HTTP/{version} 200 OK\r\n{FLV_HEADERS}{}Connection: close\r\n\r\n",
+        if chunked { "Transfer-Encoding: chunked\r\n" } else { "" }
+    );
+    if request.head_only {
+        let _ = stream.write_all(head.as_bytes()).await;
+        close_gracefully(&mut stream, Duration::from_secs(1)).await;
+        return;
+    }
+    debug!(stream = %key, "playing over HTTP-FLV");
+    let socket = Arc::new(stream);
+    let wire = if chunked { Wire::FlvChunked } else { Wire::Flv };
+    let sink = Sink::new(socket.clone(), wire, Protocol::HttpFlv, ctx.config.viewer_lag);
+    sink.queue(Bytes::from(head));
+    let tracks = lease.hub().tracks();
+    let file_header = Bytes::copy_from_slice(&flv::file_header(tracks.has_audio, tracks.has_video));
+    if chunked {
+        sink.queue(chunk_head(file_header.len()));
+        sink.queue(file_header);
+        sink.queue(Bytes::from_static(b"\r\n"));
+    } else {
+        sink.queue(file_header);
+    }
+    let mut playback = HttpPlayback { chunked };
+    match lease.hub().attach(&sink) {
+        Ok(attachment) => {
+            let result = viewer::serve_sink(
+                sink,
+                attachment,
+                playback,
+                ctx.config.write_timeout,
+                requested,
+                &shutdown,
+            )
+            .await;
+            if let Err(e) = result
+                && e.kind() != std::io::ErrorKind::TimedOut
+            {
+                debug!(error = %e, "HTTP-FLV viewer connection ended");
+            }
+        }
+        Err(e) => {
+            sink.queue(playback.end(Some(e.0)));
+            while let Ok(Drain::Blocked) = sink.drain() {
+                if socket.writable().await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(lease);
+    close_shared(&socket, Duration::from_secs(1)).await;
+}
+
+/// An HTTP-FLV response while playing: the viewer has nothing to say; the end is the last chunk.
+struct HttpPlayback {
+    chunked: bool,
+}
+
+impl Playback for HttpPlayback {
+    fn input(&mut self, input: &mut BytesMut) -> std::io::Result<Option<Bytes>> {
+        // Pipelined requests and the like: ignored, the response is endless.
+        input.clear();
+        Ok(Some(Bytes::new()))
+    }
+
+    fn end(&mut self, _reason: Option<EndReason>) -> Bytes {
+        if self.chunked {
+            Bytes::from_static(b"0\r\n\r\n")
+        } else {
+            Bytes::new()
+        }
+    }
+}
+
+/// Hyper serves the connection: every request but a first playback request.
+async fn serve_hyper(ctx: Arc<EdgeContext>, router: Router, io: Rewind, shutdown: CancellationToken) {
+    let io = TokioIo::new(StallGuard::new(io, ctx.config.write_timeout));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(ctx.config.handshake_timeout)
-        // What hyper buffers per connection (body chunks queued for the socket): as small as
-        // the RTMP viewer's queue, for the same reason.
-        .max_buf_size(crate::rtmp::MAX_QUEUED)
+        // What hyper buffers per connection (body chunks queued for the socket): as small as a
+        // fast-path viewer's backlog, for the same reason.
+        .max_buf_size(corriente_media::fanout::MAX_BACKLOG)
         .keep_alive(true);
     let conn = builder.serve_connection(io, TowerToHyperService::new(router));
     tokio::pin!(conn);
@@ -75,6 +288,56 @@ pub(crate) async fn serve_connection(
         } else {
             debug!(error = %e, "HTTP connection ended");
         }
+    }
+}
+
+/// A socket whose first bytes were already read: they are read again first.
+struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    fn new(prefix: Bytes, inner: TcpStream) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -105,68 +368,42 @@ async fn preflight() -> Response {
         .into_response()
 }
 
-fn refuse(status: StatusCode, reason: &str, message: String) -> Response {
-    PLAY_REFUSED.with_label_values(&["http_flv", reason]).inc();
-    debug!(reason, "play refused: {message}");
+fn refusal_response(refusal: Refusal) -> Response {
+    refusal.count();
     (
-        status,
+        refusal.status,
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
             (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        message + "\n",
+        refusal.message + "\n",
     )
         .into_response()
 }
 
+/// Playback through hyper (a kept-alive connection's later requests).
 async fn play(
     State(ctx): State<Arc<EdgeContext>>,
     method: Method,
     Path((app, file)): Path<(String, String)>,
 ) -> Response {
     let requested = Instant::now();
-    let Some(name) = file.strip_suffix(".flv") else {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no such page: /{app}/{file}"),
-        );
+    let (key, lease) = match resolve(&ctx, &app, &file).await {
+        Ok(found) => found,
+        Err(refusal) => return refusal_response(refusal),
     };
-    let key = match StreamKey::new(&app, name) {
-        Ok(key) => key,
-        Err(e) => return refuse(StatusCode::NOT_FOUND, "bad_name", e.to_string()),
-    };
-    if ctx.draining.is_cancelled() {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "this edge is shutting down; retry".to_owned(),
-        );
-    }
-    let lease = match ctx.pulls.acquire(&key).await {
-        Ok(lease) => lease,
-        Err(e @ PlayError::NotFound(_)) => {
-            return refuse(StatusCode::NOT_FOUND, e.reason(), e.to_string());
-        }
-        Err(e @ PlayError::Unavailable { .. }) => {
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, e.reason(), e.to_string());
-        }
-    };
-    let feed = match lease
-        .hub()
-        .subscribe(ctx.config.viewer_lag, Protocol::HttpFlv)
-    {
+    let feed = match lease.hub().subscribe(ctx.config.viewer_lag, Protocol::HttpFlv) {
         Ok(feed) => feed,
         Err(e) => {
-            return refuse(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("stream {key}: {e}"),
-            );
+            return refusal_response(Refusal {
+                status: StatusCode::NOT_FOUND,
+                reason: "not_found",
+                message: format!("stream {key}: {e}"),
+            });
         }
     };
-    debug!(stream = %key, "playing over HTTP-FLV");
+    debug!(stream = %key, "playing over HTTP-FLV (hyper)");
     let tracks = feed.tracks();
     let mut response = Response::new(if method == Method::HEAD {
         Body::empty()
@@ -185,18 +422,9 @@ async fn play(
         })
     });
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("video/x-flv"),
-    );
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-store"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/x-flv"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     headers.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static("Content-Type"),
@@ -204,7 +432,7 @@ async fn play(
     response
 }
 
-/// The body of an HTTP-FLV response: the FLV header, then the hub's FLV bytes as they come.
+/// The body of an HTTP-FLV response through hyper: the FLV header, then the hub's FLV bytes.
 struct FlvBody {
     header: Option<Bytes>,
     feed: Feed,

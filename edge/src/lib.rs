@@ -8,6 +8,7 @@ mod http;
 mod metrics;
 mod pulls;
 mod rtmp;
+mod viewer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -22,7 +22,8 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::feed::{Feed, LagPolicy, Segment};
+use crate::fanout::{Fanout, Sink};
+use crate::feed::{Feed, FeedEnd, LagPolicy, Segment};
 use crate::frame::{Frame, FrameKind, FrameRole};
 use crate::info::{MediaInfo, RateMeter, metadata_declares_video};
 use crate::key::StreamKey;
@@ -32,7 +33,7 @@ use crate::mux::{Outputs, mux_frame};
 /// How a hub batches, muxes and caches.
 #[derive(Debug, Clone, Copy)]
 pub struct HubConfig {
-    /// Frames that arrive within this window after the first pending one go out together.
+    /// Frames go out together on a grid of this period (a frame waits half of it on average).
     /// Zero sends every frame at once. The dial between latency and writes per viewer.
     pub coalesce_window: Duration,
     /// A pending batch is sent early once it holds this many payload bytes.
@@ -139,6 +140,8 @@ impl Init {
 /// Frames sent to subscribers together, with their muxed forms.
 #[derive(Debug)]
 pub struct Batch {
+    /// Position in the stream: grows by one per batch.
+    pub seq: u64,
     pub frames: Vec<Frame>,
     /// FLV tags of all frames, back to back.
     pub flv: Bytes,
@@ -154,6 +157,8 @@ pub struct Batch {
     pub init: Arc<Init>,
     /// When the batch was sent.
     pub sent_at: Instant,
+    /// HTTP/1.1 chunk-size line for all of `flv`, shared by every chunked HTTP-FLV viewer.
+    pub(crate) flv_chunk_head: Bytes,
 }
 
 impl Batch {
@@ -185,6 +190,25 @@ impl Batch {
     /// Payload bytes of frames from `from` on.
     pub fn payload_bytes_from(&self, from: usize) -> usize {
         self.frames.iter().skip(from).map(|f| f.payload.len()).sum()
+    }
+}
+
+/// A sink attached to a hub. Dropping it detaches the sink.
+pub struct Attachment {
+    shared: Arc<Shared>,
+    sink: Arc<Sink>,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.sink.detach();
+        self.shared.subscriber_left();
+        if let Some(fanout) = &mut self.shared.lock().fanout {
+            fanout.removed();
+        }
+        crate::metrics::VIEWERS
+            .with_label_values(&[self.sink.protocol().as_str()])
+            .dec();
     }
 }
 
@@ -221,6 +245,10 @@ struct State {
     /// `None` once the stream has ended.
     tx: Option<broadcast::Sender<Arc<Batch>>>,
     end: Option<EndReason>,
+    /// Sequence number of the last batch sent.
+    last_seq: u64,
+    /// Shard tasks writing to attached sinks, started with the first one.
+    fanout: Option<Fanout>,
 }
 
 pub(crate) struct Shared {
@@ -278,6 +306,8 @@ pub fn spawn_hub(key: StreamKey, config: HubConfig) -> (Hub, HubWriter) {
             has_audio: false,
             tx: Some(tx),
             end: None,
+            last_seq: 0,
+            fanout: None,
         }),
         subscribers: AtomicUsize::new(0),
         frames_in: AtomicU64::new(0),
@@ -292,6 +322,7 @@ pub fn spawn_hub(key: StreamKey, config: HubConfig) -> (Hub, HubWriter) {
         init: Arc::new(Init::default()),
         pending: Pending::default(),
         deadline: None,
+        grid_origin: Instant::now(),
         has_video: false,
         rate: RateMeter::new(Duration::from_secs(2)),
         finished: false,
@@ -345,6 +376,55 @@ impl Hub {
             policy,
             protocol,
         ))
+    }
+
+    /// Attaches a viewer's socket to the direct fan-out: the sink starts with the
+    /// configuration frames and the cached GOP (drained by its connection task), then gets every
+    /// batch written straight to its socket. Dropping the returned guard detaches it.
+    pub fn attach(&self, sink: &Arc<Sink>) -> Result<Attachment, Ended> {
+        let mut state = self.shared.lock();
+        let State {
+            tx, end, fanout, gop, init, last_seq, ..
+        } = &mut *state;
+        let Some(tx) = tx.as_ref() else {
+            return Err(Ended(end.unwrap_or(EndReason::Unpublished)));
+        };
+        let mut prelude = Vec::with_capacity(gop.len() + 1);
+        if !init.is_empty() {
+            prelude.push(Segment::Init(init.clone()));
+        }
+        for entry in gop.iter() {
+            prelude.push(Segment::Batch {
+                batch: entry.batch.clone(),
+                from: entry.from,
+            });
+        }
+        sink.start(&prelude, init.version, *last_seq + 1);
+        let fanout = fanout.get_or_insert_with(|| {
+            let shared = self.shared.clone();
+            Fanout::new(Arc::new(move || {
+                FeedEnd::Ended(shared.end_reason().unwrap_or(EndReason::Unpublished))
+            }))
+        });
+        fanout.add(sink.clone(), || tx.subscribe());
+        drop(state);
+        self.shared.subscribers.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::VIEWERS
+            .with_label_values(&[sink.protocol().as_str()])
+            .inc();
+        Ok(Attachment {
+            shared: self.shared.clone(),
+            sink: sink.clone(),
+        })
+    }
+
+    /// Tracks the stream has now (for an FLV header).
+    pub fn tracks(&self) -> TrackFlags {
+        let state = self.shared.lock();
+        TrackFlags {
+            has_audio: state.has_audio,
+            has_video: state.has_video,
+        }
     }
 
     /// Number of feeds currently open.
@@ -401,6 +481,8 @@ pub struct HubWriter {
     init: Arc<Init>,
     pending: Pending,
     deadline: Option<Instant>,
+    /// Origin of the coalescing grid.
+    grid_origin: Instant,
     has_video: bool,
     rate: RateMeter,
     finished: bool,
@@ -456,8 +538,20 @@ impl HubWriter {
         if window.is_zero() || p.payload_bytes >= self.shared.config.coalesce_max_bytes {
             self.flush();
         } else if self.deadline.is_none() {
-            self.deadline = Some(Instant::now() + window);
+            self.deadline = Some(self.next_tick(window));
         }
+    }
+
+    /// The next boundary of this hub's grid of coalescing windows. Batches go out on a fixed
+    /// grid rather than a window after their first frame: a frame waits half a window on
+    /// average (not nearly a whole one, as most batches hold one frame), for the same number of
+    /// writes. Each hub's grid starts when the hub does, so streams do not all flush together.
+    fn next_tick(&self, window: Duration) -> Instant {
+        let now = Instant::now();
+        let since = now.duration_since(self.grid_origin).as_nanos();
+        let step = window.as_nanos().max(1);
+        let ticks = since / step + 1;
+        self.grid_origin + Duration::from_nanos((ticks * step).min(u64::MAX as u128) as u64)
     }
 
     /// When the pending batch must go out, if there is one.
@@ -484,7 +578,16 @@ impl HubWriter {
             return;
         }
         let p = std::mem::take(&mut self.pending);
+        let config = self.shared.config;
+        let mut state = self.shared.lock();
+        state.last_seq += 1;
         let batch = Arc::new(Batch {
+            seq: state.last_seq,
+            flv_chunk_head: if p.flv.is_empty() {
+                Bytes::new()
+            } else {
+                crate::fanout::chunk_head(p.flv.len())
+            },
             frames: p.frames,
             flv: p.flv.freeze(),
             rtmp: p.rtmp.freeze(),
@@ -493,8 +596,6 @@ impl HubWriter {
             init: self.init.clone(),
             sent_at: Instant::now(),
         });
-        let config = self.shared.config;
-        let mut state = self.shared.lock();
         for frame in &batch.frames {
             state.media.observe(frame);
             match frame.kind {
@@ -507,6 +608,9 @@ impl HubWriter {
         state.media.bitrate_bps = self.rate.bps();
         state.init = self.init.clone();
         update_gop(&mut state, &batch, self.has_video, &config);
+        crate::metrics::BATCHES
+            .with_label_values(&[if config.outputs.flv || config.outputs.rtmp { "muxed" } else { "raw" }])
+            .inc();
         if let Some(tx) = &state.tx {
             // No receivers is fine: the batch still went into the GOP cache.
             let _ = tx.send(batch);
@@ -528,6 +632,7 @@ impl HubWriter {
         state.end = Some(reason);
         state.tx = None;
         state.gop.clear();
+        state.fanout = None;
     }
 }
 

@@ -79,6 +79,16 @@ impl OutQueue {
         }
     }
 
+    /// Fills `slices` with the front of the queue; returns how many it filled.
+    pub fn fill_slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, buf) in slices.iter_mut().zip(self.bufs.iter()) {
+            *slot = IoSlice::new(buf);
+            n += 1;
+        }
+        n
+    }
+
     /// One vectored write of as much as the socket takes. Cancel-safe: nothing is written
     /// unless it completes, so it can sit in a `select!`. Returns the bytes written; the
     /// caller advances the queue.

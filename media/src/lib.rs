@@ -5,6 +5,7 @@
 //! Nothing here knows about the cluster: origins, edges and the control plane build on it.
 
 pub mod amf0;
+pub mod fanout;
 pub mod feed;
 pub mod flv;
 pub mod frame;

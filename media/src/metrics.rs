@@ -104,3 +104,23 @@ pub static TIME_TO_FIRST_FRAME: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub fn time_to_first_frame(protocol: Protocol) -> Histogram {
     TIME_TO_FIRST_FRAME.with_label_values(&[protocol.as_str()])
 }
+
+/// Batches hubs sent to their subscribers (one write per caught-up viewer each).
+pub static BATCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "corriente_hub_batches_total",
+        "Batches of frames hubs sent to subscribers (at edges: one write per caught-up viewer each)",
+        &["outputs"]
+    )
+    .expect("metric registers once")
+});
+
+/// Direct writes that could not take a whole batch, handing the rest to the viewer's task.
+pub static FANOUT_BACKLOGS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "corriente_fanout_backlogs_total",
+        "Times a viewer's socket could not take a whole batch and its connection task took over writing",
+        &["protocol"]
+    )
+    .expect("metric registers once")
+});

@@ -100,3 +100,26 @@ pub async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S,
     };
     let _ = tokio::time::timeout(linger, drain).await;
 }
+
+/// [`close_gracefully`] for a socket shared with other tasks (a viewer's socket that the
+/// fan-out also writes to): shut down the write side, then drain until the peer closes or
+/// `linger` passes.
+pub async fn close_shared(socket: &TcpStream, linger: Duration) {
+    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut total = 0usize;
+        while total < (1 << 20) {
+            if socket.readable().await.is_err() {
+                return;
+            }
+            match socket.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(n) => total += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(linger, drain).await;
+}

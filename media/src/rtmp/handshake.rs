@@ -47,7 +47,7 @@ where
 
 async fn run<S>(
     stream: &mut S,
-    mut handshake: Handshake,
+    handshake: Handshake,
     first: Option<Vec<u8>>,
 ) -> Result<BytesMut, HandshakeError>
 where
@@ -57,8 +57,10 @@ where
         stream.write_all(&bytes).await?;
     }
     // The whole handshake is 3073 bytes each way; reading in small pieces keeps what a
-    // garbage-sending peer can make us hold to a few kilobytes.
-    let mut buf = [0u8; 4096];
+    // garbage-sending peer can make us hold to a few kilobytes. On the heap, and only for the
+    // handshake, so a long-lived connection task does not carry it.
+    let mut handshake = Box::new(handshake);
+    let mut buf = vec![0u8; 4096];
     loop {
         let n = stream.read(&mut buf).await?;
         if n == 0 {

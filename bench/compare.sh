@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark on loopback, in one run: Corriente (control plane, origin and edge as
+# separate processes, viewers on the edge) against nginx-rtmp (one worker) and the ideal
+# fan-out floor, at 1 stream of about 2.5 Mbit/s (H.264 720p30 + AAC) and N viewers, plus a
+# fan-in sweep of publishers into one origin. Prints a table of ratios and writes every run as
+# a JSON line.
+#
+#   bench/compare.sh                      # the full sweep (about 25 minutes)
+#   bench/compare.sh --quick              # a short smoke run
+#   VIEWERS="100 500" DURATION=10s bench/compare.sh
+#
+# Each server is started fresh for each run, so memory per viewer is measured from a clean
+# process. Runs alternate between servers at each N.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VIEWERS=${VIEWERS:-"100 500 1000 2000"}
+PUBLISHERS=${PUBLISHERS:-"4 8 16 32"}
+DURATION=${DURATION:-20s}
+RAMP=${RAMP:-5s}
+WARMUP=${WARMUP:-3s}
+OUT=${OUT:-target/bench}
+if [ "${1:-}" = "--quick" ]; then
+  VIEWERS="100 500"; PUBLISHERS="4 8"; DURATION=6s; RAMP=2s; WARMUP=2s
+fi
+
+missing=()
+command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+[ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing+=(libnginx-mod-rtmp)
+command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+if ((${#missing[@]})); then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+cargo build --release -p corriente -p corriente-bench
+BIN=target/release
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+RESULTS="$OUT/results.jsonl"
+: > "$RESULTS"
+MEDIA="$OUT/media-720p30.flv"
+if [ ! -f "$MEDIA" ]; then
+  ffmpeg -hide_banner -loglevel error -y \
+    -f lavfi -i testsrc2=size=1280x720:rate=30 -f lavfi -i sine=frequency=440:sample_rate=44100 -t 30 \
+    -c:v libx264 -preset veryfast -tune zerolatency -pix_fmt yuv420p -g 60 -b:v 2500k -maxrate 2500k -bufsize 2500k \
+    -c:a aac -b:a 128k -f flv "$MEDIA"
+fi
+
+pids=()
+cleanup() { local pid; for pid in "${pids[@]:-}"; do kill "$pid" 2>/dev/null || true; done; pids=(); }
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; return 1; }
+
+start_corriente() { # $1: coalescing window
+  $BIN/corriente control-plane --grpc 127.0.0.1:41051 --admin 127.0.0.1:41090 --log-format json 2>"$OUT/control.log" & pids+=($!)
+  wait_port 41051
+  $BIN/corriente origin --rtmp 127.0.0.1:41935 --relay 127.0.0.1:41052 --admin 127.0.0.1:41091 \
+    --control http://127.0.0.1:41051 --log-format json 2>"$OUT/origin.log" & pids+=($!); ORIGIN_PID=$!
+  $BIN/corriente edge --rtmp 127.0.0.1:41936 --http 127.0.0.1:41080 --admin 127.0.0.1:41092 \
+    --control http://127.0.0.1:41051 --coalesce-window "$1" --log-format json 2>"$OUT/edge.log" & pids+=($!); EDGE_PID=$!
+  wait_port 41935; wait_port 41936; wait_port 41080
+  sleep 1
+}
+
+start_nginx() {
+  mkdir -p "$OUT/nginx/logs"
+  cat > "$OUT/nginx/nginx.conf" <<EOF
+load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+error_log logs/error.log warn;
+pid logs/nginx.pid;
+events { worker_connections 10000; }
+rtmp { server { listen 127.0.0.1:42935; chunk_size 4096; application live { live on; } } }
+EOF
+  nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
+  wait_port 42935
+  NGINX_PID=$(pgrep -P "${pids[-1]}" -f "nginx: worker" | head -1)
+}
+
+start_floor() { # $1: window
+  $BIN/corriente-bench floor --listen 127.0.0.1:43080 --file "$MEDIA" --window "$1" 2>"$OUT/floor.log" & pids+=($!); FLOOR_PID=$!
+  wait_port 43080
+}
+
+common=(--file "$MEDIA" --ramp "$RAMP" --warmup "$WARMUP" --duration "$DURATION" --json "$RESULTS" --quiet)
+
+run() { # label, then corriente-bench run arguments
+  local label=$1; shift
+  echo "== $label" >&2
+  $BIN/corriente-bench run --label "$label" "${common[@]}" "$@" >/dev/null || echo "run $label failed" >&2
+  cleanup
+  sleep 1
+}
+
+for n in $VIEWERS; do
+  # Low latency (the default 20 ms grid) and throughput (100 ms), each against its floor.
+  start_floor 20ms;  run "floor-20ms/rtmp/$n" --play http://127.0.0.1:43080/live/x.flv --viewers "$n" --pid server=$FLOOR_PID
+  start_corriente 20ms; run "corriente-ll/rtmp/$n" --publish rtmp://127.0.0.1:41935/live/s --play rtmp://127.0.0.1:41936/live/s --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
+  start_nginx;       run "nginx/rtmp/$n" --publish rtmp://127.0.0.1:42935/live/s --play rtmp://127.0.0.1:42935/live/s --viewers "$n" --pid server=$NGINX_PID
+  start_corriente 20ms; run "corriente-ll/http_flv/$n" --publish rtmp://127.0.0.1:41935/live/s --play http://127.0.0.1:41080/live/s.flv --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
+  start_floor 100ms; run "floor-100ms/rtmp/$n" --play http://127.0.0.1:43080/live/x.flv --viewers "$n" --pid server=$FLOOR_PID
+  start_corriente 100ms; run "corriente-tp/rtmp/$n" --publish rtmp://127.0.0.1:41935/live/s --play rtmp://127.0.0.1:41936/live/s --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
+  start_corriente 100ms; run "corriente-tp/http_flv/$n" --publish rtmp://127.0.0.1:41935/live/s --play http://127.0.0.1:41080/live/s.flv --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
+done
+
+for p in $PUBLISHERS; do
+  start_corriente 20ms
+  echo "== corriente/fan_in/$p" >&2
+  $BIN/corriente-bench fan-in --label "corriente/fan_in/$p" --publish rtmp://127.0.0.1:41935/live --publishers "$p" --pid server=$ORIGIN_PID "${common[@]}" >/dev/null || true
+  cleanup; sleep 1
+  start_nginx
+  echo "== nginx/fan_in/$p" >&2
+  $BIN/corriente-bench fan-in --label "nginx/fan_in/$p" --publish rtmp://127.0.0.1:42935/live --publishers "$p" --pid server=$NGINX_PID "${common[@]}" >/dev/null || true
+  cleanup; sleep 1
+done
+
+python3 bench/table.py "$RESULTS"
+echo "results: $RESULTS" >&2

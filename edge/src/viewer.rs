@@ -1,0 +1,153 @@
+//! The connection task of a playing viewer, for either protocol: it drains the sink's backlog
+//! when the fan-out hands it one, reads what the viewer sends (RTMP acknowledgements, pings,
+//! `deleteStream`), enforces the write-stall limit, and ends the stream properly.
+//!
+//! While the viewer keeps up, this task sleeps: the hub's shard tasks write to its socket
+//! directly (see `corriente_media::fanout`).
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use corriente_media::fanout::{Drain, Sink};
+use corriente_media::hub::Attachment;
+use corriente_media::metrics as media_metrics;
+use corriente_media::{EndReason, FeedEnd};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+/// What a protocol does with the viewer's input and at the end.
+pub(crate) trait Playback {
+    /// Handles bytes the viewer sent; returns bytes to send back (in order with the media), or
+    /// `None` when the viewer asked to stop.
+    fn input(&mut self, input: &mut BytesMut) -> io::Result<Option<Bytes>>;
+
+    /// The protocol's end of stream (`None`: the node is shutting down).
+    fn end(&mut self, reason: Option<EndReason>) -> Bytes;
+}
+
+/// How a viewer's playback ended.
+pub(crate) enum Ended {
+    /// The stream ended, or the node shut down, and the viewer was told.
+    Clean,
+    /// The viewer left.
+    Left,
+    /// The viewer could not keep up and was cut off.
+    TooSlow,
+}
+
+/// Runs a viewer's playback until it ends. `attachment` keeps the sink attached to its hub.
+pub(crate) async fn serve_sink(
+    sink: Arc<Sink>,
+    attachment: Attachment,
+    mut playback: impl Playback,
+    write_timeout: Duration,
+    requested: Instant,
+    shutdown: &CancellationToken,
+) -> io::Result<Ended> {
+    let socket = sink.socket().clone();
+    let protocol = sink.protocol();
+    let mut input = BytesMut::with_capacity(1024);
+    let mut first_frame_pending = true;
+    let mut ending = false;
+    let result = loop {
+        let state = sink.drain()?;
+        if first_frame_pending && state == Drain::Idle {
+            // The configuration and cached GOP are out: the viewer can show a picture.
+            first_frame_pending = false;
+            media_metrics::time_to_first_frame(protocol).observe(requested.elapsed().as_secs_f64());
+        }
+        match state {
+            Drain::End(FeedEnd::TooSlow) => {
+                media_metrics::VIEWERS_DROPPED
+                    .with_label_values(&[protocol.as_str(), "too_slow"])
+                    .inc();
+                info!("viewer disconnected: it kept falling behind");
+                break Ok(Ended::TooSlow);
+            }
+            Drain::End(FeedEnd::Ended(reason)) if !ending => {
+                ending = true;
+                sink.queue(playback.end(Some(reason)));
+                continue;
+            }
+            Drain::End(_) => break Ok(Ended::Clean),
+            Drain::Idle if ending => break Ok(Ended::Clean),
+            Drain::Idle => {
+                tokio::select! {
+                    _ = sink.work() => {}
+                    readable = socket.readable() => {
+                        readable?;
+                        if !read_input(&socket, &mut input, &sink, &mut playback)? {
+                            break Ok(Ended::Left);
+                        }
+                    }
+                    _ = shutdown.cancelled() => {
+                        sink.detach();
+                        sink.queue(playback.end(None));
+                        ending = true;
+                    }
+                }
+            }
+            Drain::Blocked => {
+                tokio::select! {
+                    writable = tokio::time::timeout(write_timeout, socket.writable()) => match writable {
+                        Ok(result) => result?,
+                        Err(_) => {
+                            media_metrics::VIEWERS_DROPPED
+                                .with_label_values(&[protocol.as_str(), "write_stall"])
+                                .inc();
+                            info!(timeout = ?write_timeout, "viewer disconnected: it stopped reading");
+                            break Err(io::ErrorKind::TimedOut.into());
+                        }
+                    },
+                    readable = socket.readable(), if !ending => {
+                        readable?;
+                        if !read_input(&socket, &mut input, &sink, &mut playback)? {
+                            break Ok(Ended::Left);
+                        }
+                    }
+                    _ = shutdown.cancelled(), if !ending => {
+                        // Whatever the backlog holds goes first, then the end.
+                        sink.detach();
+                        sink.queue(playback.end(None));
+                        ending = true;
+                    }
+                }
+            }
+        }
+    };
+    sink.detach();
+    drop(attachment);
+    if let Ok(Ended::Left) = &result {
+        debug!("viewer left");
+    }
+    result
+}
+
+/// Reads what the viewer sent. False when it left or asked to stop.
+fn read_input(
+    socket: &tokio::net::TcpStream,
+    input: &mut BytesMut,
+    sink: &Sink,
+    playback: &mut impl Playback,
+) -> io::Result<bool> {
+    if input.capacity() - input.len() < 512 {
+        input.reserve(1024);
+    }
+    match socket.try_read_buf(input) {
+        Ok(0) => Ok(false),
+        Ok(_) => match playback.input(input)? {
+            Some(reply) => {
+                if !reply.is_empty() {
+                    sink.queue(reply);
+                }
+                Ok(true)
+            }
+            None => Ok(false),
+        },
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,461 @@
+//! Direct fan-out: each batch is written straight to the sockets of caught-up viewers by a few
+//! shard tasks per stream, so a viewer costs one vectored write per batch and nothing else: no
+//! task wake-up, no channel, no copy. This is the hot path of an edge.
+//!
+//! A viewer whose socket cannot take a batch right away gets the rest queued in its backlog
+//! (references to the shared buffers) and its own connection task is woken to drain it with
+//! awaited writes; while the backlog is non-empty the shard only appends to it, and once it is
+//! empty the shard writes directly again. The backlog is bounded: past it the viewer skips to
+//! the next keyframe (re-sent configuration first, when it changed), and one that keeps
+//! skipping is cut off — the same policy as [`crate::feed`].
+//!
+//! Writes never interleave: the shard writes only when the backlog is empty and the connection
+//! task only when it is not, both under the sink's lock.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::time::Instant;
+
+use crate::feed::{FeedEnd, LagPolicy, Segment};
+use crate::hub::Batch;
+use crate::io::{Format, OutQueue, segment_bytes};
+use crate::metrics::{self, Protocol};
+
+/// Most bytes a viewer's backlog may reference before it skips to the next keyframe. Small:
+/// the kernel's send buffer does the real buffering, and a stalled viewer keeps what its
+/// backlog references alive after the hub moved on.
+pub const MAX_BACKLOG: usize = 64 << 10;
+
+/// How a sink frames what it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// Pre-chunked RTMP messages.
+    Rtmp,
+    /// FLV tags in HTTP/1.1 chunked transfer encoding.
+    FlvChunked,
+    /// FLV tags as they are (HTTP/1.0, close-delimited).
+    Flv,
+}
+
+static CRLF: Bytes = Bytes::from_static(b"\r\n");
+
+/// Up to six buffers for one write, without allocating.
+struct Parts {
+    bufs: [Bytes; 6],
+    len: usize,
+}
+
+impl Parts {
+    fn new() -> Self {
+        Self {
+            bufs: Default::default(),
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() && self.len < self.bufs.len() {
+            self.bufs[self.len] = b;
+            self.len += 1;
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.bufs[..self.len].iter().map(Bytes::len).sum()
+    }
+
+    /// Adds the bytes of `segment` framed for `wire`.
+    fn add(&mut self, segment: &Segment, wire: Wire) {
+        match wire {
+            Wire::Rtmp => self.push(segment_bytes(segment, Format::Rtmp)),
+            Wire::Flv => self.push(segment_bytes(segment, Format::Flv)),
+            Wire::FlvChunked => {
+                let data = segment_bytes(segment, Format::Flv);
+                if data.is_empty() {
+                    return;
+                }
+                let head = match segment {
+                    Segment::Batch { batch, from: 0 } if !batch.flv_chunk_head.is_empty() => {
+                        batch.flv_chunk_head.clone()
+                    }
+                    _ => chunk_head(data.len()),
+                };
+                self.push(head);
+                self.push(data);
+                self.push(CRLF.clone());
+            }
+        }
+    }
+}
+
+/// The HTTP/1.1 chunk-size line for `len` bytes.
+pub fn chunk_head(len: usize) -> Bytes {
+    Bytes::from(format!("{len:x}\r\n"))
+}
+
+/// What a sink's connection task should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Nothing left to write: wait for [`Sink::work`].
+    Idle,
+    /// The socket is full: wait until it is writable, then drain again.
+    Blocked,
+    /// The stream is over for this viewer (ended, or the viewer was too slow); the backlog is
+    /// written.
+    End(FeedEnd),
+}
+
+struct SinkInner {
+    backlog: OutQueue,
+    /// Bytes the backlog may reach before the viewer skips: the joining burst (configuration
+    /// and cached GOP) plus [`MAX_BACKLOG`], down to [`MAX_BACKLOG`] once it drained.
+    limit: usize,
+    /// Batches before this one are already in the backlog or were written.
+    next_seq: u64,
+    skipping: bool,
+    init_version: u64,
+    skips: VecDeque<Instant>,
+    end: Option<FeedEnd>,
+    /// The viewer left or its socket failed: the shard drops the sink.
+    detached: bool,
+}
+
+/// A viewer's socket as the fan-out sees it.
+pub struct Sink {
+    socket: Arc<TcpStream>,
+    wire: Wire,
+    protocol: Protocol,
+    policy: LagPolicy,
+    inner: Mutex<SinkInner>,
+    wake: Notify,
+}
+
+impl Sink {
+    pub fn new(socket: Arc<TcpStream>, wire: Wire, protocol: Protocol, policy: LagPolicy) -> Arc<Sink> {
+        Arc::new(Sink {
+            socket,
+            wire,
+            protocol,
+            policy,
+            inner: Mutex::new(SinkInner {
+                backlog: OutQueue::default(),
+                limit: MAX_BACKLOG,
+                next_seq: 0,
+                skipping: false,
+                init_version: 0,
+                skips: VecDeque::new(),
+                end: None,
+                detached: false,
+            }),
+            wake: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SinkInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn socket(&self) -> &Arc<TcpStream> {
+        &self.socket
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Queues bytes of the connection's own (RTMP answers, an HTTP response head) in order
+    /// with the media. The caller drains.
+    pub fn queue(&self, bytes: Bytes) {
+        self.lock().backlog.push(bytes);
+    }
+
+    /// Waits until the fan-out handed work to the connection task (a backlog, or the end).
+    pub async fn work(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Writes the backlog until it is empty or the socket is full. Call from the connection
+    /// task only.
+    pub fn drain(&self) -> io::Result<Drain> {
+        let mut inner = self.lock();
+        loop {
+            if inner.backlog.is_empty() {
+                return Ok(match inner.end {
+                    Some(end) => Drain::End(end),
+                    None => Drain::Idle,
+                });
+            }
+            let written = {
+                let mut slices = [IoSlice::new(&[]); 64];
+                let n = inner.backlog.fill_slices(&mut slices);
+                self.socket.try_write_vectored(&slices[..n])
+            };
+            match written {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    inner.backlog.advance(n);
+                    if inner.backlog.len() <= MAX_BACKLOG {
+                        inner.limit = MAX_BACKLOG;
+                    }
+                    metrics::BYTES_OUT
+                        .with_label_values(&[self.protocol.as_str()])
+                        .inc_by(n as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Drain::Blocked),
+                Err(e) => {
+                    inner.detached = true;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// The connection is going away: the fan-out stops writing to it.
+    pub fn detach(&self) {
+        self.lock().detached = true;
+    }
+
+    /// Ends the stream for this viewer (after what is queued).
+    fn finish(&self, end: FeedEnd) {
+        let mut inner = self.lock();
+        if inner.end.is_none() {
+            inner.end = Some(end);
+        }
+        drop(inner);
+        self.wake.notify_one();
+    }
+
+    /// Starts the sink with the hub's configuration and cached GOP.
+    pub(crate) fn start(&self, prelude: &[Segment], init_version: u64, next_seq: u64) {
+        let mut inner = self.lock();
+        for segment in prelude {
+            let mut parts = Parts::new();
+            parts.add(segment, self.wire);
+            for b in &parts.bufs[..parts.len] {
+                inner.backlog.push(b.clone());
+            }
+        }
+        inner.init_version = init_version;
+        inner.next_seq = next_seq;
+        inner.limit = inner.backlog.len() + MAX_BACKLOG;
+        let work = !inner.backlog.is_empty();
+        drop(inner);
+        if work {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Records a skip; true when the viewer has skipped too often.
+    fn too_slow_after_skip(&self, inner: &mut SinkInner) -> bool {
+        metrics::LAG_SKIPS
+            .with_label_values(&[self.protocol.as_str()])
+            .inc();
+        let now = Instant::now();
+        inner.skips.push_back(now);
+        while inner
+            .skips
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.policy.window)
+        {
+            inner.skips.pop_front();
+        }
+        inner.skips.len() as u32 > self.policy.max_skips
+    }
+
+    /// Hands one batch to this viewer. False when the sink should be dropped.
+    fn deliver(&self, batch: &Arc<Batch>) -> bool {
+        let mut inner = self.lock();
+        if inner.detached || inner.end.is_some() {
+            return false;
+        }
+        if batch.seq < inner.next_seq {
+            return true;
+        }
+        inner.next_seq = batch.seq + 1;
+        let mut parts = Parts::new();
+        if inner.skipping {
+            let Some(from) = batch.first_sync_point() else {
+                metrics::FRAMES_DROPPED
+                    .with_label_values(&[self.protocol.as_str(), "lagging"])
+                    .inc_by(batch.frames.len() as u64);
+                return true;
+            };
+            metrics::FRAMES_DROPPED
+                .with_label_values(&[self.protocol.as_str(), "lagging"])
+                .inc_by(from as u64);
+            inner.skipping = false;
+            if batch.init.version != inner.init_version && !batch.init.is_empty() {
+                parts.add(&Segment::Init(batch.init.clone()), self.wire);
+            }
+            parts.add(
+                &Segment::Batch {
+                    batch: batch.clone(),
+                    from,
+                },
+                self.wire,
+            );
+        } else {
+            parts.add(
+                &Segment::Batch {
+                    batch: batch.clone(),
+                    from: 0,
+                },
+                self.wire,
+            );
+        }
+        inner.init_version = batch.init.version;
+        let total = parts.bytes();
+        if total == 0 {
+            return true;
+        }
+        if !inner.backlog.is_empty() {
+            if inner.backlog.len() + total > inner.limit {
+                // Behind: stop appending; resume at the next keyframe.
+                if self.too_slow_after_skip(&mut inner) {
+                    inner.end = Some(FeedEnd::TooSlow);
+                    drop(inner);
+                    self.wake.notify_one();
+                    return false;
+                }
+                inner.skipping = true;
+                return true;
+            }
+            for b in &parts.bufs[..parts.len] {
+                inner.backlog.push(b.clone());
+            }
+            return true;
+        }
+        let written = {
+            let slices: [IoSlice<'_>; 6] = std::array::from_fn(|i| IoSlice::new(&parts.bufs[i]));
+            self.socket.try_write_vectored(&slices[..parts.len])
+        };
+        let written = match written {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(_) => {
+                // The connection task finds out on its next read or write.
+                inner.detached = true;
+                drop(inner);
+                self.wake.notify_one();
+                return false;
+            }
+        };
+        metrics::BYTES_OUT
+            .with_label_values(&[self.protocol.as_str()])
+            .inc_by(written as u64);
+        if written < total {
+            metrics::FANOUT_BACKLOGS
+                .with_label_values(&[self.protocol.as_str()])
+                .inc();
+            let mut skip = written;
+            for b in &parts.bufs[..parts.len] {
+                if skip >= b.len() {
+                    skip -= b.len();
+                    continue;
+                }
+                inner.backlog.push(b.slice(skip..));
+                skip = 0;
+            }
+            drop(inner);
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    fn lagged(&self) {
+        let mut inner = self.lock();
+        if inner.end.is_some() || inner.skipping {
+            return;
+        }
+        if self.too_slow_after_skip(&mut inner) {
+            inner.end = Some(FeedEnd::TooSlow);
+            drop(inner);
+            self.wake.notify_one();
+            return;
+        }
+        inner.skipping = true;
+    }
+}
+
+/// Viewers per shard before another shard (task) is started, up to one per core.
+const SINKS_PER_SHARD: usize = 128;
+
+/// The shards of one hub: sinks spread over up to one task per core, so a popular stream's
+/// writes use every core.
+pub(crate) struct Fanout {
+    shards: Vec<Arc<Mutex<Vec<Arc<Sink>>>>>,
+    next: usize,
+    sinks: usize,
+    max_shards: usize,
+    end_reason: Arc<dyn Fn() -> FeedEnd + Send + Sync>,
+}
+
+impl Fanout {
+    pub(crate) fn new(end_reason: Arc<dyn Fn() -> FeedEnd + Send + Sync>) -> Fanout {
+        Fanout {
+            shards: Vec::new(),
+            next: 0,
+            sinks: 0,
+            max_shards: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            end_reason,
+        }
+    }
+
+    /// Adds a sink, starting a shard task (with a receiver from `subscribe`) when the current
+    /// ones are full.
+    pub(crate) fn add(&mut self, sink: Arc<Sink>, subscribe: impl FnOnce() -> broadcast::Receiver<Arc<Batch>>) {
+        self.sinks += 1;
+        let wanted = (1 + self.sinks / SINKS_PER_SHARD).min(self.max_shards);
+        if self.shards.len() < wanted {
+            let sinks: Arc<Mutex<Vec<Arc<Sink>>>> = Arc::default();
+            tokio::spawn(run_shard(sinks.clone(), subscribe(), self.end_reason.clone()));
+            self.shards.push(sinks);
+        }
+        self.next = (self.next + 1) % self.shards.len();
+        self.shards[self.next]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(sink);
+    }
+
+    pub(crate) fn removed(&mut self) {
+        self.sinks = self.sinks.saturating_sub(1);
+    }
+}
+
+async fn run_shard(
+    sinks: Arc<Mutex<Vec<Arc<Sink>>>>,
+    mut rx: broadcast::Receiver<Arc<Batch>>,
+    end_reason: Arc<dyn Fn() -> FeedEnd + Send + Sync>,
+) {
+    loop {
+        match rx.recv().await {
+            Ok(batch) => {
+                let mut sinks = sinks.lock().unwrap_or_else(|p| p.into_inner());
+                sinks.retain(|sink| sink.deliver(&batch));
+            }
+            Err(RecvError::Lagged(_)) => {
+                // This shard fell behind the ring (the node is overloaded): its viewers
+                // missed batches and resume at the next keyframe.
+                let sinks = sinks.lock().unwrap_or_else(|p| p.into_inner());
+                for sink in sinks.iter() {
+                    sink.lagged();
+                }
+            }
+            Err(RecvError::Closed) => {
+                let end = end_reason();
+                let sinks = std::mem::take(&mut *sinks.lock().unwrap_or_else(|p| p.into_inner()));
+                for sink in sinks {
+                    sink.finish(end);
+                }
+                return;
+            }
+        }
+    }
+}
