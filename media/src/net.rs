@@ -89,7 +89,7 @@ pub async fn accept_loop<F, Fut>(
 pub async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, linger: Duration) {
     let _ = stream.shutdown().await;
     let drain = async {
-        let mut sink = [0u8; 4096];
+        let mut sink = vec![0u8; 4096];
         let mut total = 0usize;
         while total < (1 << 20) {
             match stream.read(&mut sink).await {
@@ -107,7 +107,7 @@ pub async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S,
 pub async fn close_shared(socket: &TcpStream, linger: Duration) {
     let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
     let drain = async {
-        let mut sink = [0u8; 4096];
+        let mut sink = vec![0u8; 4096];
         let mut total = 0usize;
         while total < (1 << 20) {
             if socket.readable().await.is_err() {
