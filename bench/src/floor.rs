@@ -23,7 +23,10 @@ struct Viewer {
 /// Serves `media` as raw FLV over HTTP/1.0 on `listen`, writing every `window`.
 pub fn run_floor(listen: SocketAddr, media: Media, window: Duration) -> Result<()> {
     let listener = TcpListener::bind(listen)?;
-    eprintln!("floor: listening on {} (window {window:?})", listener.local_addr()?);
+    eprintln!(
+        "floor: listening on {} (window {window:?})",
+        listener.local_addr()?
+    );
     let viewers: Arc<Mutex<Vec<Viewer>>> = Arc::default();
     let config: Vec<Bytes> = media
         .tags
@@ -43,7 +46,10 @@ pub fn run_floor(listen: SocketAddr, media: Media, window: Duration) -> Result<(
                 let config = config.clone();
                 std::thread::spawn(move || {
                     if let Ok(viewer) = accept(stream, &config) {
-                        viewers.lock().unwrap_or_else(|p| p.into_inner()).push(viewer);
+                        viewers
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(viewer);
                     }
                 });
             }
@@ -105,7 +111,8 @@ fn accept(mut stream: TcpStream, config: &[Bytes]) -> std::io::Result<Viewer> {
         }
         head.push(byte[0]);
     }
-    stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: video/x-flv\r\nConnection: close\r\n\r\n")?;
+    stream
+        .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: video/x-flv\r\nConnection: close\r\n\r\n")?;
     stream.write_all(&flv::file_header(true, true))?;
     for tag in config {
         stream.write_all(tag)?;

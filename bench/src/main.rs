@@ -31,7 +31,11 @@ use crate::stats::{SendLog, cpu_seconds, machine_idle_seconds, rss_kb, thread_cp
 use crate::viewer::{Shared, ViewerStats, run_flv, run_rtmp};
 
 #[derive(Parser)]
-#[command(name = "corriente-bench", version, about = "Load generator for RTMP and HTTP-FLV servers")]
+#[command(
+    name = "corriente-bench",
+    version,
+    about = "Load generator for RTMP and HTTP-FLV servers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -119,7 +123,10 @@ struct FloorArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let (n, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
     let v: f64 = n.parse().map_err(|_| format!("bad duration {s:?}"))?;
     Ok(Duration::from_secs_f64(match unit {
         "ms" => v / 1000.0,
@@ -137,14 +144,20 @@ fn parse_pid(s: &str) -> Result<(String, u32), String> {
 /// `rtmp://HOST:PORT/APP/NAME` → (address, app, name).
 fn rtmp_target(url: &str) -> Result<(SocketAddr, String, String)> {
     let rest = url.strip_prefix("rtmp://").context("expected rtmp://")?;
-    let (host, path) = rest.split_once('/').context("expected rtmp://HOST/APP/NAME")?;
+    let (host, path) = rest
+        .split_once('/')
+        .context("expected rtmp://HOST/APP/NAME")?;
     let addr = resolve(host, 1935)?;
     let (app, name) = path.split_once('/').unwrap_or((path, ""));
     Ok((addr, app.to_owned(), name.to_owned()))
 }
 
 fn resolve(host: &str, default_port: u16) -> Result<SocketAddr> {
-    let with_port = if host.contains(':') { host.to_owned() } else { format!("{host}:{default_port}") };
+    let with_port = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:{default_port}")
+    };
     with_port
         .to_socket_addrs()?
         .next()
@@ -198,12 +211,18 @@ impl Watched {
             label: self.label.clone(),
             pid: self.pid,
             cpu_seconds: round3(cpu),
-            cpu_seconds_per_gbit: if delivered_gbit > 0.0 { Some(round3(cpu / delivered_gbit)) } else { None },
+            cpu_seconds_per_gbit: if delivered_gbit > 0.0 {
+                Some(round3(cpu / delivered_gbit))
+            } else {
+                None
+            },
             busiest_threads_cpu_seconds: busy.iter().take(4).map(|v| round3(*v)).collect(),
             rss_before_kb: self.rss_before,
             rss_peak_kb: self.rss_peak,
             rss_per_client_kb: if clients > 0 {
-                Some(round3(self.rss_peak.saturating_sub(self.rss_before) as f64 / clients as f64))
+                Some(round3(
+                    self.rss_peak.saturating_sub(self.rss_before) as f64 / clients as f64,
+                ))
             } else {
                 None
             },
@@ -297,7 +316,11 @@ impl MachineWindow {
         let (idle, softirq, cores) = machine_idle_seconds().unwrap_or((0.0, 0.0, 1));
         let busy = self.at.elapsed().as_secs_f64() * cores as f64 - (idle - self.idle);
         let bench = cpu_seconds(std::process::id()).unwrap_or(0.0) - self.bench;
-        (round3(busy - bench), round3(softirq - self.softirq), round3(bench))
+        (
+            round3(busy - bench),
+            round3(softirq - self.softirq),
+            round3(bench),
+        )
     }
 }
 
@@ -305,7 +328,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     match cli.command {
-        Command::Floor(args) => floor::run_floor(args.listen, Media::load(&args.file)?, args.window),
+        Command::Floor(args) => {
+            floor::run_floor(args.listen, Media::load(&args.file)?, args.window)
+        }
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args)),
         Command::FanIn(args) => tokio::runtime::Runtime::new()?.block_on(fan_in(args)),
     }
@@ -322,7 +347,12 @@ async fn run(args: RunArgs) -> Result<()> {
     let publisher_stats = Arc::new(PublishStats::default());
     if let Some(url) = &args.publish {
         let (addr, app, name) = rtmp_target(url)?;
-        let (media, log, stats, stop) = (media.clone(), log.clone(), publisher_stats.clone(), stop.clone());
+        let (media, log, stats, stop) = (
+            media.clone(),
+            log.clone(),
+            publisher_stats.clone(),
+            stop.clone(),
+        );
         tokio::spawn(async move {
             if let Err(e) = publish(addr, &app, &name, media, Some(log), stats, stop).await {
                 eprintln!("publisher: {e:#}");
@@ -353,9 +383,15 @@ async fn run(args: RunArgs) -> Result<()> {
         let (addr, app, name) = rtmp_target(&args.play)?;
         ("rtmp", Target::Rtmp(addr, app, name))
     } else {
-        let rest = args.play.strip_prefix("http://").context("--play takes rtmp:// or http://")?;
+        let rest = args
+            .play
+            .strip_prefix("http://")
+            .context("--play takes rtmp:// or http://")?;
         let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-        ("http_flv", Target::Http(resolve(host, 80)?, format!("/{path}")))
+        (
+            "http_flv",
+            Target::Http(resolve(host, 80)?, format!("/{path}")),
+        )
     };
 
     let mut viewers = Vec::with_capacity(args.viewers);
@@ -365,16 +401,28 @@ async fn run(args: RunArgs) -> Result<()> {
         let due = ramp_start + c.ramp.mul_f64(i as f64 / args.viewers.max(1) as f64);
         tokio::time::sleep_until(due).await;
         let stats = Arc::new(ViewerStats::default());
-        let (shared, target, first_error, stats2) = (shared.clone(), target.clone(), first_error.clone(), stats.clone());
+        let (shared, target, first_error, stats2) = (
+            shared.clone(),
+            target.clone(),
+            first_error.clone(),
+            stats.clone(),
+        );
         let probe = i % probe_every == 0;
         tokio::spawn(async move {
             let result = match target {
-                Target::Rtmp(addr, app, name) => run_rtmp(addr, app, name, shared, stats2.clone(), probe).await,
-                Target::Http(addr, path) => run_flv(addr, path, shared, stats2.clone(), probe).await,
+                Target::Rtmp(addr, app, name) => {
+                    run_rtmp(addr, app, name, shared, stats2.clone(), probe).await
+                }
+                Target::Http(addr, path) => {
+                    run_flv(addr, path, shared, stats2.clone(), probe).await
+                }
             };
             if let Err(e) = result {
                 stats2.failed.store(true, Ordering::Relaxed);
-                first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(format!("{e:#}"));
+                first_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(format!("{e:#}"));
             }
         });
         viewers.push(stats);
@@ -389,7 +437,10 @@ async fn run(args: RunArgs) -> Result<()> {
     shared.measuring.store(true, Ordering::Relaxed);
     let machine = MachineWindow::start();
     let bytes_start = shared.bytes.load(Ordering::Relaxed);
-    let media_start: Vec<u64> = viewers.iter().map(|v| v.media_bytes.load(Ordering::Relaxed)).collect();
+    let media_start: Vec<u64> = viewers
+        .iter()
+        .map(|v| v.media_bytes.load(Ordering::Relaxed))
+        .collect();
     let window_start = Instant::now();
     let mut last_bytes = bytes_start;
     while window_start.elapsed() < c.duration {
@@ -399,7 +450,10 @@ async fn run(args: RunArgs) -> Result<()> {
         }
         let bytes = shared.bytes.load(Ordering::Relaxed);
         if !c.quiet {
-            let connected = viewers.iter().filter(|v| v.connected.load(Ordering::Relaxed)).count();
+            let connected = viewers
+                .iter()
+                .filter(|v| v.connected.load(Ordering::Relaxed))
+                .count();
             eprintln!(
                 "[{label} {t:>3.0}s] {connected}/{n} viewers, {mbps:.1} Mbit/s, ttff p50 {ttff:.1} ms, latency p99 {lat:.1} ms",
                 label = c.label,
@@ -435,8 +489,14 @@ async fn run(args: RunArgs) -> Result<()> {
         mode: "fan_out",
         protocol,
         clients: args.viewers,
-        connected: viewers.iter().filter(|v| v.connected.load(Ordering::Relaxed)).count(),
-        failed: viewers.iter().filter(|v| v.failed.load(Ordering::Relaxed)).count(),
+        connected: viewers
+            .iter()
+            .filter(|v| v.connected.load(Ordering::Relaxed))
+            .count(),
+        failed: viewers
+            .iter()
+            .filter(|v| v.failed.load(Ordering::Relaxed))
+            .count(),
         kept_up,
         kept_up_fraction: round3(kept_up as f64 / args.viewers.max(1) as f64),
         measured_seconds: round3(seconds),
@@ -444,13 +504,21 @@ async fn run(args: RunArgs) -> Result<()> {
         expected_mbps: round3(args.viewers as f64 * media.payload_bytes_per_sec * 8.0 / 1e6),
         ttff_ms: Quantiles::of(&shared.ttff),
         latency_ms: Quantiles::of(&shared.latency),
-        publisher_max_lateness_ms: publisher_stats.max_lateness_us.load(Ordering::Relaxed) as f64 / 1000.0,
-        servers: watched.iter().map(|w| w.report(delivered_gbit, args.viewers)).collect(),
+        publisher_max_lateness_ms: publisher_stats.max_lateness_us.load(Ordering::Relaxed) as f64
+            / 1000.0,
+        servers: watched
+            .iter()
+            .map(|w| w.report(delivered_gbit, args.viewers))
+            .collect(),
         bench_cpu_seconds: bench_cpu,
         machine_cpu_seconds: machine_cpu,
-        machine_cpu_seconds_per_gbit: (delivered_gbit > 0.0).then(|| round3(machine_cpu / delivered_gbit)),
+        machine_cpu_seconds_per_gbit: (delivered_gbit > 0.0)
+            .then(|| round3(machine_cpu / delivered_gbit)),
         softirq_cpu_seconds: softirq,
-        first_error: first_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        first_error: first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
     };
     shared.stop.store(true, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
@@ -479,10 +547,18 @@ async fn fan_in(args: FanInArgs) -> Result<()> {
         tokio::time::sleep_until(due).await;
         let (addr, app, name) = rtmp_target(&format!("{base}/fanin-{i}"))?;
         let stats = Arc::new(PublishStats::default());
-        let (media, stats2, stop, first_error) = (media.clone(), stats.clone(), stop.clone(), first_error.clone());
+        let (media, stats2, stop, first_error) = (
+            media.clone(),
+            stats.clone(),
+            stop.clone(),
+            first_error.clone(),
+        );
         tokio::spawn(async move {
             if let Err(e) = publish(addr, &app, &name, media, None, stats2, stop).await {
-                first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(format!("{e:#}"));
+                first_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(format!("{e:#}"));
             }
         });
         publishers.push(stats);
@@ -493,15 +569,25 @@ async fn fan_in(args: FanInArgs) -> Result<()> {
     }
     let machine = MachineWindow::start();
     let window_start = Instant::now();
-    let bytes_start: u64 = publishers.iter().map(|p| p.bytes.load(Ordering::Relaxed)).sum();
+    let bytes_start: u64 = publishers
+        .iter()
+        .map(|p| p.bytes.load(Ordering::Relaxed))
+        .sum();
     while window_start.elapsed() < c.duration {
         tokio::time::sleep(Duration::from_secs(1)).await;
         for w in &mut watched {
             w.sample();
         }
         if !c.quiet {
-            let running = publishers.iter().filter(|p| p.running.load(Ordering::Relaxed)).count();
-            let worst = publishers.iter().map(|p| p.lateness_us.load(Ordering::Relaxed)).max().unwrap_or(0);
+            let running = publishers
+                .iter()
+                .filter(|p| p.running.load(Ordering::Relaxed))
+                .count();
+            let worst = publishers
+                .iter()
+                .map(|p| p.lateness_us.load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0);
             eprintln!(
                 "[{} {:>3.0}s] {running}/{} publishers, worst lateness {:.1} ms",
                 c.label,
@@ -513,12 +599,18 @@ async fn fan_in(args: FanInArgs) -> Result<()> {
     }
     let seconds = window_start.elapsed().as_secs_f64();
     let (machine_cpu, softirq, bench_cpu) = machine.end();
-    let bytes: u64 = publishers.iter().map(|p| p.bytes.load(Ordering::Relaxed)).sum::<u64>() - bytes_start;
+    let bytes: u64 = publishers
+        .iter()
+        .map(|p| p.bytes.load(Ordering::Relaxed))
+        .sum::<u64>()
+        - bytes_start;
     // A publisher kept up if it is still running and its frames go out within half a second
     // of their schedule (the server reads as fast as it is fed).
     let kept_up = publishers
         .iter()
-        .filter(|p| p.running.load(Ordering::Relaxed) && p.lateness_us.load(Ordering::Relaxed) < 500_000)
+        .filter(|p| {
+            p.running.load(Ordering::Relaxed) && p.lateness_us.load(Ordering::Relaxed) < 500_000
+        })
         .count();
     let ingested_gbit = bytes as f64 * 8.0 / 1e9;
     let report = RunReport {
@@ -526,8 +618,15 @@ async fn fan_in(args: FanInArgs) -> Result<()> {
         mode: "fan_in",
         protocol: "rtmp",
         clients: args.publishers,
-        connected: publishers.iter().filter(|p| p.running.load(Ordering::Relaxed)).count(),
-        failed: args.publishers - publishers.iter().filter(|p| p.frames.load(Ordering::Relaxed) > 0).count(),
+        connected: publishers
+            .iter()
+            .filter(|p| p.running.load(Ordering::Relaxed))
+            .count(),
+        failed: args.publishers
+            - publishers
+                .iter()
+                .filter(|p| p.frames.load(Ordering::Relaxed) > 0)
+                .count(),
         kept_up,
         kept_up_fraction: round3(kept_up as f64 / args.publishers.max(1) as f64),
         measured_seconds: round3(seconds),
@@ -541,12 +640,19 @@ async fn fan_in(args: FanInArgs) -> Result<()> {
             .max()
             .unwrap_or(0) as f64
             / 1000.0,
-        servers: watched.iter().map(|w| w.report(ingested_gbit, args.publishers)).collect(),
+        servers: watched
+            .iter()
+            .map(|w| w.report(ingested_gbit, args.publishers))
+            .collect(),
         bench_cpu_seconds: bench_cpu,
         machine_cpu_seconds: machine_cpu,
-        machine_cpu_seconds_per_gbit: (ingested_gbit > 0.0).then(|| round3(machine_cpu / ingested_gbit)),
+        machine_cpu_seconds_per_gbit: (ingested_gbit > 0.0)
+            .then(|| round3(machine_cpu / ingested_gbit)),
         softirq_cpu_seconds: softirq,
-        first_error: first_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        first_error: first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
     };
     stop.store(true, Ordering::Relaxed);
     emit(&report, c)?;
@@ -558,13 +664,21 @@ fn emit(report: &RunReport, c: &Common) -> Result<()> {
     let line = serde_json::to_string(report)?;
     if let Some(path) = &c.json {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         writeln!(f, "{line}")?;
     }
     println!("{line}");
     let q = |q: &Option<Quantiles>| {
         q.as_ref()
-            .map(|q| format!("p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", q.p50, q.p99, q.max))
+            .map(|q| {
+                format!(
+                    "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    q.p50, q.p99, q.max
+                )
+            })
             .unwrap_or_else(|| "n/a".to_owned())
     };
     eprintln!(
@@ -589,17 +703,21 @@ fn emit(report: &RunReport, c: &Common) -> Result<()> {
             "  {}: {:.2} CPU-s ({} per Gbit), busiest threads {:?}, RSS {} -> {} kB ({} kB per client)",
             s.label,
             s.cpu_seconds,
-            s.cpu_seconds_per_gbit.map_or("n/a".to_owned(), |v| format!("{v:.3}")),
+            s.cpu_seconds_per_gbit
+                .map_or("n/a".to_owned(), |v| format!("{v:.3}")),
             s.busiest_threads_cpu_seconds,
             s.rss_before_kb,
             s.rss_peak_kb,
-            s.rss_per_client_kb.map_or("n/a".to_owned(), |v| format!("{v:.1}")),
+            s.rss_per_client_kb
+                .map_or("n/a".to_owned(), |v| format!("{v:.1}")),
         );
     }
     eprintln!(
         "  machine: {:.2} CPU-s without the load generator ({} per Gbit; {:.2} of it softirq)",
         report.machine_cpu_seconds,
-        report.machine_cpu_seconds_per_gbit.map_or("n/a".to_owned(), |v| format!("{v:.3}")),
+        report
+            .machine_cpu_seconds_per_gbit
+            .map_or("n/a".to_owned(), |v| format!("{v:.3}")),
         report.softirq_cpu_seconds
     );
     eprintln!("  load generator: {:.2} CPU-s", report.bench_cpu_seconds);

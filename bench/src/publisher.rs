@@ -48,7 +48,9 @@ impl Media {
             .filter(|t| t.tag_type != corriente_media::flv::TAG_SCRIPT)
             .map(|t| t.body.len())
             .sum();
-        let has_video = tags.iter().any(|t| t.tag_type == corriente_media::flv::TAG_VIDEO);
+        let has_video = tags
+            .iter()
+            .any(|t| t.tag_type == corriente_media::flv::TAG_VIDEO);
         Ok(Media {
             has_video,
             tags,

@@ -167,6 +167,29 @@ pub fn thread_cpu_seconds(pid: u32) -> Vec<f64> {
         .collect()
 }
 
+/// Machine-wide idle and softirq seconds from /proc/stat, across all cores, and the number of
+/// cores. Busy time over a window is `wall × cores − idle`: the kernel measures idle time
+/// exactly, while its busy categories are sampled per tick. Softirq time (most of the kernel's
+/// loopback TCP work) is reported apart.
+pub fn machine_idle_seconds() -> Option<(f64, f64, usize)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let cores = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .count();
+    Some((
+        (v.get(3)? + v.get(4)?) / clock_ticks(),
+        v.get(6)? / clock_ticks(),
+        cores.max(1),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,16 +219,4 @@ mod tests {
         log.sent(1234 + 65_536);
         assert!(log.age_us(1234).is_none(), "overwritten");
     }
-}
-
-/// Machine-wide idle and softirq seconds from /proc/stat, across all cores, and the number of
-/// cores. Busy time over a window is `wall × cores − idle`: the kernel measures idle time
-/// exactly, while its busy categories are sampled per tick. Softirq time (most of the kernel's
-/// loopback TCP work) is reported apart.
-pub fn machine_idle_seconds() -> Option<(f64, f64, usize)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    let cores = stat.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")).count();
-    Some(((v.get(3)? + v.get(4)?) / clock_ticks(), v.get(6)? / clock_ticks(), cores.max(1)))
 }

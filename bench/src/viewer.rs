@@ -121,7 +121,9 @@ pub async fn run_rtmp(
             match event {
                 ClientEvent::Frame(frame) => recorder.frame(&frame),
                 ClientEvent::Started => stats.connected.store(true, Ordering::Relaxed),
-                ClientEvent::Refused { code, description } => bail!("play refused: {code}: {description}"),
+                ClientEvent::Refused { code, description } => {
+                    bail!("play refused: {code}: {description}")
+                }
                 ClientEvent::Ended => {
                     stats.ended.store(true, Ordering::Relaxed);
                     return Ok(());
@@ -251,7 +253,10 @@ async fn discard(stream: &TcpStream, shared: &Shared, stats: &ViewerStats) -> Re
             return Ok(());
         }
         tokio::time::sleep(shared.lazy_read).await;
-        if tokio::time::timeout(Duration::from_secs(1), stream.readable()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(1), stream.readable())
+            .await
+            .is_err()
+        {
             continue;
         }
         loop {
@@ -259,7 +264,12 @@ async fn discard(stream: &TcpStream, shared: &Shared, stats: &ViewerStats) -> Re
                 // SAFETY: recv with a null buffer and MSG_TRUNC discards up to `len` bytes of a
                 // TCP socket's receive queue without writing anywhere.
                 let n = unsafe {
-                    libc::recv(fd, std::ptr::null_mut(), 1 << 22, libc::MSG_TRUNC | libc::MSG_DONTWAIT)
+                    libc::recv(
+                        fd,
+                        std::ptr::null_mut(),
+                        1 << 22,
+                        libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+                    )
                 };
                 if n < 0 {
                     Err(std::io::Error::last_os_error())

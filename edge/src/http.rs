@@ -88,7 +88,10 @@ struct FlvRequest {
 
 /// Reads the first request head. `Some` for a playback request (`GET`/`HEAD` of
 /// `/APP/NAME.flv`); `None` for anything else, which hyper then reads from `buf` again.
-async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<Option<FlvRequest>> {
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> std::io::Result<Option<FlvRequest>> {
     loop {
         if stream.read_buf(buf).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -104,7 +107,9 @@ async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Resul
                 let (Some(app), Some(file)) = (parts.next(), parts.next()) else {
                     return Ok(None);
                 };
-                let playback = matches!(method, "GET" | "HEAD") && file.ends_with(".flv") && !file.contains('/');
+                let playback = matches!(method, "GET" | "HEAD")
+                    && file.ends_with(".flv")
+                    && !file.contains('/');
                 return Ok(playback.then(|| FlvRequest {
                     app: app.to_owned(),
                     file: file.to_owned(),
@@ -126,16 +131,25 @@ struct Refusal {
 }
 
 /// Finds the stream of `/APP/FILE` and joins its pull.
-async fn resolve(ctx: &EdgeContext, app: &str, file: &str) -> Result<(StreamKey, ViewerLease), Refusal> {
+async fn resolve(
+    ctx: &EdgeContext,
+    app: &str,
+    file: &str,
+) -> Result<(StreamKey, ViewerLease), Refusal> {
     let refuse = |status, reason, message: String| Refusal {
         status,
         reason,
         message,
     };
     let Some(name) = file.strip_suffix(".flv") else {
-        return Err(refuse(StatusCode::NOT_FOUND, "not_found", format!("no such page: /{app}/{file}")));
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such page: /{app}/{file}"),
+        ));
     };
-    let key = StreamKey::new(app, name).map_err(|e| refuse(StatusCode::NOT_FOUND, "bad_name", e.to_string()))?;
+    let key = StreamKey::new(app, name)
+        .map_err(|e| refuse(StatusCode::NOT_FOUND, "bad_name", e.to_string()))?;
     if ctx.draining.is_cancelled() {
         return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -145,16 +159,22 @@ async fn resolve(ctx: &EdgeContext, app: &str, file: &str) -> Result<(StreamKey,
     }
     match ctx.pulls.acquire(&key).await {
         Ok(lease) => Ok((key, lease)),
-        Err(e @ PlayError::NotFound(_)) => Err(refuse(StatusCode::NOT_FOUND, e.reason(), e.to_string())),
-        Err(e @ PlayError::Unavailable { .. }) => {
-            Err(refuse(StatusCode::SERVICE_UNAVAILABLE, e.reason(), e.to_string()))
+        Err(e @ PlayError::NotFound(_)) => {
+            Err(refuse(StatusCode::NOT_FOUND, e.reason(), e.to_string()))
         }
+        Err(e @ PlayError::Unavailable { .. }) => Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.reason(),
+            e.to_string(),
+        )),
     }
 }
 
 impl Refusal {
     fn count(&self) {
-        PLAY_REFUSED.with_label_values(&["http_flv", self.reason]).inc();
+        PLAY_REFUSED
+            .with_label_values(&["http_flv", self.reason])
+            .inc();
         debug!(reason = self.reason, "play refused: {}", self.message);
     }
 }
@@ -163,7 +183,12 @@ impl Refusal {
 const FLV_HEADERS: &str = "Content-Type: video/x-flv\r\nCache-Control: no-cache, no-store\r\nAccess-Control-Allow-Origin: *\r\nAccess-Control-Expose-Headers: Content-Type\r\n";
 
 /// The fast path: answers a playback request on the socket itself.
-async fn serve_flv(ctx: Arc<EdgeContext>, mut stream: TcpStream, request: FlvRequest, shutdown: CancellationToken) {
+async fn serve_flv(
+    ctx: Arc<EdgeContext>,
+    mut stream: TcpStream,
+    request: FlvRequest,
+    shutdown: CancellationToken,
+) {
     let requested = Instant::now();
     let version = if request.http11 { "1.1" } else { "1.0" };
     let (key, lease) = match resolve(&ctx, &request.app, &request.file).await {
@@ -185,7 +210,11 @@ async fn serve_flv(ctx: Arc<EdgeContext>, mut stream: TcpStream, request: FlvReq
     let chunked = request.http11;
     let head = format!(
         "HTTP/{version} 200 OK\r\n{FLV_HEADERS}{}Connection: close\r\n\r\n",
-        if chunked { "Transfer-Encoding: chunked\r\n" } else { "" }
+        if chunked {
+            "Transfer-Encoding: chunked\r\n"
+        } else {
+            ""
+        }
     );
     if request.head_only {
         let _ = stream.write_all(head.as_bytes()).await;
@@ -195,7 +224,12 @@ async fn serve_flv(ctx: Arc<EdgeContext>, mut stream: TcpStream, request: FlvReq
     debug!(stream = %key, "playing over HTTP-FLV");
     let socket = Arc::new(stream);
     let wire = if chunked { Wire::FlvChunked } else { Wire::Flv };
-    let sink = Sink::new(socket.clone(), wire, Protocol::HttpFlv, ctx.config.viewer_lag);
+    let sink = Sink::new(
+        socket.clone(),
+        wire,
+        Protocol::HttpFlv,
+        ctx.config.viewer_lag,
+    );
     sink.queue(Bytes::from(head));
     let tracks = lease.hub().tracks();
     let file_header = Bytes::copy_from_slice(&flv::file_header(tracks.has_audio, tracks.has_video));
@@ -259,7 +293,12 @@ impl Playback for HttpPlayback {
 }
 
 /// Hyper serves the connection: every request but a first playback request.
-async fn serve_hyper(ctx: Arc<EdgeContext>, router: Router, io: Rewind, shutdown: CancellationToken) {
+async fn serve_hyper(
+    ctx: Arc<EdgeContext>,
+    router: Router,
+    io: Rewind,
+    shutdown: CancellationToken,
+) {
     let io = TokioIo::new(StallGuard::new(io, ctx.config.write_timeout));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -304,7 +343,11 @@ impl Rewind {
 }
 
 impl AsyncRead for Rewind {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             let chunk = self.prefix.split_to(n);
@@ -316,7 +359,11 @@ impl AsyncRead for Rewind {
 }
 
 impl AsyncWrite for Rewind {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -393,7 +440,10 @@ async fn play(
         Ok(found) => found,
         Err(refusal) => return refusal_response(refusal),
     };
-    let feed = match lease.hub().subscribe(ctx.config.viewer_lag, Protocol::HttpFlv) {
+    let feed = match lease
+        .hub()
+        .subscribe(ctx.config.viewer_lag, Protocol::HttpFlv)
+    {
         Ok(feed) => feed,
         Err(e) => {
             return refusal_response(Refusal {
@@ -422,9 +472,18 @@ async fn play(
         })
     });
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/x-flv"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("video/x-flv"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     headers.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static("Content-Type"),

@@ -27,7 +27,6 @@ use crate::metrics::PLAY_REFUSED;
 use crate::pulls::ViewerLease;
 use crate::viewer::{self, Playback};
 
-
 #[derive(Debug, thiserror::Error)]
 enum ViewerError {
     #[error("handshake failed: {0}")]
@@ -56,7 +55,9 @@ pub(crate) async fn serve_viewer(
             debug!("viewer connection closed");
             close_shared(&socket, Duration::from_secs(1)).await;
         }
-        Err(ViewerError::Handshake(HandshakeError::Closed)) => debug!("peer left during the handshake"),
+        Err(ViewerError::Handshake(HandshakeError::Closed)) => {
+            debug!("peer left during the handshake")
+        }
         Err(ViewerError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {}
         Err(ViewerError::Io(e)) => debug!(error = %e, "viewer connection ended"),
         Err(e) => warn!(error = %e, "viewer connection closed"),
@@ -148,7 +149,12 @@ async fn play(
 ) -> Result<Arc<TcpStream>, ViewerError> {
     let config = &ctx.config;
     let socket = Arc::new(stream.take().ok_or(ViewerError::Refused)?);
-    let sink = Sink::new(socket.clone(), Wire::Rtmp, Protocol::Rtmp, config.viewer_lag);
+    let sink = Sink::new(
+        socket.clone(),
+        Wire::Rtmp,
+        Protocol::Rtmp,
+        config.viewer_lag,
+    );
     sink.queue(session.take_output());
     let mut playback = RtmpPlayback { session };
     let attachment = match lease.hub().attach(&sink) {
@@ -185,7 +191,10 @@ impl Playback for RtmpPlayback {
         self.session
             .feed(input, unix_micros(), &mut events)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-        if events.iter().any(|e| matches!(e, SessionEvent::PlayStopped)) {
+        if events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::PlayStopped))
+        {
             return Ok(None);
         }
         Ok(Some(self.session.take_output()))

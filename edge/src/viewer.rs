@@ -49,7 +49,7 @@ pub(crate) async fn serve_sink(
 ) -> io::Result<Ended> {
     let socket = sink.socket().clone();
     let protocol = sink.protocol();
-    let mut input = BytesMut::with_capacity(1024);
+    let mut input = BytesMut::new();
     let mut first_frame_pending = true;
     let mut ending = false;
     let result = loop {
@@ -133,8 +133,8 @@ fn read_input(
     sink: &Sink,
     playback: &mut impl Playback,
 ) -> io::Result<bool> {
-    if input.capacity() - input.len() < 512 {
-        input.reserve(1024);
+    if input.capacity() - input.len() < 256 {
+        input.reserve(512);
     }
     match socket.try_read_buf(input) {
         Ok(0) => Ok(false),

@@ -137,7 +137,12 @@ pub struct Sink {
 }
 
 impl Sink {
-    pub fn new(socket: Arc<TcpStream>, wire: Wire, protocol: Protocol, policy: LagPolicy) -> Arc<Sink> {
+    pub fn new(
+        socket: Arc<TcpStream>,
+        wire: Wire,
+        protocol: Protocol,
+        policy: LagPolicy,
+    ) -> Arc<Sink> {
         Arc::new(Sink {
             socket,
             wire,
@@ -409,12 +414,20 @@ impl Fanout {
 
     /// Adds a sink, starting a shard task (with a receiver from `subscribe`) when the current
     /// ones are full.
-    pub(crate) fn add(&mut self, sink: Arc<Sink>, subscribe: impl FnOnce() -> broadcast::Receiver<Arc<Batch>>) {
+    pub(crate) fn add(
+        &mut self,
+        sink: Arc<Sink>,
+        subscribe: impl FnOnce() -> broadcast::Receiver<Arc<Batch>>,
+    ) {
         self.sinks += 1;
         let wanted = (1 + self.sinks / SINKS_PER_SHARD).min(self.max_shards);
         if self.shards.len() < wanted {
             let sinks: Arc<Mutex<Vec<Arc<Sink>>>> = Arc::default();
-            tokio::spawn(run_shard(sinks.clone(), subscribe(), self.end_reason.clone()));
+            tokio::spawn(run_shard(
+                sinks.clone(),
+                subscribe(),
+                self.end_reason.clone(),
+            ));
             self.shards.push(sinks);
         }
         self.next = (self.next + 1) % self.shards.len();
@@ -457,5 +470,125 @@ async fn run_shard(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::frame::{Frame, FrameKind};
+    use crate::hub::{HubConfig, spawn_hub};
+    use crate::key::StreamKey;
+    use crate::mux::Outputs;
+
+    fn frame(ts: u32, key: bool, size: usize) -> Frame {
+        let mut payload = vec![if key { 0x17 } else { 0x27 }, 1, 0, 0, 0];
+        payload.resize(size, 7);
+        Frame::new(FrameKind::Video, ts, Bytes::from(payload), 0)
+    }
+
+    /// A connected pair: the server side shared as a sink's socket, the client side to read.
+    async fn pair(client_rcvbuf: Option<u32>) -> (Arc<TcpStream>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = client_rcvbuf {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let client = socket
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Arc::new(server), client)
+    }
+
+    fn hub_config() -> HubConfig {
+        HubConfig {
+            outputs: Outputs::viewers(4096),
+            ..HubConfig::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn caught_up_viewers_are_written_by_the_shards() {
+        let (hub, mut writer) = spawn_hub(StreamKey::new("live", "a").unwrap(), hub_config());
+        writer.push(frame(0, true, 100));
+        let (server, mut client) = pair(None).await;
+        let sink = Sink::new(server, Wire::Flv, Protocol::HttpFlv, LagPolicy::default());
+        let attachment = hub.attach(&sink).unwrap();
+        // The cached GOP is the connection task's to write.
+        assert_eq!(sink.drain().unwrap(), Drain::Idle);
+        let mut got = vec![0u8; 11 + 100 + 4];
+        client.read_exact(&mut got).await.unwrap();
+        // Live frames go out without the connection task.
+        writer.push(frame(33, false, 50));
+        let mut live = vec![0u8; 11 + 50 + 4];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut live))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&live[4..7], &[0, 0, 33], "timestamp of the live tag");
+        assert_eq!(hub.subscribers(), 1);
+        drop(attachment);
+        assert_eq!(hub.subscribers(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_viewer_that_stops_reading_skips_then_is_cut_off() {
+        let (hub, mut writer) = spawn_hub(StreamKey::new("live", "a").unwrap(), hub_config());
+        let (server, _client) = pair(Some(4096)).await;
+        let _ = socket2::SockRef::from(&*server).set_send_buffer_size(4096);
+        let policy = LagPolicy {
+            max_skips: 2,
+            window: Duration::from_secs(60),
+        };
+        let sink = Sink::new(server, Wire::Rtmp, Protocol::Rtmp, policy);
+        let _attachment = hub.attach(&sink).unwrap();
+        // Far more than the socket buffers and the backlog take, in GOPs of ten frames.
+        for i in 0..400u32 {
+            writer.push(frame(i * 33, i % 10 == 0, 16 << 10));
+            tokio::task::yield_now().await;
+        }
+        // The shards stop taking batches for it and finally cut it off (the connection task
+        // would see the end once its backlog is written, which it never is here).
+        for _ in 0..100 {
+            if sink.lock().end.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let inner = sink.lock();
+        assert!(
+            inner.backlog.len() <= inner.limit + (16 << 10) + 64,
+            "backlog stays bounded"
+        );
+        assert_eq!(inner.end, Some(FeedEnd::TooSlow));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_end_of_the_stream_reaches_the_connection_task() {
+        let (hub, mut writer) = spawn_hub(StreamKey::new("live", "a").unwrap(), hub_config());
+        writer.push(frame(0, true, 10));
+        let (server, _client) = pair(None).await;
+        let sink = Sink::new(server, Wire::Rtmp, Protocol::Rtmp, LagPolicy::default());
+        let _attachment = hub.attach(&sink).unwrap();
+        assert_eq!(sink.drain().unwrap(), Drain::Idle);
+        writer.finish(crate::EndReason::Unpublished);
+        let end = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                sink.work().await;
+                if let Drain::End(end) = sink.drain().unwrap() {
+                    return end;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(end, FeedEnd::Ended(crate::EndReason::Unpublished));
     }
 }

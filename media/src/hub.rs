@@ -323,6 +323,7 @@ pub fn spawn_hub(key: StreamKey, config: HubConfig) -> (Hub, HubWriter) {
         pending: Pending::default(),
         deadline: None,
         grid_origin: Instant::now(),
+        synced: false,
         has_video: false,
         rate: RateMeter::new(Duration::from_secs(2)),
         finished: false,
@@ -384,7 +385,13 @@ impl Hub {
     pub fn attach(&self, sink: &Arc<Sink>) -> Result<Attachment, Ended> {
         let mut state = self.shared.lock();
         let State {
-            tx, end, fanout, gop, init, last_seq, ..
+            tx,
+            end,
+            fanout,
+            gop,
+            init,
+            last_seq,
+            ..
         } = &mut *state;
         let Some(tx) = tx.as_ref() else {
             return Err(Ended(end.unwrap_or(EndReason::Unpublished)));
@@ -483,6 +490,8 @@ pub struct HubWriter {
     deadline: Option<Instant>,
     /// Origin of the coalescing grid.
     grid_origin: Instant,
+    /// A frame where viewers may start has been pushed.
+    synced: bool,
     has_video: bool,
     rate: RateMeter,
     finished: bool,
@@ -535,7 +544,14 @@ impl HubWriter {
         p.frames.push(frame);
 
         let window = self.shared.config.coalesce_window;
-        if window.is_zero() || p.payload_bytes >= self.shared.config.coalesce_max_bytes {
+        // The stream's first keyframe goes out at once: viewers waiting for a picture (the
+        // first viewer of a pull) should not wait for the window too.
+        let first_sync = sync && !self.synced;
+        self.synced |= sync;
+        if window.is_zero()
+            || first_sync
+            || p.payload_bytes >= self.shared.config.coalesce_max_bytes
+        {
             self.flush();
         } else if self.deadline.is_none() {
             self.deadline = Some(self.next_tick(window));
@@ -609,7 +625,11 @@ impl HubWriter {
         state.init = self.init.clone();
         update_gop(&mut state, &batch, self.has_video, &config);
         crate::metrics::BATCHES
-            .with_label_values(&[if config.outputs.flv || config.outputs.rtmp { "muxed" } else { "raw" }])
+            .with_label_values(&[if config.outputs.flv || config.outputs.rtmp {
+                "muxed"
+            } else {
+                "raw"
+            }])
             .inc();
         if let Some(tx) = &state.tx {
             // No receivers is fine: the batch still went into the GOP cache.
@@ -809,14 +829,25 @@ mod tests {
         let mut feed = hub
             .subscribe(LagPolicy::default(), Protocol::HttpFlv)
             .unwrap();
+        // The first keyframe goes out at once, for viewers waiting on a picture.
         writer.push(video(0, true));
-        writer.push(audio(5));
+        assert!(writer.deadline().is_none());
+        assert!(
+            matches!(feed.next().await, Some(Segment::Batch { batch, .. }) if batch.frames.len() == 1)
+        );
+        // Then frames coalesce until the window closes.
+        writer.push(video(33, false));
+        writer.push(audio(40));
         assert!(writer.deadline().is_some());
+        assert!(
+            feed.next().now_or_never().is_none(),
+            "nothing before the window closes"
+        );
         writer.flush_due().await;
         match feed.next().await.unwrap() {
             Segment::Batch { batch, from: 0 } => {
                 assert_eq!(batch.frames.len(), 2);
-                assert_eq!(batch.first_sync_point(), Some(0));
+                assert_eq!(batch.first_sync_point(), None);
                 // The FLV output is the two tags back to back; the second starts after the first.
                 assert_eq!(batch.flv.len(), (11 + 7 + 4) + (11 + 4 + 4));
                 assert_eq!(batch.flv_from(1).len(), 11 + 4 + 4);

@@ -109,7 +109,7 @@ impl ServerSession {
             decoder: ChunkDecoder::new(config.limits),
             config,
             state: SessionState::AwaitingConnect,
-            out: BytesMut::with_capacity(1024),
+            out: BytesMut::new(),
             out_chunk_size: 128,
             app: String::new(),
             stream_name: String::new(),
