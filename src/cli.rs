@@ -248,7 +248,7 @@ pub struct OriginArgs {
     #[arg(long, env = "CORRIENTE_ADVERTISE_RELAY", value_name = "HOST:PORT")]
     pub advertise_relay: Option<String>,
 
-    /// Control plane URL.
+    /// Control plane URL; several, comma-separated, for several replicas.
     #[arg(
         long,
         env = "CORRIENTE_CONTROL",
@@ -286,7 +286,7 @@ pub struct EdgeArgs {
     )]
     pub http: SocketAddr,
 
-    /// Control plane URL.
+    /// Control plane URL; several, comma-separated, for several replicas.
     #[arg(
         long,
         env = "CORRIENTE_CONTROL",
@@ -319,6 +319,25 @@ pub struct ControlArgs {
     /// this long after its last heartbeat.
     #[arg(long, env = "CORRIENTE_LEASE_TTL", value_name = "DURATION", default_value = "6s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
+
+    /// Redis holding the registry, shared by every control-plane replica:
+    /// redis://[:PASSWORD@]HOST:PORT[/DB], rediss:// for TLS, or unix:///PATH. Without it the
+    /// registry lives in this process (a single replica).
+    #[arg(long, env = "CORRIENTE_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// File holding the Redis password (a Kubernetes or Swarm secret), added to --redis.
+    #[arg(long, env = "CORRIENTE_REDIS_PASSWORD_FILE", value_name = "PATH")]
+    pub redis_password_file: Option<std::path::PathBuf>,
+
+    /// Prefix of every Redis key, so several clusters can share one Redis.
+    #[arg(
+        long,
+        env = "CORRIENTE_REDIS_PREFIX",
+        value_name = "PREFIX",
+        default_value = "corriente"
+    )]
+    pub redis_prefix: String,
 
     #[command(flatten)]
     pub common: CommonArgs,
@@ -477,11 +496,52 @@ fn edge_config(
 impl ControlArgs {
     pub fn config(&self) -> Result<ControlPlaneConfig, String> {
         validate_lease(self.lease_ttl)?;
+        let redis_url = match (&self.redis, &self.redis_password_file) {
+            (Some(url), Some(file)) => {
+                let password = std::fs::read_to_string(file)
+                    .map_err(|e| format!("--redis-password-file {}: {e}", file.display()))?;
+                Some(with_password(url, password.trim())?)
+            }
+            (Some(url), None) => Some(url.clone()),
+            (None, Some(_)) => return Err("--redis-password-file needs --redis".to_owned()),
+            (None, None) => None,
+        };
+        if let Some(url) = &redis_url
+            && !["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+        {
+            return Err("--redis must be a redis://, rediss:// or unix:// URL".to_owned());
+        }
         Ok(ControlPlaneConfig {
             grpc_addr: self.grpc,
             lease_ttl: self.lease_ttl,
+            redis_url,
+            redis_prefix: self.redis_prefix.clone(),
+            ..ControlPlaneConfig::default()
         })
     }
+}
+
+/// Puts `password` into a redis:// or rediss:// URL (`redis://:PASSWORD@HOST`).
+fn with_password(url: &str, password: &str) -> Result<String, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| "--redis is not a URL".to_owned())?;
+    if !scheme.starts_with("redis") || scheme.contains("unix") {
+        return Err("--redis-password-file needs a redis:// or rediss:// URL".to_owned());
+    }
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let encoded: String = password
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    Ok(format!("{scheme}://:{encoded}@{host}"))
 }
 
 fn validate_lease(ttl: Duration) -> Result<(), String> {
@@ -493,18 +553,20 @@ fn validate_lease(ttl: Duration) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_url(url: &str) -> Result<(), String> {
-    let ok = (url.starts_with("http://") || url.starts_with("https://"))
-        && url
-            .parse::<axum::http::Uri>()
-            .is_ok_and(|u| u.host().is_some());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "--control {url:?} is not a URL like http://HOST:PORT"
-        ))
+/// `--control` takes one URL or several, comma-separated (control-plane replicas).
+fn validate_url(urls: &str) -> Result<(), String> {
+    for url in urls.split(',').map(str::trim) {
+        let ok = (url.starts_with("http://") || url.starts_with("https://"))
+            && url
+                .parse::<axum::http::Uri>()
+                .is_ok_and(|u| u.host().is_some());
+        if !ok {
+            return Err(format!(
+                "--control {url:?} is not a URL like http://HOST:PORT"
+            ));
+        }
     }
+    Ok(())
 }
 
 /// The three parts of `all`, wired to each other through the control plane's address (known
@@ -529,6 +591,7 @@ impl AllArgs {
             control: ControlPlaneConfig {
                 grpc_addr: self.control_grpc,
                 lease_ttl: self.lease_ttl,
+                ..ControlPlaneConfig::default()
             },
             origin: origin_config(
                 self.origin_rtmp,
@@ -584,6 +647,19 @@ mod tests {
         assert_eq!(cli.all.edge_http, "127.0.0.1:8081".parse().unwrap());
         let cli = Cli::try_parse_from(["corriente", "origin", "--rtmp", "0.0.0.0:1936"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Origin(_))));
+    }
+
+    #[test]
+    fn adds_a_password_to_a_redis_url() {
+        assert_eq!(
+            with_password("redis://redis:6379/0", "s3cr:t").unwrap(),
+            "redis://:s3cr%3At@redis:6379/0"
+        );
+        assert_eq!(
+            with_password("rediss://old@h:1", "p").unwrap(),
+            "rediss://:p@h:1"
+        );
+        assert!(with_password("unix:///tmp/r.sock", "p").is_err());
     }
 
     #[test]

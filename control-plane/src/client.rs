@@ -1,6 +1,9 @@
 //! The client origins and edges use to reach the control plane. Domain types in and out; every
 //! call has a deadline, so a dead control plane makes callers fail fast instead of hang.
 
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use corriente_media::StreamKey;
@@ -61,26 +64,51 @@ pub struct HeartbeatOutcome {
     pub lease: Lease,
 }
 
-/// A connection to the control plane (lazy: connects on first use, reconnects as needed).
+type Client = pb::control_client::ControlClient<Channel>;
+
+/// A connection to the control plane: one or several replicas (lazy: connects on first use,
+/// reconnects as needed). A call that cannot reach a replica moves on to the next one.
 #[derive(Clone, Debug)]
 pub struct ControlClient {
-    inner: pb::control_client::ControlClient<Channel>,
+    replicas: Arc<[Client]>,
+    current: Arc<AtomicUsize>,
     url: String,
 }
 
+/// A transport failure (rather than an answer): worth trying another replica.
+fn unreachable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+    )
+}
+
 impl ControlClient {
-    /// A client for `url` (`http://HOST:PORT`). Does not connect yet.
+    /// A client for `url` (`http://HOST:PORT`, or several, comma-separated). Does not connect
+    /// yet.
     pub fn new(url: &str) -> Result<Self, ControlError> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| ControlError::BadUrl(url.to_owned(), e.to_string()))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
+        let replicas = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                let endpoint = Endpoint::from_shared(u.to_owned())
+                    .map_err(|e| ControlError::BadUrl(u.to_owned(), e.to_string()))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(Duration::from_secs(5))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(3))
+                    .keep_alive_while_idle(true);
+                Ok(Client::new(endpoint.connect_lazy()))
+            })
+            .collect::<Result<Vec<_>, ControlError>>()?;
+        if replicas.is_empty() {
+            return Err(ControlError::BadUrl(url.to_owned(), "no URL".to_owned()));
+        }
         Ok(Self {
-            inner: pb::control_client::ControlClient::new(endpoint.connect_lazy()),
+            replicas: replicas.into(),
+            current: Arc::new(AtomicUsize::new(0)),
             url: url.to_owned(),
         })
     }
@@ -89,15 +117,41 @@ impl ControlClient {
         &self.url
     }
 
-    fn client(&self) -> pb::control_client::ControlClient<Channel> {
-        self.inner.clone()
+    /// Runs `call` on the current replica, moving on to the next ones while they cannot be
+    /// reached.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let n = self.replicas.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for attempt in 0..n {
+            let i = (start + attempt) % n;
+            match call(self.replicas[i].clone()).await {
+                Err(status) if unreachable(&status) && attempt + 1 < n => {
+                    last = Some(status);
+                }
+                result => {
+                    if attempt > 0 {
+                        self.current.store(i, Ordering::Relaxed);
+                    }
+                    return result;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Status::unavailable("no control-plane replica")))
     }
 
     pub async fn register_node(&self, node: &NodeRecord) -> Result<Lease, ControlError> {
+        let request = pb::RegisterNodeRequest {
+            node: Some(convert::node_to_pb(node)),
+        };
         let response = self
-            .client()
-            .register_node(pb::RegisterNodeRequest {
-                node: Some(convert::node_to_pb(node)),
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.register_node(request).await }
             })
             .await?
             .into_inner();
@@ -112,11 +166,14 @@ impl ControlClient {
         node: &NodeRecord,
         streams: &[OwnedStream],
     ) -> Result<HeartbeatOutcome, ControlError> {
+        let request = pb::HeartbeatRequest {
+            node: Some(convert::node_to_pb(node)),
+            streams: streams.iter().map(convert::owned_to_pb).collect(),
+        };
         let response = self
-            .client()
-            .heartbeat(pb::HeartbeatRequest {
-                node: Some(convert::node_to_pb(node)),
-                streams: streams.iter().map(convert::owned_to_pb).collect(),
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.heartbeat(request).await }
             })
             .await?
             .into_inner();
@@ -133,9 +190,12 @@ impl ControlClient {
 
     /// Claims a stream. `ControlError::AlreadyPublished` when another node owns it.
     pub async fn register_stream(&self, claim: &StreamClaim) -> Result<StreamRecord, ControlError> {
+        let request = convert::claim_to_pb(claim);
         let response = self
-            .client()
-            .register_stream(convert::claim_to_pb(claim))
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.register_stream(request).await }
+            })
             .await?
             .into_inner();
         Ok(convert::stream_from_pb(response.stream)?)
@@ -147,12 +207,15 @@ impl ControlClient {
         node_id: &str,
         epoch: u64,
     ) -> Result<bool, ControlError> {
+        let request = pb::UnregisterStreamRequest {
+            key: Some(convert::key_to_pb(key)),
+            node_id: node_id.to_owned(),
+            epoch,
+        };
         let response = self
-            .client()
-            .unregister_stream(pb::UnregisterStreamRequest {
-                key: Some(convert::key_to_pb(key)),
-                node_id: node_id.to_owned(),
-                epoch,
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.unregister_stream(request).await }
             })
             .await?
             .into_inner();
@@ -164,10 +227,13 @@ impl ControlClient {
         &self,
         key: &StreamKey,
     ) -> Result<Option<StreamRecord>, ControlError> {
+        let request = pb::LookupStreamRequest {
+            key: Some(convert::key_to_pb(key)),
+        };
         match self
-            .client()
-            .lookup_stream(pb::LookupStreamRequest {
-                key: Some(convert::key_to_pb(key)),
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.lookup_stream(request).await }
             })
             .await
         {
@@ -179,8 +245,7 @@ impl ControlClient {
 
     pub async fn list_streams(&self) -> Result<Vec<StreamRecord>, ControlError> {
         let response = self
-            .client()
-            .list_streams(pb::ListStreamsRequest {})
+            .call(|mut c| async move { c.list_streams(pb::ListStreamsRequest {}).await })
             .await?
             .into_inner();
         response
@@ -192,8 +257,7 @@ impl ControlClient {
 
     pub async fn list_nodes(&self) -> Result<Vec<NodeRecord>, ControlError> {
         let response = self
-            .client()
-            .list_nodes(pb::ListNodesRequest {})
+            .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest {}).await })
             .await?
             .into_inner();
         response
@@ -210,7 +274,10 @@ impl ControlClient {
     ) -> Result<impl Stream<Item = Result<RegistryEvent, ControlError>> + Send + use<>, ControlError>
     {
         // The endpoint's deadline covers the response head only, not the stream that follows.
-        let stream = self.client().watch(pb::WatchRequest {}).await?.into_inner();
+        let stream = self
+            .call(|mut c| async move { c.watch(pb::WatchRequest {}).await })
+            .await?
+            .into_inner();
         Ok(stream.map(|item| match item {
             Ok(event) => convert::event_from_pb(event).map_err(ControlError::from),
             Err(s) => Err(s.into()),

@@ -10,6 +10,8 @@ mod convert;
 pub mod membership;
 pub mod memory;
 mod metrics;
+mod probe;
+pub mod redis_registry;
 pub mod registry;
 mod service;
 
@@ -30,6 +32,7 @@ use tracing::{info, warn};
 pub use client::{ControlClient, ControlError, HeartbeatOutcome, Lease};
 pub use membership::{Health, Member, Readiness, run_membership};
 pub use memory::MemoryRegistry;
+pub use redis_registry::{RedisConfig, RedisRegistry};
 pub use registry::{
     NodeLoad, NodeRecord, NodeRole, OwnedStream, Registry, RegistryError, RegistryEvent,
     StreamClaim, StreamRecord,
@@ -44,6 +47,12 @@ pub struct ControlPlaneConfig {
     /// Lease duration of streams and nodes. A dead origin's streams are released at most this
     /// long after its last heartbeat; nodes heartbeat three times per lease.
     pub lease_ttl: Duration,
+    /// Redis URL; without it the registry lives in this process (one replica only).
+    pub redis_url: Option<String>,
+    /// Key prefix in Redis, so several clusters can share one.
+    pub redis_prefix: String,
+    /// How long a conflicting claim waits for the current owner to confirm it still publishes.
+    pub owner_probe_timeout: Duration,
 }
 
 impl Default for ControlPlaneConfig {
@@ -51,6 +60,9 @@ impl Default for ControlPlaneConfig {
         Self {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
             lease_ttl: Duration::from_secs(6),
+            redis_url: None,
+            redis_prefix: "corriente".to_owned(),
+            owner_probe_timeout: Duration::from_millis(800),
         }
     }
 }
@@ -65,12 +77,21 @@ pub enum ControlPlaneError {
     },
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Redis(#[from] redis_registry::RedisSetupError),
+}
+
+/// Where the registry lives.
+enum Backend {
+    Memory(Arc<MemoryRegistry>),
+    Redis(Arc<RedisRegistry>),
 }
 
 /// A bound, not yet serving, control plane.
 pub struct ControlPlane {
     listener: TcpListener,
-    registry: Arc<MemoryRegistry>,
+    backend: Backend,
+    probe: Arc<probe::OwnerProbe>,
 }
 
 impl ControlPlane {
@@ -82,9 +103,18 @@ impl ControlPlane {
                 addr: config.grpc_addr,
                 source,
             })?;
+        let backend = match &config.redis_url {
+            Some(url) => Backend::Redis(Arc::new(RedisRegistry::connect(&RedisConfig {
+                url: url.clone(),
+                prefix: config.redis_prefix.clone(),
+                lease_ttl: config.lease_ttl,
+            })?)),
+            None => Backend::Memory(Arc::new(MemoryRegistry::new(config.lease_ttl))),
+        };
         Ok(Self {
             listener,
-            registry: Arc::new(MemoryRegistry::new(config.lease_ttl)),
+            backend,
+            probe: Arc::new(probe::OwnerProbe::new(config.owner_probe_timeout)),
         })
     }
 
@@ -97,26 +127,42 @@ impl ControlPlane {
 
     /// Admin routes: the cluster as the registry sees it.
     pub fn admin_routes(&self) -> Router {
-        cluster_routes(self.registry.clone())
+        match &self.backend {
+            Backend::Memory(r) => cluster_routes(r.clone()),
+            Backend::Redis(r) => cluster_routes(r.clone()),
+        }
     }
 
     /// Serves until `shutdown` is cancelled.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ControlPlaneError> {
         let addr = self.local_addr();
-        info!(listener = "control-grpc", %addr, registry = "memory", "listening");
-        let registry = self.registry.clone();
-        let sweep_every = (registry.lease_ttl() / 6).max(Duration::from_millis(100));
-        let sweeper_shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(sweep_every);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => registry.sweep(),
-                    _ = sweeper_shutdown.cancelled() => return,
-                }
+        match self.backend {
+            Backend::Memory(registry) => {
+                info!(listener = "control-grpc", %addr, registry = "memory", "listening");
+                let sweep_every = sweep_interval(registry.lease_ttl());
+                let sweeper = registry.clone();
+                let sweeper_shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(sweep_every);
+                    loop {
+                        tokio::select! {
+                            _ = tick.tick() => sweeper.sweep(),
+                            _ = sweeper_shutdown.cancelled() => return,
+                        }
+                    }
+                });
+                serve_grpc(self.listener, registry, self.probe, shutdown).await
             }
-        });
-        serve_grpc(self.listener, self.registry, shutdown).await
+            Backend::Redis(registry) => {
+                info!(listener = "control-grpc", %addr, registry = "redis", "listening");
+                tokio::spawn(
+                    registry
+                        .clone()
+                        .run(sweep_interval(registry.lease_ttl()), shutdown.clone()),
+                );
+                serve_grpc(self.listener, registry, self.probe, shutdown).await
+            }
+        }
     }
 }
 
@@ -128,9 +174,16 @@ pub async fn run(
     ControlPlane::bind(config).await?.serve(shutdown).await
 }
 
+/// How often expired leases are swept: a few times per lease, so a dead node's streams are
+/// announced gone soon after their lease ends.
+fn sweep_interval(ttl: Duration) -> Duration {
+    (ttl / 6).max(Duration::from_millis(100))
+}
+
 async fn serve_grpc<R: Registry>(
     listener: TcpListener,
     registry: Arc<R>,
+    probe: Arc<probe::OwnerProbe>,
     shutdown: CancellationToken,
 ) -> Result<(), ControlPlaneError> {
     let incoming = TcpListenerStream::new(listener).filter_map(|conn| async move {
@@ -150,7 +203,7 @@ async fn serve_grpc<R: Registry>(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(ControlServer::new(ControlService::new(registry)))
+        .add_service(ControlServer::new(ControlService::new(registry, probe)))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())

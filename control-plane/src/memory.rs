@@ -94,6 +94,61 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+impl MemoryRegistry {
+    fn claim(
+        &self,
+        claim: StreamClaim,
+        takeover: Option<(&str, u64)>,
+    ) -> Result<StreamRecord, RegistryError> {
+        let now = Instant::now();
+        let mut events = Vec::new();
+        let record = {
+            let mut state = self.lock();
+            if let Some(owner) = live(state.streams.get(&claim.key), now) {
+                let replaceable = takeover
+                    .is_some_and(|(node, epoch)| owner.node_id == node && owner.epoch == epoch);
+                if !replaceable {
+                    return Err(RegistryError::AlreadyOwned {
+                        owner: owner.node_id.clone(),
+                        owner_epoch: owner.epoch,
+                        owner_relay: owner.relay_addr.clone(),
+                        key: claim.key,
+                    });
+                }
+                events.push(RegistryEvent::StreamDown {
+                    key: claim.key.clone(),
+                    epoch: owner.epoch,
+                    node_id: owner.node_id.clone(),
+                });
+            }
+            let epoch = state.epochs.get(&claim.key).copied().unwrap_or(0) + 1;
+            state.epochs.insert(claim.key.clone(), epoch);
+            let record = StreamRecord {
+                key: claim.key.clone(),
+                node_id: claim.node_id,
+                relay_addr: claim.relay_addr,
+                epoch,
+                media: claim.media,
+                publisher_addr: claim.publisher_addr,
+                started_at_ms: unix_ms(),
+            };
+            state.streams.insert(
+                claim.key,
+                Leased {
+                    value: record.clone(),
+                    expires: now + self.ttl,
+                },
+            );
+            record
+        };
+        events.push(RegistryEvent::StreamUp(record.clone()));
+        for event in events {
+            self.emit(event);
+        }
+        Ok(record)
+    }
+}
+
 impl Registry for MemoryRegistry {
     fn lease_ttl(&self) -> Duration {
         self.ttl
@@ -192,37 +247,16 @@ impl Registry for MemoryRegistry {
     }
 
     async fn claim_stream(&self, claim: StreamClaim) -> Result<StreamRecord, RegistryError> {
-        let now = Instant::now();
-        let record = {
-            let mut state = self.lock();
-            if let Some(owner) = live(state.streams.get(&claim.key), now) {
-                return Err(RegistryError::AlreadyOwned {
-                    key: claim.key,
-                    owner: owner.node_id.clone(),
-                });
-            }
-            let epoch = state.epochs.get(&claim.key).copied().unwrap_or(0) + 1;
-            state.epochs.insert(claim.key.clone(), epoch);
-            let record = StreamRecord {
-                key: claim.key.clone(),
-                node_id: claim.node_id,
-                relay_addr: claim.relay_addr,
-                epoch,
-                media: claim.media,
-                publisher_addr: claim.publisher_addr,
-                started_at_ms: unix_ms(),
-            };
-            state.streams.insert(
-                claim.key,
-                Leased {
-                    value: record.clone(),
-                    expires: now + self.ttl,
-                },
-            );
-            record
-        };
-        self.emit(RegistryEvent::StreamUp(record.clone()));
-        Ok(record)
+        self.claim(claim, None)
+    }
+
+    async fn takeover_stream(
+        &self,
+        claim: StreamClaim,
+        from_node: &str,
+        from_epoch: u64,
+    ) -> Result<StreamRecord, RegistryError> {
+        self.claim(claim, Some((from_node, from_epoch)))
     }
 
     async fn release_stream(
@@ -340,21 +374,33 @@ mod tests {
         assert_eq!(first.epoch, 1);
         assert!(matches!(events.try_recv(), Ok(RegistryEvent::StreamUp(r)) if r.epoch == 1));
         let refused = registry.claim_stream(claim("o2")).await.unwrap_err();
-        assert_eq!(
+        assert!(matches!(
             refused,
-            RegistryError::AlreadyOwned {
-                key: key(),
-                owner: "o1".to_owned()
-            }
-        );
+            RegistryError::AlreadyOwned { ref owner, owner_epoch: 1, .. } if owner == "o1"
+        ));
+        // A takeover from a stale owner id is refused too; from the right one it succeeds.
         assert!(
-            !registry.release_stream(&key(), "o2", 1).await.unwrap(),
+            registry
+                .takeover_stream(claim("o2"), "o3", 1)
+                .await
+                .is_err()
+        );
+        let taken = registry
+            .takeover_stream(claim("o2"), "o1", 1)
+            .await
+            .unwrap();
+        assert_eq!((taken.node_id.as_str(), taken.epoch), ("o2", 2));
+        registry.release_stream(&key(), "o2", 2).await.unwrap();
+        let first = registry.claim_stream(claim("o1")).await.unwrap();
+        assert_eq!(first.epoch, 3);
+        assert!(
+            !registry.release_stream(&key(), "o2", 3).await.unwrap(),
             "not the owner"
         );
-        assert!(registry.release_stream(&key(), "o1", 1).await.unwrap());
+        assert!(registry.release_stream(&key(), "o1", 3).await.unwrap());
         assert!(registry.lookup_stream(&key()).await.unwrap().is_none());
         let second = registry.claim_stream(claim("o2")).await.unwrap();
-        assert_eq!(second.epoch, 2, "a new ownership gets a larger epoch");
+        assert_eq!(second.epoch, 4, "a new ownership gets a larger epoch");
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,8 +3,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    HistogramVec, IntCounterVec, exponential_buckets, register_histogram_vec,
-    register_int_counter_vec,
+    HistogramVec, IntCounter, IntCounterVec, exponential_buckets, register_histogram_vec,
+    register_int_counter, register_int_counter_vec,
 };
 
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -22,6 +22,24 @@ pub static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
         "Time to serve a control-plane gRPC request (registry work included), by method",
         &["method"],
         exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")
+    )
+    .expect("metric registers once")
+});
+
+pub static REGISTRY_OPERATIONS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "corriente_registry_operation_duration_seconds",
+        "Registry (Redis) operations and their latency, by operation and outcome",
+        &["operation", "outcome"],
+        exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")
+    )
+    .expect("metric registers once")
+});
+
+pub static TAKEOVERS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "corriente_stream_takeovers_total",
+        "Streams claimed from an owner that no longer published them (dead or frozen origin)"
     )
     .expect("metric registers once")
 });

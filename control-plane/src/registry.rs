@@ -13,11 +13,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use corriente_media::{MediaInfo, StreamKey};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 /// A node's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeRole {
     Origin,
@@ -34,7 +34,7 @@ impl NodeRole {
 }
 
 /// A node's load, as it reports it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeLoad {
     pub streams: u32,
     pub viewers: u32,
@@ -43,7 +43,7 @@ pub struct NodeLoad {
 }
 
 /// An origin or edge.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub id: String,
     pub role: NodeRole,
@@ -109,7 +109,13 @@ pub enum RegistryEvent {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RegistryError {
     #[error("stream {key} is already published on node {owner}")]
-    AlreadyOwned { key: StreamKey, owner: String },
+    AlreadyOwned {
+        key: StreamKey,
+        /// The current owner, its epoch and relay address (to check whether it is alive).
+        owner: String,
+        owner_epoch: u64,
+        owner_relay: String,
+    },
     #[error("registry unavailable: {0}")]
     Unavailable(String),
 }
@@ -139,6 +145,16 @@ pub trait Registry: Send + Sync + 'static {
     fn claim_stream(
         &self,
         claim: StreamClaim,
+    ) -> impl Future<Output = Result<StreamRecord, RegistryError>> + Send;
+
+    /// Claims a stream from its current owner, if that is still `from_node` with `from_epoch`
+    /// (the control plane checked it is gone): the claimant becomes owner under a new epoch.
+    /// Fails with `AlreadyOwned` when the owner changed meanwhile.
+    fn takeover_stream(
+        &self,
+        claim: StreamClaim,
+        from_node: &str,
+        from_epoch: u64,
     ) -> impl Future<Output = Result<StreamRecord, RegistryError>> + Send;
 
     /// Releases a stream if `node_id` owns it with `epoch`. Returns whether it did.

@@ -13,16 +13,44 @@ use tracing::{debug, info, warn};
 
 use crate::convert;
 use crate::metrics;
-use crate::registry::{Registry, RegistryError};
+use crate::probe::OwnerProbe;
+use crate::registry::{Registry, RegistryError, StreamClaim, StreamRecord};
 
 /// The control API over a registry.
 pub struct ControlService<R> {
     registry: Arc<R>,
+    probe: Arc<OwnerProbe>,
 }
 
 impl<R: Registry> ControlService<R> {
-    pub fn new(registry: Arc<R>) -> Self {
-        Self { registry }
+    pub fn new(registry: Arc<R>, probe: Arc<OwnerProbe>) -> Self {
+        Self { registry, probe }
+    }
+
+    /// Claims a stream; when another node holds it, asks that node whether it still
+    /// publishes it, and takes the stream over if not (dead or frozen origin).
+    async fn claim(&self, claim: StreamClaim) -> Result<StreamRecord, RegistryError> {
+        match self.registry.claim_stream(claim.clone()).await {
+            Err(RegistryError::AlreadyOwned {
+                owner,
+                owner_epoch,
+                owner_relay,
+                ..
+            }) if !self
+                .probe
+                .owner_alive(&owner_relay, &claim.key, owner_epoch)
+                .await =>
+            {
+                let record = self
+                    .registry
+                    .takeover_stream(claim, &owner, owner_epoch)
+                    .await?;
+                metrics::TAKEOVERS.inc();
+                warn!(stream = %record.key, from = %owner, from_epoch = owner_epoch, to = %record.node_id, epoch = record.epoch, "took the stream over: its owner no longer publishes it");
+                Ok(record)
+            }
+            other => other,
+        }
     }
 
     fn lease(&self) -> (u32, u32) {
@@ -118,7 +146,7 @@ impl<R: Registry> pb::control_server::Control for ControlService<R> {
         let started = Instant::now();
         let result = async {
             let claim = convert::claim_from_pb(request.into_inner())?;
-            match self.registry.claim_stream(claim.clone()).await {
+            match self.claim(claim.clone()).await {
                 Ok(record) => {
                     info!(stream = %record.key, node = %record.node_id, epoch = record.epoch, "stream registered");
                     Ok(Response::new(pb::RegisterStreamResponse {

@@ -17,12 +17,14 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::{Json, Router};
 use corriente_control_plane::{
-    ControlClient, ControlError, Health, Member, NodeLoad, NodeRecord, NodeRole, run_membership,
+    ControlClient, ControlError, Health, Member, NodeLoad, NodeRecord, NodeRole, RegistryEvent,
+    run_membership,
 };
 use corriente_media::frame::unix_micros;
 use corriente_media::net::accept_loop;
 use corriente_media::rtmp::SessionConfig;
 use corriente_media::{HubConfig, LagPolicy};
+use futures_util::StreamExt;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -259,6 +261,11 @@ impl Edge {
         info!(listener = "edge-rtmp", addr = %ctx.rtmp_local, "listening");
         info!(listener = "edge-http", addr = %ctx.http_local, "listening");
         let membership_stop = CancellationToken::new();
+        tokio::spawn(follow_registry(
+            control.clone(),
+            ctx.pulls.clone(),
+            membership_stop.clone(),
+        ));
         tokio::spawn(run_membership(
             control,
             ctx.clone(),
@@ -312,6 +319,32 @@ impl Edge {
         membership_stop.cancel();
         info!("edge stopped");
         Ok(())
+    }
+}
+
+/// Follows the registry's watch stream so a pull switches to a stream's new origin the moment
+/// it is registered there, not when the old relay connection finally breaks.
+async fn follow_registry(control: ControlClient, pulls: Arc<Pulls>, stop: CancellationToken) {
+    loop {
+        if let Ok(mut events) = control.watch().await {
+            loop {
+                let event = tokio::select! {
+                    event = events.next() => event,
+                    _ = stop.cancelled() => return,
+                };
+                match event {
+                    Some(Ok(RegistryEvent::StreamUp(record))) => {
+                        pulls.stream_moved(&record.key, record.epoch);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return,
+        }
     }
 }
 

@@ -90,6 +90,9 @@ struct PullEntry {
     state: watch::Receiver<PullState>,
     viewers: AtomicUsize,
     idle: Notify,
+    /// Newest epoch the registry announced for this stream: a newer one than the pull's means
+    /// the stream moved to another origin.
+    moved: watch::Sender<u64>,
 }
 
 /// The pulls of this edge.
@@ -184,6 +187,20 @@ impl Pulls {
         }
     }
 
+    /// The registry announced `key` under `epoch` (a new owner): a pull of an older epoch
+    /// switches to it at once.
+    pub fn stream_moved(&self, key: &StreamKey, epoch: u64) {
+        if let Some(entry) = self.lock().get(key) {
+            entry.moved.send_if_modified(|known| {
+                let newer = epoch > *known;
+                if newer {
+                    *known = epoch;
+                }
+                newer
+            });
+        }
+    }
+
     /// Streams pulled here with their hubs, for stats and load reports.
     pub fn active(&self) -> Vec<Hub> {
         self.lock()
@@ -203,6 +220,7 @@ impl Pulls {
             state: state_rx,
             viewers: AtomicUsize::new(0),
             idle: Notify::new(),
+            moved: watch::Sender::new(0),
         });
         let span = info_span!("pull", stream = %key);
         tokio::spawn(run_pull(self.clone(), entry.clone(), writer, state_tx).instrument(span));
@@ -266,7 +284,19 @@ impl Pulls {
             epoch: record.epoch,
             edge_node: self.config.node_id.clone(),
         };
-        match RelayClient::new(channel).subscribe(request).await {
+        // A frozen origin accepts the connection but never answers: do not wait on it.
+        let subscribed = tokio::time::timeout(
+            Duration::from_secs(2),
+            RelayClient::new(channel).subscribe(request),
+        )
+        .await
+        .map_err(|_| {
+            Upstream::Failed(format!(
+                "origin at {} did not answer in time",
+                record.relay_addr
+            ))
+        })?;
+        match subscribed {
             Ok(response) => Ok(response.into_inner()),
             Err(s) if matches!(s.code(), Code::NotFound | Code::FailedPrecondition) => {
                 Err(Upstream::Moved(s.message().to_owned()))
@@ -421,7 +451,16 @@ async fn pull(
         info!(origin = %record.node_id, relay = %record.relay_addr, epoch = record.epoch, "pulling from origin");
         let _ = state.send(PullState::Live);
         metrics::RELAY_PULLS.inc();
-        let end = relay_session(pulls, entry, writer, upstream, &mut timeline, &mut linger).await;
+        let end = relay_session(
+            pulls,
+            entry,
+            writer,
+            upstream,
+            record.epoch,
+            &mut timeline,
+            &mut linger,
+        )
+        .await;
         metrics::RELAY_PULLS.dec();
         match end {
             SessionEnd::Ended(reason) | SessionEnd::Stopped(reason) => return reason,
@@ -440,13 +479,21 @@ async fn relay_session(
     entry: &Arc<PullEntry>,
     writer: &mut HubWriter,
     mut upstream: Streaming<pb::RelayMessage>,
+    epoch: u64,
     timeline: &mut Timeline,
     linger: &mut Option<Instant>,
 ) -> SessionEnd {
     let stall = pulls.config.upstream_stall;
+    let mut moved = entry.moved.subscribe();
     loop {
         let linger_at = *linger;
         tokio::select! {
+            _ = moved.changed() => {
+                let newest = *moved.borrow_and_update();
+                if newest > epoch {
+                    return SessionEnd::Lost(format!("the stream moved to another origin (epoch {newest})"));
+                }
+            }
             message = tokio::time::timeout(stall, upstream.message()) => match message {
                 Ok(Ok(Some(pb::RelayMessage { body: Some(Body::Frame(f)) }))) => {
                     let Some(frame) = frame_from_pb(f) else { continue };

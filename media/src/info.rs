@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::amf0::{self, Amf0Value};
@@ -11,7 +11,8 @@ use crate::flv;
 use crate::frame::{Frame, FrameRole};
 
 /// Media description of a live stream.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MediaInfo {
     /// ffprobe-style codec name (`h264`, `hevc`, ...), empty when the stream has no video.
     pub video_codec: String,

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Longest accepted application or stream name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
@@ -11,10 +11,26 @@ pub const MAX_NAME_LEN: usize = 128;
 ///
 /// Both parts are validated once, at the edge of the system (RTMP commands, HTTP paths, gRPC
 /// requests), so the rest of the code can put them in logs, URLs and Redis keys as they are.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "RawKey")]
 pub struct StreamKey {
     app: String,
     name: String,
+}
+
+/// A key as it arrives in JSON, before validation.
+#[derive(Deserialize)]
+struct RawKey {
+    app: String,
+    name: String,
+}
+
+impl TryFrom<RawKey> for StreamKey {
+    type Error = KeyError;
+
+    fn try_from(raw: RawKey) -> Result<Self, KeyError> {
+        StreamKey::new(&raw.app, &raw.name)
+    }
 }
 
 /// Why a stream or application name was refused.

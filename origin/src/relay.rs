@@ -27,6 +27,21 @@ pub(crate) struct RelayService {
 impl pb::relay_server::Relay for RelayService {
     type SubscribeStream = RelayStream;
 
+    async fn owns(
+        &self,
+        request: Request<pb::OwnsRequest>,
+    ) -> Result<Response<pb::OwnsResponse>, Status> {
+        let request = request.into_inner();
+        let key = StreamKey::new(&request.app, &request.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let owns = self
+            .ctx
+            .streams
+            .lookup(&key)
+            .is_some_and(|(_, epoch)| epoch == request.epoch);
+        Ok(Response::new(pb::OwnsResponse { owns }))
+    }
+
     async fn subscribe(
         &self,
         request: Request<pb::SubscribeRequest>,

@@ -47,6 +47,7 @@ pub struct Received {
     pub len: usize,
     /// When it arrived, since the client connected.
     pub after: Duration,
+    pub payload: bytes::Bytes,
 }
 
 /// What a viewer got.
@@ -91,6 +92,7 @@ fn received(frame: &Frame, started: Instant) -> Received {
         timestamp: frame.timestamp,
         len: frame.payload.len(),
         after: started.elapsed(),
+        payload: frame.payload.clone(),
     }
 }
 

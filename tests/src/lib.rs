@@ -325,3 +325,224 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A throwaway `redis-server` on a Unix socket in a fresh directory (no TCP port to race for).
+pub struct Redis {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Redis {
+    pub fn start() -> Result<Redis> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("corriente-redis-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let child = Self::spawn(&dir)?;
+        Ok(Redis { child, dir })
+    }
+
+    fn spawn(dir: &std::path::Path) -> Result<Child> {
+        let socket = dir.join("redis.sock");
+        let _ = std::fs::remove_file(&socket);
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--loglevel",
+                "warning",
+                "--dir",
+            ])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start redis-server (is it installed? tests/run installs it)")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                bail!("redis-server did not create {}", socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(child)
+    }
+
+    /// The URL for `--redis`.
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.dir.join("redis.sock").display())
+    }
+
+    /// SIGKILL: the data is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts an empty Redis on the same socket.
+    pub fn restart_empty(&mut self) -> Result<()> {
+        self.kill();
+        self.child = Self::spawn(&self.dir)?;
+        Ok(())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Node {
+    /// `corriente control-plane` over `redis`.
+    pub fn control_plane(redis: &str, extra: &[&str]) -> Result<Node> {
+        let mut args = vec![
+            "control-plane",
+            "--grpc",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--redis",
+            redis,
+        ];
+        args.extend_from_slice(extra);
+        Node::start("control-plane", &args, &["control-grpc", "admin"])
+    }
+
+    /// `corriente origin` reporting to `control` (comma-separated URLs).
+    pub fn origin(control: &str, extra: &[&str]) -> Result<Node> {
+        let mut args = vec![
+            "origin",
+            "--rtmp",
+            "127.0.0.1:0",
+            "--relay",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--control",
+            control,
+        ];
+        args.extend_from_slice(extra);
+        Node::start("origin", &args, &["origin-rtmp", "origin-relay", "admin"])
+    }
+
+    /// `corriente edge` using `control` (comma-separated URLs).
+    pub fn edge(control: &str, extra: &[&str]) -> Result<Node> {
+        let mut args = vec![
+            "edge",
+            "--rtmp",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--control",
+            control,
+        ];
+        args.extend_from_slice(extra);
+        Node::start("edge", &args, &["edge-rtmp", "edge-http", "admin"])
+    }
+
+    /// The `http://ADDR` of a control plane's gRPC port.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.addr("control-grpc"))
+    }
+
+    /// True when a log line contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+}
+
+/// A cluster of separate processes over one Redis.
+pub struct Cluster {
+    pub redis: Redis,
+    pub control: Vec<Node>,
+    pub origins: Vec<Node>,
+    pub edges: Vec<Node>,
+}
+
+impl Cluster {
+    /// `control` control-plane replicas (lease `ttl`), `origins` origins and `edges` edges;
+    /// origins and edges know every replica.
+    pub fn start(control: usize, origins: usize, edges: usize, ttl: &str) -> Result<Cluster> {
+        let redis = Redis::start()?;
+        let url = redis.url();
+        let control = (0..control)
+            .map(|_| Node::control_plane(&url, &["--lease-ttl", ttl]))
+            .collect::<Result<Vec<_>>>()?;
+        let urls = control
+            .iter()
+            .map(Node::grpc_url)
+            .collect::<Vec<_>>()
+            .join(",");
+        let origins = (0..origins)
+            .map(|_| Node::origin(&urls, &[]))
+            .collect::<Result<Vec<_>>>()?;
+        let edges = (0..edges)
+            .map(|_| Node::edge(&urls, &[]))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Cluster {
+            redis,
+            control,
+            origins,
+            edges,
+        })
+    }
+
+    /// The control-plane URLs, comma-separated.
+    pub fn control_urls(&self) -> String {
+        self.control
+            .iter()
+            .map(Node::grpc_url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Streams the registry lists, as `app/name`, asking any live control-plane replica.
+    pub async fn live_streams(&self) -> Option<Vec<String>> {
+        for cp in &self.control {
+            if let Ok((200, body)) = cp.admin_get("/api/v1/cluster/streams").await {
+                let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+                return Some(
+                    json["streams"]
+                        .as_array()?
+                        .iter()
+                        .filter_map(|s| {
+                            Some(format!(
+                                "{}/{}",
+                                s["key"]["app"].as_str()?,
+                                s["key"]["name"].as_str()?
+                            ))
+                        })
+                        .collect(),
+                );
+            }
+        }
+        None
+    }
+
+    /// Waits until the registry lists `live/NAME`.
+    pub async fn wait_live(&self, name: &str) -> Result<()> {
+        let key = format!("live/{name}");
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{key} to be registered"),
+            || async {
+                self.live_streams()
+                    .await
+                    .filter(|s| s.contains(&key))
+                    .map(|_| ())
+            },
+        )
+        .await
+    }
+}

@@ -116,6 +116,42 @@ pub fn av_small() -> Result<PathBuf> {
     )
 }
 
+/// A second small stream that differs from [`av_small`] in resolution and picture (480x270
+/// colour bars), so a viewer can tell which publisher it is seeing.
+pub fn av_small_b() -> Result<PathBuf> {
+    encode_once(
+        "av-270p30-bars-h264-aac.flv",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "smptebars=size=480x270:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=880:sample_rate=44100",
+            "-t",
+            "10",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-tune",
+            "zerolatency",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            "30",
+            "-b:v",
+            "400k",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+        ],
+    )
+}
+
 /// An ffmpeg publishing a file in a loop, in real time, with `-c copy`. Killed on drop.
 pub struct Publisher {
     child: Child,

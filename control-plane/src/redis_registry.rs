@@ -1,0 +1,722 @@
+//! The Redis registry, for clusters: any number of control-plane replicas share one Redis.
+//!
+//! Keys (all under one hash tag, `{PREFIX}`, so they live in one slot of a Redis Cluster and
+//! several clusters can share a Redis with different prefixes):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{P}:streams` | sorted set | stream names, scored by lease expiry (ms, Redis clock) |
+//! | `{P}:stream:NAME` | hash | owner node, relay address, epoch, media (JSON), publisher, start |
+//! | `{P}:epoch:NAME` | counter | last fencing epoch handed out for NAME (kept a week) |
+//! | `{P}:nodes` | sorted set | node ids, scored by lease expiry |
+//! | `{P}:node:ID` | string | the node record (JSON) |
+//! | `{P}:events` | pub/sub channel | stream up/down and node up/down (JSON) |
+//!
+//! A lease is live while its score is in the future by Redis's own clock (`TIME`), so replicas'
+//! clocks never matter. Every operation that touches more than one key is one Lua script, so
+//! it is atomic. Expired leases are swept by whichever replica gets there first; the script
+//! removes each entry once, so each expiry is announced once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corriente_media::{MediaInfo, StreamKey};
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::{Client, Script};
+use serde::Deserialize;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::metrics;
+use crate::registry::{
+    NodeRecord, OwnedStream, Registry, RegistryError, RegistryEvent, StreamClaim, StreamRecord,
+};
+
+const NOW: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"#;
+
+/// KEYS: streams, stream hash, epoch key.
+/// ARGV: name, node, relay, media, publisher, ttl, channel, takeover node, takeover epoch.
+const CLAIM: &str = r#"
+local exp = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
+local owner = redis.call('HGET', KEYS[2], 'node_id')
+local current = redis.call('HGET', KEYS[2], 'epoch')
+if exp > now then
+  if not (ARGV[8] ~= '' and owner == ARGV[8] and current == ARGV[9]) then
+    return {'0', owner or '', current or '0', redis.call('HGET', KEYS[2], 'relay_addr') or ''}
+  end
+end
+if owner then
+  redis.call('PUBLISH', ARGV[7], cjson.encode({type='stream_down', key=ARGV[1], node_id=owner, epoch=tonumber(current) or 0}))
+end
+local epoch = redis.call('INCR', KEYS[3])
+redis.call('PEXPIRE', KEYS[3], 604800000)
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'node_id', ARGV[2], 'relay_addr', ARGV[3], 'epoch', epoch, 'media', ARGV[4], 'publisher_addr', ARGV[5], 'started_at_ms', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[6]), ARGV[1])
+redis.call('PUBLISH', ARGV[7], cjson.encode({type='stream_up', key=ARGV[1], node_id=ARGV[2], relay_addr=ARGV[3], epoch=epoch, media=ARGV[4], publisher_addr=ARGV[5], started_at_ms=now}))
+return {'1', tostring(epoch), tostring(now)}
+"#;
+
+/// KEYS: streams, nodes, node key, then a hash and an epoch key per stream.
+/// ARGV: node id, node JSON, ttl, channel, relay, then name, epoch, media, publisher, started
+/// per stream.
+const HEARTBEAT: &str = r#"
+local ttl = tonumber(ARGV[3])
+local nexp = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0')
+redis.call('SET', KEYS[3], ARGV[2])
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+if nexp <= now then
+  redis.call('PUBLISH', ARGV[4], cjson.encode({type='node_up', node=ARGV[2]}))
+end
+local lost = {}
+local n = (#ARGV - 5) / 5
+for i = 0, n - 1 do
+  local name, epoch, media, publisher, started = ARGV[6 + i*5], ARGV[7 + i*5], ARGV[8 + i*5], ARGV[9 + i*5], ARGV[10 + i*5]
+  local hkey, ekey = KEYS[4 + i*2], KEYS[5 + i*2]
+  local exp = tonumber(redis.call('ZSCORE', KEYS[1], name) or '0')
+  local owner = redis.call('HGET', hkey, 'node_id')
+  local current = redis.call('HGET', hkey, 'epoch')
+  if exp > now then
+    if owner == ARGV[1] and current == epoch then
+      redis.call('ZADD', KEYS[1], now + ttl, name)
+      redis.call('HSET', hkey, 'media', media)
+    else
+      table.insert(lost, name)
+    end
+  else
+    -- The lease lapsed, or Redis forgot it: re-assert it unless a newer owner came since.
+    local last = tonumber(redis.call('GET', ekey) or '0')
+    if tonumber(epoch) >= last then
+      redis.call('SET', ekey, epoch, 'PX', 604800000)
+      redis.call('DEL', hkey)
+      redis.call('HSET', hkey, 'node_id', ARGV[1], 'relay_addr', ARGV[5], 'epoch', epoch, 'media', media, 'publisher_addr', publisher, 'started_at_ms', started)
+      redis.call('ZADD', KEYS[1], now + ttl, name)
+      redis.call('PUBLISH', ARGV[4], cjson.encode({type='stream_up', key=name, node_id=ARGV[1], relay_addr=ARGV[5], epoch=tonumber(epoch), media=media, publisher_addr=publisher, started_at_ms=tonumber(started)}))
+    else
+      table.insert(lost, name)
+    end
+  end
+end
+return lost
+"#;
+
+/// KEYS: streams, stream hash. ARGV: name, node, epoch, channel.
+const RELEASE: &str = r#"
+if redis.call('HGET', KEYS[2], 'node_id') == ARGV[2] and redis.call('HGET', KEYS[2], 'epoch') == ARGV[3] then
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('PUBLISH', ARGV[4], cjson.encode({type='stream_down', key=ARGV[1], node_id=ARGV[2], epoch=tonumber(ARGV[3])}))
+  return 1
+end
+return 0
+"#;
+
+/// KEYS: streams, stream hash. ARGV: name.
+const LOOKUP: &str = r#"
+local exp = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
+if exp <= now then return false end
+return redis.call('HGETALL', KEYS[2])
+"#;
+
+/// KEYS: streams. ARGV: prefix. Returns name, then the hash fields, per live stream.
+const LIST_STREAMS: &str = r#"
+local out = {}
+for _, name in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
+  local fields = redis.call('HGETALL', ARGV[1] .. ':stream:' .. name)
+  if #fields > 0 then
+    table.insert(out, name)
+    table.insert(out, cjson.encode(fields))
+  end
+end
+return out
+"#;
+
+/// KEYS: nodes. ARGV: prefix. Returns the JSON of every live node.
+const LIST_NODES: &str = r#"
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
+  local node = redis.call('GET', ARGV[1] .. ':node:' .. id)
+  if node then table.insert(out, node) end
+end
+return out
+"#;
+
+/// KEYS: streams, nodes. ARGV: prefix, channel. Removes and announces expired leases.
+const SWEEP: &str = r#"
+local n = 0
+for _, name in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 200)) do
+  local hkey = ARGV[1] .. ':stream:' .. name
+  local owner = redis.call('HGET', hkey, 'node_id') or ''
+  local epoch = tonumber(redis.call('HGET', hkey, 'epoch') or '0')
+  redis.call('DEL', hkey)
+  redis.call('ZREM', KEYS[1], name)
+  redis.call('PUBLISH', ARGV[2], cjson.encode({type='stream_down', key=name, node_id=owner, epoch=epoch}))
+  n = n + 1
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 200)) do
+  redis.call('DEL', ARGV[1] .. ':node:' .. id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('PUBLISH', ARGV[2], cjson.encode({type='node_down', id=id}))
+  n = n + 1
+end
+return n
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{NOW}{body}"))
+}
+
+struct Scripts {
+    claim: Script,
+    heartbeat: Script,
+    release: Script,
+    lookup: Script,
+    list_streams: Script,
+    list_nodes: Script,
+    sweep: Script,
+}
+
+/// Settings of the Redis registry.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`, `rediss://` for TLS, or `unix:///PATH`.
+    pub url: String,
+    /// Key prefix, so several clusters can share one Redis.
+    pub prefix: String,
+    /// Lease duration of streams and nodes.
+    pub lease_ttl: Duration,
+}
+
+/// Why the Redis registry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisSetupError {
+    #[error("invalid Redis URL {0:?}: {1}")]
+    Url(String, String),
+    #[error("key prefix {0:?} must be 1-64 characters without braces or spaces")]
+    Prefix(String),
+}
+
+/// A registry in Redis.
+pub struct RedisRegistry {
+    conn: ConnectionManager,
+    client: Client,
+    keys: String,
+    channel: String,
+    ttl: Duration,
+    scripts: Scripts,
+    events: broadcast::Sender<RegistryEvent>,
+}
+
+fn unavailable(e: redis::RedisError) -> RegistryError {
+    RegistryError::Unavailable(e.to_string())
+}
+
+/// Counts a registry operation and its latency.
+fn observe<T>(
+    op: &'static str,
+    started: Instant,
+    result: Result<T, RegistryError>,
+) -> Result<T, RegistryError> {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(RegistryError::AlreadyOwned { .. }) => "conflict",
+        Err(RegistryError::Unavailable(_)) => "unavailable",
+    };
+    metrics::REGISTRY_OPERATIONS
+        .with_label_values(&[op, outcome])
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+impl RedisRegistry {
+    /// Connects lazily: the control plane starts (and answers `unavailable`) while Redis is
+    /// down, and the connection manager reconnects with backoff.
+    pub fn connect(config: &RedisConfig) -> Result<Self, RedisSetupError> {
+        let prefix = &config.prefix;
+        if prefix.is_empty() || prefix.len() > 64 || prefix.contains(['{', '}', ' ']) {
+            return Err(RedisSetupError::Prefix(prefix.clone()));
+        }
+        let client = Client::open(config.url.as_str())
+            .map_err(|e| RedisSetupError::Url(redact(&config.url), e.to_string()))?;
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)
+            .map_err(|e| RedisSetupError::Url(redact(&config.url), e.to_string()))?;
+        let keys = format!("{{{prefix}}}");
+        Ok(Self {
+            conn,
+            client,
+            channel: format!("{keys}:events"),
+            keys,
+            ttl: config.lease_ttl,
+            scripts: Scripts {
+                claim: script(CLAIM),
+                heartbeat: script(HEARTBEAT),
+                release: script(RELEASE),
+                lookup: script(LOOKUP),
+                list_streams: script(LIST_STREAMS),
+                list_nodes: script(LIST_NODES),
+                sweep: script(SWEEP),
+            },
+            events: broadcast::channel(1024).0,
+        })
+    }
+
+    fn streams_key(&self) -> String {
+        format!("{}:streams", self.keys)
+    }
+
+    fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.keys)
+    }
+
+    fn stream_key(&self, key: &StreamKey) -> String {
+        format!("{}:stream:{key}", self.keys)
+    }
+
+    fn epoch_key(&self, key: &StreamKey) -> String {
+        format!("{}:epoch:{key}", self.keys)
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.ttl.as_millis() as u64
+    }
+
+    /// Removes and announces expired leases. Any replica may run it at any time.
+    pub async fn sweep(&self) -> Result<u64, RegistryError> {
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let result = self
+            .scripts
+            .sweep
+            .key(self.streams_key())
+            .key(self.nodes_key())
+            .arg(&self.keys)
+            .arg(&self.channel)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable);
+        observe("sweep", started, result)
+    }
+
+    /// Relays the Redis event channel to this replica's watchers until `shutdown`, and sweeps
+    /// expired leases every `sweep_every`. Reconnects with backoff; says so in the log once.
+    pub async fn run(self: Arc<Self>, sweep_every: Duration, shutdown: CancellationToken) {
+        let sweeper = {
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(sweep_every);
+                let mut failing = false;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    match this.sweep().await {
+                        Ok(_) if failing => {
+                            info!("Redis is reachable again");
+                            failing = false;
+                        }
+                        Ok(_) => {}
+                        Err(e) if !failing => {
+                            warn!(error = %e, "Redis unreachable: registry requests fail until it is back");
+                            failing = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            })
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let subscribed = async {
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.subscribe(&self.channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let pubsub = tokio::select! {
+                result = tokio::time::timeout(Duration::from_secs(3), subscribed) => result,
+                _ = shutdown.cancelled() => break,
+            };
+            if let Ok(Ok(pubsub)) = pubsub {
+                {
+                    backoff = Duration::from_millis(100);
+                    let mut messages = pubsub.into_on_message();
+                    loop {
+                        let message = tokio::select! {
+                            message = messages.next() => message,
+                            _ = shutdown.cancelled() => {
+                                sweeper.abort();
+                                return;
+                            }
+                        };
+                        let Some(message) = message else { break };
+                        let Ok(payload) = message.get_payload::<String>() else {
+                            continue;
+                        };
+                        match parse_event(&payload) {
+                            Some(event) => {
+                                let _ = self.events.send(event);
+                            }
+                            None => warn!(payload, "unreadable registry event"),
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        sweeper.abort();
+    }
+}
+
+/// Hides a password in a Redis URL for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireEvent {
+    StreamUp {
+        key: String,
+        node_id: String,
+        relay_addr: String,
+        epoch: u64,
+        media: String,
+        publisher_addr: String,
+        started_at_ms: u64,
+    },
+    StreamDown {
+        key: String,
+        node_id: String,
+        epoch: u64,
+    },
+    NodeUp {
+        node: String,
+    },
+    NodeDown {
+        id: String,
+    },
+}
+
+fn parse_event(payload: &str) -> Option<RegistryEvent> {
+    Some(match serde_json::from_str::<WireEvent>(payload).ok()? {
+        WireEvent::StreamUp {
+            key,
+            node_id,
+            relay_addr,
+            epoch,
+            media,
+            publisher_addr,
+            started_at_ms,
+        } => RegistryEvent::StreamUp(StreamRecord {
+            key: StreamKey::parse(&key).ok()?,
+            node_id,
+            relay_addr,
+            epoch,
+            media: serde_json::from_str(&media).unwrap_or_default(),
+            publisher_addr,
+            started_at_ms,
+        }),
+        WireEvent::StreamDown {
+            key,
+            node_id,
+            epoch,
+        } => RegistryEvent::StreamDown {
+            key: StreamKey::parse(&key).ok()?,
+            epoch,
+            node_id,
+        },
+        WireEvent::NodeUp { node } => RegistryEvent::NodeUp(serde_json::from_str(&node).ok()?),
+        WireEvent::NodeDown { id } => RegistryEvent::NodeDown(id),
+    })
+}
+
+/// A stream hash (as flat field/value pairs) as a record.
+fn record_from_fields(key: StreamKey, fields: &[String]) -> Option<StreamRecord> {
+    let get = |name: &str| {
+        fields
+            .chunks(2)
+            .find(|pair| pair.len() == 2 && pair[0] == name)
+            .map(|pair| pair[1].as_str())
+    };
+    Some(StreamRecord {
+        key,
+        node_id: get("node_id")?.to_owned(),
+        relay_addr: get("relay_addr").unwrap_or("").to_owned(),
+        epoch: get("epoch")?.parse().ok()?,
+        media: get("media")
+            .and_then(|m| serde_json::from_str::<MediaInfo>(m).ok())
+            .unwrap_or_default(),
+        publisher_addr: get("publisher_addr").unwrap_or("").to_owned(),
+        started_at_ms: get("started_at_ms")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+    })
+}
+
+fn media_json(media: &MediaInfo) -> String {
+    serde_json::to_string(media).unwrap_or_else(|_| "{}".to_owned())
+}
+
+impl RedisRegistry {
+    async fn claim(
+        &self,
+        claim: StreamClaim,
+        takeover: Option<(&str, u64)>,
+    ) -> Result<StreamRecord, RegistryError> {
+        let mut conn = self.conn.clone();
+        let (from_node, from_epoch) = takeover.unwrap_or(("", 0));
+        let reply: Vec<String> = self
+            .scripts
+            .claim
+            .key(self.streams_key())
+            .key(self.stream_key(&claim.key))
+            .key(self.epoch_key(&claim.key))
+            .arg(claim.key.to_string())
+            .arg(&claim.node_id)
+            .arg(&claim.relay_addr)
+            .arg(media_json(&claim.media))
+            .arg(&claim.publisher_addr)
+            .arg(self.ttl_ms())
+            .arg(&self.channel)
+            .arg(from_node)
+            .arg(from_epoch.to_string())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        match reply.first().map(String::as_str) {
+            Some("1") => Ok(StreamRecord {
+                epoch: reply.get(1).and_then(|e| e.parse().ok()).unwrap_or(0),
+                started_at_ms: reply.get(2).and_then(|e| e.parse().ok()).unwrap_or(0),
+                key: claim.key,
+                node_id: claim.node_id,
+                relay_addr: claim.relay_addr,
+                media: claim.media,
+                publisher_addr: claim.publisher_addr,
+            }),
+            _ => Err(RegistryError::AlreadyOwned {
+                owner: reply.get(1).cloned().unwrap_or_default(),
+                owner_epoch: reply.get(2).and_then(|e| e.parse().ok()).unwrap_or(0),
+                owner_relay: reply.get(3).cloned().unwrap_or_default(),
+                key: claim.key,
+            }),
+        }
+    }
+}
+
+impl Registry for RedisRegistry {
+    fn lease_ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    async fn register_node(&self, node: NodeRecord) -> Result<(), RegistryError> {
+        self.heartbeat(node, Vec::new()).await.map(|_| ())
+    }
+
+    async fn heartbeat(
+        &self,
+        node: NodeRecord,
+        streams: Vec<OwnedStream>,
+    ) -> Result<Vec<StreamKey>, RegistryError> {
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let node_json = serde_json::to_string(&node).unwrap_or_default();
+        let mut invocation = self.scripts.heartbeat.prepare_invoke();
+        invocation
+            .key(self.streams_key())
+            .key(self.nodes_key())
+            .key(format!("{}:node:{}", self.keys, node.id))
+            .arg(&node.id)
+            .arg(&node_json)
+            .arg(self.ttl_ms())
+            .arg(&self.channel)
+            .arg(&node.relay_addr);
+        for s in &streams {
+            invocation
+                .key(self.stream_key(&s.key))
+                .key(self.epoch_key(&s.key))
+                .arg(s.key.to_string())
+                .arg(s.epoch.to_string())
+                .arg(media_json(&s.media))
+                .arg(&s.publisher_addr)
+                .arg(s.started_at_ms.to_string());
+        }
+        let result = invocation
+            .invoke_async::<Vec<String>>(&mut conn)
+            .await
+            .map_err(unavailable)
+            .map(|lost| {
+                lost.iter()
+                    .filter_map(|name| StreamKey::parse(name).ok())
+                    .collect()
+            });
+        observe("heartbeat", started, result)
+    }
+
+    async fn claim_stream(&self, claim: StreamClaim) -> Result<StreamRecord, RegistryError> {
+        let started = Instant::now();
+        observe("claim", started, self.claim(claim, None).await)
+    }
+
+    async fn takeover_stream(
+        &self,
+        claim: StreamClaim,
+        from_node: &str,
+        from_epoch: u64,
+    ) -> Result<StreamRecord, RegistryError> {
+        let started = Instant::now();
+        observe(
+            "takeover",
+            started,
+            self.claim(claim, Some((from_node, from_epoch))).await,
+        )
+    }
+
+    async fn release_stream(
+        &self,
+        key: &StreamKey,
+        node_id: &str,
+        epoch: u64,
+    ) -> Result<bool, RegistryError> {
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let result = self
+            .scripts
+            .release
+            .key(self.streams_key())
+            .key(self.stream_key(key))
+            .arg(key.to_string())
+            .arg(node_id)
+            .arg(epoch.to_string())
+            .arg(&self.channel)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|n| n == 1)
+            .map_err(unavailable);
+        observe("release", started, result)
+    }
+
+    async fn lookup_stream(&self, key: &StreamKey) -> Result<Option<StreamRecord>, RegistryError> {
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let result = self
+            .scripts
+            .lookup
+            .key(self.streams_key())
+            .key(self.stream_key(key))
+            .arg(key.to_string())
+            .invoke_async::<Option<Vec<String>>>(&mut conn)
+            .await
+            .map_err(unavailable)
+            .map(|fields| fields.and_then(|f| record_from_fields(key.clone(), &f)));
+        observe("lookup", started, result)
+    }
+
+    async fn list_streams(&self) -> Result<Vec<StreamRecord>, RegistryError> {
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let result = self
+            .scripts
+            .list_streams
+            .key(self.streams_key())
+            .arg(&self.keys)
+            .invoke_async::<Vec<String>>(&mut conn)
+            .await
+            .map_err(unavailable)
+            .map(|flat| {
+                let mut out: Vec<StreamRecord> = flat
+                    .chunks(2)
+                    .filter_map(|pair| {
+                        let key = StreamKey::parse(pair.first()?).ok()?;
+                        let fields: Vec<String> = serde_json::from_str(pair.get(1)?).ok()?;
+                        record_from_fields(key, &fields)
+                    })
+                    .collect();
+                out.sort_by(|a, b| a.key.cmp(&b.key));
+                out
+            });
+        observe("list_streams", started, result)
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, RegistryError> {
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let result = self
+            .scripts
+            .list_nodes
+            .key(self.nodes_key())
+            .arg(&self.keys)
+            .invoke_async::<Vec<String>>(&mut conn)
+            .await
+            .map_err(unavailable)
+            .map(|jsons| {
+                let mut nodes: Vec<NodeRecord> = jsons
+                    .iter()
+                    .filter_map(|j| serde_json::from_str(j).ok())
+                    .collect();
+                nodes.sort_by(|a, b| a.id.cmp(&b.id));
+                nodes
+            });
+        observe("list_nodes", started, result)
+    }
+
+    fn watch(&self) -> broadcast::Receiver<RegistryEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_events_the_scripts_publish() {
+        let up = r#"{"type":"stream_up","key":"live/a","node_id":"o1","relay_addr":"10.0.0.1:50052","epoch":3,"media":"{\"video_codec\":\"h264\",\"audio_codec\":\"aac\",\"width\":1280,\"height\":720,\"frame_rate\":30.0,\"bitrate_bps\":0,\"audio_sample_rate\":0,\"audio_channels\":0}","publisher_addr":"1.2.3.4:5","started_at_ms":17}"#;
+        match parse_event(up) {
+            Some(RegistryEvent::StreamUp(r)) => {
+                assert_eq!(
+                    (r.key.to_string().as_str(), r.epoch, r.media.width),
+                    ("live/a", 3, 1280)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let down = r#"{"type":"stream_down","key":"live/a","node_id":"o1","epoch":3}"#;
+        assert!(matches!(
+            parse_event(down),
+            Some(RegistryEvent::StreamDown { epoch: 3, .. })
+        ));
+        assert!(
+            matches!(parse_event(r#"{"type":"node_down","id":"e1"}"#), Some(RegistryEvent::NodeDown(id)) if id == "e1")
+        );
+        assert!(parse_event("garbage").is_none());
+    }
+
+    #[test]
+    fn hides_passwords() {
+        assert_eq!(
+            redact("redis://:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redact("rediss://user:pw@h:1"), "rediss://***@h:1");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    }
+}
