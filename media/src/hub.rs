@@ -535,12 +535,18 @@ impl HubWriter {
             _ => false,
         };
         let p = &mut self.pending;
-        p.offsets.push((p.flv.len() as u32, p.rtmp.len() as u32));
+        if outputs.flv || outputs.rtmp {
+            p.offsets.push((p.flv.len() as u32, p.rtmp.len() as u32));
+        }
         if sync {
             p.sync_points.push(p.frames.len() as u32);
         }
         mux_frame(&frame, outputs, &mut p.flv, &mut p.rtmp);
         p.payload_bytes += frame.payload.len();
+        if p.frames.capacity() == 0 && self.shared.config.coalesce_window.is_zero() {
+            // One frame per batch: no room for more.
+            p.frames.reserve_exact(1);
+        }
         p.frames.push(frame);
 
         let window = self.shared.config.coalesce_window;

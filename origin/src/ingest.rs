@@ -83,6 +83,12 @@ async fn run(
     let mut session = ServerSession::new(config.session);
     let mut events = Vec::new();
     let mut fenced = CancellationToken::new();
+    let bytes_in = BYTES_IN.with_label_values(&["rtmp"]);
+    // One timer for the idle limit, pushed back only when it fires: re-arming a timer on every
+    // read would cost more than the read.
+    let mut last_read = tokio::time::Instant::now();
+    let idle = tokio::time::sleep(config.idle_timeout);
+    tokio::pin!(idle);
     loop {
         // Process everything complete in the buffer, answering requests as they come.
         loop {
@@ -103,9 +109,16 @@ async fn run(
         }
         flush(stream, &mut session, config.write_timeout).await?;
 
-        input.reserve(64 << 10);
+        input.reserve(16 << 10);
         let read = tokio::select! {
-            read = tokio::time::timeout(config.idle_timeout, stream.read_buf(&mut input)) => read,
+            read = stream.read_buf(&mut input) => read,
+            _ = &mut idle => {
+                if last_read.elapsed() >= config.idle_timeout {
+                    return Err(IngestError::Idle(config.idle_timeout));
+                }
+                idle.as_mut().reset(last_read + config.idle_timeout);
+                continue;
+            }
             _ = fenced.cancelled() => {
                 let name = publication.as_ref().map(|p| p.key().to_string()).unwrap_or_default();
                 session.stop_publish("NetStream.Publish.BadName", &format!("stream {name} is now published on another origin"));
@@ -119,10 +132,12 @@ async fn run(
             }
         };
         match read {
-            Err(_) => return Err(IngestError::Idle(config.idle_timeout)),
-            Ok(Ok(0)) => return Ok(EndReason::Unpublished),
-            Ok(Ok(n)) => BYTES_IN.with_label_values(&["rtmp"]).inc_by(n as u64),
-            Ok(Err(e)) => return Err(e.into()),
+            Ok(0) => return Ok(EndReason::Unpublished),
+            Ok(n) => {
+                bytes_in.inc_by(n as u64);
+                last_read = tokio::time::Instant::now();
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 }

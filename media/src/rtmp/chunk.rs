@@ -270,9 +270,12 @@ impl ChunkDecoder {
                 stream.extended = header.extended;
             }
             stream.in_progress = true;
-            stream
-                .partial
-                .reserve((stream.length as usize).min(64 << 10));
+            // Room for the whole message in one allocation when it is small next to what the
+            // peer has sent (its first chunk): never more than eight times what arrived, so a
+            // peer declaring huge messages cannot make us allocate ahead of its data.
+            let first_chunk = (stream.length as usize).min(self.chunk_size as usize);
+            stream.partial =
+                BytesMut::with_capacity((stream.length as usize).min(first_chunk.max(512) * 8));
         }
         input.advance(header.header_len);
         let payload = (stream.length as usize - stream.partial.len()).min(self.chunk_size as usize);
