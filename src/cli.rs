@@ -330,6 +330,11 @@ pub struct ControlArgs {
     #[arg(long, env = "CORRIENTE_REDIS_PASSWORD_FILE", value_name = "PATH")]
     pub redis_password_file: Option<std::path::PathBuf>,
 
+    /// PEM file of the certificate authority that signed Redis's TLS certificate (rediss://),
+    /// when it is not one the system trusts.
+    #[arg(long, env = "CORRIENTE_REDIS_CA_FILE", value_name = "PATH")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+
     /// Prefix of every Redis key, so several clusters can share one Redis.
     #[arg(
         long,
@@ -513,11 +518,19 @@ impl ControlArgs {
         {
             return Err("--redis must be a redis://, rediss:// or unix:// URL".to_owned());
         }
+        let redis_ca_pem = match &self.redis_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| format!("--redis-ca-file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
         Ok(ControlPlaneConfig {
             grpc_addr: self.grpc,
             lease_ttl: self.lease_ttl,
             redis_url,
             redis_prefix: self.redis_prefix.clone(),
+            redis_ca_pem,
             ..ControlPlaneConfig::default()
         })
     }

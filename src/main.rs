@@ -27,6 +27,8 @@ fn main() -> ExitCode {
         Some(Command::ControlPlane(a)) => &a.common,
     };
     logging::init(common.log_format);
+    // One TLS implementation for the whole process (Redis over TLS, HTTPS, RTMPS).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // Every viewer is a socket: use all the file descriptors the hard limit allows.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "cannot raise the open files limit");

@@ -51,6 +51,8 @@ pub struct ControlPlaneConfig {
     pub redis_url: Option<String>,
     /// Key prefix in Redis, so several clusters can share one.
     pub redis_prefix: String,
+    /// PEM certificate authority for `rediss://` (default: the system's roots).
+    pub redis_ca_pem: Option<Vec<u8>>,
     /// How long a conflicting claim waits for the current owner to confirm it still publishes.
     pub owner_probe_timeout: Duration,
 }
@@ -62,6 +64,7 @@ impl Default for ControlPlaneConfig {
             lease_ttl: Duration::from_secs(6),
             redis_url: None,
             redis_prefix: "corriente".to_owned(),
+            redis_ca_pem: None,
             owner_probe_timeout: Duration::from_millis(800),
         }
     }
@@ -108,6 +111,7 @@ impl ControlPlane {
                 url: url.clone(),
                 prefix: config.redis_prefix.clone(),
                 lease_ttl: config.lease_ttl,
+                ca_pem: config.redis_ca_pem.clone(),
             })?)),
             None => Backend::Memory(Arc::new(MemoryRegistry::new(config.lease_ttl))),
         };

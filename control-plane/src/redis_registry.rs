@@ -190,6 +190,8 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Lease duration of streams and nodes.
     pub lease_ttl: Duration,
+    /// PEM certificate authority to trust for `rediss://` instead of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// Why the Redis registry could not start.
@@ -241,12 +243,23 @@ impl RedisRegistry {
         if prefix.is_empty() || prefix.len() > 64 || prefix.contains(['{', '}', ' ']) {
             return Err(RedisSetupError::Prefix(prefix.clone()));
         }
-        let client = Client::open(config.url.as_str())
-            .map_err(|e| RedisSetupError::Url(redact(&config.url), e.to_string()))?;
+        let client = match &config.ca_pem {
+            Some(ca) => Client::build_with_tls(
+                config.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => Client::open(config.url.as_str()),
+        }
+        .map_err(|e| RedisSetupError::Url(redact(&config.url), e.to_string()))?;
         let manager = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_max_delay(Duration::from_secs(2));
+            .set_max_delay(Duration::from_secs(2))
+            // Fail a request fast (the caller retries); the manager keeps reconnecting.
+            .set_number_of_retries(1);
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)
             .map_err(|e| RedisSetupError::Url(redact(&config.url), e.to_string()))?;
         let keys = format!("{{{prefix}}}");

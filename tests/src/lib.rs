@@ -5,6 +5,7 @@
 
 pub mod clients;
 pub mod media;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -375,6 +376,62 @@ impl Redis {
         Ok(child)
     }
 
+    /// Redis over TLS (certificates from `ca`) on a free TCP port, with a password.
+    pub fn start_tls(ca: &tls::TestCa, password: &str) -> Result<(Redis, String)> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("corriente-redis-tls-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--tls-cert-file")
+            .arg(ca.cert())
+            .arg("--tls-key-file")
+            .arg(ca.key())
+            .arg("--tls-ca-cert-file")
+            .arg(ca.ca())
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--requirepass",
+                password,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--loglevel",
+                "warning",
+                "--dir",
+            ])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start redis-server with TLS")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server did not listen on {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok((
+            Redis { child, dir },
+            format!("rediss://:{password}@localhost:{port}"),
+        ))
+    }
+
     /// The URL for `--redis`.
     pub fn url(&self) -> String {
         format!("unix://{}", self.dir.join("redis.sock").display())
@@ -404,15 +461,10 @@ impl Drop for Redis {
 impl Node {
     /// `corriente control-plane` over `redis`.
     pub fn control_plane(redis: &str, extra: &[&str]) -> Result<Node> {
-        let mut args = vec![
-            "control-plane",
-            "--grpc",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--redis",
-            redis,
-        ];
+        let mut args = vec!["control-plane", "--admin", "127.0.0.1:0", "--redis", redis];
+        if !extra.contains(&"--grpc") {
+            args.extend_from_slice(&["--grpc", "127.0.0.1:0"]);
+        }
         args.extend_from_slice(extra);
         Node::start("control-plane", &args, &["control-grpc", "admin"])
     }

@@ -8,7 +8,7 @@ use anyhow::Result;
 use corriente_media::FrameRole;
 use corriente_tests::clients::{Playback, play_flv};
 use corriente_tests::media::{Publisher, Viewer, av_small, av_small_b, ffprobe};
-use corriente_tests::{Cluster, wait_for};
+use corriente_tests::{Cluster, Node, wait_for};
 
 fn has_h264_and_aac(streams: &[corriente_tests::media::ProbedStream]) -> bool {
     streams.iter().any(|s| s.codec_name == "h264") && streams.iter().any(|s| s.codec_name == "aac")
@@ -391,6 +391,125 @@ async fn a_dead_origins_streams_are_released_within_the_lease() -> Result<()> {
     assert!(
         released <= Duration::from_millis(2_800),
         "released after {released:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_over_tls_with_a_password() -> Result<()> {
+    let ca = corriente_tests::tls::TestCa::new()?;
+    let (_redis, url) = corriente_tests::Redis::start_tls(&ca, "s3cret")?;
+    let ca_file = ca.ca().display().to_string();
+    let control = Node::control_plane(&url, &["--redis-ca-file", &ca_file])?;
+    let origin = Node::origin(&control.grpc_url(), &[])?;
+    let edge = Node::edge(&control.grpc_url(), &[])?;
+    let _publisher = Publisher::start(&av_small()?, &origin.ingest_url("tls"))?;
+    let streams = wait_for(Duration::from_secs(20), "the stream to play", || async {
+        ffprobe(&edge.flv_url("tls"))
+            .await
+            .ok()
+            .filter(|s| has_h264_and_aac(s))
+    })
+    .await?;
+    assert!(has_h264_and_aac(&streams));
+
+    // A wrong password: the control plane says Redis is unavailable, and publishing is refused
+    // with that reason rather than hanging.
+    let wrong = url.replace("s3cret", "wrong");
+    let control = Node::control_plane(&wrong, &["--redis-ca-file", &ca_file])?;
+    let origin = Node::origin(&control.grpc_url(), &[])?;
+    let refused = Publisher::start(&av_small()?, &origin.ingest_url("nope"))?;
+    let (code, said) = refused.wait(Duration::from_secs(20)).await?;
+    assert_ne!(code, Some(0));
+    assert!(
+        said.contains("unavailable") || said.contains("registry"),
+        "ffmpeg said: {said}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_control_plane_streams_flow_and_new_viewers_fail_fast() -> Result<()> {
+    let mut cluster = Cluster::start(1, 1, 1, "3s")?;
+    let _publisher = Publisher::start(&av_small()?, &cluster.origins[0].ingest_url("k"))?;
+    cluster.wait_live("k").await?;
+    let viewer = Viewer::start(&cluster.edges[0].flv_url("k"))?;
+    keeps_decoding(&viewer, 30, Duration::from_secs(10), "viewer decoding").await?;
+    let grpc = cluster.control[0].addr("control-grpc").to_string();
+    let redis = cluster.redis.url();
+    cluster.control[0].signal("KILL");
+    drop(cluster.control.remove(0));
+
+    keeps_decoding(
+        &viewer,
+        60,
+        Duration::from_secs(5),
+        "the stream flowing without a control plane",
+    )
+    .await?;
+    let asked = Instant::now();
+    let refused = play_flv(
+        cluster.edges[0].addr("edge-http"),
+        "/live/other.flv",
+        Duration::from_secs(10),
+    )
+    .await?;
+    let refusal = refused.refused.unwrap_or_default();
+    assert!(refusal.contains("503"), "a new viewer got: {refusal}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "refused after {:?}",
+        asked.elapsed()
+    );
+
+    // The control plane comes back on the same address: new viewers join again.
+    cluster
+        .control
+        .push(Node::control_plane(&redis, &["--grpc", &grpc])?);
+    let streams = wait_for(Duration::from_secs(15), "a new viewer to join", || async {
+        ffprobe(&cluster.edges[0].rtmp_url("k"))
+            .await
+            .ok()
+            .filter(|s| has_h264_and_aac(s))
+    })
+    .await?;
+    assert!(has_h264_and_aac(&streams));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn viewers_get_a_clean_end_when_the_origin_is_gone_for_good() -> Result<()> {
+    let redis = corriente_tests::Redis::start()?;
+    let control = Node::control_plane(&redis.url(), &["--lease-ttl", "2s"])?;
+    let origin = Node::origin(&control.grpc_url(), &[])?;
+    let edge = Node::edge(&control.grpc_url(), &["--upstream-grace", "3s"])?;
+    let publisher = Publisher::start(&av_small()?, &origin.ingest_url("g"))?;
+    wait_for(Duration::from_secs(20), "the stream to play", || async {
+        ffprobe(&edge.flv_url("g"))
+            .await
+            .ok()
+            .filter(|s| has_h264_and_aac(s))
+    })
+    .await?;
+    let watcher = tokio::spawn({
+        let addr = edge.addr("edge-http");
+        async move { play_flv(addr, "/live/g.flv", Duration::from_secs(30)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = Instant::now();
+    origin.signal("KILL");
+    publisher.kill().await;
+    let playback = watcher.await??;
+    let ended_after = killed.elapsed();
+    eprintln!("viewer ended {ended_after:?} after the origin died (grace 3 s)");
+    assert!(playback.ended, "the response ended");
+    assert!(
+        ended_after >= Duration::from_secs(3),
+        "ended before the grace: {ended_after:?}"
+    );
+    assert!(
+        ended_after < Duration::from_secs(9),
+        "ended late: {ended_after:?}"
     );
     Ok(())
 }
