@@ -123,9 +123,10 @@ pub struct OriginTuning {
 /// Edge tuning.
 #[derive(Debug, Clone, Args)]
 pub struct EdgeTuning {
-    /// Coalescing window: frames arriving this close together are written to viewers in one
-    /// write. The dial between latency and viewers per core (0 = write every frame at once).
-    #[arg(long, env = "CORRIENTE_COALESCE_WINDOW", value_name = "DURATION", default_value = "10ms", value_parser = parse_duration)]
+    /// Coalescing grid: frames go to viewers together every period (a frame waits half of it
+    /// on average). The dial between latency and viewers per core: 20ms is low-latency mode,
+    /// 100ms throughput mode, 0 writes every frame at once.
+    #[arg(long, env = "CORRIENTE_COALESCE_WINDOW", value_name = "DURATION", default_value = "20ms", value_parser = parse_duration)]
     pub coalesce_window: Duration,
 
     /// A coalesced batch is written early once it holds this many bytes.

@@ -84,7 +84,7 @@ impl Default for EdgeConfig {
             viewer_lag: LagPolicy::default(),
             pull: PullConfig {
                 hub: HubConfig {
-                    coalesce_window: Duration::from_millis(10),
+                    coalesce_window: Duration::from_millis(20),
                     outputs: corriente_media::mux::Outputs::viewers(session.chunk_size),
                     ..HubConfig::default()
                 },
