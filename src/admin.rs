@@ -13,6 +13,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// Who this node is, added to every `corriente_` series as `role` and `node` labels.
+#[derive(Clone)]
+pub struct Identity {
+    pub role: &'static str,
+    pub node: String,
+}
+
 /// A bound admin server.
 pub struct Admin {
     listener: TcpListener,
@@ -24,6 +31,7 @@ impl Admin {
     /// are the roles' own admin routes.
     pub async fn bind(
         addr: SocketAddr,
+        identity: Identity,
         components: Vec<(&'static str, Health)>,
         routes: Router,
     ) -> anyhow::Result<Self> {
@@ -39,7 +47,7 @@ impl Admin {
                     async move { readiness(&components) }
                 }),
             )
-            .route("/metrics", get(metrics))
+            .route("/metrics", get(move || metrics(identity.clone())))
             .merge(routes);
         Ok(Self { listener, router })
     }
@@ -85,8 +93,26 @@ fn readiness(components: &[(&'static str, Health)]) -> axum::response::Response 
         .into_response()
 }
 
-async fn metrics() -> axum::response::Response {
-    match prometheus::TextEncoder::new().encode_to_string(&prometheus::gather()) {
+async fn metrics(identity: Identity) -> axum::response::Response {
+    let mut families = prometheus::gather();
+    for family in families
+        .iter_mut()
+        .filter(|f| f.name().starts_with("corriente_"))
+    {
+        for metric in family.mut_metric() {
+            let mut labels = metric.take_label();
+            for (name, value) in [("role", identity.role), ("node", identity.node.as_str())] {
+                if !labels.iter().any(|l| l.name() == name) {
+                    let mut pair = prometheus::proto::LabelPair::default();
+                    pair.set_name(name.to_owned());
+                    pair.set_value(value.to_owned());
+                    labels.push(pair);
+                }
+            }
+            metric.set_label(labels);
+        }
+    }
+    match prometheus::TextEncoder::new().encode_to_string(&families) {
         Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }

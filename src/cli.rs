@@ -155,6 +155,11 @@ pub struct EdgeTuning {
     #[arg(long, env = "CORRIENTE_PULL_LINGER", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub pull_linger: Duration,
 
+    /// On SIGTERM, how long the edge stays up reporting not ready (new viewers refused) before
+    /// it ends the viewers still connected: time for load balancers to stop sending viewers.
+    #[arg(long, env = "CORRIENTE_DRAIN_DELAY", value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+
     /// After losing a stream's origin, how long viewers are kept while the stream is looked for
     /// elsewhere, before they get a clean end.
     #[arg(long, env = "CORRIENTE_UPSTREAM_GRACE", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
@@ -496,6 +501,7 @@ fn edge_config(
             ..defaults.pull
         },
         drain_timeout,
+        drain_delay: tuning.drain_delay,
     }
 }
 

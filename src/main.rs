@@ -14,25 +14,18 @@ use corriente_origin::Origin;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::admin::Admin;
+use crate::admin::{Admin, Identity};
 use crate::cli::{AllArgs, Cli, Command, CommonArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let common = match &cli.command {
-        None => &cli.all.common,
-        Some(Command::All(a)) => &a.common,
-        Some(Command::Origin(a)) => &a.common,
-        Some(Command::Edge(a)) => &a.common,
-        Some(Command::ControlPlane(a)) => &a.common,
+    let (common, role) = match &cli.command {
+        None => (&cli.all.common, "all"),
+        Some(Command::All(a)) => (&a.common, "all"),
+        Some(Command::Origin(a)) => (&a.common, "origin"),
+        Some(Command::Edge(a)) => (&a.common, "edge"),
+        Some(Command::ControlPlane(a)) => (&a.common, "control-plane"),
     };
-    logging::init(common.log_format);
-    // One TLS implementation for the whole process (Redis over TLS, HTTPS, RTMPS).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    // Every viewer is a socket: use all the file descriptors the hard limit allows.
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        tracing::warn!(error = %e, "cannot raise the open files limit");
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,7 +36,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let telemetry = runtime.block_on(async { logging::init(common.log_format, role) });
+    // One TLS implementation for the whole process (Redis over TLS, HTTPS, RTMPS).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Every viewer is a socket: use all the file descriptors the hard limit allows.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "cannot raise the open files limit");
+    }
+    let result = runtime.block_on(run(cli));
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -101,9 +103,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let shutdown = shutdown_on_signals();
             let origin = Origin::bind(config).await?;
+            let identity = Identity {
+                role: "origin",
+                node: origin.node_id().to_owned(),
+            };
             let admin = bind_admin(
                 &args.common,
-                9090,
+                identity,
                 vec![("origin", origin.health())],
                 origin.admin_routes(),
             )
@@ -122,9 +128,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let shutdown = shutdown_on_signals();
             let edge = Edge::bind(config).await?;
+            let identity = Identity {
+                role: "edge",
+                node: edge.node_id().to_owned(),
+            };
             let admin = bind_admin(
                 &args.common,
-                9090,
+                identity,
                 vec![("edge", edge.health())],
                 edge.admin_routes(),
             )
@@ -143,7 +153,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let shutdown = shutdown_on_signals();
             let control = ControlPlane::bind(config).await?;
-            let admin = bind_admin(&args.common, 9090, vec![], control.admin_routes()).await?;
+            let identity = Identity {
+                role: "control-plane",
+                node: args
+                    .common
+                    .node_id
+                    .clone()
+                    .unwrap_or_else(|| cli::default_node_id("control-plane")),
+            };
+            let admin = bind_admin(
+                &args.common,
+                identity,
+                vec![("control_plane", control.health())],
+                control.admin_routes(),
+            )
+            .await?;
             let admin_task = tokio::spawn(admin.serve(shutdown.clone()));
             let result = control.serve(shutdown).await;
             let _ = admin_task.await;
@@ -154,14 +178,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn bind_admin(
     common: &CommonArgs,
-    default_port: u16,
+    identity: Identity,
     components: Vec<(&'static str, corriente_control_plane::Health)>,
     routes: axum::Router,
 ) -> anyhow::Result<Admin> {
     let addr = common
         .admin
-        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], default_port)));
-    Admin::bind(addr, components, routes).await
+        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 9090)));
+    Admin::bind(addr, identity, components, routes).await
 }
 
 /// Control plane, origin and edge in one process, wired over loopback gRPC.
@@ -184,9 +208,22 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
         .admin_routes()
         .merge(origin.admin_routes())
         .merge(edge.admin_routes());
+    let identity = Identity {
+        role: "all",
+        node: args
+            .common
+            .node_id
+            .clone()
+            .unwrap_or_else(|| cli::default_node_id("all")),
+    };
     let admin = Admin::bind(
         args.admin(),
-        vec![("origin", origin.health()), ("edge", edge.health())],
+        identity,
+        vec![
+            ("control_plane", control.health()),
+            ("origin", origin.health()),
+            ("edge", edge.health()),
+        ],
         routes,
     )
     .await?;
@@ -227,7 +264,7 @@ fn print_banner(
          \x20 Watch     rtmp://{rtmp}/live/test\n\
          \x20           http://{http}/live/test.flv\n\
          \x20           ffplay http://{http}/live/test.flv\n\
-         \x20 Operate   http://{admin}/metrics  /healthz  /readyz  /api/v1/cluster/streams\n\n\
+         \x20 Operate   http://{admin}/metrics  /healthz  /readyz  /api/v1/streams\n\n\
          Stop with Ctrl-C.\n",
         version = env!("CARGO_PKG_VERSION"),
     );

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use corriente_media::StreamKey;
 use corriente_proto::control as pb;
+use corriente_proto::trace;
 use futures_util::{Stream, StreamExt};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -151,7 +152,7 @@ impl ControlClient {
         let response = self
             .call(|mut c| {
                 let request = request.clone();
-                async move { c.register_node(request).await }
+                async move { c.register_node(trace::request(request)).await }
             })
             .await?
             .into_inner();
@@ -173,7 +174,7 @@ impl ControlClient {
         let response = self
             .call(|mut c| {
                 let request = request.clone();
-                async move { c.heartbeat(request).await }
+                async move { c.heartbeat(trace::request(request)).await }
             })
             .await?
             .into_inner();
@@ -189,18 +190,20 @@ impl ControlClient {
     }
 
     /// Claims a stream. `ControlError::AlreadyPublished` when another node owns it.
+    #[tracing::instrument(name = "control.register_stream", skip_all, fields(stream = %claim.key))]
     pub async fn register_stream(&self, claim: &StreamClaim) -> Result<StreamRecord, ControlError> {
         let request = convert::claim_to_pb(claim);
         let response = self
             .call(|mut c| {
                 let request = request.clone();
-                async move { c.register_stream(request).await }
+                async move { c.register_stream(trace::request(request)).await }
             })
             .await?
             .into_inner();
         Ok(convert::stream_from_pb(response.stream)?)
     }
 
+    #[tracing::instrument(name = "control.unregister_stream", skip_all, fields(stream = %key))]
     pub async fn unregister_stream(
         &self,
         key: &StreamKey,
@@ -215,7 +218,7 @@ impl ControlClient {
         let response = self
             .call(|mut c| {
                 let request = request.clone();
-                async move { c.unregister_stream(request).await }
+                async move { c.unregister_stream(trace::request(request)).await }
             })
             .await?
             .into_inner();
@@ -223,6 +226,7 @@ impl ControlClient {
     }
 
     /// The owner of a live stream; `None` when it is not live.
+    #[tracing::instrument(name = "control.lookup_stream", skip_all, fields(stream = %key))]
     pub async fn lookup_stream(
         &self,
         key: &StreamKey,
@@ -233,7 +237,7 @@ impl ControlClient {
         match self
             .call(|mut c| {
                 let request = request.clone();
-                async move { c.lookup_stream(request).await }
+                async move { c.lookup_stream(trace::request(request)).await }
             })
             .await
         {
@@ -245,7 +249,10 @@ impl ControlClient {
 
     pub async fn list_streams(&self) -> Result<Vec<StreamRecord>, ControlError> {
         let response = self
-            .call(|mut c| async move { c.list_streams(pb::ListStreamsRequest {}).await })
+            .call(|mut c| async move {
+                c.list_streams(trace::request(pb::ListStreamsRequest {}))
+                    .await
+            })
             .await?
             .into_inner();
         response
@@ -257,7 +264,9 @@ impl ControlClient {
 
     pub async fn list_nodes(&self) -> Result<Vec<NodeRecord>, ControlError> {
         let response = self
-            .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest {}).await })
+            .call(
+                |mut c| async move { c.list_nodes(trace::request(pb::ListNodesRequest {})).await },
+            )
             .await?
             .into_inner();
         response
@@ -275,7 +284,7 @@ impl ControlClient {
     {
         // The endpoint's deadline covers the response head only, not the stream that follows.
         let stream = self
-            .call(|mut c| async move { c.watch(pb::WatchRequest {}).await })
+            .call(|mut c| async move { c.watch(trace::request(pb::WatchRequest {})).await })
             .await?
             .into_inner();
         Ok(stream.map(|item| match item {

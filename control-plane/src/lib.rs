@@ -14,14 +14,13 @@ mod probe;
 pub mod redis_registry;
 pub mod registry;
 mod service;
+mod stats;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use corriente_proto::control::control_server::ControlServer;
 use futures_util::StreamExt;
 use tokio::net::TcpListener;
@@ -95,6 +94,7 @@ pub struct ControlPlane {
     listener: TcpListener,
     backend: Backend,
     probe: Arc<probe::OwnerProbe>,
+    health: Health,
 }
 
 impl ControlPlane {
@@ -119,6 +119,7 @@ impl ControlPlane {
             listener,
             backend,
             probe: Arc::new(probe::OwnerProbe::new(config.owner_probe_timeout)),
+            health: Health::default(),
         })
     }
 
@@ -129,11 +130,16 @@ impl ControlPlane {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// Readiness: the registry answers (always, in memory; Redis reachable otherwise).
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
     /// Admin routes: the cluster as the registry sees it.
     pub fn admin_routes(&self) -> Router {
         match &self.backend {
-            Backend::Memory(r) => cluster_routes(r.clone()),
-            Backend::Redis(r) => cluster_routes(r.clone()),
+            Backend::Memory(r) => stats::routes(r.clone()),
+            Backend::Redis(r) => stats::routes(r.clone()),
         }
     }
 
@@ -146,11 +152,15 @@ impl ControlPlane {
                 let sweep_every = sweep_interval(registry.lease_ttl());
                 let sweeper = registry.clone();
                 let sweeper_shutdown = shutdown.clone();
+                let health = self.health.clone();
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(sweep_every);
                     loop {
                         tokio::select! {
-                            _ = tick.tick() => sweeper.sweep(),
+                            _ = tick.tick() => {
+                                sweeper.sweep();
+                                health.mark_ok(sweep_every * 3 + Duration::from_secs(1));
+                            }
                             _ = sweeper_shutdown.cancelled() => return,
                         }
                     }
@@ -159,11 +169,11 @@ impl ControlPlane {
             }
             Backend::Redis(registry) => {
                 info!(listener = "control-grpc", %addr, registry = "redis", "listening");
-                tokio::spawn(
-                    registry
-                        .clone()
-                        .run(sweep_interval(registry.lease_ttl()), shutdown.clone()),
-                );
+                tokio::spawn(registry.clone().run(
+                    sweep_interval(registry.lease_ttl()),
+                    self.health.clone(),
+                    shutdown.clone(),
+                ));
                 serve_grpc(self.listener, registry, self.probe, shutdown).await
             }
         }
@@ -211,35 +221,4 @@ async fn serve_grpc<R: Registry>(
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())
-}
-
-fn cluster_routes<R: Registry>(registry: Arc<R>) -> Router {
-    let streams = registry.clone();
-    Router::new()
-        .route(
-            "/api/v1/cluster/streams",
-            get(move || async move {
-                match streams.list_streams().await {
-                    Ok(list) => Json(serde_json::json!({ "streams": list })).into_response(),
-                    Err(e) => unavailable(e),
-                }
-            }),
-        )
-        .route(
-            "/api/v1/cluster/nodes",
-            get(move || async move {
-                match registry.list_nodes().await {
-                    Ok(list) => Json(serde_json::json!({ "nodes": list })).into_response(),
-                    Err(e) => unavailable(e),
-                }
-            }),
-        )
-}
-
-fn unavailable(e: RegistryError) -> axum::response::Response {
-    (
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        Json(serde_json::json!({ "error": e.to_string() })),
-    )
-        .into_response()
 }

@@ -78,6 +78,20 @@ impl Default for Health {
 }
 
 impl Health {
+    /// Records a successful contact with what the node depends on; it stays ready for `ttl`.
+    pub fn mark_ok(&self, ttl: Duration) {
+        self.succeeded(ttl);
+    }
+
+    /// Records a failure, with the reason `/readyz` reports once the last success is too old.
+    pub fn mark_failed(&self, reason: String) {
+        *self
+            .inner
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = reason;
+    }
+
     fn succeeded(&self, ttl: Duration) {
         *self.inner.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.inner
@@ -114,7 +128,7 @@ impl Health {
             "draining".to_owned()
         } else if !lease_held {
             format!(
-                "control plane not reached within the lease: {}",
+                "not confirmed within the lease: {}",
                 self.inner
                     .last_error
                     .lock()

@@ -321,7 +321,12 @@ impl RedisRegistry {
 
     /// Relays the Redis event channel to this replica's watchers until `shutdown`, and sweeps
     /// expired leases every `sweep_every`. Reconnects with backoff; says so in the log once.
-    pub async fn run(self: Arc<Self>, sweep_every: Duration, shutdown: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        sweep_every: Duration,
+        health: crate::Health,
+        shutdown: CancellationToken,
+    ) {
         let sweeper = {
             let this = self.clone();
             let shutdown = shutdown.clone();
@@ -334,16 +339,20 @@ impl RedisRegistry {
                         _ = shutdown.cancelled() => return,
                     }
                     match this.sweep().await {
-                        Ok(_) if failing => {
-                            info!("Redis is reachable again");
-                            failing = false;
+                        Ok(_) => {
+                            health.mark_ok(sweep_every * 3 + Duration::from_secs(1));
+                            if failing {
+                                info!("Redis is reachable again");
+                                failing = false;
+                            }
                         }
-                        Ok(_) => {}
-                        Err(e) if !failing => {
-                            warn!(error = %e, "Redis unreachable: registry requests fail until it is back");
-                            failing = true;
+                        Err(e) => {
+                            health.mark_failed(format!("Redis: {e}"));
+                            if !failing {
+                                warn!(error = %e, "Redis unreachable: registry requests fail until it is back");
+                                failing = true;
+                            }
                         }
-                        Err(_) => {}
                     }
                 }
             })

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use corriente_proto::control as pb;
+use corriente_proto::trace;
 use futures_util::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::convert;
 use crate::metrics;
@@ -144,6 +145,7 @@ impl<R: Registry> pb::control_server::Control for ControlService<R> {
         request: Request<pb::RegisterStreamRequest>,
     ) -> Result<Response<pb::RegisterStreamResponse>, Status> {
         let started = Instant::now();
+        let span = trace::server_span(&request, info_span!("control.register_stream"));
         let result = async {
             let claim = convert::claim_from_pb(request.into_inner())?;
             match self.claim(claim.clone()).await {
@@ -160,6 +162,7 @@ impl<R: Registry> pb::control_server::Control for ControlService<R> {
                 }
             }
         }
+        .instrument(span)
         .await;
         observe("register_stream", started, result)
     }
@@ -189,6 +192,7 @@ impl<R: Registry> pb::control_server::Control for ControlService<R> {
         request: Request<pb::LookupStreamRequest>,
     ) -> Result<Response<pb::LookupStreamResponse>, Status> {
         let started = Instant::now();
+        let span = trace::server_span(&request, info_span!("control.lookup_stream"));
         let result = async {
             let key = convert::key_from_pb(request.into_inner().key)?;
             match self.registry.lookup_stream(&key).await.map_err(status)? {
@@ -201,6 +205,7 @@ impl<R: Registry> pb::control_server::Control for ControlService<R> {
                 None => Err(Status::not_found(format!("stream {key} is not live"))),
             }
         }
+        .instrument(span)
         .await;
         observe("lookup_stream", started, result)
     }

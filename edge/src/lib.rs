@@ -65,6 +65,9 @@ pub struct EdgeConfig {
     pub pull: PullConfig,
     /// How long shutdown waits for viewers to be ended.
     pub drain_timeout: Duration,
+    /// On shutdown, how long the edge reports not ready (refusing new viewers) before it ends
+    /// the viewers still connected, so load balancers stop sending viewers here first.
+    pub drain_delay: Duration,
 }
 
 impl Default for EdgeConfig {
@@ -95,6 +98,7 @@ impl Default for EdgeConfig {
                 node_id: "edge".to_owned(),
             },
             drain_timeout: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -124,6 +128,26 @@ pub(crate) struct EdgeContext {
     http_local: SocketAddr,
     started_at_ms: u64,
     health: Health,
+    /// Bytes written to viewers at the last load report, and when: for the egress rate.
+    egress: std::sync::Mutex<(u64, std::time::Instant)>,
+}
+
+impl EdgeContext {
+    /// Bits per second written to viewers since the last call.
+    fn egress_bps(&self) -> u64 {
+        let out = &corriente_media::metrics::BYTES_OUT;
+        let total =
+            out.with_label_values(&["rtmp"]).get() + out.with_label_values(&["http_flv"]).get();
+        let mut last = self.egress.lock().unwrap_or_else(|p| p.into_inner());
+        let elapsed = last.1.elapsed().as_secs_f64();
+        let bps = if elapsed > 0.0 {
+            (total.saturating_sub(last.0) as f64 * 8.0 / elapsed) as u64
+        } else {
+            0
+        };
+        *last = (total, std::time::Instant::now());
+        bps
+    }
 }
 
 impl Member for EdgeContext {
@@ -144,7 +168,7 @@ impl Member for EdgeContext {
                 streams: hubs.len() as u32,
                 viewers: viewers.iter().map(|(_, v)| v).sum(),
                 ingress_bps: hubs.iter().map(|h| h.media().bitrate_bps).sum(),
-                egress_bps: 0,
+                egress_bps: self.egress_bps(),
             },
             viewers,
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -199,6 +223,7 @@ impl Edge {
             shutdown,
             started_at_ms: unix_micros() / 1000,
             health: Health::default(),
+            egress: std::sync::Mutex::new((0, std::time::Instant::now())),
         });
         Ok(Self {
             rtmp,
@@ -219,6 +244,11 @@ impl Edge {
     /// Readiness of this edge (control plane reachable, not draining).
     pub fn health(&self) -> Health {
         self.ctx.health.clone()
+    }
+
+    /// This node's id in the cluster.
+    pub fn node_id(&self) -> &str {
+        &self.ctx.config.node_id
     }
 
     /// Admin routes: the streams pulled here and their viewers.
@@ -305,9 +335,14 @@ impl Edge {
         );
         tokio::join!(rtmp_loop, http_loop);
 
-        // Draining: not ready, refuse newcomers, end the viewers still here.
+        // Draining: not ready, refuse newcomers; give load balancers the drain delay to stop
+        // sending viewers here while the ones connected keep watching; then end them.
         ctx.health.start_draining();
         ctx.draining.cancel();
+        if !ctx.config.drain_delay.is_zero() {
+            info!(delay = ?ctx.config.drain_delay, "draining: not ready, new viewers refused; ending viewers after the delay");
+            tokio::time::sleep(ctx.config.drain_delay).await;
+        }
         ctx.shutdown.cancel();
         tracker.close();
         if tokio::time::timeout(ctx.config.drain_timeout, tracker.wait())

@@ -3,8 +3,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    IntCounter, IntCounterVec, IntGauge, register_int_counter, register_int_counter_vec,
-    register_int_gauge,
+    Histogram, IntCounter, IntCounterVec, IntGauge, exponential_buckets, register_histogram,
+    register_int_counter, register_int_counter_vec, register_int_gauge,
 };
 
 pub static RELAY_PULLS: LazyLock<IntGauge> = LazyLock::new(|| {
@@ -28,6 +28,15 @@ pub static PLAY_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "corriente_play_refused_total",
         "Play requests refused, by protocol and reason",
         &["protocol", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static FAILOVER_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "corriente_relay_failover_duration_seconds",
+        "Time from losing a stream's origin to the first frame from its next origin, viewers kept connected",
+        exponential_buckets(0.01, 2.0, 12).expect("valid buckets")
     )
     .expect("metric registers once")
 });

@@ -285,9 +285,13 @@ impl Pulls {
             edge_node: self.config.node_id.clone(),
         };
         // A frozen origin accepts the connection but never answers: do not wait on it.
+        let span = info_span!("relay.subscribe", origin = %record.node_id, epoch = record.epoch);
+        let request = span.in_scope(|| corriente_proto::trace::request(request));
         let subscribed = tokio::time::timeout(
             Duration::from_secs(2),
-            RelayClient::new(channel).subscribe(request),
+            RelayClient::new(channel)
+                .subscribe(request)
+                .instrument(span),
         )
         .await
         .map_err(|_| {
@@ -382,6 +386,11 @@ async fn run_pull(
     state: watch::Sender<PullState>,
 ) {
     let reason = pull(&pulls, &entry, &mut writer, &state).await;
+    if *state.borrow() == PullState::Live {
+        corriente_media::metrics::STREAMS_ACTIVE
+            .with_label_values(&["edge"])
+            .dec();
+    }
     pulls.remove(&entry);
     debug!(reason = reason.as_str(), "pull ended");
     writer.finish(reason);
@@ -443,12 +452,18 @@ async fn pull(
             }
         };
 
-        if lost_since.take().is_some() || current_epoch != 0 {
+        let failover_from = lost_since.take();
+        if failover_from.is_some() || current_epoch != 0 {
             timeline.switch_upstream();
             metrics::FAILOVERS.inc();
         }
         current_epoch = record.epoch;
         info!(origin = %record.node_id, relay = %record.relay_addr, epoch = record.epoch, "pulling from origin");
+        if *state.borrow() != PullState::Live {
+            corriente_media::metrics::STREAMS_ACTIVE
+                .with_label_values(&["edge"])
+                .inc();
+        }
         let _ = state.send(PullState::Live);
         metrics::RELAY_PULLS.inc();
         let end = relay_session(
@@ -457,6 +472,7 @@ async fn pull(
             writer,
             upstream,
             record.epoch,
+            failover_from,
             &mut timeline,
             &mut linger,
         )
@@ -474,12 +490,14 @@ async fn pull(
 }
 
 /// Moves frames from one relay stream into the hub until it ends.
+#[allow(clippy::too_many_arguments)]
 async fn relay_session(
     pulls: &Arc<Pulls>,
     entry: &Arc<PullEntry>,
     writer: &mut HubWriter,
     mut upstream: Streaming<pb::RelayMessage>,
     epoch: u64,
+    mut failover_from: Option<Instant>,
     timeline: &mut Timeline,
     linger: &mut Option<Instant>,
 ) -> SessionEnd {
@@ -497,6 +515,9 @@ async fn relay_session(
             message = tokio::time::timeout(stall, upstream.message()) => match message {
                 Ok(Ok(Some(pb::RelayMessage { body: Some(Body::Frame(f)) }))) => {
                     let Some(frame) = frame_from_pb(f) else { continue };
+                    if let Some(lost) = failover_from.take() {
+                        metrics::FAILOVER_SECONDS.observe(lost.elapsed().as_secs_f64());
+                    }
                     if frame.ingest_us > 0 {
                         let lag = unix_micros().saturating_sub(frame.ingest_us);
                         RELAY_LAG.observe(lag as f64 / 1e6);

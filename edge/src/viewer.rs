@@ -57,7 +57,13 @@ pub(crate) async fn serve_sink(
         if first_frame_pending && state == Drain::Idle {
             // The configuration and cached GOP are out: the viewer can show a picture.
             first_frame_pending = false;
-            media_metrics::time_to_first_frame(protocol).observe(requested.elapsed().as_secs_f64());
+            let ttff = requested.elapsed();
+            media_metrics::time_to_first_frame(protocol).observe(ttff.as_secs_f64());
+            info!(
+                protocol = protocol.as_str(),
+                ttff_ms = ttff.as_secs_f64() * 1000.0,
+                "viewer started: first frame written"
+            );
         }
         match state {
             Drain::End(FeedEnd::TooSlow) => {

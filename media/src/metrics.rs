@@ -124,3 +124,13 @@ pub static FANOUT_BACKLOGS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Streams live on this node: published here (origin) or pulled here (edge).
+pub static STREAMS_ACTIVE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "corriente_streams_active",
+        "Streams live on this node: published to it (role origin) or pulled by it (role edge)",
+        &["role"]
+    )
+    .expect("metric registers once")
+});

@@ -211,6 +211,11 @@ impl Origin {
         self.ctx.health.clone()
     }
 
+    /// This node's id in the cluster.
+    pub fn node_id(&self) -> &str {
+        &self.ctx.config.node_id
+    }
+
     /// Admin routes: the streams published here.
     pub fn admin_routes(&self) -> Router {
         let ctx = self.ctx.clone();

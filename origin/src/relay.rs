@@ -46,6 +46,9 @@ impl pb::relay_server::Relay for RelayService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<RelayStream>, Status> {
+        let span =
+            corriente_proto::trace::server_span(&request, tracing::info_span!("relay.subscribe"));
+        let _entered = span.enter();
         let request = request.into_inner();
         let key = StreamKey::new(&request.app, &request.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;

@@ -146,6 +146,9 @@ impl Streams {
             }),
         );
         metrics::PUBLISHERS.inc();
+        corriente_media::metrics::STREAMS_ACTIVE
+            .with_label_values(&["origin"])
+            .inc();
         Ok(Publication {
             key,
             epoch: record.epoch,
@@ -260,6 +263,9 @@ impl Publication {
             writer.finish(reason);
             self.streams.remove(&self.key, self.epoch);
             metrics::PUBLISHERS.dec();
+            corriente_media::metrics::STREAMS_ACTIVE
+                .with_label_values(&["origin"])
+                .dec();
             info!(stream = %self.key, epoch = self.epoch, reason = reason.as_str(), "stream ended");
         }
     }

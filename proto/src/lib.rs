@@ -9,6 +9,8 @@ pub mod relay {
     tonic::include_proto!("corriente.relay.v1");
 }
 
+pub mod trace;
+
 /// Conversions between relay messages and media frames. Prost types stop at the gRPC
 /// boundary: origins and edges handle [`Frame`]s.
 pub mod convert {

@@ -5,6 +5,7 @@
 
 pub mod clients;
 pub mod media;
+pub mod otlp;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -59,7 +60,18 @@ pub struct Node {
 impl Node {
     /// Starts `corriente ARGS` and waits until every listener in `expect` is bound.
     pub fn start(name: &str, args: &[&str], expect: &[&str]) -> Result<Node> {
+        Node::start_with_env(name, args, expect, &[])
+    }
+
+    /// [`Node::start`] with extra environment variables.
+    pub fn start_with_env(
+        name: &str,
+        args: &[&str],
+        expect: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Node> {
         let mut child = Command::new(corriente_bin())
+            .envs(env.iter().copied())
             .args(args)
             .args(["--log-format", "json"])
             .env(
@@ -200,6 +212,11 @@ impl Node {
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
         self.signal("TERM");
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -562,7 +579,7 @@ impl Cluster {
     /// Streams the registry lists, as `app/name`, asking any live control-plane replica.
     pub async fn live_streams(&self) -> Option<Vec<String>> {
         for cp in &self.control {
-            if let Ok((200, body)) = cp.admin_get("/api/v1/cluster/streams").await {
+            if let Ok((200, body)) = cp.admin_get("/api/v1/streams").await {
                 let json: serde_json::Value = serde_json::from_str(&body).ok()?;
                 return Some(
                     json["streams"]

@@ -16,7 +16,7 @@ async fn wait_live(node: &Node, name: &str) -> Result<()> {
         Duration::from_secs(20),
         &format!("stream {name} to be live"),
         || async {
-            let (status, body) = node.admin_get("/api/v1/cluster/streams").await.ok()?;
+            let (status, body) = node.admin_get("/api/v1/streams").await.ok()?;
             (status == 200 && body.contains(&needle)).then_some(())
         },
     )
