@@ -39,6 +39,31 @@ pub enum Command {
     Edge(EdgeArgs),
     /// Stream ownership, leases and node membership over gRPC.
     ControlPlane(ControlArgs),
+    /// Asks a node's admin port whether it is alive (or ready) and exits 0 or 1: the container
+    /// health check, with no shell or curl in the image.
+    Healthcheck(HealthcheckArgs),
+}
+
+/// `corriente healthcheck`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// The node's admin address (the same variable the node reads; a wildcard address is
+    /// asked on loopback).
+    #[arg(
+        long,
+        env = "CORRIENTE_ADMIN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin: SocketAddr,
+
+    /// Check /readyz instead of /healthz.
+    #[arg(long)]
+    pub ready: bool,
+
+    /// Give up after this long.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

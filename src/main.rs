@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Some(Command::Origin(a)) => (&a.common, "origin"),
         Some(Command::Edge(a)) => (&a.common, "edge"),
         Some(Command::ControlPlane(a)) => (&a.common, "control-plane"),
+        Some(Command::Healthcheck(args)) => return healthcheck(args),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -50,6 +51,43 @@ fn main() -> ExitCode {
         Err(e) => {
             error!("{e:#}");
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `corriente healthcheck`: a plain HTTP/1.0 GET of /healthz or /readyz; no runtime needed.
+fn healthcheck(args: &cli::HealthcheckArgs) -> ExitCode {
+    use std::io::{Read, Write};
+    let mut addr = args.admin;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let path = if args.ready { "/readyz" } else { "/healthz" };
+    let result = (|| -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, args.timeout)?;
+        stream.set_read_timeout(Some(args.timeout))?;
+        stream.set_write_timeout(Some(args.timeout))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut response = String::new();
+        stream.take(64 << 10).read_to_string(&mut response)?;
+        Ok(response)
+    })();
+    match result {
+        Ok(response)
+            if response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200") =>
+        {
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            eprintln!(
+                "{path} on {addr}: {}",
+                response.lines().next().unwrap_or("")
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{path} on {addr}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -146,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = admin_task.await;
             Ok(result?)
         }
+        Some(Command::Healthcheck(_)) => Ok(()),
         Some(Command::ControlPlane(args)) => {
             let config = args.config().map_err(anyhow::Error::msg)?;
             if check_only(&args.common, &config) {
