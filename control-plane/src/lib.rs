@@ -7,6 +7,7 @@
 
 pub mod client;
 mod convert;
+mod dashboard;
 pub mod membership;
 pub mod memory;
 mod metrics;
@@ -137,10 +138,11 @@ impl ControlPlane {
 
     /// Admin routes: the cluster as the registry sees it.
     pub fn admin_routes(&self) -> Router {
-        match &self.backend {
+        let stats = match &self.backend {
             Backend::Memory(r) => stats::routes(r.clone()),
             Backend::Redis(r) => stats::routes(r.clone()),
-        }
+        };
+        stats.merge(dashboard::routes())
     }
 
     /// Serves until `shutdown` is cancelled.

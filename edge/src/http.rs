@@ -49,6 +49,10 @@ const MAX_HEAD: usize = 8 << 10;
 /// The edge's HTTP routes (served by hyper).
 pub(crate) fn router(ctx: Arc<EdgeContext>) -> Router {
     Router::new()
+        .route(
+            "/_corriente/{asset}",
+            get(|Path(asset): Path<String>| async move { crate::page::asset(&asset) }),
+        )
         .route("/{app}/{file}", get(play).head(play).options(preflight))
         .with_state(ctx)
 }
@@ -436,6 +440,17 @@ async fn play(
     Path((app, file)): Path<(String, String)>,
 ) -> Response {
     let requested = Instant::now();
+    if !file.ends_with(".flv") {
+        // `/APP/NAME`: the player page (it fetches `/APP/NAME.flv` itself).
+        return match StreamKey::new(&app, &file) {
+            Ok(_) => crate::page::player(),
+            Err(e) => refusal_response(Refusal {
+                status: StatusCode::NOT_FOUND,
+                reason: "bad_name",
+                message: e.to_string(),
+            }),
+        };
+    }
     let (key, lease) = match resolve(&ctx, &app, &file).await {
         Ok(found) => found,
         Err(refusal) => return refusal_response(refusal),

@@ -6,6 +6,7 @@
 
 mod http;
 mod metrics;
+mod page;
 mod pulls;
 mod rtmp;
 mod viewer;

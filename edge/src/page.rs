@@ -1,0 +1,48 @@
+//! The player page: `GET /APP/NAME` on an edge serves a page that plays the stream's HTTP-FLV
+//! with mpegts.js (vendored, pinned, with its licence: the page works offline). The page reads
+//! the stream from its own URL, query string included (a playback token passes through).
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// mpegts.js version vendored in `edge/assets/`.
+pub const MPEGTS_VERSION: &str = "1.8.2";
+
+const PLAYER_HTML: &str = include_str!("../assets/player.html");
+const PLAYER_JS: &str = include_str!("../assets/player.js");
+const PLAYER_CSS: &str = include_str!("../assets/player.css");
+const MPEGTS_JS: &str = include_str!("../assets/mpegts.min.js");
+const MPEGTS_LICENSE: &str = include_str!("../assets/mpegts.LICENSE.txt");
+
+/// The player page for any `/APP/NAME`.
+pub fn player() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        PLAYER_HTML,
+    )
+        .into_response()
+}
+
+/// Static assets under `/_corriente/`.
+pub fn asset(name: &str) -> Response {
+    let (body, content_type) = match name {
+        "player.js" => (PLAYER_JS, "text/javascript; charset=utf-8"),
+        "player.css" => (PLAYER_CSS, "text/css; charset=utf-8"),
+        "mpegts.min.js" => (MPEGTS_JS, "text/javascript; charset=utf-8"),
+        "mpegts.LICENSE.txt" => (MPEGTS_LICENSE, "text/plain; charset=utf-8"),
+        _ => return (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
