@@ -5,9 +5,7 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-/// mpegts.js version vendored in `edge/assets/`.
-pub const MPEGTS_VERSION: &str = "1.8.2";
-
+// mpegts.js 1.8.2 is vendored in `edge/assets/` (see mpegts.LICENSE.txt there).
 const PLAYER_HTML: &str = include_str!("../assets/player.html");
 const PLAYER_JS: &str = include_str!("../assets/player.js");
 const PLAYER_CSS: &str = include_str!("../assets/player.css");
