@@ -459,16 +459,11 @@ async fn pull(
         }
         current_epoch = record.epoch;
         info!(origin = %record.node_id, relay = %record.relay_addr, epoch = record.epoch, "pulling from origin");
-        if *state.borrow() != PullState::Live {
-            corriente_media::metrics::STREAMS_ACTIVE
-                .with_label_values(&["edge"])
-                .inc();
-        }
-        let _ = state.send(PullState::Live);
         metrics::RELAY_PULLS.inc();
         let end = relay_session(
             pulls,
             entry,
+            state,
             writer,
             upstream,
             record.epoch,
@@ -494,6 +489,7 @@ async fn pull(
 async fn relay_session(
     pulls: &Arc<Pulls>,
     entry: &Arc<PullEntry>,
+    state: &watch::Sender<PullState>,
     writer: &mut HubWriter,
     mut upstream: Streaming<pb::RelayMessage>,
     epoch: u64,
@@ -527,6 +523,14 @@ async fn relay_session(
                         .inc_by(frame.payload.len() as u64);
                     let ts = timeline.map(&frame);
                     writer.push(frame.with_timestamp(ts));
+                    if *state.borrow() != PullState::Live {
+                        // Viewers join once the stream's first frames (metadata, sequence
+                        // headers) are in the hub, so their FLV header names the right tracks.
+                        corriente_media::metrics::STREAMS_ACTIVE
+                            .with_label_values(&["edge"])
+                            .inc();
+                        let _ = state.send(PullState::Live);
+                    }
                 }
                 Ok(Ok(Some(pb::RelayMessage { body: Some(Body::End(end)) }))) => {
                     return match pb::EndReason::try_from(end.reason) {

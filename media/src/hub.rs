@@ -13,7 +13,7 @@
 //! keyframe (see [`crate::feed`]).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::fanout::{Fanout, Sink};
 use crate::feed::{Feed, FeedEnd, LagPolicy, Segment};
 use crate::frame::{Frame, FrameKind, FrameRole};
-use crate::info::{MediaInfo, RateMeter, metadata_declares_video};
+use crate::info::{MediaInfo, RateMeter, metadata_tracks};
 use crate::key::StreamKey;
 use crate::metrics::Protocol;
 use crate::mux::{Outputs, mux_frame};
@@ -240,8 +240,6 @@ struct State {
     gop: VecDeque<GopEntry>,
     gop_bytes: usize,
     media: MediaInfo,
-    has_video: bool,
-    has_audio: bool,
     /// `None` once the stream has ended.
     tx: Option<broadcast::Sender<Arc<Batch>>>,
     end: Option<EndReason>,
@@ -256,6 +254,10 @@ pub(crate) struct Shared {
     config: HubConfig,
     state: Mutex<State>,
     subscribers: AtomicUsize,
+    /// Tracks the stream has, known from its metadata or its frames as soon as they are
+    /// pushed (a viewer's FLV header needs them before the first batch goes out).
+    has_audio: AtomicBool,
+    has_video: AtomicBool,
     frames_in: AtomicU64,
     bytes_in: AtomicU64,
     started_at_ms: u64,
@@ -302,14 +304,14 @@ pub fn spawn_hub(key: StreamKey, config: HubConfig) -> (Hub, HubWriter) {
             gop: VecDeque::new(),
             gop_bytes: 0,
             media: MediaInfo::default(),
-            has_video: false,
-            has_audio: false,
             tx: Some(tx),
             end: None,
             last_seq: 0,
             fanout: None,
         }),
         subscribers: AtomicUsize::new(0),
+        has_audio: AtomicBool::new(false),
+        has_video: AtomicBool::new(false),
         frames_in: AtomicU64::new(0),
         bytes_in: AtomicU64::new(0),
         started_at_ms: SystemTime::now()
@@ -361,10 +363,7 @@ impl Hub {
                 from: entry.from,
             });
         }
-        let tracks = TrackFlags {
-            has_audio: state.has_audio,
-            has_video: state.has_video,
-        };
+        let tracks = self.tracks();
         let init_version = state.init.version;
         drop(state);
         self.shared.subscribers.fetch_add(1, Ordering::Relaxed);
@@ -427,10 +426,9 @@ impl Hub {
 
     /// Tracks the stream has now (for an FLV header).
     pub fn tracks(&self) -> TrackFlags {
-        let state = self.shared.lock();
         TrackFlags {
-            has_audio: state.has_audio,
-            has_video: state.has_video,
+            has_audio: self.shared.has_audio.load(Ordering::Relaxed),
+            has_video: self.shared.has_video.load(Ordering::Relaxed),
         }
     }
 
@@ -520,14 +518,23 @@ impl HubWriter {
                 self.flush();
             }
             if frame.role() == FrameRole::Metadata
-                && let Some(declares_video) = metadata_declares_video(&frame.payload)
+                && let Some((audio, video)) = metadata_tracks(&frame.payload)
             {
-                self.has_video |= declares_video;
+                self.has_video |= video;
+                if audio {
+                    self.shared.has_audio.store(true, Ordering::Relaxed);
+                }
             }
             self.init = Arc::new(self.init.with(&frame, outputs));
         }
         if frame.kind == FrameKind::Video && !frame.is_config() {
             self.has_video = true;
+        }
+        if frame.kind == FrameKind::Audio {
+            self.shared.has_audio.store(true, Ordering::Relaxed);
+        }
+        if self.has_video {
+            self.shared.has_video.store(true, Ordering::Relaxed);
         }
         let sync = match frame.role() {
             FrameRole::Keyframe => true,
@@ -620,13 +627,7 @@ impl HubWriter {
         });
         for frame in &batch.frames {
             state.media.observe(frame);
-            match frame.kind {
-                FrameKind::Audio => state.has_audio = true,
-                FrameKind::Video if !frame.is_config() => state.has_video = true,
-                _ => {}
-            }
         }
-        state.has_video |= self.has_video;
         state.media.bitrate_bps = self.rate.bps();
         state.init = self.init.clone();
         update_gop(&mut state, &batch, self.has_video, &config);

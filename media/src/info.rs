@@ -112,14 +112,21 @@ impl MediaInfo {
     }
 }
 
-/// Does the metadata declare a video track? (`videocodecid` present and non-zero.)
-pub fn metadata_declares_video(payload: &[u8]) -> Option<bool> {
+/// The tracks metadata declares: (audio, video), from `audiocodecid` and a non-zero
+/// `videocodecid`.
+pub fn metadata_tracks(payload: &[u8]) -> Option<(bool, bool)> {
     let values = amf0::decode_all(payload).ok()?;
     let props = values.get(1)?;
-    Some(props.property("videocodecid").is_some_and(|v| {
-        !matches!(v, Amf0Value::Number(n) if *n == 0.0)
-            && !matches!(v, Amf0Value::Null | Amf0Value::Undefined)
-    }))
+    let declared = |name: &str, zero_means_none: bool| {
+        props.property(name).is_some_and(|v| {
+            !(zero_means_none && matches!(v, Amf0Value::Number(n) if *n == 0.0))
+                && !matches!(v, Amf0Value::Null | Amf0Value::Undefined)
+        })
+    };
+    Some((
+        declared("audiocodecid", false),
+        declared("videocodecid", true),
+    ))
 }
 
 /// Measures a byte rate over fixed windows.
@@ -206,7 +213,7 @@ mod tests {
     fn detects_declared_video() {
         let with = metadata(vec![("videocodecid", Amf0Value::Number(7.0))]);
         let without = metadata(vec![("audiocodecid", Amf0Value::Number(10.0))]);
-        assert_eq!(metadata_declares_video(&with.payload), Some(true));
-        assert_eq!(metadata_declares_video(&without.payload), Some(false));
+        assert_eq!(metadata_tracks(&with.payload), Some((false, true)));
+        assert_eq!(metadata_tracks(&without.payload), Some((true, false)));
     }
 }

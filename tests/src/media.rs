@@ -152,6 +152,73 @@ pub fn av_small_b() -> Result<PathBuf> {
     )
 }
 
+/// 10 s of AAC only (radio): 44.1 kHz stereo, 128 kbit/s.
+pub fn audio_aac() -> Result<PathBuf> {
+    encode_once(
+        "audio-aac.flv",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-ac",
+            "2",
+            "-t",
+            "10",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "128k",
+        ],
+    )
+}
+
+/// 10 s of MP3 only (radio): 44.1 kHz, 128 kbit/s.
+pub fn audio_mp3() -> Result<PathBuf> {
+    encode_once(
+        "audio-mp3.flv",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=523:sample_rate=44100",
+            "-t",
+            "10",
+            "-c:a",
+            "libmp3lame",
+            "-b:a",
+            "128k",
+        ],
+    )
+}
+
+/// 10 s of H.264 video only: 640x360, 30 fps, 1 s GOP.
+pub fn video_only() -> Result<PathBuf> {
+    encode_once(
+        "video-only-h264.flv",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=30",
+            "-t",
+            "10",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-tune",
+            "zerolatency",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            "30",
+            "-b:v",
+            "800k",
+        ],
+    )
+}
+
 /// An ffmpeg publishing a file in a loop, in real time, with `-c copy`. Killed on drop.
 pub struct Publisher {
     child: Child,
