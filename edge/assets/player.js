@@ -1,1 +1,465 @@
-/* placeholder */
+// Corriente player page: plays this page's stream (`/APP/NAME` -> `/APP/NAME.flv`, query string
+// kept, so a playback token passes through) with mpegts.js, close to the live edge.
+//
+// States, mirrored on `document.body.dataset.state` for people (CSS) and tests:
+//   loading  connecting or waiting for the first frame
+//   playing  frames are being shown
+//   offline  the edge answered 404: nobody is publishing; the page polls and starts by itself
+//   error    anything else (network down, 503, 403, decode error); retried with backoff
+(function () {
+  'use strict';
+
+  /** How often an offline stream is checked (and when the tab is hidden). */
+  const OFFLINE_POLL_MS = 2000;
+  const OFFLINE_POLL_HIDDEN_MS = 10000;
+  /** Backoff between attempts after failures: doubles from MIN up to MAX. */
+  const RETRY_MIN_MS = 1000;
+  const RETRY_MAX_MS = 15000;
+  /** A probe (HEAD of the .flv) that has not answered by then counts as a network failure. */
+  const PROBE_TIMEOUT_MS = 8000;
+  /** No first frame this long after connecting, or no progress this long while playing:
+   *  reconnect. Longer than the edge's upstream grace, so a failover is waited out. */
+  const START_TIMEOUT_MS = 20000;
+  const STALL_TIMEOUT_MS = 15000;
+  /** Behind live by more than this: the LIVE badge greys out (click it to jump). */
+  const BEHIND_S = 3;
+
+  /** Low-latency mpegts.js settings: no stash buffer, a gentle speed-up past 1.2 s behind
+   *  live and a jump to the live edge past 2 s (the GOP cache hands a new viewer up to one
+   *  GOP of backlog, which the jump removes at once). */
+  const PLAYER_CONFIG = {
+    enableWorker: false,
+    enableStashBuffer: false,
+    stashInitialSize: 128 * 1024,
+    isLive: true,
+    lazyLoad: false,
+    deferLoadAfterSourceOpen: false,
+    autoCleanupSourceBuffer: true,
+    autoCleanupMaxBackwardDuration: 30,
+    autoCleanupMinBackwardDuration: 10,
+    liveBufferLatencyChasing: true,
+    liveBufferLatencyMaxLatency: 2.0,
+    liveBufferLatencyMinRemain: 0.5,
+    liveSync: true,
+    liveSyncMaxLatency: 1.2,
+    liveSyncTargetLatency: 0.7,
+    liveSyncPlaybackRate: 1.1,
+    statisticsInfoReportInterval: 1000,
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const body = document.body;
+  const video = $('video');
+  const stage = $('stage');
+
+  // --- Where the stream is -------------------------------------------------------------
+  const path = location.pathname.replace(/\/+$/, '');
+  const parts = path.split('/').filter(Boolean).map((p) => {
+    try { return decodeURIComponent(p); } catch (_) { return p; }
+  });
+  const app = parts[0] || '';
+  const name = parts.slice(1).join('/') || '';
+  const flvUrl = location.origin + path + '.flv' + location.search;
+  const pageUrl = location.origin + path + location.search;
+
+  // --- State ---------------------------------------------------------------------------
+  let player = null;
+  /** Bumped on every attempt: callbacks of an older attempt see a different value and stop. */
+  let attempt = 0;
+  let timer = null;
+  let failures = 0;
+  let playingSince = 0;
+  let startedAt = 0;
+  let lastTime = -1;
+  let lastProgressAt = 0;
+
+  const STATUS_TEXT = { loading: 'Connecting', playing: 'Live', offline: 'Offline', error: 'Reconnecting' };
+
+  function setState(state) {
+    if (body.dataset.state !== state) {
+      body.dataset.state = state;
+      $('status').textContent = STATUS_TEXT[state] || state;
+      document.title = (name || 'Stream') + (state === 'offline' ? ' (offline)' : '') + ' · Corriente';
+      if (state !== 'playing') playingSince = 0;
+      window.dispatchEvent(new CustomEvent('corriente:state', { detail: state }));
+    }
+    updateOverlays();
+  }
+
+  function clearTimer() {
+    if (timer !== null) clearTimeout(timer);
+    timer = null;
+  }
+
+  function schedule(ms, fn) {
+    clearTimer();
+    timer = setTimeout(() => { timer = null; fn(); }, ms);
+  }
+
+  // --- Probing: is the stream live? ---------------------------------------------------
+  async function probe() {
+    clearTimer();
+    const mine = ++attempt;
+    let status = 0;
+    const abort = new AbortController();
+    const deadline = setTimeout(() => abort.abort(), PROBE_TIMEOUT_MS);
+    try {
+      const res = await fetch(flvUrl, { method: 'HEAD', cache: 'no-store', signal: abort.signal });
+      status = res.status;
+    } catch (_) {
+      status = 0;
+    } finally {
+      clearTimeout(deadline);
+    }
+    if (mine !== attempt) return;
+    if (status >= 200 && status < 300) start();
+    else if (status === 404) offline();
+    else retryLater(describeStatus(status));
+  }
+
+  function describeStatus(status) {
+    if (status === 0) return ['Connection lost', 'The server cannot be reached.'];
+    if (status === 401 || status === 403) return ['Access denied', 'This link is not (or no longer) valid for this stream.'];
+    if (status === 503) return ['Temporarily unavailable', 'The edge cannot reach the cluster right now.'];
+    return ['Playback problem', 'The server answered ' + status + '.'];
+  }
+
+  function offline() {
+    teardown();
+    failures = 0;
+    setState('offline');
+    $('offline-check').textContent = 'Checking every ' + OFFLINE_POLL_MS / 1000 + ' seconds…';
+    schedule(document.hidden ? OFFLINE_POLL_HIDDEN_MS : OFFLINE_POLL_MS, probe);
+  }
+
+  function retryLater([title, text]) {
+    teardown();
+    failures += 1;
+    const delay = Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** (failures - 1));
+    setState('error');
+    $('error-title').textContent = title;
+    const due = Date.now() + delay;
+    const tick = () => {
+      const left = Math.max(0, Math.ceil((due - Date.now()) / 1000));
+      $('error-text').textContent = text + ' Retrying in ' + left + ' s…';
+    };
+    tick();
+    clearTimer();
+    const countdown = setInterval(() => {
+      if (body.dataset.state !== 'error' || timer === null) return clearInterval(countdown);
+      tick();
+    }, 500);
+    timer = setTimeout(() => { timer = null; clearInterval(countdown); probe(); }, delay);
+  }
+
+  // --- Playing ------------------------------------------------------------------------
+  function start() {
+    teardown();
+    const mine = ++attempt;
+    setState('loading');
+    startedAt = Date.now();
+    lastTime = -1;
+    lastProgressAt = Date.now();
+    const p = mpegts.createPlayer({ type: 'flv', isLive: true, url: flvUrl }, PLAYER_CONFIG);
+    player = p;
+    const current = () => mine === attempt && player === p;
+    p.on(mpegts.Events.ERROR, (type, detail, info) => {
+      if (!current()) return;
+      if (info && info.code === 404) return offline();
+      lost(type === mpegts.ErrorTypes.MEDIA_ERROR
+        ? ['Cannot play this stream', 'The browser could not decode it (' + detail + ').']
+        : ['Connection lost', 'The stream was interrupted.']);
+    });
+    p.on(mpegts.Events.LOADING_COMPLETE, () => {
+      // The response ended: the broadcast stopped (or the edge is draining).
+      if (current()) lost(['Connection lost', 'The stream ended.']);
+    });
+    p.on(mpegts.Events.MEDIA_INFO, (info) => { if (current()) showMediaInfo(info); });
+    p.on(mpegts.Events.STATISTICS_INFO, (stats) => { if (current()) showStatistics(stats); });
+    p.attachMediaElement(video);
+    p.load();
+    const played = p.play();
+    if (played && typeof played.catch === 'function') {
+      played.catch((e) => {
+        if (current() && e && e.name === 'NotAllowedError') body.dataset.blocked = 'true';
+        updateOverlays();
+      });
+    }
+  }
+
+  /** The connection dropped or failed: try again at once the first time, then back off. */
+  function lost(reason) {
+    teardown();
+    if (playingSince && Date.now() - playingSince > 10000) failures = 0;
+    if (failures === 0) {
+      failures = 1;
+      setState('loading');
+      probe();
+    } else {
+      retryLater(reason);
+    }
+  }
+
+  function teardown() {
+    const p = player;
+    player = null;
+    if (!p) return;
+    try { p.pause(); } catch (_) { /* already gone */ }
+    try { p.unload(); } catch (_) { /* already gone */ }
+    try { p.detachMediaElement(); } catch (_) { /* already gone */ }
+    try { p.destroy(); } catch (_) { /* already gone */ }
+  }
+
+  video.addEventListener('playing', () => {
+    if (!player) return;
+    body.dataset.blocked = 'false';
+    body.dataset.buffering = 'false';
+    if (body.dataset.state !== 'playing') {
+      setState('playing');
+      playingSince = Date.now();
+    }
+    if (video.videoWidth === 0 && video.readyState >= 1) setLayout(false);
+  });
+  video.addEventListener('waiting', () => { body.dataset.buffering = 'true'; });
+  video.addEventListener('loadedmetadata', () => { if (video.videoWidth === 0) setLayout(false); });
+  video.addEventListener('pause', updateOverlays);
+  video.addEventListener('play', updateOverlays);
+  video.addEventListener('volumechange', () => {
+    body.dataset.muted = String(video.muted || video.volume === 0);
+    $('mute').setAttribute('aria-label', video.muted ? 'Unmute' : 'Mute');
+    $('volume').value = video.muted ? 0 : video.volume;
+    updateOverlays();
+  });
+
+  // Watchdog: no first frame, or no progress while playing, means a silent dead connection.
+  setInterval(() => {
+    const now = Date.now();
+    if (!player) return;
+    if (video.currentTime !== lastTime) {
+      lastTime = video.currentTime;
+      lastProgressAt = now;
+      if (body.dataset.state === 'playing') body.dataset.buffering = 'false';
+    }
+    const state = body.dataset.state;
+    if (state === 'loading' && body.dataset.blocked !== 'true' && now - startedAt > START_TIMEOUT_MS) {
+      lost(['Connection lost', 'The stream did not start.']);
+    } else if (state === 'playing' && !video.paused && now - lastProgressAt > STALL_TIMEOUT_MS) {
+      lost(['Connection lost', 'The stream stalled.']);
+    }
+  }, 1000);
+
+  // --- Latency to live ------------------------------------------------------------------
+  /** Seconds between what is shown and the newest media received, or null. */
+  function latency() {
+    const b = video.buffered;
+    if (!player || !b || b.length === 0) return null;
+    return Math.max(0, b.end(b.length - 1) - video.currentTime);
+  }
+
+  function jumpToLive() {
+    const b = video.buffered;
+    if (!b || b.length === 0) return;
+    const end = b.end(b.length - 1);
+    if (end - video.currentTime > 0.6) video.currentTime = Math.max(b.start(b.length - 1), end - 0.4);
+    if (video.paused) video.play().catch(() => {});
+  }
+
+  setInterval(() => {
+    const l = body.dataset.state === 'playing' ? latency() : null;
+    const text = l === null ? '–' : l.toFixed(1) + ' s';
+    const el = $('latency');
+    el.textContent = l === null ? '' : l.toFixed(1) + ' s';
+    el.dataset.seconds = l === null ? '' : l.toFixed(3);
+    body.dataset.latency = l === null ? '' : l.toFixed(3);
+    $('fact-latency').textContent = text;
+    $('live').classList.toggle('behind', l !== null && (l > BEHIND_S || video.paused));
+    $('live').title = l === null ? 'Live' : 'Behind live by ' + text + ' (click to jump to live)';
+  }, 500);
+
+  // --- Media details --------------------------------------------------------------------
+  function codecName(codec) {
+    if (!codec) return '';
+    const c = String(codec).toLowerCase();
+    if (c.startsWith('avc')) return 'H.264';
+    if (c.startsWith('hvc') || c.startsWith('hev')) return 'H.265';
+    if (c.startsWith('av01')) return 'AV1';
+    if (c.startsWith('mp4a.40') || c === 'aac') return 'AAC';
+    if (c === 'mp3' || c === 'mp4a.6b' || c === 'mp4a.69') return 'MP3';
+    if (c === 'opus') return 'Opus';
+    return codec;
+  }
+
+  function setLayout(hasVideo) {
+    body.dataset.layout = hasVideo ? 'video' : 'audio';
+  }
+
+  function showMediaInfo(info) {
+    const hasVideo = info.hasVideo !== false && !(info.hasVideo === undefined && !info.videoCodec);
+    setLayout(hasVideo);
+    if (hasVideo && info.width && info.height) {
+      const fps = info.fps ? ' · ' + Math.round(info.fps) + ' fps' : '';
+      $('fact-video').textContent = codecName(info.videoCodec) + ' · ' + info.width + '×' + info.height + fps;
+      $('quality').textContent = info.height + 'p';
+    } else {
+      $('fact-video').textContent = hasVideo ? codecName(info.videoCodec) || '–' : 'none (audio only)';
+      $('quality').textContent = '';
+    }
+    if (info.hasAudio !== false && info.audioCodec) {
+      const rate = info.audioSampleRate ? ' · ' + (info.audioSampleRate / 1000).toFixed(1).replace(/\.0$/, '') + ' kHz' : '';
+      const ch = info.audioChannelCount === 1 ? ' mono' : info.audioChannelCount === 2 ? ' stereo' : '';
+      $('fact-audio').textContent = codecName(info.audioCodec) + rate + ch;
+    } else {
+      $('fact-audio').textContent = info.hasAudio === false ? 'none' : '–';
+    }
+  }
+
+  function showStatistics(stats) {
+    if (typeof stats.speed === 'number' && stats.speed > 0) {
+      const bps = stats.speed * 1024 * 8;
+      $('fact-bitrate').textContent = bps >= 1e6 ? (bps / 1e6).toFixed(1) + ' Mbit/s' : Math.round(bps / 1e3) + ' kbit/s';
+    }
+  }
+
+  // --- Overlays and controls ------------------------------------------------------------
+  function updateOverlays() {
+    const state = body.dataset.state;
+    const active = state === 'playing' || state === 'loading';
+    $('unmute').hidden = !(active && video.muted && body.dataset.blocked !== 'true');
+    $('bigplay').hidden = !((state === 'playing' && video.paused) || (state === 'loading' && body.dataset.blocked === 'true'));
+  }
+
+  function unmute() {
+    video.muted = false;
+    if (video.volume === 0) video.volume = 1;
+    if (video.paused) video.play().catch(() => {});
+  }
+
+  function toggleMute() {
+    if (video.muted || video.volume === 0) unmute();
+    else video.muted = true;
+  }
+
+  function fullscreenElement() {
+    return document.fullscreenElement || document.webkitFullscreenElement || null;
+  }
+
+  function toggleFullscreen() {
+    if (fullscreenElement()) {
+      (document.exitFullscreen || document.webkitExitFullscreen).call(document);
+      return;
+    }
+    if (stage.requestFullscreen) stage.requestFullscreen().catch(() => {});
+    else if (stage.webkitRequestFullscreen) stage.webkitRequestFullscreen();
+    else if (video.webkitEnterFullscreen) video.webkitEnterFullscreen(); // iPhone Safari
+  }
+
+  const onFullscreenChange = () => { body.dataset.fullscreen = String(!!fullscreenElement()); };
+  document.addEventListener('fullscreenchange', onFullscreenChange);
+  document.addEventListener('webkitfullscreenchange', onFullscreenChange);
+
+  $('unmute').addEventListener('click', unmute);
+  $('mute').addEventListener('click', toggleMute);
+  $('volume').addEventListener('input', (e) => {
+    video.volume = Number(e.target.value);
+    video.muted = video.volume === 0;
+  });
+  $('fullscreen').addEventListener('click', toggleFullscreen);
+  $('live').addEventListener('click', jumpToLive);
+  $('bigplay').addEventListener('click', () => {
+    body.dataset.blocked = 'false';
+    if (body.dataset.state === 'playing') jumpToLive();
+    else video.play().catch(() => {});
+    updateOverlays();
+  });
+  $('retry').addEventListener('click', () => { failures = 0; setState('loading'); probe(); });
+  video.addEventListener('dblclick', toggleFullscreen);
+
+  document.addEventListener('keydown', (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || /^(INPUT|TEXTAREA|SELECT)$/.test(e.target.tagName)) return;
+    if (e.key === 'm' || e.key === 'M') toggleMute();
+    else if (e.key === 'f' || e.key === 'F') toggleFullscreen();
+    else return;
+    e.preventDefault();
+  });
+
+  // Controls fade out after a few seconds without the pointer moving.
+  let idleTimer = null;
+  const wake = () => {
+    stage.classList.remove('idle');
+    clearTimeout(idleTimer);
+    idleTimer = setTimeout(() => {
+      if (body.dataset.state === 'playing' && !video.paused && !stage.matches(':focus-within')) stage.classList.add('idle');
+    }, 3000);
+  };
+  ['mousemove', 'touchstart', 'keydown'].forEach((ev) => stage.addEventListener(ev, wake, { passive: true }));
+  wake();
+
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden && body.dataset.state === 'offline') probe();
+  });
+  window.addEventListener('online', () => {
+    if (body.dataset.state === 'error') { failures = 0; probe(); }
+  });
+
+  // --- Sharing --------------------------------------------------------------------------
+  const attr = (s) => s.replace(/&/g, '&amp;').replace(/"/g, '&quot;').replace(/</g, '&lt;');
+  $('embed-code').value =
+    '<iframe src="' + attr(pageUrl) + '" width="640" height="360" style="border:0;max-width:100%" ' +
+    'allow="autoplay; fullscreen; picture-in-picture" allowfullscreen title="' + attr(app + '/' + name) + ' live"></iframe>';
+  $('flv-url').value = flvUrl;
+
+  document.querySelectorAll('[data-copy]').forEach((button) => {
+    button.addEventListener('click', async () => {
+      const field = $(button.dataset.copy);
+      let ok = false;
+      try {
+        await navigator.clipboard.writeText(field.value);
+        ok = true;
+      } catch (_) {
+        field.select();
+        try { ok = document.execCommand('copy'); } catch (_) { ok = false; }
+      }
+      button.textContent = ok ? 'Copied' : 'Select and copy';
+      setTimeout(() => { button.textContent = 'Copy'; }, 1600);
+    });
+  });
+  ['embed-code', 'flv-url'].forEach((id) => $(id).addEventListener('focus', (e) => e.target.select()));
+
+  // --- Go -------------------------------------------------------------------------------
+  $('stream-app').textContent = app;
+  $('stream-name').textContent = name;
+  $('offline-name').textContent = app + '/' + name;
+  $('radio-title').textContent = name;
+  body.dataset.muted = String(video.muted);
+  body.dataset.fullscreen = 'false';
+  body.dataset.buffering = 'false';
+  try {
+    if (window.self !== window.top) body.classList.add('embedded');
+  } catch (_) {
+    body.classList.add('embedded');
+  }
+
+  // For tests and the curious: `corriente.state`, `corriente.latency()`.
+  window.corriente = {
+    get state() { return body.dataset.state; },
+    latency,
+    flvUrl,
+    get player() { return player; },
+  };
+
+  if (typeof mpegts === 'undefined' || !mpegts.isSupported() ||
+      (mpegts.getFeatureList && !mpegts.getFeatureList().mseLivePlayback)) {
+    setState('error');
+    $('error-title').textContent = 'This browser cannot play live video';
+    $('error-text').textContent = 'It lacks Media Source Extensions. Open the stream URL below in VLC or ffplay.';
+    $('retry').hidden = true;
+    return;
+  }
+  if (mpegts.LoggingControl) {
+    mpegts.LoggingControl.enableVerbose = false;
+    mpegts.LoggingControl.enableDebug = false;
+    mpegts.LoggingControl.enableInfo = false;
+  }
+  setState('loading');
+  probe();
+})();
