@@ -1,0 +1,213 @@
+{{/* Names, labels and the pieces every Corriente pod shares. */}}
+
+{{- define "corriente.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The release's full name; component objects are named "<fullname>-<component>". */}}
+{{- define "corriente.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "corriente.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels of every object. Call with (dict "root" $ "component" "edge"). */}}
+{{- define "corriente.labels" -}}
+helm.sh/chart: {{ include "corriente.chart" .root }}
+{{ include "corriente.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: corriente
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "corriente.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "corriente.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Selects every pod of the release (all components). */}}
+{{- define "corriente.releaseSelector" -}}
+app.kubernetes.io/name: {{ include "corriente.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "corriente.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "corriente.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "corriente.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The control plane's gRPC URL, as origins and edges dial it. */}}
+{{- define "corriente.controlUrl" -}}
+{{- printf "http://%s-control-plane:50051" (include "corriente.fullname" .) -}}
+{{- end -}}
+
+{{/*
+Whole seconds in a duration written the way the binary reads it (250ms, 10s, 2m, 1h),
+rounded up. Used to derive grace periods and preStop sleeps from the drain settings.
+*/}}
+{{- define "corriente.seconds" -}}
+{{- $d := toString . -}}
+{{- if not (regexMatch "^[0-9]+(ms|s|m|h)$" $d) -}}
+{{- fail (printf "cannot read the duration %q: write it like 250ms, 10s, 2m or 1h" $d) -}}
+{{- else if hasSuffix "ms" $d -}}
+{{- div (add (trimSuffix "ms" $d | int) 999) 1000 -}}
+{{- else if hasSuffix "s" $d -}}
+{{- trimSuffix "s" $d | int -}}
+{{- else if hasSuffix "m" $d -}}
+{{- mul (trimSuffix "m" $d | int) 60 -}}
+{{- else -}}
+{{- mul (trimSuffix "h" $d | int) 3600 -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Environment every Corriente container shares. */}}
+{{- define "corriente.commonEnv" -}}
+- name: CORRIENTE_ADMIN
+  value: "0.0.0.0:9090"
+- name: CORRIENTE_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+- name: RUST_LOG
+  value: {{ .Values.logLevel | quote }}
+- name: CORRIENTE_NODE_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- with .Values.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Ports, probes and security context of a Corriente container (admin port 9090). */}}
+{{- define "corriente.probes" -}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: admin
+  {{- toYaml .Values.probes.liveness | nindent 2 }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: admin
+  {{- toYaml .Values.probes.readiness | nindent 2 }}
+{{- end -}}
+
+{{/*
+Pod-level settings shared by the Corriente workloads. Call with
+(dict "root" $ "component" "edge" "values" .Values.edge).
+*/}}
+{{- define "corriente.podSettings" -}}
+serviceAccountName: {{ include "corriente.serviceAccountName" .root }}
+automountServiceAccountToken: false
+enableServiceLinks: false
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if .values.spreadAcrossNodes }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: kubernetes.io/hostname
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "corriente.selectorLabels" . | nindent 8 }}
+{{- end }}
+{{- end -}}
+
+{{/* The Redis password file, when there is one: bundled always, external with a secret. */}}
+{{- define "corriente.redisPasswordSecret" -}}
+{{- if .Values.redis.bundled.enabled -}}
+{{- default (printf "%s-redis" (include "corriente.fullname" .)) .Values.redis.bundled.existingSecret -}}
+{{- else -}}
+{{- .Values.redis.external.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "corriente.redisPasswordKey" -}}
+{{- if .Values.redis.bundled.enabled -}}
+{{- if .Values.redis.bundled.existingSecret -}}{{ .Values.redis.bundled.existingSecretKey }}{{- else -}}password{{- end -}}
+{{- else -}}
+{{- .Values.redis.external.existingSecretKey -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "corriente.redisUrl" -}}
+{{- if and .Values.redis.bundled.enabled .Values.redis.external.url -}}
+{{- fail "redis: set either redis.bundled.enabled or redis.external.url, not both" -}}
+{{- else if .Values.redis.bundled.enabled -}}
+{{- printf "redis://%s-redis:6379" (include "corriente.fullname" .) -}}
+{{- else -}}
+{{- required "redis.external.url is required when redis.bundled.enabled is false" .Values.redis.external.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether to render the ServiceMonitor: forced by the value, else when the CRD exists. */}}
+{{- define "corriente.serviceMonitorEnabled" -}}
+{{- $enabled := .Values.metrics.serviceMonitor.enabled -}}
+{{- if kindIs "bool" $enabled -}}
+{{- if $enabled }}true{{ end -}}
+{{- else if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1" -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* Grace period: the one given, or the drain deadlines plus a 5 s margin. */}}
+{{- define "corriente.gracePeriod" -}}
+{{- if kindIs "invalid" .terminationGracePeriodSeconds -}}
+{{- $s := add (include "corriente.seconds" (default "0s" .preStopSleep)) (include "corriente.seconds" (default "0s" .drainDelay)) (include "corriente.seconds" .drainTimeout) 5 -}}
+{{- $s -}}
+{{- else -}}
+{{- .terminationGracePeriodSeconds -}}
+{{- end -}}
+{{- end -}}
+
+{{/* NetworkPolicy rule for the admin port (9090): networkPolicy.adminFrom, or anyone. */}}
+{{- define "corriente.adminRule" -}}
+- ports:
+    - port: admin
+      protocol: TCP
+  {{- with .Values.networkPolicy.adminFrom }}
+  from:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
