@@ -1,0 +1,227 @@
+//! The player page and the cluster dashboard in a real browser: Debian's headless Chromium,
+//! driven by Playwright (`tests/browser/pages.mjs`), watches a stream that ffmpeg publishes to a
+//! real `corriente all`. The script asks this test to publish and unpublish, and reports what
+//! the pages showed; screenshots land in `target/artifacts/browser/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use corriente_tests::media::{Publisher, audio_aac, av_720p};
+use corriente_tests::{Node, corriente_bin};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+/// The whole browser run; it waits on conditions, so this only catches a hang.
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
+}
+
+/// `target/artifacts/browser`, next to the binary under test.
+fn artifacts_dir() -> PathBuf {
+    let bin = corriente_bin();
+    let target = bin
+        .parent()
+        .and_then(Path::parent)
+        .expect("corriente lives in target/<profile>/");
+    target.join("artifacts").join("browser")
+}
+
+fn chromium() -> String {
+    std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn player_page_and_dashboard_in_headless_chromium() -> Result<()> {
+    if !Path::new(&chromium()).exists() {
+        bail!(
+            "{} is missing: install Debian's chromium (tests/run does)",
+            chromium()
+        );
+    }
+    if !browser_dir().join("node_modules/playwright-core").exists() {
+        bail!("playwright-core is missing: run `npm ci --prefix tests/browser` (tests/run does)");
+    }
+    let node = Node::all(&[])?;
+    let edge = node.addr("edge-http");
+    let player_url = format!("http://{edge}/live/cam");
+    let radio_url = format!("http://{edge}/live/radio");
+    let dashboard_url = format!("http://{}/", node.addr("admin"));
+    let artifacts = artifacts_dir();
+    std::fs::create_dir_all(&artifacts)?;
+    // Encode the media before the browser starts waiting on it.
+    let (video_file, radio_file) = (av_720p()?, audio_aac()?);
+
+    let mut script = Command::new("node")
+        .arg(browser_dir().join("pages.mjs"))
+        .current_dir(browser_dir())
+        .env("CORRIENTE_PLAYER_URL", &player_url)
+        .env("CORRIENTE_RADIO_URL", &radio_url)
+        .env("CORRIENTE_DASHBOARD_URL", &dashboard_url)
+        .env("CORRIENTE_ARTIFACTS", &artifacts)
+        .env("CHROMIUM", chromium())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("run node (is Node.js installed?)")?;
+    let mut to_script = script.stdin.take().context("stdin")?;
+    let mut from_script = BufReader::new(script.stdout.take().context("stdout")?).lines();
+
+    let mut publisher: Option<Publisher> = None;
+    let mut radio: Option<Publisher> = None;
+    let result = tokio::time::timeout(RUN_TIMEOUT, async {
+        while let Some(line) = from_script.next_line().await? {
+            let msg: Value = serde_json::from_str(&line)
+                .with_context(|| format!("browser script printed {line:?}"))?;
+            if let Some(need) = msg["need"].as_str() {
+                match need {
+                    "publish" => {
+                        publisher = Some(Publisher::start(&video_file, &node.ingest_url("cam"))?)
+                    }
+                    "unpublish" => {
+                        if let Some(p) = publisher.take() {
+                            p.kill().await;
+                        }
+                    }
+                    "publish-radio" => {
+                        radio = Some(Publisher::start(&radio_file, &node.ingest_url("radio"))?)
+                    }
+                    other => bail!("browser script asked for {other:?}"),
+                }
+                to_script.write_all(b"ok\n").await?;
+                to_script.flush().await?;
+            } else if let Some(error) = msg["error"].as_str() {
+                bail!(
+                    "browser script failed: {error} (screenshots in {})",
+                    artifacts.display()
+                );
+            } else if msg.get("result").is_some() {
+                return Ok::<Value, anyhow::Error>(msg["result"].clone());
+            }
+        }
+        bail!("browser script ended without a result")
+    })
+    .await
+    .context("browser script timed out")??;
+    drop(radio);
+    eprintln!(
+        "browser results: {}",
+        serde_json::to_string_pretty(&result)?
+    );
+
+    // Offline first: the page says so, and offers an embed snippet and the .flv URL.
+    assert_eq!(result["offline"]["state"], "offline");
+    assert_eq!(result["offline"]["overlayVisible"], true);
+    assert_eq!(result["offline"]["heading"], "Stream offline");
+    let embed = result["embed"].as_str().unwrap_or_default();
+    assert!(
+        embed.starts_with(&format!("<iframe src=\"{player_url}\"")),
+        "embed snippet: {embed}"
+    );
+    assert_eq!(result["flvUrl"], format!("{player_url}.flv"));
+
+    // It starts by itself within a few seconds of the publisher starting (it checks every 2 s).
+    let to_playing = result["timeToPlayingAfterPublish"]
+        .as_f64()
+        .unwrap_or(f64::MAX);
+    assert!(
+        to_playing < 8.0,
+        "playing {to_playing} s after the publisher started"
+    );
+
+    // Steady playback: past 3 s, frames decoded and growing, close to live.
+    let playback = &result["playback"];
+    assert_eq!(playback["states"], serde_json::json!(["playing"]));
+    let current = playback["currentTime"].as_f64().unwrap_or(0.0);
+    assert!(current > 3.0, "currentTime {current}");
+    let advanced = playback["advancedSeconds"].as_f64().unwrap_or(0.0);
+    let wall = playback["wallSeconds"].as_f64().unwrap_or(0.0);
+    assert!(
+        advanced > wall * 0.7,
+        "playback advanced {advanced} s in {wall} s"
+    );
+    let (frames_first, frames_last) = (
+        playback["framesFirst"].as_u64().unwrap_or(0),
+        playback["framesLast"].as_u64().unwrap_or(0),
+    );
+    assert!(
+        frames_first > 0 && frames_last > frames_first + 30,
+        "decoded frames {frames_first} -> {frames_last}"
+    );
+    assert_eq!(
+        (&playback["videoWidth"], &playback["videoHeight"]),
+        (&serde_json::json!(1280), &serde_json::json!(720))
+    );
+    let latency = playback["latencyMax"].as_f64().unwrap_or(f64::MAX);
+    assert!(latency < 3.0, "behind live by up to {latency} s");
+    let indicator = playback["indicatorMax"].as_f64().unwrap_or(f64::MAX);
+    assert!(indicator < 3.0, "the page's indicator said {indicator} s");
+    assert_eq!(playback["muted"], true, "starts muted so autoplay works");
+    assert_eq!(playback["unmuteShown"], true);
+    assert_eq!(result["unmutedByClick"], true);
+    assert_eq!(result["controlsShown"], true);
+
+    // The dashboard: the stream with its codec and resolution, viewers 1 -> 2 -> 1.
+    assert!(result["dashboardBefore"]["row"].is_null());
+    assert_eq!(result["dashboardBefore"]["emptyShown"], true);
+    let roles: Vec<_> = result["dashboardBefore"]["nodes"]
+        .as_array()
+        .map(|n| n.iter().map(|n| n["role"].as_str().unwrap_or("")).collect())
+        .unwrap_or_default();
+    assert!(
+        roles.contains(&"origin") && roles.contains(&"edge"),
+        "nodes: {roles:?}"
+    );
+    let row = &result["dashboardOneViewer"];
+    assert_eq!(row["video_codec"], "h264");
+    assert_eq!(row["resolution"], "1280x720");
+    assert_eq!(row["audio_codec"], "aac");
+    assert_eq!(row["viewers"], "1");
+    assert_eq!(row["player"], player_url, "the stream links to its player");
+    assert_eq!(result["dashboardTwoViewers"]["viewers"], "2");
+    assert_eq!(result["dashboardAfterLeave"]["viewers"], "1");
+    let update = result["dashboardViewerUpdateSeconds"]
+        .as_f64()
+        .unwrap_or(f64::MAX);
+    assert!(update < 10.0, "the viewer count changed after {update} s");
+
+    // A token in the page URL goes to the stream request.
+    let token_requests = result["tokenRequests"].to_string();
+    assert!(
+        token_requests.contains(&format!("{player_url}.flv?token=t0k3n")),
+        "stream requests: {token_requests}"
+    );
+
+    // The broadcast stopped and came back: offline, then playing again, by itself.
+    let offline = result["offlineAfterUnpublish"].as_f64().unwrap_or(f64::MAX);
+    assert!(offline < 15.0, "offline {offline} s after unpublishing");
+    let replay = result["replayingAfterRepublish"]
+        .as_f64()
+        .unwrap_or(f64::MAX);
+    assert!(replay < 10.0, "playing again {replay} s after republishing");
+
+    // Audio only: the radio layout, playing.
+    assert_eq!(result["radio"]["layout"], "audio");
+    assert_eq!(result["radio"]["artVisible"], true);
+    assert_eq!(result["radio"]["state"], "playing");
+
+    for shot in result["screenshots"].as_array().into_iter().flatten() {
+        let path = Path::new(shot.as_str().unwrap_or_default());
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("screenshot {}", path.display()))?
+            .len();
+        assert!(size > 10_000, "{} is {size} bytes", path.display());
+    }
+    drop(publisher);
+    let status = tokio::time::timeout(Duration::from_secs(30), script.wait())
+        .await
+        .context("browser script did not exit")??;
+    assert!(status.success(), "browser script exited with {status}");
+    Ok(())
+}
