@@ -27,7 +27,10 @@ fn page(body: &'static str, content_type: &'static str) -> Response {
 /// `/` and its assets under `/_corriente/`.
 pub fn routes() -> Router {
     Router::new()
-        .route("/", get(|| async { page(DASHBOARD_HTML, "text/html; charset=utf-8") }))
+        .route(
+            "/",
+            get(|| async { page(DASHBOARD_HTML, "text/html; charset=utf-8") }),
+        )
         .route(
             "/_corriente/{asset}",
             get(|Path(asset): Path<String>| async move {

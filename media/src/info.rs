@@ -119,8 +119,9 @@ pub fn metadata_tracks(payload: &[u8]) -> Option<(bool, bool)> {
     let props = values.get(1)?;
     let declared = |name: &str, zero_means_none: bool| {
         props.property(name).is_some_and(|v| {
-            !(zero_means_none && matches!(v, Amf0Value::Number(n) if *n == 0.0))
-                && !matches!(v, Amf0Value::Null | Amf0Value::Undefined)
+            let absent = matches!(v, Amf0Value::Null | Amf0Value::Undefined);
+            let zero = zero_means_none && matches!(v, Amf0Value::Number(n) if *n == 0.0);
+            !absent && !zero
         })
     };
     Some((
