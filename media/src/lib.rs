@@ -4,6 +4,7 @@
 //!
 //! Nothing here knows about the cluster: origins, edges and the control plane build on it.
 
+pub mod access;
 pub mod amf0;
 pub mod fanout;
 pub mod feed;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod mux;
 pub mod net;
 pub mod rtmp;
+pub mod tls;
 
 pub use feed::{Feed, FeedEnd, LagPolicy, Segment};
 pub use frame::{Frame, FrameKind, FrameRole};
