@@ -227,6 +227,11 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn start(file: &std::path::Path, url: &str) -> Result<Publisher> {
+        Publisher::start_with(file, url, &[])
+    }
+
+    /// [`Publisher::start`] with extra output options (`-tls_verify 1 -ca_file CA`, say).
+    pub fn start_with(file: &std::path::Path, url: &str, output: &[&str]) -> Result<Publisher> {
         let child = Command::new("ffmpeg")
             .args([
                 "-hide_banner",
@@ -238,7 +243,9 @@ impl Publisher {
                 "-i",
             ])
             .arg(file)
-            .args(["-c", "copy", "-f", "flv", url])
+            .args(["-c", "copy"])
+            .args(output)
+            .args(["-f", "flv", url])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -288,14 +295,17 @@ pub struct ProbedStream {
 
 /// Runs ffprobe on `url` and returns its streams.
 pub async fn ffprobe(url: &str) -> Result<Vec<ProbedStream>> {
+    ffprobe_with(url, &[]).await
+}
+
+/// [`ffprobe`] with extra input options (`-tls_verify 1 -ca_file CA`, say).
+pub async fn ffprobe_with(url: &str, input: &[&str]) -> Result<Vec<ProbedStream>> {
     let output = tokio::time::timeout(
         Duration::from_secs(30),
         Command::new("ffprobe")
+            .args(["-v", "error", "-rw_timeout", "15000000"])
+            .args(input)
             .args([
-                "-v",
-                "error",
-                "-rw_timeout",
-                "15000000",
                 "-show_entries",
                 "stream=codec_type,codec_name,width,height",
                 "-of",
@@ -383,6 +393,11 @@ pub struct Viewer {
 impl Viewer {
     /// Starts `ffmpeg -i URL -f null -` with progress reporting.
     pub fn start(url: &str) -> Result<Viewer> {
+        Viewer::start_with(url, &[])
+    }
+
+    /// [`Viewer::start`] with extra input options (`-tls_verify 1 -ca_file CA`, say).
+    pub fn start_with(url: &str, input: &[&str]) -> Result<Viewer> {
         let mut child = Command::new("ffmpeg")
             .args([
                 "-hide_banner",
@@ -390,9 +405,9 @@ impl Viewer {
                 "error",
                 "-rw_timeout",
                 "30000000",
-                "-i",
-                url,
             ])
+            .args(input)
+            .args(["-i", url])
             .args([
                 "-f",
                 "null",
