@@ -14,6 +14,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::convert;
+use crate::publish_auth::{PublishCredential, PublishDecision, PublishDenial};
 use crate::registry::{NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord};
 
 /// Why a control-plane call failed.
@@ -274,6 +275,44 @@ impl ControlClient {
             .into_iter()
             .map(|n| convert::node_from_pb(Some(n)).map_err(ControlError::from))
             .collect()
+    }
+
+    /// Asks whether an encoder may publish `name` (the stream key field as sent, query
+    /// included) under `app`, and under which public name. A refusal is `Ok(Refused)`.
+    #[tracing::instrument(name = "control.authorize_publish", skip_all, fields(app = %app))]
+    pub async fn authorize_publish(
+        &self,
+        app: &str,
+        name: &str,
+        client_ip: &str,
+        node_id: &str,
+    ) -> Result<PublishDecision, ControlError> {
+        let request = pb::AuthorizePublishRequest {
+            app: app.to_owned(),
+            name: name.to_owned(),
+            client_ip: client_ip.to_owned(),
+            node_id: node_id.to_owned(),
+        };
+        let response = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.authorize_publish(trace::request(request)).await }
+            })
+            .await?
+            .into_inner();
+        if response.allowed {
+            Ok(PublishDecision::Allowed {
+                stream: convert::key_from_pb(response.stream)?,
+                credential: PublishCredential::parse(&response.credential),
+            })
+        } else {
+            Ok(PublishDecision::Refused {
+                // A reason this build does not know (a newer control plane): still a
+                // refusal, counted under the most generic reason.
+                reason: PublishDenial::parse(&response.reason).unwrap_or(PublishDenial::NoKey),
+                message: response.message,
+            })
+        }
     }
 
     /// Registry changes as they happen. The stream ends (or yields an error) when the

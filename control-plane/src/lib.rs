@@ -8,10 +8,12 @@
 pub mod client;
 mod convert;
 mod dashboard;
+mod keys;
 pub mod membership;
 pub mod memory;
 mod metrics;
 mod probe;
+pub mod publish_auth;
 pub mod redis_registry;
 pub mod registry;
 mod service;
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use corriente_proto::auth::ClusterAuth;
 use corriente_proto::control::control_server::ControlServer;
 use futures_util::StreamExt;
 use tokio::net::TcpListener;
@@ -32,10 +35,13 @@ use tracing::{info, warn};
 pub use client::{ControlClient, ControlError, HeartbeatOutcome, Lease};
 pub use membership::{Health, Member, Readiness, run_membership};
 pub use memory::MemoryRegistry;
+pub use publish_auth::{
+    PublishAuthConfig, PublishCredential, PublishDecision, PublishDenial, Webhook,
+};
 pub use redis_registry::{RedisConfig, RedisRegistry};
 pub use registry::{
-    NodeLoad, NodeRecord, NodeRole, OwnedStream, Registry, RegistryError, RegistryEvent,
-    StreamClaim, StreamRecord,
+    NodeLoad, NodeRecord, NodeRole, OwnedStream, PublishKey, Registry, RegistryError,
+    RegistryEvent, StreamClaim, StreamRecord,
 };
 pub use service::ControlService;
 
@@ -55,6 +61,10 @@ pub struct ControlPlaneConfig {
     pub redis_ca_pem: Option<Vec<u8>>,
     /// How long a conflicting claim waits for the current owner to confirm it still publishes.
     pub owner_probe_timeout: Duration,
+    /// Who may publish: managed keys, signed tokens, the webhook (off by default).
+    pub publish_auth: PublishAuthConfig,
+    /// Cluster credentials: required of every gRPC call, presented to origins' relays.
+    pub cluster_auth: ClusterAuth,
 }
 
 impl Default for ControlPlaneConfig {
@@ -66,6 +76,8 @@ impl Default for ControlPlaneConfig {
             redis_prefix: "corriente".to_owned(),
             redis_ca_pem: None,
             owner_probe_timeout: Duration::from_millis(800),
+            publish_auth: PublishAuthConfig::default(),
+            cluster_auth: ClusterAuth::open(),
         }
     }
 }
@@ -96,6 +108,8 @@ pub struct ControlPlane {
     backend: Backend,
     probe: Arc<probe::OwnerProbe>,
     health: Health,
+    publish_auth: PublishAuthConfig,
+    cluster_auth: ClusterAuth,
 }
 
 impl ControlPlane {
@@ -119,8 +133,13 @@ impl ControlPlane {
         Ok(Self {
             listener,
             backend,
-            probe: Arc::new(probe::OwnerProbe::new(config.owner_probe_timeout)),
+            probe: Arc::new(probe::OwnerProbe::new(
+                config.owner_probe_timeout,
+                config.cluster_auth.clone(),
+            )),
             health: Health::default(),
+            publish_auth: config.publish_auth,
+            cluster_auth: config.cluster_auth,
         })
     }
 
@@ -145,6 +164,16 @@ impl ControlPlane {
         stats.merge(dashboard::routes())
     }
 
+    /// Admin actions: publish key management (`/api/v1/keys`). The admin server must guard
+    /// them (admin token, or loopback clients only).
+    pub fn admin_actions(&self) -> Router {
+        let required = self.publish_auth.required;
+        match &self.backend {
+            Backend::Memory(r) => keys::routes(r.clone(), required),
+            Backend::Redis(r) => keys::routes(r.clone(), required),
+        }
+    }
+
     /// Serves until `shutdown` is cancelled.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ControlPlaneError> {
         let addr = self.local_addr();
@@ -167,7 +196,14 @@ impl ControlPlane {
                         }
                     }
                 });
-                serve_grpc(self.listener, registry, self.probe, shutdown).await
+                serve_grpc(
+                    self.listener,
+                    registry,
+                    self.probe,
+                    self.publish_auth,
+                    shutdown,
+                )
+                .await
             }
             Backend::Redis(registry) => {
                 info!(listener = "control-grpc", %addr, registry = "redis", "listening");
@@ -176,7 +212,14 @@ impl ControlPlane {
                     self.health.clone(),
                     shutdown.clone(),
                 ));
-                serve_grpc(self.listener, registry, self.probe, shutdown).await
+                serve_grpc(
+                    self.listener,
+                    registry,
+                    self.probe,
+                    self.publish_auth,
+                    shutdown,
+                )
+                .await
             }
         }
     }
@@ -200,6 +243,8 @@ async fn serve_grpc<R: Registry>(
     listener: TcpListener,
     registry: Arc<R>,
     probe: Arc<probe::OwnerProbe>,
+    publish_auth: PublishAuthConfig,
+    cluster_auth: ClusterAuth,
     shutdown: CancellationToken,
 ) -> Result<(), ControlPlaneError> {
     let incoming = TcpListenerStream::new(listener).filter_map(|conn| async move {
@@ -219,7 +264,10 @@ async fn serve_grpc<R: Registry>(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(ControlServer::new(ControlService::new(registry, probe)))
+        .add_service(ControlServer::with_interceptor(
+            ControlService::new(registry, probe).with_publish_auth(publish_auth),
+            cluster_auth.server("control"),
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())

@@ -10,7 +10,8 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::registry::{
-    NodeRecord, OwnedStream, Registry, RegistryError, RegistryEvent, StreamClaim, StreamRecord,
+    NodeRecord, OwnedStream, PublishKey, Registry, RegistryError, RegistryEvent, StreamClaim,
+    StreamRecord,
 };
 
 struct Leased<T> {
@@ -24,6 +25,8 @@ struct State {
     /// Last epoch handed out per stream name; survives releases so epochs only grow.
     epochs: HashMap<StreamKey, u64>,
     nodes: HashMap<String, Leased<NodeRecord>>,
+    /// Publish keys by the SHA-256 of their secret.
+    publish_keys: HashMap<String, PublishKey>,
 }
 
 /// A registry held in this process.
@@ -316,6 +319,32 @@ impl Registry for MemoryRegistry {
 
     fn watch(&self) -> broadcast::Receiver<RegistryEvent> {
         self.events.subscribe()
+    }
+
+    async fn create_publish_key(&self, key: PublishKey) -> Result<(), RegistryError> {
+        self.lock()
+            .publish_keys
+            .insert(key.secret_sha256.clone(), key);
+        Ok(())
+    }
+
+    async fn publish_key(&self, secret_sha256: &str) -> Result<Option<PublishKey>, RegistryError> {
+        Ok(self.lock().publish_keys.get(secret_sha256).cloned())
+    }
+
+    async fn list_publish_keys(&self) -> Result<Vec<PublishKey>, RegistryError> {
+        let mut keys: Vec<PublishKey> = self.lock().publish_keys.values().cloned().collect();
+        keys.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(keys)
+    }
+
+    async fn revoke_publish_key(&self, id: &str) -> Result<Option<PublishKey>, RegistryError> {
+        let mut state = self.lock();
+        let key = state.publish_keys.values_mut().find(|k| k.id == id);
+        Ok(key.map(|k| {
+            k.revoked_ms.get_or_insert_with(unix_ms);
+            k.clone()
+        }))
     }
 }
 

@@ -1,4 +1,5 @@
-//! Control-plane metrics: requests by method and code, and their latency.
+//! Control-plane metrics: requests by method and code, and their latency; publish
+//! authorization decisions and publish key actions.
 
 use std::sync::LazyLock;
 
@@ -40,6 +41,24 @@ pub static TAKEOVERS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "corriente_stream_takeovers_total",
         "Streams claimed from an owner that no longer published them (dead or frozen origin)"
+    )
+    .expect("metric registers once")
+});
+
+pub static PUBLISH_AUTHORIZATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "corriente_publish_authorizations_total",
+        "Publish authorization decisions, by result (allowed, refused) and reason (the credential that allowed, or why it was refused)",
+        &["result", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static PUBLISH_KEY_ACTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "corriente_publish_key_actions_total",
+        "Publish keys created and revoked through the admin API",
+        &["action"]
     )
     .expect("metric registers once")
 });

@@ -11,6 +11,9 @@
 //! | `{P}:nodes` | sorted set | node ids, scored by lease expiry |
 //! | `{P}:node:ID` | string | the node record (JSON) |
 //! | `{P}:events` | pub/sub channel | stream up/down and node up/down (JSON) |
+//! | `{P}:publish_keys` | hash | SHA-256 of a publish key's secret → the key (JSON, no secret) |
+//! | `{P}:publish_key_ids` | hash | key id → SHA-256 of its secret |
+//! | `{P}:publish_keys_revoked` | hash | SHA-256 of a revoked key's secret → revocation time (ms) |
 //!
 //! A lease is live while its score is in the future by Redis's own clock (`TIME`), so replicas'
 //! clocks never matter. Every operation that touches more than one key is one Lua script, so
@@ -31,7 +34,8 @@ use tracing::{info, warn};
 
 use crate::metrics;
 use crate::registry::{
-    NodeRecord, OwnedStream, Registry, RegistryError, RegistryEvent, StreamClaim, StreamRecord,
+    NodeRecord, OwnedStream, PublishKey, Registry, RegistryError, RegistryEvent, StreamClaim,
+    StreamRecord,
 };
 
 const NOW: &str = r#"
@@ -167,6 +171,27 @@ end
 return n
 "#;
 
+/// KEYS: publish keys, key ids. ARGV: secret hash, id, key JSON. 0 when either exists.
+const CREATE_PUBLISH_KEY: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 or redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"#;
+
+/// KEYS: publish keys, key ids, revoked. ARGV: id. Returns the key JSON and its revocation
+/// time (the first one, when revoked twice), or nil when there is no such key.
+const REVOKE_PUBLISH_KEY: &str = r#"
+local sha = redis.call('HGET', KEYS[2], ARGV[1])
+if not sha then return false end
+local json = redis.call('HGET', KEYS[1], sha)
+if not json then return false end
+redis.call('HSETNX', KEYS[3], sha, tostring(now))
+return {json, redis.call('HGET', KEYS[3], sha)}
+"#;
+
 fn script(body: &str) -> Script {
     Script::new(&format!("{NOW}{body}"))
 }
@@ -179,6 +204,8 @@ struct Scripts {
     list_streams: Script,
     list_nodes: Script,
     sweep: Script,
+    create_publish_key: Script,
+    revoke_publish_key: Script,
 }
 
 /// Settings of the Redis registry.
@@ -277,6 +304,8 @@ impl RedisRegistry {
                 list_streams: script(LIST_STREAMS),
                 list_nodes: script(LIST_NODES),
                 sweep: script(SWEEP),
+                create_publish_key: script(CREATE_PUBLISH_KEY),
+                revoke_publish_key: script(REVOKE_PUBLISH_KEY),
             },
             events: broadcast::channel(1024).0,
         })
@@ -296,6 +325,18 @@ impl RedisRegistry {
 
     fn epoch_key(&self, key: &StreamKey) -> String {
         format!("{}:epoch:{key}", self.keys)
+    }
+
+    fn publish_keys_key(&self) -> String {
+        format!("{}:publish_keys", self.keys)
+    }
+
+    fn publish_key_ids_key(&self) -> String {
+        format!("{}:publish_key_ids", self.keys)
+    }
+
+    fn publish_keys_revoked_key(&self) -> String {
+        format!("{}:publish_keys_revoked", self.keys)
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -492,6 +533,13 @@ fn record_from_fields(key: StreamKey, fields: &[String]) -> Option<StreamRecord>
             .and_then(|s| s.parse().ok())
             .unwrap_or(0),
     })
+}
+
+/// A stored publish key and its revocation time (`None` or an unreadable one: not revoked).
+fn publish_key_from(json: &str, revoked: Option<&str>) -> Option<PublishKey> {
+    let mut key: PublishKey = serde_json::from_str(json).ok()?;
+    key.revoked_ms = revoked.and_then(|r| r.parse().ok());
+    Some(key)
 }
 
 fn media_json(media: &MediaInfo) -> String {
@@ -702,6 +750,94 @@ impl Registry for RedisRegistry {
 
     fn watch(&self) -> broadcast::Receiver<RegistryEvent> {
         self.events.subscribe()
+    }
+
+    async fn create_publish_key(&self, key: PublishKey) -> Result<(), RegistryError> {
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let json = serde_json::to_string(&PublishKey {
+            revoked_ms: None,
+            ..key.clone()
+        })
+        .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        let result = self
+            .scripts
+            .create_publish_key
+            .key(self.publish_keys_key())
+            .key(self.publish_key_ids_key())
+            .arg(&key.secret_sha256)
+            .arg(&key.id)
+            .arg(json)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(unavailable)
+            .and_then(|created| match created {
+                1 => Ok(()),
+                // 192 random bits collided: the caller's randomness is broken.
+                _ => Err(RegistryError::Unavailable(
+                    "a publish key with this id or secret exists".to_owned(),
+                )),
+            });
+        observe("create_publish_key", started, result)
+    }
+
+    async fn publish_key(&self, secret_sha256: &str) -> Result<Option<PublishKey>, RegistryError> {
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let result = redis::pipe()
+            .atomic()
+            .hget(self.publish_keys_key(), secret_sha256)
+            .hget(self.publish_keys_revoked_key(), secret_sha256)
+            .query_async::<(Option<String>, Option<String>)>(&mut conn)
+            .await
+            .map_err(unavailable)
+            .map(|(json, revoked)| {
+                json.and_then(|json| publish_key_from(&json, revoked.as_deref()))
+            });
+        observe("publish_key", started, result)
+    }
+
+    async fn list_publish_keys(&self) -> Result<Vec<PublishKey>, RegistryError> {
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let result = redis::pipe()
+            .atomic()
+            .hgetall(self.publish_keys_key())
+            .hgetall(self.publish_keys_revoked_key())
+            .query_async::<(
+                std::collections::HashMap<String, String>,
+                std::collections::HashMap<String, String>,
+            )>(&mut conn)
+            .await
+            .map_err(unavailable)
+            .map(|(keys, revoked)| {
+                let mut keys: Vec<PublishKey> = keys
+                    .iter()
+                    .filter_map(|(sha, json)| {
+                        publish_key_from(json, revoked.get(sha).map(String::as_str))
+                    })
+                    .collect();
+                keys.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+                keys
+            });
+        observe("list_publish_keys", started, result)
+    }
+
+    async fn revoke_publish_key(&self, id: &str) -> Result<Option<PublishKey>, RegistryError> {
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let result = self
+            .scripts
+            .revoke_publish_key
+            .key(self.publish_keys_key())
+            .key(self.publish_key_ids_key())
+            .key(self.publish_keys_revoked_key())
+            .arg(id)
+            .invoke_async::<Option<(String, String)>>(&mut conn)
+            .await
+            .map_err(unavailable)
+            .map(|reply| reply.and_then(|(json, revoked)| publish_key_from(&json, Some(&revoked))));
+        observe("revoke_publish_key", started, result)
     }
 }
 

@@ -8,6 +8,8 @@
 //!   partitioned) presenting an old epoch learns it lost the stream.
 //! - **Node membership.** Origins and edges with their addresses and load, leased the same way.
 //! - **Events.** Stream up/down and node up/down, for the control plane's watch stream.
+//! - **Publish keys.** Managed stream keys, each mapping a secret to the public stream it
+//!   publishes. Only the SHA-256 of a secret is stored, so a registry dump leaks no key.
 
 use std::future::Future;
 use std::time::Duration;
@@ -90,6 +92,29 @@ pub struct OwnedStream {
     pub media: MediaInfo,
     pub publisher_addr: String,
     pub started_at_ms: u64,
+}
+
+/// A managed publish key. The secret itself is never stored: only its SHA-256, and a few
+/// leading characters so operators can tell keys apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishKey {
+    /// Public identifier, for listing and revoking.
+    pub id: String,
+    /// Lowercase hex SHA-256 of the secret.
+    pub secret_sha256: String,
+    /// The first characters of the secret.
+    pub hint: String,
+    /// The stream this key publishes (its public name).
+    pub stream: StreamKey,
+    /// Free text from whoever created the key.
+    pub note: String,
+    /// Creation time, Unix milliseconds.
+    pub created_ms: u64,
+    /// Unix seconds after which the key no longer publishes.
+    pub expires_at: Option<u64>,
+    /// When the key was revoked, Unix milliseconds. Revoked keys are kept so an encoder
+    /// still using one is told so.
+    pub revoked_ms: Option<u64>,
 }
 
 /// A change in the registry.
@@ -178,4 +203,28 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Changes from now on. A receiver that lags loses events and should re-list.
     fn watch(&self) -> broadcast::Receiver<RegistryEvent>;
+
+    /// Stores a new publish key.
+    fn create_publish_key(
+        &self,
+        key: PublishKey,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// The publish key whose secret hashes to `secret_sha256` (revoked ones included).
+    fn publish_key(
+        &self,
+        secret_sha256: &str,
+    ) -> impl Future<Output = Result<Option<PublishKey>, RegistryError>> + Send;
+
+    /// Every publish key, revoked ones included, oldest first.
+    fn list_publish_keys(
+        &self,
+    ) -> impl Future<Output = Result<Vec<PublishKey>, RegistryError>> + Send;
+
+    /// Revokes the key `id` (at once, for every replica). Returns the key, or `None` when
+    /// there is no such key. Revoking twice keeps the first revocation time.
+    fn revoke_publish_key(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<PublishKey>, RegistryError>> + Send;
 }

@@ -15,17 +15,31 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::convert;
 use crate::metrics;
 use crate::probe::OwnerProbe;
+use crate::publish_auth::{PublishAuthConfig, PublishAuthorizer, PublishDecision, PublishRequest};
 use crate::registry::{Registry, RegistryError, StreamClaim, StreamRecord};
 
 /// The control API over a registry.
 pub struct ControlService<R> {
     registry: Arc<R>,
     probe: Arc<OwnerProbe>,
+    publish_auth: PublishAuthorizer<R>,
 }
 
 impl<R: Registry> ControlService<R> {
+    /// The service with publish authorization off.
     pub fn new(registry: Arc<R>, probe: Arc<OwnerProbe>) -> Self {
-        Self { registry, probe }
+        let publish_auth = PublishAuthorizer::new(registry.clone(), PublishAuthConfig::default());
+        Self {
+            registry,
+            probe,
+            publish_auth,
+        }
+    }
+
+    /// Decides publish requests with `config`.
+    pub fn with_publish_auth(mut self, config: PublishAuthConfig) -> Self {
+        self.publish_auth = PublishAuthorizer::new(self.registry.clone(), config);
+        self
     }
 
     /// Claims a stream; when another node holds it, asks that node whether it still
@@ -238,6 +252,44 @@ impl<R: Registry> pb::control_server::Control for ControlService<R> {
         }
         .await;
         observe("list_nodes", started, result)
+    }
+
+    async fn authorize_publish(
+        &self,
+        request: Request<pb::AuthorizePublishRequest>,
+    ) -> Result<Response<pb::AuthorizePublishResponse>, Status> {
+        let started = Instant::now();
+        let span = trace::server_span(&request, info_span!("control.authorize_publish"));
+        let result = async {
+            let r = request.into_inner();
+            let decision = self
+                .publish_auth
+                .authorize(&PublishRequest {
+                    app: r.app,
+                    name: r.name,
+                    client_ip: r.client_ip,
+                    node_id: r.node_id,
+                })
+                .await
+                .map_err(status)?;
+            Ok(Response::new(match decision {
+                PublishDecision::Allowed { stream, credential } => pb::AuthorizePublishResponse {
+                    allowed: true,
+                    stream: Some(convert::key_to_pb(&stream)),
+                    credential: credential.as_str().to_owned(),
+                    ..Default::default()
+                },
+                PublishDecision::Refused { reason, message } => pb::AuthorizePublishResponse {
+                    allowed: false,
+                    reason: reason.as_str().to_owned(),
+                    message,
+                    ..Default::default()
+                },
+            }))
+        }
+        .instrument(span)
+        .await;
+        observe("authorize_publish", started, result)
     }
 
     type WatchStream = WatchStream;

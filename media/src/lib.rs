@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod mux;
 pub mod net;
 pub mod rtmp;
+pub mod secret;
 pub mod tls;
 
 pub use feed::{Feed, FeedEnd, LagPolicy, Segment};
