@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use corriente_control_plane::ControlPlaneConfig;
 use corriente_edge::{EdgeConfig, PullConfig};
+use corriente_media::limits::Rate;
 use corriente_media::rtmp::SessionConfig;
 use corriente_media::rtmp::chunk::ChunkLimits;
 use corriente_media::{HubConfig, LagPolicy};
@@ -121,6 +122,24 @@ pub struct RtmpArgs {
         default_value_t = 20_000
     )]
     pub max_connections: usize,
+
+    /// Most simultaneous connections per listener from one client address (an IPv6 client is
+    /// its /64); more are closed at once. 0: no limit. Viewers behind one NAT, CGNAT or proxy
+    /// share an address: raise it for large audiences behind carrier NAT, and set 0 when
+    /// every client arrives from a proxy's address (Swarm's routing mesh, an L4 proxy without
+    /// the client's address).
+    #[arg(
+        long,
+        env = "CORRIENTE_MAX_CONNECTIONS_PER_IP",
+        value_name = "N",
+        default_value_t = 256
+    )]
+    pub max_connections_per_ip: usize,
+
+    /// Largest chunk size a peer may set (SetChunkSize); above it the connection is closed.
+    /// Sizes over 16777215 are legal RTMP but mean nothing more, since no message is larger.
+    #[arg(long, env = "CORRIENTE_MAX_CHUNK_SIZE", value_name = "BYTES", default_value_t = 16_777_215, value_parser = clap::value_parser!(u32).range(128..=2_147_483_647))]
+    pub max_chunk_size: u32,
 }
 
 impl RtmpArgs {
@@ -129,6 +148,7 @@ impl RtmpArgs {
             chunk_size: self.chunk_size,
             window_ack_size: 2_500_000,
             limits: ChunkLimits {
+                max_chunk_size: self.max_chunk_size,
                 max_message_size: self.max_message_size,
                 max_buffered: 2 * self.max_message_size as usize,
                 ..ChunkLimits::default()
@@ -143,6 +163,18 @@ pub struct OriginTuning {
     /// A publisher silent this long is disconnected.
     #[arg(long, env = "CORRIENTE_PUBLISH_IDLE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub publish_idle_timeout: Duration,
+
+    /// Publish attempts allowed per client address: N/DURATION (e.g. 30/1m), a bucket of N
+    /// attempts refilled over DURATION. Past it a publish is refused (reason `rate_limited`)
+    /// before any authorization or registry work. 0: no limit.
+    #[arg(long, env = "CORRIENTE_PUBLISH_RATE_PER_IP", value_name = "N/DURATION", default_value = "30/1m", value_parser = parse_rate)]
+    pub publish_rate_per_ip: RateLimit,
+
+    /// Highest ingest bitrate of a publisher connection, averaged over 5 s (bursts such as
+    /// keyframes pass): bits per second with an optional k, M or G suffix. A publisher over it
+    /// is disconnected and counted (reason `bitrate_exceeded`). 0: no cap.
+    #[arg(long, env = "CORRIENTE_MAX_PUBLISH_BITRATE", value_name = "BITS/S", default_value = "100M", value_parser = parse_bitrate)]
+    pub max_publish_bitrate: u64,
 }
 
 /// Edge tuning.
@@ -402,6 +434,55 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// A rate limit flag's value: `None` for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit(pub Option<Rate>);
+
+/// Parses `N/DURATION` (`30/1m`, `5/10s`; `30/m` is `30/1m`), or `0` for no limit.
+pub fn parse_rate(s: &str) -> Result<RateLimit, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(RateLimit(None));
+    }
+    let (count, per) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a rate like 30/1m (or 0 for no limit)"))?;
+    let count: u32 = count
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: {count:?} is not a count"))?;
+    let per = per.trim();
+    let per = if per.starts_with(|c: char| c.is_ascii_digit()) {
+        parse_duration(per)?
+    } else {
+        parse_duration(&format!("1{per}"))?
+    };
+    if count == 0 || per.is_zero() {
+        return Ok(RateLimit(None));
+    }
+    Ok(RateLimit(Some(Rate { count, per })))
+}
+
+/// Parses a bitrate in bits per second: `2500000`, `2500k`, `100M`, `1G`; `0` for none.
+pub fn parse_bitrate(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (number, scale) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1e3),
+        Some((i, 'M')) => (&s[..i], 1e6),
+        Some((i, 'G' | 'g')) => (&s[..i], 1e9),
+        _ => (s, 1.0),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a bitrate (examples: 2500k, 100M, 0)"))?;
+    let bits = value * scale;
+    if !bits.is_finite() || !(0.0..=1e12).contains(&bits) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(bits as u64)
+}
+
 /// The default node id: `HOSTNAME-ROLE-PID`.
 pub fn default_node_id(role: &str) -> String {
     let host = std::env::var("HOSTNAME")
@@ -464,6 +545,9 @@ fn origin_config(
         handshake_timeout: rtmp_args.handshake_timeout,
         idle_timeout: tuning.publish_idle_timeout,
         max_connections: rtmp_args.max_connections,
+        max_connections_per_ip: rtmp_args.max_connections_per_ip,
+        publish_rate_per_ip: tuning.publish_rate_per_ip.0,
+        max_publish_bitrate: tuning.max_publish_bitrate,
         drain_timeout,
         ..OriginConfig::default()
     }
@@ -511,6 +595,7 @@ fn edge_config(
         write_timeout: tuning.viewer_write_timeout,
         viewer_send_buffer: tuning.viewer_send_buffer,
         max_connections: rtmp_args.max_connections,
+        max_connections_per_ip: rtmp_args.max_connections_per_ip,
         viewer_lag: LagPolicy {
             max_skips: tuning.viewer_max_skips,
             window: Duration::from_secs(60),
@@ -692,6 +777,28 @@ mod tests {
         assert_eq!(cli.all.edge_http, "127.0.0.1:8081".parse().unwrap());
         let cli = Cli::try_parse_from(["corriente", "origin", "--rtmp", "0.0.0.0:1936"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Origin(_))));
+    }
+
+    #[test]
+    fn parses_rates_and_bitrates() {
+        let rate = |count, secs| {
+            RateLimit(Some(Rate {
+                count,
+                per: Duration::from_secs(secs),
+            }))
+        };
+        assert_eq!(parse_rate("30/1m"), Ok(rate(30, 60)));
+        assert_eq!(parse_rate("30/m"), Ok(rate(30, 60)));
+        assert_eq!(parse_rate("5/10s"), Ok(rate(5, 10)));
+        assert_eq!(parse_rate("0"), Ok(RateLimit(None)));
+        assert!(parse_rate("30").is_err());
+        assert!(parse_rate("x/1m").is_err());
+        assert_eq!(parse_bitrate("100M"), Ok(100_000_000));
+        assert_eq!(parse_bitrate("2500k"), Ok(2_500_000));
+        assert_eq!(parse_bitrate("1.5G"), Ok(1_500_000_000));
+        assert_eq!(parse_bitrate("0"), Ok(0));
+        assert!(parse_bitrate("fast").is_err());
+        assert!(parse_bitrate("-1M").is_err());
     }
 
     #[test]

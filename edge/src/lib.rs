@@ -22,7 +22,7 @@ use corriente_control_plane::{
     run_membership,
 };
 use corriente_media::frame::unix_micros;
-use corriente_media::net::accept_loop;
+use corriente_media::net::{AcceptLimits, accept_loop};
 use corriente_media::rtmp::SessionConfig;
 use corriente_media::{HubConfig, LagPolicy};
 use futures_util::StreamExt;
@@ -60,6 +60,9 @@ pub struct EdgeConfig {
     pub viewer_send_buffer: u32,
     /// Most simultaneous connections per listener.
     pub max_connections: usize,
+    /// Most simultaneous connections per listener from one client address (an IPv6 client
+    /// is its /64); 0 for no limit.
+    pub max_connections_per_ip: usize,
     /// When a viewer that keeps falling behind is disconnected.
     pub viewer_lag: LagPolicy,
     /// Relay pull settings (hub, linger, failover grace).
@@ -69,6 +72,16 @@ pub struct EdgeConfig {
     /// On shutdown, how long the edge reports not ready (refusing new viewers) before it ends
     /// the viewers still connected, so load balancers stop sending viewers here first.
     pub drain_delay: Duration,
+}
+
+impl EdgeConfig {
+    /// What every client-facing listener of this node admits.
+    pub fn accept_limits(&self) -> AcceptLimits {
+        AcceptLimits {
+            max_connections: self.max_connections,
+            max_per_ip: self.max_connections_per_ip,
+        }
+    }
 }
 
 impl Default for EdgeConfig {
@@ -85,6 +98,7 @@ impl Default for EdgeConfig {
             write_timeout: Duration::from_secs(10),
             viewer_send_buffer: 256 << 10,
             max_connections: 20_000,
+            max_connections_per_ip: 256,
             viewer_lag: LagPolicy::default(),
             pull: PullConfig {
                 hub: HubConfig {
@@ -309,7 +323,7 @@ impl Edge {
         let rtmp_loop = accept_loop(
             "edge-rtmp",
             rtmp,
-            ctx.config.max_connections,
+            ctx.config.accept_limits(),
             shutdown.clone(),
             tracker.clone(),
             move |stream, peer| {
@@ -321,7 +335,7 @@ impl Edge {
         let http_loop = accept_loop(
             "edge-http",
             http,
-            ctx.config.max_connections,
+            ctx.config.accept_limits(),
             shutdown.clone(),
             tracker.clone(),
             move |stream, peer| {

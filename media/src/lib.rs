@@ -14,6 +14,7 @@ pub mod hub;
 pub mod info;
 pub mod io;
 pub mod key;
+pub mod limits;
 pub mod metrics;
 pub mod mux;
 pub mod net;

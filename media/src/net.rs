@@ -1,6 +1,7 @@
 //! Accepting connections the same way on every listener: one task per socket, spawned with a
-//! permit (over the limit a connection is refused at once and counted), inside a span that
-//! carries the listener, a connection id and the peer address.
+//! permit, inside a span that carries the listener, a connection id and the peer address. Over
+//! the listener's connection limit, or over the per-client limit, a connection is refused at
+//! once and counted.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,9 +14,13 @@ use prometheus::{IntCounterVec, register_int_counter_vec};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
+
+pub use crate::limits::AcceptLimits;
+use crate::limits::{ClientKey, ConnectionsPerIp, LogThrottle};
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -28,17 +33,23 @@ static CONNECTIONS_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// At most one log line per listener this often about refused connections (a flood of them
+/// is in the counter, not in the log).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Identifies a connection in logs.
 pub fn next_connection_id() -> u64 {
     NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Accepts connections on `listener` until `shutdown`, running `handler` for each in its own
-/// task tracked by `tracker`. At most `max_connections` run at once.
+/// task tracked by `tracker`. At most `limits.max_connections` run at once, and at most
+/// `limits.max_per_ip` from one client address; a connection over either is closed at once
+/// and counted in `corriente_connections_refused_total` (`connection_limit`, `per_ip_limit`).
 pub async fn accept_loop<F, Fut>(
     name: &'static str,
     listener: TcpListener,
-    max_connections: usize,
+    limits: AcceptLimits,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     handler: F,
@@ -46,7 +57,23 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(max_connections));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip = (limits.max_per_ip > 0).then(|| ConnectionsPerIp::new(limits.max_per_ip));
+    let mut refusal_log = LogThrottle::new(REFUSAL_LOG_EVERY);
+    let mut refuse = |reason: &'static str, peer: SocketAddr| {
+        CONNECTIONS_REFUSED.with_label_values(&[name, reason]).inc();
+        if let Some(held_back) = refusal_log.allow(Instant::now()) {
+            info!(
+                listener = name,
+                reason,
+                client = %ClientKey::of(peer.ip()),
+                max_connections = limits.max_connections,
+                max_per_ip = limits.max_per_ip,
+                refusals_not_logged = held_back,
+                "connection refused"
+            );
+        }
+    };
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -62,11 +89,18 @@ pub async fn accept_loop<F, Fut>(
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            CONNECTIONS_REFUSED
-                .with_label_values(&[name, "connection_limit"])
-                .inc();
-            debug!(listener = name, %peer, limit = max_connections, "connection refused: node is at its connection limit");
+            refuse("connection_limit", peer);
             continue;
+        };
+        let slot = match &per_ip {
+            Some(table) => match table.try_open(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    refuse("per_ip_limit", peer);
+                    continue;
+                }
+            },
+            None => None,
         };
         let _ = stream.set_nodelay(true);
         let id = next_connection_id();
@@ -75,7 +109,7 @@ pub async fn accept_loop<F, Fut>(
         tracker.spawn(
             async move {
                 task.await;
-                drop(permit);
+                drop((permit, slot));
             }
             .instrument(span),
         );

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use corriente_media::frame::unix_micros;
 use corriente_media::key::split_query;
+use corriente_media::limits::ByteRateCap;
 use corriente_media::metrics::BYTES_IN;
 use corriente_media::net::close_gracefully;
 use corriente_media::rtmp::handshake::{self, HandshakeError};
@@ -17,9 +18,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, debug, info, warn};
 
-use crate::OriginContext;
 use crate::metrics::PUBLISH_REFUSED;
 use crate::streams::Publication;
+use crate::{OriginContext, PUBLISH_BITRATE_WINDOW};
 
 /// How a publisher connection ended badly.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,8 @@ enum IngestError {
     WriteTimeout(Duration),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("ingest over the {0} bit/s cap")]
+    BitrateExceeded(u64),
 }
 
 /// Serves one publisher connection to its end, logging how it ended.
@@ -58,6 +61,7 @@ pub(crate) async fn serve_publisher(
             debug!("peer left during the handshake")
         }
         Err(IngestError::Io(e)) if is_hangup(&e) => debug!(error = %e, "publisher hung up"),
+        Err(e @ IngestError::BitrateExceeded(_)) => info!(error = %e, "publisher disconnected"),
         Err(e) => warn!(error = %e, "publisher connection closed"),
     }
     close_gracefully(&mut stream, Duration::from_secs(2)).await;
@@ -89,6 +93,13 @@ async fn run(
     let mut last_read = tokio::time::Instant::now();
     let idle = tokio::time::sleep(config.idle_timeout);
     tokio::pin!(idle);
+    let mut bitrate = (config.max_publish_bitrate > 0).then(|| {
+        ByteRateCap::new(
+            config.max_publish_bitrate,
+            PUBLISH_BITRATE_WINDOW,
+            last_read,
+        )
+    });
     loop {
         // Process everything complete in the buffer, answering requests as they come.
         loop {
@@ -136,6 +147,20 @@ async fn run(
             Ok(n) => {
                 bytes_in.inc_by(n as u64);
                 last_read = tokio::time::Instant::now();
+                if let Some(cap) = bitrate.as_mut()
+                    && !cap.take(n, last_read)
+                {
+                    PUBLISH_REFUSED
+                        .with_label_values(&["bitrate_exceeded"])
+                        .inc();
+                    let limit = config.max_publish_bitrate;
+                    session.stop_publish(
+                        "NetStream.Publish.Failed",
+                        &format!("ingest bitrate over this server's cap of {limit} bit/s"),
+                    );
+                    flush(stream, &mut session, config.write_timeout).await?;
+                    return Err(IngestError::BitrateExceeded(limit));
+                }
             }
             Err(e) => return Err(e.into()),
         }
@@ -176,6 +201,20 @@ async fn handle(
             }
         },
         SessionEvent::PublishRequested { name, publish_type } => {
+            // Before any name, key or registry work: a client retrying in a loop costs a
+            // bucket lookup and nothing else.
+            if let Some(attempts) = &ctx.publish_attempts
+                && let Err(wait) = attempts.try_take(peer.ip(), tokio::time::Instant::now())
+            {
+                PUBLISH_REFUSED.with_label_values(&["rate_limited"]).inc();
+                let wait = wait.as_secs() + 1;
+                info!(rate = %attempts.rate(), retry_in_s = wait, "publish refused: too many attempts from this address");
+                session.reject_publish(
+                    "NetStream.Publish.Rejected",
+                    &format!("too many publish attempts from this address; retry in {wait} s"),
+                );
+                return;
+            }
             let (name, _query) = split_query(&name);
             let key = match StreamKey::new(session.app(), name) {
                 Ok(key) => key,

@@ -20,7 +20,8 @@ use corriente_control_plane::{
     run_membership,
 };
 use corriente_media::frame::unix_micros;
-use corriente_media::net::accept_loop;
+use corriente_media::limits::{Rate, RateLimiter};
+use corriente_media::net::{AcceptLimits, accept_loop};
 use corriente_media::rtmp::SessionConfig;
 use corriente_media::{HubConfig, LagPolicy, StreamKey};
 use corriente_proto::relay::relay_server::RelayServer;
@@ -60,12 +61,30 @@ pub struct OriginConfig {
     pub write_timeout: Duration,
     /// Most simultaneous RTMP connections.
     pub max_connections: usize,
+    /// Most simultaneous connections per listener from one client address (an IPv6 client
+    /// is its /64); 0 for no limit.
+    pub max_connections_per_ip: usize,
+    /// Publish attempts allowed per client address (a token bucket), if limited.
+    pub publish_rate_per_ip: Option<Rate>,
+    /// Highest ingest bitrate of a publisher connection in bits per second, averaged over
+    /// [`PUBLISH_BITRATE_WINDOW`]; 0 for no cap.
+    pub max_publish_bitrate: u64,
     /// Hub settings of published streams.
     pub hub: HubConfig,
     /// When an edge pulling a stream falls behind for good.
     pub relay_lag: LagPolicy,
     /// How long shutdown waits for connections to end.
     pub drain_timeout: Duration,
+}
+
+impl OriginConfig {
+    /// What every client-facing listener of this node admits.
+    pub fn accept_limits(&self) -> AcceptLimits {
+        AcceptLimits {
+            max_connections: self.max_connections,
+            max_per_ip: self.max_connections_per_ip,
+        }
+    }
 }
 
 impl Default for OriginConfig {
@@ -82,12 +101,22 @@ impl Default for OriginConfig {
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            max_connections_per_ip: 256,
+            publish_rate_per_ip: Some(Rate {
+                count: 30,
+                per: Duration::from_secs(60),
+            }),
+            max_publish_bitrate: 100_000_000,
             hub: HubConfig::default(),
             relay_lag: LagPolicy::default(),
             drain_timeout: Duration::from_secs(10),
         }
     }
 }
+
+/// The window over which a publisher's bitrate is averaged against
+/// [`OriginConfig::max_publish_bitrate`]: long enough for keyframes and an encoder catching up.
+pub const PUBLISH_BITRATE_WINDOW: Duration = Duration::from_secs(5);
 
 /// Why an origin could not run.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +136,8 @@ pub enum OriginError {
 /// What every connection of this origin shares.
 pub(crate) struct OriginContext {
     pub(crate) config: OriginConfig,
+    /// Publish attempts per client address, when limited.
+    pub(crate) publish_attempts: Option<RateLimiter>,
     pub(crate) streams: Arc<Streams>,
     pub(crate) node_id: String,
     relay_advertised: String,
@@ -186,6 +217,7 @@ impl Origin {
             streams,
             started_at_ms: unix_micros() / 1000,
             health: Health::default(),
+            publish_attempts: config.publish_rate_per_ip.map(RateLimiter::new),
             config,
         });
         Ok(Self {
@@ -276,7 +308,7 @@ impl Origin {
         accept_loop(
             "origin-rtmp",
             rtmp,
-            ctx.config.max_connections,
+            ctx.config.accept_limits(),
             shutdown.clone(),
             tracker.clone(),
             move |stream, peer| {
