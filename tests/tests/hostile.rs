@@ -7,11 +7,14 @@ use anyhow::Result;
 use bytes::{BufMut, BytesMut};
 use corriente_media::amf0::{self, Amf0Value};
 use corriente_media::rtmp::chunk::encode_message;
+use corriente_media::rtmp::handshake;
 use corriente_media::rtmp::message::{self, type_id};
+use corriente_media::rtmp::{ClientEvent, ClientMode, ClientSession};
+use corriente_media::{Frame, FrameKind};
 use corriente_tests::clients::{Wire, closed_within, publish_flv_file, rtmp_handshaken};
 use corriente_tests::media::{Publisher, Viewer, av_720p, av_small, decode, ffprobe};
 use corriente_tests::{Node, wait_for};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn wait_live(node: &Node, name: &str) -> Result<()> {
@@ -451,5 +454,523 @@ async fn viewers_that_stop_reading_do_not_grow_memory() -> Result<()> {
         "healthy viewer stalled at {frames}"
     );
     drop(stalled);
+    Ok(())
+}
+
+/// Connects, publishes `live/NAME` with Corriente's client session and returns the publishing
+/// connection, or the server's refusal (`code: description`).
+async fn try_publish(
+    node: &Node,
+    name: &str,
+) -> Result<std::result::Result<(TcpStream, ClientSession), String>> {
+    let addr = node.addr("origin-rtmp");
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut input = handshake::connect(&mut stream, Duration::from_secs(5)).await?;
+    let mut session = ClientSession::new(
+        ClientMode::Publish,
+        "live",
+        &format!("rtmp://{addr}/live"),
+        name,
+        65536,
+    );
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !session.is_active() {
+        if session.has_output() {
+            stream.write_all(&session.take_output()).await?;
+        }
+        input.reserve(4096);
+        if tokio::time::timeout_at(deadline, stream.read_buf(&mut input)).await?? == 0 {
+            return Ok(Err("closed without an answer".to_owned()));
+        }
+        session.feed(&mut input, 0, &mut events)?;
+        for event in events.drain(..) {
+            if let ClientEvent::Refused { code, description } = event {
+                return Ok(Err(format!("{code}: {description}")));
+            }
+        }
+    }
+    Ok(Ok((stream, session)))
+}
+
+/// AMF0 strings that lie about their length: a long string (type 0x0c) claiming 4 GiB in a
+/// small message, and one that really is 8 MiB in a message over the 1 MiB cap. Both are
+/// refused without the node buffering them. And slowloris handshakes (a byte per second on
+/// the RTMP and HTTP ports): closed at the handshake deadline however long they trickle.
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_amf_strings_and_slowloris_handshakes_are_refused() -> Result<()> {
+    let mut node = Node::all(&["--handshake-timeout", "3s", "--max-message-size", "1048576"])?;
+    let mut canary = Canary::start(&node).await?;
+    let close = Duration::from_secs(5);
+
+    // A connect whose command object holds a long string claiming 4 GiB.
+    let mut s = rtmp_handshaken(node.addr("origin-rtmp")).await?;
+    let mut body = BytesMut::new();
+    amf0::encode(&Amf0Value::string("connect"), &mut body);
+    amf0::encode(&Amf0Value::Number(1.0), &mut body);
+    body.put_slice(&[
+        0x03, 0x00, 0x03, b'a', b'p', b'p', 0x0c, 0xff, 0xff, 0xff, 0xff,
+    ]);
+    body.put_slice(b"only a few bytes follow");
+    let mut out = BytesMut::new();
+    encode_message(&mut out, 3, 0, type_id::COMMAND_AMF0, 0, &body, 128);
+    s.write_all(&out).await?;
+    assert!(
+        closed_within(&mut s, close).await,
+        "4 GiB AMF string not refused"
+    );
+    canary.assert_alive("a 4 GiB AMF string");
+
+    // A real 8 MiB long string: the message is over the cap and refused on its header; the
+    // rest of what the client pushes is never buffered.
+    let before = node.rss_kb();
+    let mut s = rtmp_handshaken(node.addr("origin-rtmp")).await?;
+    let mut body = BytesMut::new();
+    amf0::encode(&Amf0Value::string("connect"), &mut body);
+    amf0::encode(&Amf0Value::Number(1.0), &mut body);
+    body.put_u8(0x0c);
+    body.put_u32(8 << 20);
+    body.put_bytes(b'x', 8 << 20);
+    let mut out = BytesMut::new();
+    encode_message(&mut out, 3, 0, type_id::COMMAND_AMF0, 0, &body, 128);
+    // The server closes mid-write: a reset here is the expected outcome.
+    let _ = tokio::time::timeout(close, s.write_all(&out)).await;
+    assert!(
+        closed_within(&mut s, close).await,
+        "8 MiB AMF string not refused"
+    );
+    let after = node.rss_kb();
+    eprintln!("RSS around the 8 MiB string: {before} kB before, {after} kB after");
+    assert!(
+        after < before + 4096,
+        "the 8 MiB message was buffered: RSS {before} → {after} kB"
+    );
+    canary.assert_alive("an 8 MiB AMF string");
+
+    // Slowloris: a byte per second on each port, well past the 3 s handshake deadline.
+    let mut trickles = Vec::new();
+    for (i, listener) in [
+        "origin-rtmp",
+        "edge-rtmp",
+        "edge-http",
+        "origin-rtmp",
+        "edge-rtmp",
+        "edge-http",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let addr = node.addr(listener);
+        let bytes: &'static [u8] = if listener == "edge-http" {
+            b"GET /live/canary.flv HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n"
+        } else if i < 3 {
+            // A valid start (version 3, then C1) trickled.
+            &[3u8; 40]
+        } else {
+            b"\x03 a handshake trickled a byte at a time, forever and ever"
+        };
+        trickles.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut s = TcpStream::connect(addr).await?;
+            let mut sink = [0u8; 4096];
+            for byte in bytes {
+                if s.write_all(std::slice::from_ref(byte)).await.is_err() {
+                    return Ok::<_, anyhow::Error>((listener, Some(started.elapsed())));
+                }
+                // Read for a second: a close shows as EOF or an error.
+                match tokio::time::timeout(Duration::from_secs(1), s.read(&mut sink)).await {
+                    Err(_) => {}
+                    Ok(Ok(0)) | Ok(Err(_)) => return Ok((listener, Some(started.elapsed()))),
+                    Ok(Ok(_)) => {}
+                }
+            }
+            Ok((listener, None))
+        }));
+    }
+    for trickle in trickles {
+        let (listener, closed_after) = trickle.await??;
+        let closed_after =
+            closed_after.unwrap_or_else(|| panic!("{listener}: slowloris never closed"));
+        eprintln!("{listener}: slowloris closed after {closed_after:?}");
+        assert!(
+            closed_after >= Duration::from_millis(2500) && closed_after < Duration::from_secs(8),
+            "{listener}: slowloris closed after {closed_after:?} (deadline 3 s)"
+        );
+    }
+    canary.assert_alive("slowloris handshakes");
+
+    assert!(node.is_running(), "corriente died");
+    assert_eq!(node.admin_get("/healthz").await?.0, 200);
+    Ok(())
+}
+
+/// Thousands of connections that never say anything, on the ingest and both playback ports:
+/// every one is closed at the handshake deadline, the node's memory stays bounded while they
+/// are open and the canary keeps playing.
+#[tokio::test(flavor = "multi_thread")]
+async fn thousands_of_idle_connections_are_closed_at_the_deadline() -> Result<()> {
+    rlimit::increase_nofile_limit(8192)?;
+    let mut node = Node::all(&[
+        "--handshake-timeout",
+        "6s",
+        "--max-connections-per-ip",
+        "5000",
+    ])?;
+    let mut canary = Canary::start(&node).await?;
+    let baseline = node.rss_kb();
+    let listeners = ["origin-rtmp", "edge-rtmp", "edge-http"];
+    let mut idle = Vec::new();
+    let opened = std::time::Instant::now();
+    for i in 0..2000 {
+        let addr = node.addr(listeners[i % listeners.len()]);
+        idle.push(TcpStream::connect(addr).await?);
+    }
+    eprintln!("2000 idle connections open in {:?}", opened.elapsed());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let peak = node.rss_kb();
+    canary.assert_alive("2000 idle connections");
+
+    // Every one closed by the server: EOF (or a reset) within the deadline plus a margin.
+    let waits: Vec<_> = idle
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move { closed_within(&mut s, Duration::from_secs(20)).await })
+        })
+        .collect();
+    let mut closed = 0;
+    for wait in waits {
+        closed += usize::from(wait.await?);
+    }
+    let closed_after = opened.elapsed();
+    let after = node.rss_kb();
+    eprintln!(
+        "{closed} of 2000 idle connections closed within {closed_after:?}; node RSS {baseline} kB before, {peak} kB with them open, {after} kB after"
+    );
+    assert_eq!(closed, 2000, "idle connections left open");
+    // Stated margin: a connection waiting for its handshake costs a task and a small read
+    // buffer, some kilobytes; 2000 of them stay well under 64 MB.
+    assert!(
+        peak < baseline + 64 * 1024,
+        "RSS {peak} kB with 2000 idle connections vs {baseline} kB before"
+    );
+    assert!(
+        after < baseline + 64 * 1024,
+        "RSS {after} kB after the idle connections vs {baseline} kB before"
+    );
+    canary.assert_alive("2000 idle connections closed");
+    assert!(node.is_running(), "corriente died");
+    assert_eq!(node.admin_get("/healthz").await?.0, 200);
+    Ok(())
+}
+
+/// More connections from one address than `--max-connections-per-ip` on each client-facing
+/// listener: the extra ones are closed at once and counted, the ones within the limit stay,
+/// and a slot given back is usable again. The refusals are logged, but not once each.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_per_ip_limit_are_refused_at_once() -> Result<()> {
+    let mut node = Node::all(&[
+        "--max-connections-per-ip",
+        "20",
+        "--handshake-timeout",
+        "20s",
+    ])?;
+    let mut canary = Canary::start(&node).await?;
+    // The canary's publisher holds one ingest connection and its viewer one HTTP connection.
+    let mut expected_total = 0.0;
+    for (listener, in_use) in [("origin-rtmp", 1), ("edge-rtmp", 0), ("edge-http", 1)] {
+        let mut kept = Vec::new();
+        for _ in 0..(20 - in_use) {
+            kept.push(connect(&node, listener).await?);
+        }
+        // Let the listener accept them all before the extra ones arrive.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for i in 0..10 {
+            let mut extra = connect(&node, listener).await?;
+            assert!(
+                closed_within(&mut extra, Duration::from_secs(1)).await,
+                "{listener}: connection {} over the limit was not closed at once",
+                i + 1
+            );
+        }
+        expected_total += 10.0;
+        for s in &mut kept {
+            assert!(
+                !closed_within(s, Duration::from_millis(20)).await,
+                "{listener}: a connection within the limit was closed"
+            );
+        }
+        let refused = node
+            .metrics()
+            .await?
+            .value(
+                "corriente_connections_refused_total",
+                &[("listener", listener), ("reason", "per_ip_limit")],
+            )
+            .unwrap_or(0.0);
+        eprintln!("{listener}: {refused} connections refused (per_ip_limit)");
+        assert_eq!(refused, 10.0, "{listener}: refusals counted");
+
+        // One given back: a newcomer gets it.
+        drop(kept.pop());
+        let again = wait_for(
+            Duration::from_secs(5),
+            "a freed slot to be usable",
+            || async {
+                let mut s = connect(&node, listener).await.ok()?;
+                (!closed_within(&mut s, Duration::from_millis(300)).await).then_some(s)
+            },
+        )
+        .await?;
+        drop(again);
+        drop(kept);
+        canary.assert_alive(listener);
+    }
+    let m = node.metrics().await?;
+    let total = m
+        .value(
+            "corriente_connections_refused_total",
+            &[("reason", "per_ip_limit")],
+        )
+        .unwrap_or(0.0);
+    assert!(total >= expected_total, "{total} refusals counted");
+    let logged = node
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("connection refused"))
+        .count();
+    eprintln!("{total} refusals, {logged} log lines");
+    assert!(
+        (1..=6).contains(&logged),
+        "{logged} log lines for {total} refusals"
+    );
+    assert!(node.is_running(), "corriente died");
+    assert_eq!(node.admin_get("/healthz").await?.0, 200);
+    Ok(())
+}
+
+/// Publish attempts from one address past `--publish-rate-per-ip`: refused with an RTMP error
+/// that says why and counted as `rate_limited`, ffmpeg included; the canary keeps playing.
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_attempts_over_the_rate_are_refused() -> Result<()> {
+    let mut node = Node::all(&["--publish-rate-per-ip", "5/1m"])?;
+    let mut canary = Canary::start(&node).await?;
+    // The canary spent one attempt: four remain in the bucket.
+    let mut accepted = Vec::new();
+    let mut refusals = Vec::new();
+    for i in 0..10 {
+        match try_publish(&node, &format!("retry{i}")).await? {
+            Ok(publishing) => accepted.push(publishing),
+            Err(refusal) => refusals.push(refusal),
+        }
+    }
+    eprintln!(
+        "{} publishes accepted, {} refused: {:?}",
+        accepted.len(),
+        refusals.len(),
+        refusals.first()
+    );
+    assert_eq!(accepted.len(), 4, "refusals: {refusals:?}");
+    assert_eq!(refusals.len(), 6);
+    assert!(
+        refusals
+            .iter()
+            .all(|r| r.starts_with("NetStream.Publish.Rejected: too many publish attempts")),
+        "{refusals:?}"
+    );
+    // A real encoder gets the same answer and gives up with it.
+    let ffmpeg = Publisher::start(&av_small()?, &node.ingest_url("ffmpeg"))?;
+    let (code, stderr) = ffmpeg.wait(Duration::from_secs(15)).await?;
+    assert_ne!(code, Some(0), "ffmpeg published past the rate limit");
+    assert!(
+        stderr.contains("too many publish attempts"),
+        "ffmpeg did not show the reason: {stderr}"
+    );
+    let refused = node
+        .metrics()
+        .await?
+        .value(
+            "corriente_publish_refused_total",
+            &[("reason", "rate_limited")],
+        )
+        .unwrap_or(0.0);
+    assert_eq!(refused, 7.0, "rate_limited refusals counted");
+    canary.assert_alive("publish attempts over the rate");
+    drop(accepted);
+    assert!(node.is_running(), "corriente died");
+    assert_eq!(node.admin_get("/healthz").await?.0, 200);
+    Ok(())
+}
+
+/// Sends video frames of `frame_bytes` to a publishing connection, stamped as 30 fps but sent
+/// at `bitrate` bits per second (as fast as the socket takes them when `None`), for `duration`.
+/// Returns the bytes sent and whether the server closed the connection.
+async fn flood(
+    mut stream: TcpStream,
+    mut session: ClientSession,
+    frame_bytes: usize,
+    bitrate: Option<u64>,
+    duration: Duration,
+) -> Result<(u64, bool)> {
+    let junk: bytes::Bytes = (0..frame_bytes)
+        .map(|i| (i as u8).wrapping_mul(13))
+        .collect::<Vec<u8>>()
+        .into();
+    let config = bytes::Bytes::from_static(&[
+        0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 4, 0x67, 0x64, 0, 0x1f, 1, 0, 4, 0x68,
+        0xee, 0x3c, 0x80,
+    ]);
+    session.send_frame(&Frame::new(FrameKind::Video, 0, config, 0));
+    let started = tokio::time::Instant::now();
+    let (mut reader, mut writer) = stream.split();
+    let mut sent = 0u64;
+    let mut frame = 0u32;
+    let mut sink = [0u8; 4096];
+    let send = async {
+        while started.elapsed() < duration {
+            let mut body = BytesMut::with_capacity(frame_bytes + 5);
+            body.put_slice(if frame.is_multiple_of(60) {
+                &[0x17, 1, 0, 0, 0]
+            } else {
+                &[0x27, 1, 0, 0, 0]
+            });
+            body.put_slice(&junk);
+            session.send_frame(&Frame::new(FrameKind::Video, frame * 33, body.freeze(), 0));
+            frame += 1;
+            let out = session.take_output();
+            if writer.write_all(&out).await.is_err() {
+                return;
+            }
+            sent += out.len() as u64;
+            if let Some(bps) = bitrate {
+                let due = started + Duration::from_secs_f64(sent as f64 * 8.0 / bps as f64);
+                tokio::time::sleep_until(due).await;
+            }
+        }
+    };
+    // The server's answers (acks, a final status) are read and dropped; EOF means closed.
+    let closed = async {
+        loop {
+            match reader.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let closed = tokio::select! {
+        _ = send => false,
+        _ = closed => true,
+    };
+    Ok((sent, closed))
+}
+
+/// Reads an HTTP-FLV stream as fast as it comes and throws it away; returns the bytes read.
+async fn drain_flv(addr: std::net::SocketAddr, name: &str, duration: Duration) -> Result<u64> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(format!("GET /live/{name}.flv HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut sink = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    let deadline = tokio::time::Instant::now() + duration;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, s.read(&mut sink)).await {
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    Ok(total)
+}
+
+/// A publisher sending ten times faster than real time, watched over HTTP-FLV: the origin,
+/// relay and edge drop what nobody can keep up with, so memory stays bounded and the canary
+/// keeps playing. One flooding past `--max-publish-bitrate` is disconnected and counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publisher_flooding_data_is_bounded_and_cut_off() -> Result<()> {
+    let mut node = Node::all(&["--max-publish-bitrate", "200M"])?;
+    let mut canary = Canary::start(&node).await?;
+    let baseline = node.rss_kb();
+
+    // 64 KiB frames stamped 30 fps (16 Mbit/s of media time) sent at 120 Mbit/s: under the
+    // cap, far over real time.
+    let (stream, session) = try_publish(&node, "flood")
+        .await?
+        .map_err(|e| anyhow::anyhow!("flood publish refused: {e}"))?;
+    let flooding = tokio::spawn(flood(
+        stream,
+        session,
+        64 << 10,
+        Some(120_000_000),
+        Duration::from_secs(12),
+    ));
+    wait_live(&node, "flood").await?;
+    let watcher = tokio::spawn(drain_flv(
+        node.addr("edge-http"),
+        "flood",
+        Duration::from_secs(10),
+    ));
+    let mut samples = Vec::new();
+    for _ in 0..16 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        samples.push(node.rss_kb());
+        canary.assert_alive("a flooding publisher");
+    }
+    let (sent, closed) = flooding.await??;
+    let watched = watcher.await??;
+    eprintln!(
+        "flood under the cap: {} MB sent in 12 s ({} Mbit/s), {} MB reached the HTTP-FLV watcher; node RSS {baseline} kB before, {samples:?} kB during",
+        sent >> 20,
+        sent * 8 / 12_000_000,
+        watched >> 20
+    );
+    assert!(!closed, "a publisher under the cap was disconnected");
+    assert!(sent > 100 << 20, "the flood only sent {sent} bytes");
+    // Stated margin: per stream the origin holds its broadcast ring (128 frames, 8 MB of these)
+    // and GOP cache (about 4 MB here), the edge its ring of batches, the relay a bounded
+    // queue, so at most about 100 MB over the baseline, and flat once the rings are full.
+    let max = *samples.iter().max().unwrap_or(&0);
+    assert!(
+        max < baseline + 100 * 1024,
+        "RSS {max} kB under a flood vs {baseline} kB before"
+    );
+    let late = &samples[samples.len() / 2..];
+    let spread = late.iter().max().unwrap_or(&0) - late.iter().min().unwrap_or(&0);
+    assert!(
+        spread < 24 * 1024,
+        "RSS kept growing under the flood: {samples:?}"
+    );
+
+    // As fast as loopback takes it: over the 200 Mbit/s cap, cut off within a few seconds.
+    let (stream, session) = try_publish(&node, "torrent")
+        .await?
+        .map_err(|e| anyhow::anyhow!("torrent publish refused: {e}"))?;
+    let started = std::time::Instant::now();
+    let (sent, closed) = flood(stream, session, 256 << 10, None, Duration::from_secs(30)).await?;
+    eprintln!(
+        "unthrottled flood: {} MB sent before the cut-off after {:?}",
+        sent >> 20,
+        started.elapsed()
+    );
+    assert!(closed, "an unthrottled flood was not cut off");
+    let refused = node
+        .metrics()
+        .await?
+        .value(
+            "corriente_publish_refused_total",
+            &[("reason", "bitrate_exceeded")],
+        )
+        .unwrap_or(0.0);
+    assert_eq!(refused, 1.0, "bitrate_exceeded counted");
+    assert!(
+        node.log_text().contains("bit/s cap"),
+        "the cut-off was not logged"
+    );
+    let after = node.rss_kb();
+    eprintln!("node RSS after the unthrottled flood: {after} kB");
+    assert!(
+        after < baseline + 100 * 1024,
+        "RSS {after} kB vs {baseline} kB"
+    );
+    canary.assert_alive("an unthrottled flood");
+    assert!(node.is_running(), "corriente died");
+    assert_eq!(node.admin_get("/healthz").await?.0, 200);
     Ok(())
 }
