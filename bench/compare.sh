@@ -54,13 +54,15 @@ trap cleanup EXIT
 
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; return 1; }
 
+# Every load-generator client comes from 127.0.0.1: no per-address limits here.
+LIMITS=(--max-connections-per-ip 0)
 start_corriente() { # $1: coalescing window
   $BIN/corriente control-plane --grpc 127.0.0.1:41051 --admin 127.0.0.1:41090 --log-format json 2>"$OUT/control.log" & pids+=($!)
   wait_port 41051
   $BIN/corriente origin --rtmp 127.0.0.1:41935 --relay 127.0.0.1:41052 --admin 127.0.0.1:41091 \
-    --control http://127.0.0.1:41051 --log-format json 2>"$OUT/origin.log" & pids+=($!); ORIGIN_PID=$!
+    --control http://127.0.0.1:41051 "${LIMITS[@]}" --publish-rate-per-ip 0 --log-format json 2>"$OUT/origin.log" & pids+=($!); ORIGIN_PID=$!
   $BIN/corriente edge --rtmp 127.0.0.1:41936 --http 127.0.0.1:41080 --admin 127.0.0.1:41092 \
-    --control http://127.0.0.1:41051 --coalesce-window "$1" --log-format json 2>"$OUT/edge.log" & pids+=($!); EDGE_PID=$!
+    --control http://127.0.0.1:41051 --coalesce-window "$1" "${LIMITS[@]}" --log-format json 2>"$OUT/edge.log" & pids+=($!); EDGE_PID=$!
   wait_port 41935; wait_port 41936; wait_port 41080
   sleep 1
 }
