@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use corriente_media::StreamKey;
+use corriente_proto::auth::{ClientCredentials, ClusterAuth};
 use corriente_proto::control as pb;
 use corriente_proto::trace;
 use futures_util::{Stream, StreamExt};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -66,7 +68,7 @@ pub struct HeartbeatOutcome {
     pub lease: Lease,
 }
 
-type Client = pb::control_client::ControlClient<Channel>;
+type Client = pb::control_client::ControlClient<InterceptedService<Channel, ClientCredentials>>;
 
 /// A connection to the control plane: one or several replicas (lazy: connects on first use,
 /// reconnects as needed). A call that cannot reach a replica moves on to the next one.
@@ -86,9 +88,14 @@ fn unreachable(status: &Status) -> bool {
 }
 
 impl ControlClient {
-    /// A client for `url` (`http://HOST:PORT`, or several, comma-separated). Does not connect
-    /// yet.
+    /// A client for `url` (`http://HOST:PORT`, or several, comma-separated), without cluster
+    /// credentials. Does not connect yet.
     pub fn new(url: &str) -> Result<Self, ControlError> {
+        Self::with_auth(url, &ClusterAuth::open())
+    }
+
+    /// A client for `url` presenting this node's cluster credentials on every call.
+    pub fn with_auth(url: &str, auth: &ClusterAuth) -> Result<Self, ControlError> {
         let replicas = url
             .split(',')
             .map(str::trim)
@@ -102,7 +109,10 @@ impl ControlClient {
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_timeout(Duration::from_secs(3))
                     .keep_alive_while_idle(true);
-                Ok(Client::new(endpoint.connect_lazy()))
+                Ok(pb::control_client::ControlClient::with_interceptor(
+                    endpoint.connect_lazy(),
+                    auth.client(),
+                ))
             })
             .collect::<Result<Vec<_>, ControlError>>()?;
         if replicas.is_empty() {

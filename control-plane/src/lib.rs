@@ -201,6 +201,7 @@ impl ControlPlane {
                     registry,
                     self.probe,
                     self.publish_auth,
+                    self.cluster_auth,
                     shutdown,
                 )
                 .await
@@ -217,6 +218,7 @@ impl ControlPlane {
                     registry,
                     self.probe,
                     self.publish_auth,
+                    self.cluster_auth,
                     shutdown,
                 )
                 .await

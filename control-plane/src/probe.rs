@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use corriente_media::StreamKey;
+use corriente_proto::auth::ClusterAuth;
 use corriente_proto::relay::OwnsRequest;
 use corriente_proto::relay::relay_client::RelayClient;
 use tonic::Code;
@@ -17,13 +18,15 @@ use tonic::transport::{Channel, Endpoint};
 pub struct OwnerProbe {
     channels: Mutex<HashMap<String, Channel>>,
     timeout: Duration,
+    auth: ClusterAuth,
 }
 
 impl OwnerProbe {
-    pub fn new(timeout: Duration) -> Self {
+    pub fn new(timeout: Duration, auth: ClusterAuth) -> Self {
         Self {
             channels: Mutex::new(HashMap::new()),
             timeout,
+            auth,
         }
     }
 
@@ -56,10 +59,24 @@ impl OwnerProbe {
             name: key.name().to_owned(),
             epoch,
         };
-        match tokio::time::timeout(self.timeout, RelayClient::new(channel).owns(request)).await {
+        match tokio::time::timeout(
+            self.timeout,
+            RelayClient::with_interceptor(channel, self.auth.client()).owns(request),
+        )
+        .await
+        {
             Ok(Ok(response)) => response.into_inner().owns,
             // An origin too old to answer: assume it is alive rather than take its stream.
             Ok(Err(status)) if status.code() == Code::Unimplemented => true,
+            // The owner refuses our credentials: it is alive, and a cluster misconfiguration
+            // must not hand its stream to someone else.
+            Ok(Err(status)) if status.code() == Code::Unauthenticated => {
+                tracing::warn!(
+                    relay = relay_addr,
+                    "owner probe refused: cluster tokens differ between the control plane and this origin"
+                );
+                true
+            }
             Ok(Err(_)) | Err(_) => {
                 self.channels
                     .lock()

@@ -10,15 +10,16 @@
 //! response body.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -46,15 +47,64 @@ use crate::viewer::{self, Playback};
 /// Largest request head read on the fast path; larger ones go to hyper, which refuses them.
 const MAX_HEAD: usize = 8 << 10;
 
-/// The edge's HTTP routes (served by hyper).
-pub(crate) fn router(ctx: Arc<EdgeContext>) -> Router {
-    Router::new()
+/// The edge's HTTP routes (served by hyper). With `redirect`, page requests (anything but a
+/// stream, `.flv`) are answered with a permanent redirect to the HTTPS listener.
+pub(crate) fn router(ctx: Arc<EdgeContext>, redirect: bool) -> Router {
+    let router = Router::new()
         .route(
             "/_corriente/{asset}",
             get(|Path(asset): Path<String>| async move { crate::page::asset(&asset) }),
         )
-        .route("/{app}/{file}", get(play).head(play).options(preflight))
-        .with_state(ctx)
+        .route("/api/v1/edge/streams", get(edge_streams))
+        .route("/{app}/{file}", get(play).head(play).options(preflight));
+    let router = match (redirect, ctx.https_local) {
+        (true, Some(https)) => router.layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                let path = request.uri().path();
+                if path.ends_with(".flv") || request.method() == Method::OPTIONS {
+                    return next.run(request).await;
+                }
+                https_redirect(&request, https.port())
+            },
+        )),
+        _ => router,
+    };
+    router.with_state(ctx)
+}
+
+/// `308 Permanent Redirect` to the same path and query on the HTTPS port of the host the client
+/// asked for.
+fn https_redirect(request: &axum::extract::Request, https_port: u16) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    // Strip a port, keeping IPv6 brackets: `[::1]:8080` → `[::1]`, `a.b:80` → `a.b`.
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if !port.contains(']') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if https_port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{https_port}{path}")
+    };
+    match HeaderValue::from_str(&location) {
+        Ok(location) => (
+            StatusCode::PERMANENT_REDIRECT,
+            [(header::LOCATION, location)],
+        )
+            .into_response(),
+        Err(_) => (StatusCode::BAD_REQUEST, "bad Host header\n").into_response(),
+    }
+}
+
+/// The streams this edge serves and their viewers (the admin port's
+/// `/api/v1/edge/streams`, here for clients that only reach the playback ports).
+async fn edge_streams(State(ctx): State<Arc<EdgeContext>>) -> Response {
+    axum::Json(crate::edge_streams_json(&ctx)).into_response()
 }
 
 /// Serves one HTTP connection until it closes or the node shuts down.
@@ -62,14 +112,14 @@ pub(crate) async fn serve_connection(
     ctx: Arc<EdgeContext>,
     router: Router,
     mut stream: TcpStream,
-    _peer: SocketAddr,
+    peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
     let mut head = BytesMut::with_capacity(1024);
     let timeout = ctx.config.handshake_timeout;
     match tokio::time::timeout(timeout, read_head(&mut stream, &mut head)).await {
         Ok(Ok(Some(request))) => {
-            serve_flv(ctx, stream, request, shutdown).await;
+            serve_flv(ctx, stream, peer, request, shutdown).await;
             return;
         }
         Ok(Ok(None)) => {}
@@ -79,13 +129,41 @@ pub(crate) async fn serve_connection(
             return;
         }
     }
+    let router = router.layer(Extension(Peer(peer.ip())));
     serve_hyper(ctx, router, Rewind::new(head.freeze(), stream), shutdown).await;
+}
+
+/// The client's address, for the hyper-served routes.
+#[derive(Clone, Copy)]
+struct Peer(IpAddr);
+
+/// Serves one HTTPS connection: the TLS handshake (under the request-head deadline), then
+/// hyper, over HTTP/2 when the client chose it (ALPN) and HTTP/1.1 otherwise.
+pub(crate) async fn serve_tls_connection(
+    ctx: Arc<EdgeContext>,
+    router: Router,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let timeout = ctx.config.handshake_timeout;
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let router = router.layer(Extension(Peer(peer.ip())));
+            serve_hyper(ctx, router, tls, shutdown).await
+        }
+        Ok(Err(e)) => info!(error = %e, "TLS handshake failed: not an HTTPS client"),
+        Err(_) => info!(?timeout, "TLS handshake timed out"),
+    }
 }
 
 /// A playback request on the fast path.
 struct FlvRequest {
     app: String,
     file: String,
+    /// The query string (`token=…`), without `?`.
+    query: String,
     head_only: bool,
     http11: bool,
 }
@@ -105,8 +183,8 @@ async fn read_head(
         match request.parse(buf) {
             Ok(httparse::Status::Complete(_)) => {
                 let method = request.method.unwrap_or("");
-                let path = request.path.unwrap_or("");
-                let path = path.split('?').next().unwrap_or("");
+                let target = request.path.unwrap_or("");
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
                 let mut parts = path.trim_start_matches('/').splitn(2, '/');
                 let (Some(app), Some(file)) = (parts.next(), parts.next()) else {
                     return Ok(None);
@@ -117,6 +195,7 @@ async fn read_head(
                 return Ok(playback.then(|| FlvRequest {
                     app: app.to_owned(),
                     file: file.to_owned(),
+                    query: query.to_owned(),
                     head_only: method == "HEAD",
                     http11: request.version == Some(1),
                 }));
@@ -139,6 +218,8 @@ async fn resolve(
     ctx: &EdgeContext,
     app: &str,
     file: &str,
+    query: &str,
+    peer: IpAddr,
 ) -> Result<(StreamKey, ViewerLease), Refusal> {
     let refuse = |status, reason, message: String| Refusal {
         status,
@@ -154,6 +235,23 @@ async fn resolve(
     };
     let key = StreamKey::new(app, name)
         .map_err(|e| refuse(StatusCode::NOT_FOUND, "bad_name", e.to_string()))?;
+    crate::access::authorize(
+        &ctx.config.play_auth,
+        &key,
+        query,
+        peer,
+        "http_flv",
+        &ctx.config.node_id,
+    )
+    .await
+    .map_err(|denial| {
+        let status = if denial.unavailable {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        refuse(status, denial.reason, denial.message)
+    })?;
     if ctx.draining.is_cancelled() {
         return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -179,7 +277,11 @@ impl Refusal {
         PLAY_REFUSED
             .with_label_values(&["http_flv", self.reason])
             .inc();
-        debug!(reason = self.reason, "play refused: {}", self.message);
+        if self.status == StatusCode::FORBIDDEN || self.status == StatusCode::SERVICE_UNAVAILABLE {
+            info!(reason = self.reason, "play refused: {}", self.message);
+        } else {
+            debug!(reason = self.reason, "play refused: {}", self.message);
+        }
     }
 }
 
@@ -190,12 +292,15 @@ const FLV_HEADERS: &str = "Content-Type: video/x-flv\r\nCache-Control: no-cache,
 async fn serve_flv(
     ctx: Arc<EdgeContext>,
     mut stream: TcpStream,
+    peer: SocketAddr,
     request: FlvRequest,
     shutdown: CancellationToken,
 ) {
     let requested = Instant::now();
     let version = if request.http11 { "1.1" } else { "1.0" };
-    let (key, lease) = match resolve(&ctx, &request.app, &request.file).await {
+    let (key, lease) = match resolve(&ctx, &request.app, &request.file, &request.query, peer.ip())
+        .await
+    {
         Ok(found) => found,
         Err(refusal) => {
             refusal.count();
@@ -297,12 +402,10 @@ impl Playback for HttpPlayback {
 }
 
 /// Hyper serves the connection: every request but a first playback request.
-async fn serve_hyper(
-    ctx: Arc<EdgeContext>,
-    router: Router,
-    io: Rewind,
-    shutdown: CancellationToken,
-) {
+async fn serve_hyper<S>(ctx: Arc<EdgeContext>, router: Router, io: S, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(StallGuard::new(io, ctx.config.write_timeout));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -436,8 +539,10 @@ fn refusal_response(refusal: Refusal) -> Response {
 /// Playback through hyper (a kept-alive connection's later requests).
 async fn play(
     State(ctx): State<Arc<EdgeContext>>,
+    Extension(Peer(peer)): Extension<Peer>,
     method: Method,
     Path((app, file)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let requested = Instant::now();
     if !file.ends_with(".flv") {
@@ -451,7 +556,8 @@ async fn play(
             }),
         };
     }
-    let (key, lease) = match resolve(&ctx, &app, &file).await {
+    let query = query.unwrap_or_default();
+    let (key, lease) = match resolve(&ctx, &app, &file, &query, peer).await {
         Ok(found) => found,
         Err(refusal) => return refusal_response(refusal),
     };

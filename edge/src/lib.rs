@@ -4,6 +4,7 @@
 //!
 //! The edge never imports the origin: they meet only through the relay and control APIs.
 
+mod access;
 mod http;
 mod metrics;
 mod page;
@@ -24,13 +25,16 @@ use corriente_control_plane::{
 use corriente_media::frame::unix_micros;
 use corriente_media::net::{AcceptLimits, accept_loop};
 use corriente_media::rtmp::SessionConfig;
+use corriente_media::tls::{ReloadingCert, TlsError, TlsFiles};
 use corriente_media::{HubConfig, LagPolicy};
+use corriente_proto::auth::ClusterAuth;
 use futures_util::StreamExt;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+pub use crate::access::PlayAuthConfig;
 pub use crate::pulls::PullConfig;
 use crate::pulls::Pulls;
 
@@ -41,6 +45,18 @@ pub struct EdgeConfig {
     pub rtmp_addr: SocketAddr,
     /// HTTP playback (HTTP-FLV) listen address.
     pub http_addr: SocketAddr,
+    /// RTMPS playback listen address, if any; needs `tls`.
+    pub rtmps_addr: Option<SocketAddr>,
+    /// HTTPS playback listen address (HTTP-FLV, the player page; HTTP/2 when the client offers
+    /// it), if any; needs `tls`.
+    pub https_addr: Option<SocketAddr>,
+    /// Certificate and key of the TLS listeners, reloaded when the files change.
+    pub tls: Option<TlsFiles>,
+    /// Who may watch: IP rules, signed URLs, the `on_play` hook.
+    pub play_auth: PlayAuthConfig,
+    /// Answer plain-HTTP page requests with a redirect to HTTPS (stream requests, `.flv`, are
+    /// still served over plain HTTP: players that asked for it want it).
+    pub https_redirect: bool,
     /// Control plane URL (`http://HOST:PORT`).
     pub control_url: String,
     /// This node's id in the cluster.
@@ -90,6 +106,11 @@ impl Default for EdgeConfig {
         Self {
             rtmp_addr: SocketAddr::from(([0, 0, 0, 0], 1935)),
             http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            rtmps_addr: None,
+            https_addr: None,
+            tls: None,
+            https_redirect: false,
+            play_auth: PlayAuthConfig::default(),
             control_url: "http://127.0.0.1:50051".to_owned(),
             node_id: "edge".to_owned(),
             admin_addr: String::new(),
@@ -111,6 +132,7 @@ impl Default for EdgeConfig {
                 upstream_grace: Duration::from_secs(10),
                 upstream_stall: Duration::from_secs(4),
                 node_id: "edge".to_owned(),
+                cluster_auth: ClusterAuth::open(),
             },
             drain_timeout: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
@@ -129,6 +151,12 @@ pub enum EdgeError {
     },
     #[error("{0}")]
     Control(#[from] ControlError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("--rtmps and --https need a certificate and key (--tls-cert, --tls-key)")]
+    TlsFilesMissing,
+    #[error("--https-redirect needs --https")]
+    RedirectWithoutHttps,
 }
 
 /// What every connection of this edge shares.
@@ -141,6 +169,8 @@ pub(crate) struct EdgeContext {
     pub(crate) shutdown: CancellationToken,
     rtmp_local: SocketAddr,
     http_local: SocketAddr,
+    /// The HTTPS listener's address, for redirects.
+    pub(crate) https_local: Option<SocketAddr>,
     started_at_ms: u64,
     health: Health,
     /// Bytes written to viewers at the last load report, and when: for the egress rate.
@@ -197,9 +227,21 @@ impl Member for EdgeContext {
 pub struct Edge {
     rtmp: TcpListener,
     http: TcpListener,
+    /// The TLS listeners (RTMPS, HTTPS) and their certificate.
+    tls: TlsListeners,
     ctx: Arc<EdgeContext>,
     control: ControlClient,
 }
+
+/// The TLS listeners of an edge, sharing one certificate.
+struct TlsListeners {
+    rtmps: Option<TcpListener>,
+    https: Option<TcpListener>,
+    cert: Option<Arc<ReloadingCert>>,
+}
+
+/// How often the TLS certificate files are checked for a change.
+const TLS_RELOAD_EVERY: Duration = Duration::from_secs(2);
 
 /// Binds a listener whose accepted sockets inherit `send_buffer` (when non-zero).
 fn bind(what: &'static str, addr: SocketAddr, send_buffer: u32) -> Result<TcpListener, EdgeError> {
@@ -222,9 +264,34 @@ fn bind(what: &'static str, addr: SocketAddr, send_buffer: u32) -> Result<TcpLis
 impl Edge {
     /// Binds the RTMP and HTTP ports.
     pub async fn bind(mut config: EdgeConfig) -> Result<Self, EdgeError> {
-        let control = ControlClient::new(&config.control_url)?;
+        let control = ControlClient::with_auth(&config.control_url, &config.pull.cluster_auth)?;
         let rtmp = bind("RTMP playback", config.rtmp_addr, config.viewer_send_buffer)?;
         let http = bind("HTTP playback", config.http_addr, config.viewer_send_buffer)?;
+        if config.https_redirect && config.https_addr.is_none() {
+            return Err(EdgeError::RedirectWithoutHttps);
+        }
+        let tls = if config.rtmps_addr.is_none() && config.https_addr.is_none() {
+            TlsListeners {
+                rtmps: None,
+                https: None,
+                cert: None,
+            }
+        } else {
+            let files = config.tls.clone().ok_or(EdgeError::TlsFilesMissing)?;
+            let cert = ReloadingCert::load(files)?;
+            let send_buffer = config.viewer_send_buffer;
+            TlsListeners {
+                rtmps: config
+                    .rtmps_addr
+                    .map(|addr| bind("RTMPS playback", addr, send_buffer))
+                    .transpose()?,
+                https: config
+                    .https_addr
+                    .map(|addr| bind("HTTPS playback", addr, send_buffer))
+                    .transpose()?,
+                cert: Some(cert),
+            }
+        };
         config.pull.node_id = config.node_id.clone();
         config.pull.hub.outputs.rtmp_chunk_size = config.session.chunk_size;
         let shutdown = CancellationToken::new();
@@ -232,6 +299,7 @@ impl Edge {
         let ctx = Arc::new(EdgeContext {
             rtmp_local: rtmp.local_addr().unwrap_or(config.rtmp_addr),
             http_local: http.local_addr().unwrap_or(config.http_addr),
+            https_local: tls.https.as_ref().and_then(|l| l.local_addr().ok()),
             config,
             pulls,
             draining: CancellationToken::new(),
@@ -243,6 +311,7 @@ impl Edge {
         Ok(Self {
             rtmp,
             http,
+            tls,
             ctx,
             control,
         })
@@ -271,26 +340,7 @@ impl Edge {
         let ctx = self.ctx.clone();
         Router::new().route(
             "/api/v1/edge/streams",
-            get(move || async move {
-                let streams: Vec<serde_json::Value> = ctx
-                    .pulls
-                    .active()
-                    .into_iter()
-                    .map(|hub| {
-                        let stats = hub.stats();
-                        serde_json::json!({
-                            "key": stats.key.to_string(),
-                            "app": stats.key.app(),
-                            "name": stats.key.name(),
-                            "media": stats.media,
-                            "viewers": stats.subscribers,
-                            "frames_in": stats.frames_in,
-                            "bytes_in": stats.bytes_in,
-                        })
-                    })
-                    .collect();
-                Json(serde_json::json!({ "node": ctx.config.node_id, "streams": streams }))
-            }),
+            get(move || async move { Json(edge_streams_json(&ctx)) }),
         )
     }
 
@@ -300,6 +350,7 @@ impl Edge {
         let Edge {
             rtmp,
             http,
+            tls,
             ctx,
             control,
         } = self;
@@ -331,7 +382,7 @@ impl Edge {
             },
         );
         let http_ctx = ctx.clone();
-        let router = http::router(ctx.clone());
+        let router = http::router(ctx.clone(), ctx.config.https_redirect);
         let http_loop = accept_loop(
             "edge-http",
             http,
@@ -348,7 +399,8 @@ impl Edge {
                 )
             },
         );
-        tokio::join!(rtmp_loop, http_loop);
+        let tls_loops = serve_tls(&ctx, tls, &shutdown, &tracker);
+        tokio::join!(rtmp_loop, http_loop, tls_loops);
 
         // Draining: not ready, refuse newcomers; give load balancers the drain delay to stop
         // sending viewers here while the ones connected keep watching; then end them.
@@ -370,6 +422,95 @@ impl Edge {
         info!("edge stopped");
         Ok(())
     }
+}
+
+/// The streams an edge serves and their viewers, for the stats endpoints.
+pub(crate) fn edge_streams_json(ctx: &EdgeContext) -> serde_json::Value {
+    let streams: Vec<serde_json::Value> = ctx
+        .pulls
+        .active()
+        .into_iter()
+        .map(|hub| {
+            let stats = hub.stats();
+            serde_json::json!({
+                "key": stats.key.to_string(),
+                "app": stats.key.app(),
+                "name": stats.key.name(),
+                "media": stats.media,
+                "viewers": stats.subscribers,
+                "frames_in": stats.frames_in,
+                "bytes_in": stats.bytes_in,
+            })
+        })
+        .collect();
+    serde_json::json!({ "node": ctx.config.node_id, "streams": streams })
+}
+
+/// Accepts on the RTMPS and HTTPS listeners until `shutdown`, and reloads their certificate
+/// when its files change.
+async fn serve_tls(
+    ctx: &Arc<EdgeContext>,
+    tls: TlsListeners,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let Some(cert) = tls.cert else {
+        return;
+    };
+    tokio::spawn(cert.clone().watch(TLS_RELOAD_EVERY, shutdown.child_token()));
+    let rtmps = async {
+        let Some(listener) = tls.rtmps else {
+            return;
+        };
+        info!(listener = "edge-rtmps", addr = %listener.local_addr().unwrap_or(ctx.rtmp_local), "listening");
+        let acceptor = corriente_media::tls::acceptor(cert.clone(), &[]);
+        let conn_ctx = ctx.clone();
+        accept_loop(
+            "edge-rtmps",
+            listener,
+            ctx.config.accept_limits(),
+            shutdown.clone(),
+            tracker.clone(),
+            move |stream, peer| {
+                rtmp::serve_tls_viewer(
+                    conn_ctx.clone(),
+                    acceptor.clone(),
+                    stream,
+                    peer,
+                    conn_ctx.shutdown.clone(),
+                )
+            },
+        )
+        .await;
+    };
+    let https = async {
+        let Some(listener) = tls.https else {
+            return;
+        };
+        info!(listener = "edge-https", addr = %listener.local_addr().unwrap_or(ctx.http_local), "listening");
+        let acceptor = corriente_media::tls::acceptor(cert.clone(), &[b"h2", b"http/1.1"]);
+        let router = http::router(ctx.clone(), false);
+        let conn_ctx = ctx.clone();
+        accept_loop(
+            "edge-https",
+            listener,
+            ctx.config.accept_limits(),
+            shutdown.clone(),
+            tracker.clone(),
+            move |stream, peer| {
+                http::serve_tls_connection(
+                    conn_ctx.clone(),
+                    router.clone(),
+                    acceptor.clone(),
+                    stream,
+                    peer,
+                    conn_ctx.shutdown.clone(),
+                )
+            },
+        )
+        .await;
+    };
+    tokio::join!(rtmps, https);
 }
 
 /// Follows the registry's watch stream so a pull switches to a stream's new origin the moment

@@ -15,6 +15,7 @@ use std::time::Duration;
 use corriente_control_plane::{ControlClient, StreamRecord};
 use corriente_media::frame::unix_micros;
 use corriente_media::{EndReason, Frame, Hub, HubConfig, HubWriter, StreamKey, spawn_hub};
+use corriente_proto::auth::ClusterAuth;
 use corriente_proto::convert::frame_from_pb;
 use corriente_proto::relay::relay_client::RelayClient;
 use corriente_proto::relay::relay_message::Body;
@@ -54,6 +55,8 @@ pub struct PullConfig {
     pub upstream_stall: Duration,
     /// This edge's node id, sent to origins for their logs.
     pub node_id: String,
+    /// Cluster credentials presented to origins' relays.
+    pub cluster_auth: ClusterAuth,
 }
 
 /// Where a pull is.
@@ -289,7 +292,7 @@ impl Pulls {
         let request = span.in_scope(|| corriente_proto::trace::request(request));
         let subscribed = tokio::time::timeout(
             Duration::from_secs(2),
-            RelayClient::new(channel)
+            RelayClient::with_interceptor(channel, self.config.cluster_auth.client())
                 .subscribe(request)
                 .instrument(span),
         )

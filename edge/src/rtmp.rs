@@ -10,13 +10,14 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use corriente_media::fanout::{Drain, Sink, Wire};
 use corriente_media::frame::unix_micros;
+use corriente_media::io::Format;
 use corriente_media::key::split_query;
 use corriente_media::metrics::Protocol;
 use corriente_media::net::{close_gracefully, close_shared};
 use corriente_media::rtmp::handshake::{self, HandshakeError};
 use corriente_media::rtmp::{ServerSession, SessionError, SessionEvent, SessionState};
 use corriente_media::{EndReason, StreamKey};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -45,11 +46,11 @@ enum ViewerError {
 pub(crate) async fn serve_viewer(
     ctx: Arc<EdgeContext>,
     stream: TcpStream,
-    _peer: SocketAddr,
+    peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
     let mut stream = Some(stream);
-    let result = run(&ctx, &mut stream, &shutdown).await;
+    let result = run(&ctx, &mut stream, peer, &shutdown).await;
     match result {
         Ok(socket) => {
             debug!("viewer connection closed");
@@ -72,18 +73,20 @@ pub(crate) async fn serve_viewer(
 async fn run(
     ctx: &Arc<EdgeContext>,
     stream: &mut Option<TcpStream>,
+    peer: SocketAddr,
     shutdown: &CancellationToken,
 ) -> Result<Arc<TcpStream>, ViewerError> {
     // The setup (handshake, connect, play) runs boxed: its state is freed once playing, so
     // what stays allocated per viewer is only the small playback loop.
-    let (session, lease, requested) = Box::pin(setup(ctx, stream, shutdown)).await?;
+    let (session, lease, requested) = Box::pin(setup(ctx, stream, peer, shutdown)).await?;
     play(ctx, stream, session, lease, requested, shutdown).await
 }
 
 /// From the handshake to an accepted `play`.
-async fn setup(
+async fn setup<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Arc<EdgeContext>,
-    stream: &mut Option<TcpStream>,
+    stream: &mut Option<S>,
+    peer: SocketAddr,
     shutdown: &CancellationToken,
 ) -> Result<(ServerSession, ViewerLease, Instant), ViewerError> {
     let config = &ctx.config;
@@ -105,7 +108,7 @@ async fn setup(
             }
             let mut playing = None;
             for event in events.drain(..) {
-                if let Some(p) = handle_setup(ctx, &mut session, event).await {
+                if let Some(p) = handle_setup(ctx, &mut session, event, peer).await {
                     playing = Some(p);
                 }
             }
@@ -180,6 +183,72 @@ async fn play(
     Ok(socket)
 }
 
+/// An RTMPS viewer: the TLS handshake (under the RTMP handshake deadline), then the RTMP
+/// session, then playback through a feed (the direct fan-out writes plain sockets only; each
+/// TLS viewer encrypts its own copy).
+pub(crate) async fn serve_tls_viewer(
+    ctx: Arc<EdgeContext>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let timeout = ctx.config.handshake_timeout;
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            info!(error = %e, "TLS handshake failed: not an RTMPS client");
+            return;
+        }
+        Err(_) => {
+            info!(?timeout, "TLS handshake timed out");
+            return;
+        }
+    };
+    let mut stream = Some(tls);
+    let result = async {
+        let (mut session, lease, requested) =
+            Box::pin(setup(&ctx, &mut stream, peer, &shutdown)).await?;
+        let io = stream.as_mut().ok_or(ViewerError::Refused)?;
+        let feed = match lease.hub().subscribe(ctx.config.viewer_lag, Protocol::Rtmp) {
+            Ok(feed) => feed,
+            Err(e) => {
+                session.end_play(&format!("stream ended ({})", e.0.as_str()));
+                io.write_all(&session.take_output()).await?;
+                return Ok(());
+            }
+        };
+        let first = session.take_output();
+        let playback = RtmpPlayback { session };
+        viewer::serve_feed(
+            io,
+            feed,
+            Format::Rtmp,
+            first,
+            playback,
+            ctx.config.write_timeout,
+            requested,
+            &shutdown,
+        )
+        .await?;
+        drop(lease);
+        Ok::<_, ViewerError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => debug!("viewer connection closed"),
+        Err(ViewerError::Handshake(HandshakeError::Closed)) => {
+            debug!("peer left during the handshake")
+        }
+        Err(ViewerError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {}
+        Err(ViewerError::Io(e)) => debug!(error = %e, "viewer connection ended"),
+        Err(e) => warn!(error = %e, "viewer connection closed"),
+    }
+    if let Some(mut stream) = stream {
+        close_gracefully(&mut stream, Duration::from_secs(1)).await;
+    }
+}
+
 /// An RTMP session while playing.
 struct RtmpPlayback {
     session: ServerSession,
@@ -219,6 +288,7 @@ async fn handle_setup(
     ctx: &Arc<EdgeContext>,
     session: &mut ServerSession,
     event: SessionEvent,
+    peer: SocketAddr,
 ) -> Option<(ViewerLease, Instant)> {
     match event {
         SessionEvent::ConnectRequested { app, .. } => match StreamKey::new(&app, "probe") {
@@ -238,7 +308,7 @@ async fn handle_setup(
                 info!(reason, "play refused: {text}");
                 session.reject_play(code, text);
             };
-            let (name, _query) = split_query(&name);
+            let (name, query) = split_query(&name);
             let key = match StreamKey::new(session.app(), name) {
                 Ok(key) => key,
                 Err(e) => {
@@ -252,6 +322,24 @@ async fn handle_setup(
                 }
             };
             Span::current().record("stream", tracing::field::display(&key));
+            if let Err(denial) = crate::access::authorize(
+                &ctx.config.play_auth,
+                &key,
+                query,
+                peer.ip(),
+                "rtmp",
+                &ctx.config.node_id,
+            )
+            .await
+            {
+                let code = if denial.unavailable {
+                    "NetStream.Play.Failed"
+                } else {
+                    "NetStream.Play.Forbidden"
+                };
+                refuse(session, denial.reason, code, &denial.message);
+                return None;
+            }
             if ctx.draining.is_cancelled() {
                 refuse(
                     session,

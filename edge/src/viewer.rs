@@ -12,8 +12,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use corriente_media::fanout::{Drain, Sink};
 use corriente_media::hub::Attachment;
+use corriente_media::io::{Format, segment_bytes};
 use corriente_media::metrics as media_metrics;
-use corriente_media::{EndReason, FeedEnd};
+use corriente_media::{EndReason, Feed, FeedEnd, Segment};
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -130,6 +133,111 @@ pub(crate) async fn serve_sink(
         debug!("viewer left");
     }
     result
+}
+
+/// Runs a viewer's playback from a feed, on any byte stream (a TLS connection, say): the
+/// per-viewer path, for connections the direct fan-out cannot write to. `first` (the answers to
+/// the viewer's requests) goes out before the media.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_feed<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    mut feed: Feed,
+    format: Format,
+    first: Bytes,
+    mut playback: impl Playback,
+    write_timeout: Duration,
+    requested: Instant,
+    shutdown: &CancellationToken,
+) -> io::Result<Ended> {
+    let protocol = feed.protocol();
+    let bytes_out = media_metrics::BYTES_OUT.with_label_values(&[protocol.as_str()]);
+    let mut input = BytesMut::with_capacity(512);
+    let mut first_frame_pending = true;
+    let write = async |io: &mut S, bytes: Bytes| -> io::Result<()> {
+        write_out(io, &bytes, write_timeout, protocol).await?;
+        bytes_out.inc_by(bytes.len() as u64);
+        Ok(())
+    };
+    write(io, first).await?;
+    loop {
+        tokio::select! {
+            segment = feed.next() => match segment {
+                Some(segment) => {
+                    let batch = matches!(segment, Segment::Batch { .. });
+                    write(io, segment_bytes(&segment, format)).await?;
+                    io.flush().await?;
+                    if first_frame_pending && batch {
+                        first_frame_pending = false;
+                        let ttff = requested.elapsed();
+                        media_metrics::time_to_first_frame(protocol).observe(ttff.as_secs_f64());
+                        info!(
+                            protocol = protocol.as_str(),
+                            ttff_ms = ttff.as_secs_f64() * 1000.0,
+                            "viewer started: first frame written"
+                        );
+                    }
+                }
+                None => {
+                    return match feed.end() {
+                        Some(FeedEnd::TooSlow) => {
+                            media_metrics::VIEWERS_DROPPED
+                                .with_label_values(&[protocol.as_str(), "too_slow"])
+                                .inc();
+                            info!("viewer disconnected: it kept falling behind");
+                            Ok(Ended::TooSlow)
+                        }
+                        Some(FeedEnd::Ended(reason)) => {
+                            write(io, playback.end(Some(reason))).await?;
+                            io.flush().await?;
+                            Ok(Ended::Clean)
+                        }
+                        None => Ok(Ended::Clean),
+                    };
+                }
+            },
+            read = io.read_buf(&mut input) => {
+                if read? == 0 {
+                    debug!("viewer left");
+                    return Ok(Ended::Left);
+                }
+                match playback.input(&mut input)? {
+                    Some(reply) => write(io, reply).await?,
+                    None => return Ok(Ended::Left),
+                }
+                if input.capacity() - input.len() < 256 {
+                    input.reserve(512);
+                }
+            }
+            _ = shutdown.cancelled() => {
+                write(io, playback.end(None)).await?;
+                io.flush().await?;
+                return Ok(Ended::Clean);
+            }
+        }
+    }
+}
+
+/// Writes `bytes` within `write_timeout`; a viewer that accepts nothing for that long is cut off
+/// and counted.
+async fn write_out<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    bytes: &[u8],
+    write_timeout: Duration,
+    protocol: media_metrics::Protocol,
+) -> io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    match tokio::time::timeout(write_timeout, io.write_all(bytes)).await {
+        Ok(result) => result,
+        Err(_) => {
+            media_metrics::VIEWERS_DROPPED
+                .with_label_values(&[protocol.as_str(), "write_stall"])
+                .inc();
+            info!(timeout = ?write_timeout, "viewer disconnected: it stopped reading");
+            Err(io::ErrorKind::TimedOut.into())
+        }
+    }
 }
 
 /// Reads what the viewer sent. False when it left or asked to stop.

@@ -9,6 +9,7 @@ pub mod relay {
     tonic::include_proto!("corriente.relay.v1");
 }
 
+pub mod auth;
 pub mod trace;
 
 /// Conversions between relay messages and media frames. Prost types stop at the gRPC

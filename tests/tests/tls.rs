@@ -99,7 +99,11 @@ async fn curl(ca: &TestCa, args: &[&str]) -> Result<(String, u16, String)> {
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let (body, summary) = text.rsplit_once('\n').context("curl printed nothing")?;
     let (version, code) = summary.split_once(' ').context("curl summary")?;
-    Ok((version.to_owned(), code.parse().unwrap_or(0), body.to_owned()))
+    Ok((
+        version.to_owned(),
+        code.parse().unwrap_or(0),
+        body.to_owned(),
+    ))
 }
 
 /// The serial number of the certificate a TLS server presents now, through `openssl s_client`.
@@ -134,7 +138,10 @@ async fn file_serial_of(pem: &[u8]) -> Result<String> {
     }
     let output = x509.wait_with_output().await?;
     if !output.status.success() {
-        bail!("no certificate: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "no certificate: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
@@ -179,7 +186,11 @@ async fn rtmps_ingest_and_https_and_rtmps_playback_verify_the_chain() -> Result<
         &["-tls_verify", "1"],
     )?;
     let (code, stderr) = untrusted.wait(Duration::from_secs(20)).await?;
-    assert_ne!(code, Some(0), "publishing with an unverifiable chain worked");
+    assert_ne!(
+        code,
+        Some(0),
+        "publishing with an unverifiable chain worked"
+    );
     assert!(
         stderr.contains("verif"),
         "ffmpeg's complaint is about verification: {stderr}"
@@ -225,7 +236,11 @@ async fn rtmps_ingest_and_https_and_rtmps_playback_verify_the_chain() -> Result<
     let (version, status, _) = curl(&ca, &["--http2", "-I", &flv]).await?;
     assert_eq!((version.as_str(), status), ("2", 200), "HTTP/2 playback");
     let (version, status, _) = curl(&ca, &["--http1.1", "-I", &flv]).await?;
-    assert_eq!((version.as_str(), status), ("1.1", 200), "HTTP/1.1 playback");
+    assert_eq!(
+        (version.as_str(), status),
+        ("1.1", 200),
+        "HTTP/1.1 playback"
+    );
     let page = url(&node, "https", "edge-https", "secure");
     let (_, status, body) = curl(&ca, &[&page]).await?;
     assert_eq!(status, 200);
@@ -257,8 +272,12 @@ async fn rtmps_ingest_and_https_and_rtmps_playback_verify_the_chain() -> Result<
     assert!(plain.iter().any(|s| s.codec_name == "h264"));
 
     // Plain TCP on the TLS ports: refused, logged, and nothing else is disturbed.
-    plain_client_refused(&node, "edge-https", b"GET /live/secure.flv HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await?;
+    plain_client_refused(
+        &node,
+        "edge-https",
+        b"GET /live/secure.flv HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await?;
     plain_client_refused(&node, "origin-rtmps", &[3u8; 1537]).await?;
     plain_client_refused(&node, "edge-rtmps", &[3u8; 1537]).await?;
     let streams = ffprobe_with(&url(&node, "rtmps", "edge-rtmps", "secure"), &verify).await?;
@@ -268,8 +287,7 @@ async fn rtmps_ingest_and_https_and_rtmps_playback_verify_the_chain() -> Result<
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn replaced_certificate_files_reach_new_connections_and_viewers_keep_playing() -> Result<()>
-{
+async fn replaced_certificate_files_reach_new_connections_and_viewers_keep_playing() -> Result<()> {
     let ca = TestCa::new()?;
     let mut node = tls_node(&ca, &[])?;
     let ca_file = ca.ca().display().to_string();
@@ -282,10 +300,14 @@ async fn replaced_certificate_files_reach_new_connections_and_viewers_keep_playi
     assert_eq!(old, file_serial_of(&std::fs::read(ca.cert())?).await?);
 
     let viewer = Viewer::start_with(&url(&node, "https", "edge-https", "rotate.flv"), &verify)?;
-    wait_for(Duration::from_secs(20), "the HTTPS viewer to decode", || {
-        let frames = viewer.frames().0;
-        async move { (frames >= 30).then_some(()) }
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "the HTTPS viewer to decode",
+        || {
+            let frames = viewer.frames().0;
+            async move { (frames >= 30).then_some(()) }
+        },
+    )
     .await?;
 
     // Rotate in place, as a Kubernetes secret update or certbot renewal does.
@@ -302,7 +324,10 @@ async fn replaced_certificate_files_reach_new_connections_and_viewers_keep_playi
         },
     )
     .await?;
-    eprintln!("new certificate served {:?} after rotation", started.elapsed());
+    eprintln!(
+        "new certificate served {:?} after rotation",
+        started.elapsed()
+    );
     assert!(node.log_text().contains("TLS certificate reloaded"));
 
     // The viewer that connected before the rotation is still decoding.
