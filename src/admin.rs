@@ -1,14 +1,20 @@
 //! The admin HTTP server every node runs: `/healthz` (alive), `/readyz` (ready for traffic),
-//! `/metrics` (Prometheus text format), and the roles' stats routes.
+//! `/metrics` (Prometheus text format), the roles' read-only stats routes, and their admin
+//! actions (publish keys; any request that is not a read), which need the admin token — or,
+//! when none is configured, a client on loopback.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use corriente_control_plane::Health;
+use corriente_media::secret::SecretFile;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -20,6 +26,85 @@ pub struct Identity {
     pub node: String,
 }
 
+/// Who may run admin actions.
+#[derive(Clone, Debug)]
+pub enum ActionAccess {
+    /// Clients presenting `Authorization: Bearer TOKEN` with a token of this file (one per
+    /// line; re-read when it changes).
+    Token(Arc<SecretFile>),
+    /// No admin token configured: clients on loopback only.
+    LoopbackOnly,
+}
+
+/// What a guard covers: admin actions (every request), or read-only routes (requests other
+/// than GET and HEAD).
+#[derive(Clone)]
+struct Guard {
+    access: ActionAccess,
+    writes_only: bool,
+}
+
+fn refuse(status: StatusCode, message: &str) -> Response {
+    let mut response = (status, Json(serde_json::json!({ "error": message }))).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
+}
+
+/// Lets an admin action through only with the admin token (or from loopback when there is no
+/// token); a refusal is a 401 or 403 with a JSON error and a log line.
+async fn guard(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    if guard.writes_only && matches!(*request.method(), Method::GET | Method::HEAD) {
+        return next.run(request).await;
+    }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let client = peer.map(|p| p.to_string()).unwrap_or_default();
+    match &guard.access {
+        ActionAccess::Token(tokens) => {
+            let presented = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .filter(|t| !t.is_empty());
+            match presented {
+                None => {
+                    warn!(%method, %path, %client, "admin action refused: no admin token");
+                    return refuse(
+                        StatusCode::UNAUTHORIZED,
+                        "admin token required: Authorization: Bearer TOKEN",
+                    );
+                }
+                Some(token) if !tokens.matches(token.as_bytes()) => {
+                    warn!(%method, %path, %client, "admin action refused: wrong admin token");
+                    return refuse(StatusCode::FORBIDDEN, "wrong admin token");
+                }
+                Some(_) => {}
+            }
+        }
+        ActionAccess::LoopbackOnly => {
+            if !peer.is_some_and(|p| p.ip().to_canonical().is_loopback()) {
+                warn!(%method, %path, %client, "admin action refused: no admin token is configured and the client is not on loopback");
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "admin actions are accepted from loopback only, unless the node runs with --admin-token-file",
+                );
+            }
+        }
+    }
+    info!(%method, %path, %client, "admin action");
+    next.run(request).await
+}
+
 /// A bound admin server.
 pub struct Admin {
     listener: TcpListener,
@@ -28,12 +113,16 @@ pub struct Admin {
 
 impl Admin {
     /// Binds `addr`. `components` are the parts whose readiness `/readyz` reports; `routes`
-    /// are the roles' own admin routes.
+    /// are the roles' own read-only admin routes (anything but GET and HEAD there is guarded
+    /// like an action); `actions` are admin actions (at least one route), all guarded by
+    /// `access`.
     pub async fn bind(
         addr: SocketAddr,
         identity: Identity,
         components: Vec<(&'static str, Health)>,
         routes: Router,
+        actions: Option<Router>,
+        access: ActionAccess,
     ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr)
             .await
@@ -48,7 +137,24 @@ impl Admin {
                 }),
             )
             .route("/metrics", get(move || metrics(identity.clone())))
-            .merge(routes);
+            .merge(routes)
+            .route_layer(from_fn_with_state(
+                Guard {
+                    access: access.clone(),
+                    writes_only: true,
+                },
+                guard,
+            ));
+        let router = match actions {
+            Some(actions) => router.merge(actions.route_layer(from_fn_with_state(
+                Guard {
+                    access,
+                    writes_only: false,
+                },
+                guard,
+            ))),
+            None => router,
+        };
         Ok(Self { listener, router })
     }
 
@@ -61,7 +167,10 @@ impl Admin {
     /// Serves until `shutdown`.
     pub async fn serve(self, shutdown: CancellationToken) {
         info!(listener = "admin", addr = %self.local_addr(), "listening");
-        if let Err(e) = axum::serve(self.listener, self.router)
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
         {

@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use corriente_control_plane::ControlPlaneConfig;
+use corriente_control_plane::{ControlPlaneConfig, PublishAuthConfig, Webhook};
 use corriente_edge::{EdgeConfig, PullConfig};
+use corriente_media::access::{Cidr, IpRules};
 use corriente_media::limits::Rate;
 use corriente_media::rtmp::SessionConfig;
 use corriente_media::rtmp::chunk::ChunkLimits;
+use corriente_media::secret::SecretFile;
 use corriente_media::{HubConfig, LagPolicy};
 use corriente_origin::OriginConfig;
 
@@ -94,9 +96,92 @@ pub struct CommonArgs {
     #[arg(long, env = "CORRIENTE_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// File holding the admin token (one per line while rotating; re-read when it changes).
+    /// Admin actions (publish keys, anything but reading) then need
+    /// `Authorization: Bearer TOKEN`. Without it they are accepted from loopback clients only.
+    /// /metrics, /healthz, /readyz, the dashboard and the stats stay readable either way.
+    #[arg(long, env = "CORRIENTE_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+
     /// Parse and validate the configuration, print it, and exit without starting.
     #[arg(long)]
     pub check_config: bool,
+}
+
+impl CommonArgs {
+    /// The admin token file, read once now so a mistake shows at start-up.
+    pub fn admin_tokens(&self) -> Result<Option<SecretFile>, String> {
+        self.admin_token_file
+            .as_ref()
+            .map(|path| SecretFile::open(path).map_err(|e| format!("--admin-token-file: {e}")))
+            .transpose()
+    }
+}
+
+/// Whether publishing needs a credential (`--publish-auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PublishAuthMode {
+    /// Anyone who reaches an origin may publish (the origins' IP rules still apply).
+    Off,
+    /// A managed key, a signed token or the webhook's approval is needed.
+    On,
+}
+
+/// Publish authorization, decided by the control plane (control plane and `all`).
+#[derive(Debug, Clone, Args)]
+pub struct PublishAuthArgs {
+    /// Whether publishing needs a credential. Default: on when --publish-secret-file or
+    /// --on-publish is given, off otherwise. With it on, a publish needs, in this order, a
+    /// managed key (POST /api/v1/keys), a signed token, or the webhook's 2xx.
+    #[arg(long, env = "CORRIENTE_PUBLISH_AUTH", value_enum, value_name = "MODE")]
+    pub publish_auth: Option<PublishAuthMode>,
+
+    /// File of HMAC secrets for signed publish tokens (NAME?token=EXPIRES.HEXSIG), one per
+    /// line: several while rotating. Re-read when it changes.
+    #[arg(long, env = "CORRIENTE_PUBLISH_SECRET_FILE", value_name = "PATH")]
+    pub publish_secret_file: Option<std::path::PathBuf>,
+
+    /// on_publish webhook: http:// URL POSTed a JSON description of each publish that no
+    /// managed key or signed token decided; 2xx allows, anything else refuses.
+    #[arg(long, env = "CORRIENTE_ON_PUBLISH", value_name = "URL")]
+    pub on_publish: Option<String>,
+
+    /// How long the webhook may take before the publish is refused (at most 4s).
+    #[arg(long, env = "CORRIENTE_ON_PUBLISH_TIMEOUT", value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub on_publish_timeout: Duration,
+}
+
+impl PublishAuthArgs {
+    pub fn config(&self) -> Result<PublishAuthConfig, String> {
+        let configured = self.publish_secret_file.is_some() || self.on_publish.is_some();
+        if self.publish_auth == Some(PublishAuthMode::Off) && configured {
+            return Err(
+                "--publish-auth off contradicts --publish-secret-file and --on-publish".to_owned(),
+            );
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(4)).contains(&self.on_publish_timeout)
+        {
+            return Err("--on-publish-timeout must be between 100ms and 4s".to_owned());
+        }
+        let secrets = match &self.publish_secret_file {
+            Some(path) => Some(std::sync::Arc::new(
+                SecretFile::open(path).map_err(|e| format!("--publish-secret-file: {e}"))?,
+            )),
+            None => None,
+        };
+        let webhook = match &self.on_publish {
+            Some(url) => Some(
+                Webhook::new(url, self.on_publish_timeout)
+                    .map_err(|e| format!("--on-publish: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(PublishAuthConfig {
+            required: self.publish_auth == Some(PublishAuthMode::On) || configured,
+            secrets,
+            webhook,
+        })
+    }
 }
 
 /// RTMP protocol settings (origin and edge).
@@ -163,6 +248,26 @@ pub struct OriginTuning {
     /// A publisher silent this long is disconnected.
     #[arg(long, env = "CORRIENTE_PUBLISH_IDLE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub publish_idle_timeout: Duration,
+
+    /// Networks allowed to publish (comma-separated CIDRs or addresses); others are refused
+    /// when they connect (reason `ip_denied`). Default: everyone.
+    #[arg(
+        long,
+        env = "CORRIENTE_PUBLISH_ALLOW",
+        value_name = "CIDR,...",
+        value_delimiter = ','
+    )]
+    pub publish_allow: Vec<Cidr>,
+
+    /// Networks refused publishing (comma-separated CIDRs or addresses), even when an allow
+    /// rule matches.
+    #[arg(
+        long,
+        env = "CORRIENTE_PUBLISH_DENY",
+        value_name = "CIDR,...",
+        value_delimiter = ','
+    )]
+    pub publish_deny: Vec<Cidr>,
 
     /// Publish attempts allowed per client address: N/DURATION (e.g. 30/1m), a bucket of N
     /// attempts refilled over DURATION. Past it a publish is refused (reason `rate_limited`)
@@ -283,6 +388,8 @@ pub struct AllArgs {
     pub origin: OriginTuning,
     #[command(flatten)]
     pub edge: EdgeTuning,
+    #[command(flatten)]
+    pub publish_auth: PublishAuthArgs,
 }
 
 /// `corriente origin`.
@@ -406,6 +513,9 @@ pub struct ControlArgs {
         default_value = "corriente"
     )]
     pub redis_prefix: String,
+
+    #[command(flatten)]
+    pub publish_auth: PublishAuthArgs,
 
     #[command(flatten)]
     pub common: CommonArgs,
@@ -544,6 +654,10 @@ fn origin_config(
         session: rtmp_args.session(),
         handshake_timeout: rtmp_args.handshake_timeout,
         idle_timeout: tuning.publish_idle_timeout,
+        publish_ip_rules: IpRules {
+            allow: tuning.publish_allow.clone(),
+            deny: tuning.publish_deny.clone(),
+        },
         max_connections: rtmp_args.max_connections,
         max_connections_per_ip: rtmp_args.max_connections_per_ip,
         publish_rate_per_ip: tuning.publish_rate_per_ip.0,
@@ -648,6 +762,7 @@ impl ControlArgs {
             redis_url,
             redis_prefix: self.redis_prefix.clone(),
             redis_ca_pem,
+            publish_auth: self.publish_auth.config()?,
             ..ControlPlaneConfig::default()
         })
     }
@@ -721,6 +836,7 @@ impl AllArgs {
             control: ControlPlaneConfig {
                 grpc_addr: self.control_grpc,
                 lease_ttl: self.lease_ttl,
+                publish_auth: self.publish_auth.config()?,
                 ..ControlPlaneConfig::default()
             },
             origin: origin_config(

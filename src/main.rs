@@ -14,7 +14,7 @@ use corriente_origin::Origin;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::admin::{Admin, Identity};
+use crate::admin::{ActionAccess, Admin, Identity};
 use crate::cli::{AllArgs, Cli, Command, CommonArgs};
 
 fn main() -> ExitCode {
@@ -125,6 +125,10 @@ async fn wait_for_signal() {
 
 fn check_only(common: &CommonArgs, config: &dyn std::fmt::Debug) -> bool {
     if common.check_config {
+        if let Err(e) = common.admin_tokens() {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
         println!("configuration OK\n{config:#?}");
     }
     common.check_config
@@ -150,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 identity,
                 vec![("origin", origin.health())],
                 origin.admin_routes(),
+                None,
             )
             .await?;
             let admin_stop = CancellationToken::new();
@@ -175,6 +180,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 identity,
                 vec![("edge", edge.health())],
                 edge.admin_routes(),
+                None,
             )
             .await?;
             let admin_stop = CancellationToken::new();
@@ -205,6 +211,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 identity,
                 vec![("control_plane", control.health())],
                 control.admin_routes(),
+                Some(control.admin_actions()),
             )
             .await?;
             let admin_task = tokio::spawn(admin.serve(shutdown.clone()));
@@ -220,11 +227,28 @@ async fn bind_admin(
     identity: Identity,
     components: Vec<(&'static str, corriente_control_plane::Health)>,
     routes: axum::Router,
+    actions: Option<axum::Router>,
 ) -> anyhow::Result<Admin> {
     let addr = common
         .admin
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 9090)));
-    Admin::bind(addr, identity, components, routes).await
+    Admin::bind(
+        addr,
+        identity,
+        components,
+        routes,
+        actions,
+        action_access(common)?,
+    )
+    .await
+}
+
+/// Who may run admin actions: holders of the admin token, or loopback clients without one.
+fn action_access(common: &CommonArgs) -> anyhow::Result<ActionAccess> {
+    Ok(match common.admin_tokens().map_err(anyhow::Error::msg)? {
+        Some(tokens) => ActionAccess::Token(std::sync::Arc::new(tokens)),
+        None => ActionAccess::LoopbackOnly,
+    })
 }
 
 /// Control plane, origin and edge in one process, wired over loopback gRPC.
@@ -264,6 +288,8 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
             ("edge", edge.health()),
         ],
         routes,
+        Some(control.admin_actions()),
+        action_access(&args.common)?,
     )
     .await?;
     print_banner(

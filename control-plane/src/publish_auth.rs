@@ -422,16 +422,20 @@ impl Webhook {
             .map_err(|e| e.to_string())?;
         // The connection is driven here rather than spawned, so a timeout drops it with the
         // request. The answer's status is all that counts; its body is never read.
-        tokio::pin!(connection);
-        tokio::select! {
-            response = sender.send_request(request) => {
-                response.map(|r| r.status()).map_err(|e| e.to_string())
-            }
-            ended = &mut connection => Err(match ended {
-                Ok(()) => "the hook closed the connection without answering".to_owned(),
-                Err(e) => e.to_string(),
-            }),
-        }
+        let response = sender.send_request(request);
+        tokio::pin!(connection, response);
+        let response = tokio::select! {
+            biased;
+            response = &mut response => response,
+            ended = &mut connection => match ended {
+                // A server that closes after answering: the answer was handed over already.
+                Ok(()) => response.await,
+                Err(e) => return Err(e.to_string()),
+            },
+        };
+        response
+            .map(|r| r.status())
+            .map_err(|e| format!("no answer: {e}"))
     }
 }
 

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use corriente_control_plane::{PublishDecision, PublishDenial};
 use corriente_media::frame::unix_micros;
-use corriente_media::key::split_query;
 use corriente_media::limits::ByteRateCap;
 use corriente_media::metrics::BYTES_IN;
 use corriente_media::net::close_gracefully;
@@ -181,6 +181,51 @@ async fn flush(
     Ok(())
 }
 
+/// Why a publish was refused before any claim: the RTMP status sent to the encoder, the
+/// metrics reason and the description.
+struct AuthRefusal {
+    code: &'static str,
+    reason: &'static str,
+    message: String,
+}
+
+/// Asks the control plane whether this publisher may publish `name` (the stream key field
+/// as sent, query included: it may hold a secret, so it is never logged) under `app`, and
+/// under which public name. Publish authorization itself is configured on the control plane;
+/// with it off the answer is the name without its query.
+async fn authorize(
+    ctx: &OriginContext,
+    app: &str,
+    name: &str,
+    peer: SocketAddr,
+) -> Result<StreamKey, AuthRefusal> {
+    match ctx.streams.authorize_publish(app, name, peer.ip()).await {
+        Ok(PublishDecision::Allowed { stream, credential }) => {
+            debug!(%stream, credential = credential.as_str(), "publish authorized");
+            Ok(stream)
+        }
+        Ok(PublishDecision::Refused { reason, message }) => {
+            info!(%app, client_ip = %peer.ip(), reason = reason.as_str(), "publish refused: {message}");
+            Err(AuthRefusal {
+                code: match reason {
+                    PublishDenial::BadName => "NetStream.Publish.BadName",
+                    _ => "NetStream.Publish.Unauthorized",
+                },
+                reason: reason.as_str(),
+                message: format!("publish refused ({}): {message}", reason.as_str()),
+            })
+        }
+        Err(e) => {
+            warn!(%app, error = %e, "publish refused: cannot ask the control plane");
+            Err(AuthRefusal {
+                code: "NetStream.Publish.Failed",
+                reason: "control_plane_unavailable",
+                message: format!("cannot authorize the publish ({e}); try again shortly"),
+            })
+        }
+    }
+}
+
 async fn handle(
     ctx: &Arc<OriginContext>,
     session: &mut ServerSession,
@@ -189,6 +234,17 @@ async fn handle(
     publication: &mut Option<Publication>,
 ) {
     match event {
+        // The publish IP rules come first, decided here without asking anyone.
+        SessionEvent::ConnectRequested { app, .. }
+            if !ctx.config.publish_ip_rules.permits(peer.ip()) =>
+        {
+            PUBLISH_REFUSED
+                .with_label_values(&[PublishDenial::IpDenied.as_str()])
+                .inc();
+            info!(%app, client_ip = %peer.ip(), reason = "ip_denied", "publish refused: address not allowed to publish");
+            session
+                .reject_connect("publish refused (ip_denied): this address may not publish here");
+        }
         SessionEvent::ConnectRequested { app, tc_url } => match StreamKey::new(&app, "probe") {
             Ok(_) => {
                 debug!(%app, %tc_url, "connect");
@@ -215,13 +271,11 @@ async fn handle(
                 );
                 return;
             }
-            let (name, _query) = split_query(&name);
-            let key = match StreamKey::new(session.app(), name) {
+            let key = match authorize(ctx, session.app(), &name, peer).await {
                 Ok(key) => key,
-                Err(e) => {
-                    PUBLISH_REFUSED.with_label_values(&["bad_name"]).inc();
-                    info!(error = %e, "publish refused");
-                    session.reject_publish("NetStream.Publish.BadName", &e.to_string());
+                Err(refusal) => {
+                    PUBLISH_REFUSED.with_label_values(&[refusal.reason]).inc();
+                    session.reject_publish(refusal.code, &refusal.message);
                     return;
                 }
             };

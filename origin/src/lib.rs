@@ -19,6 +19,7 @@ use corriente_control_plane::{
     ControlClient, ControlError, Health, Member, NodeLoad, NodeRecord, NodeRole, OwnedStream,
     run_membership,
 };
+use corriente_media::access::IpRules;
 use corriente_media::frame::unix_micros;
 use corriente_media::limits::{Rate, RateLimiter};
 use corriente_media::net::{AcceptLimits, accept_loop};
@@ -61,6 +62,8 @@ pub struct OriginConfig {
     pub write_timeout: Duration,
     /// Most simultaneous RTMP connections.
     pub max_connections: usize,
+    /// Who may publish, by address: checked when an encoder connects, before anything else.
+    pub publish_ip_rules: IpRules,
     /// Most simultaneous connections per listener from one client address (an IPv6 client
     /// is its /64); 0 for no limit.
     pub max_connections_per_ip: usize,
@@ -101,6 +104,7 @@ impl Default for OriginConfig {
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            publish_ip_rules: IpRules::default(),
             max_connections_per_ip: 256,
             publish_rate_per_ip: Some(Rate {
                 count: 30,

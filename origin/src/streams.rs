@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use corriente_control_plane::{ControlClient, ControlError, OwnedStream, StreamClaim};
+use corriente_control_plane::{
+    ControlClient, ControlError, OwnedStream, PublishDecision, StreamClaim,
+};
 use corriente_media::frame::unix_micros;
 use corriente_media::{EndReason, Frame, Hub, HubConfig, HubWriter, StreamKey, spawn_hub};
 use tokio_util::sync::CancellationToken;
@@ -94,6 +96,19 @@ impl Streams {
     /// Refuses new publishes from now on.
     pub fn start_draining(&self) {
         self.draining.cancel();
+    }
+
+    /// Asks the control plane whether a publisher at `client_ip` may publish `name` (the
+    /// stream key field as sent) under `app`, and under which public name.
+    pub async fn authorize_publish(
+        &self,
+        app: &str,
+        name: &str,
+        client_ip: std::net::IpAddr,
+    ) -> Result<PublishDecision, ControlError> {
+        self.control
+            .authorize_publish(app, name, &client_ip.to_string(), &self.node_id)
+            .await
     }
 
     /// Claims `key` for a publisher at `peer`: locally first (one publisher per name on this

@@ -1,0 +1,399 @@
+//! Publish authorization end to end: real ffmpeg encoders publishing with managed keys, signed
+//! tokens, a webhook answered by a small HTTP server inside the test, and from denied
+//! addresses; refusals reach ffmpeg as RTMP errors naming the reason and are counted; the
+//! admin API is guarded by the admin token; keys live in Redis for a cluster.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use corriente_media::access::sign;
+use corriente_tests::media::{Publisher, av_small, ffprobe};
+use corriente_tests::{Node, Redis, wait_for, work_dir};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An HTTP/1.1 request with an optional bearer token and JSON body: status and body.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Result<(u16, String)> {
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await??;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() {
+        request.push_str("Content-Type: application/json\r\n");
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await??;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    Ok((status, body.to_owned()))
+}
+
+/// Creates a publish key for `stream` through `admin`: (id, secret).
+async fn create_key(
+    admin: SocketAddr,
+    token: Option<&str>,
+    stream: &str,
+) -> Result<(String, String)> {
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/api/v1/keys",
+        token,
+        Some(&format!(r#"{{"stream":"{stream}","note":"test encoder"}}"#)),
+    )
+    .await?;
+    if status != 201 {
+        bail!("creating a key answered {status}: {body}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&body)?;
+    Ok((
+        json["id"].as_str().context("id")?.to_owned(),
+        json["secret"].as_str().context("secret")?.to_owned(),
+    ))
+}
+
+/// Publishes `url` and expects a refusal: returns ffmpeg's error output.
+async fn refused(url: &str) -> Result<String> {
+    let publisher = Publisher::start(&av_small()?, url)?;
+    let (code, stderr) = publisher.wait(Duration::from_secs(30)).await?;
+    if code == Some(0) {
+        bail!("ffmpeg published {url} although it should have been refused");
+    }
+    Ok(stderr)
+}
+
+/// Waits until the admin API of `node` lists `live/NAME`.
+async fn wait_live(node: &Node, name: &str) -> Result<()> {
+    let needle = format!("\"name\":\"{name}\"");
+    wait_for(
+        Duration::from_secs(20),
+        &format!("stream {name} to be live"),
+        || async {
+            let (status, body) = node.admin_get("/api/v1/streams").await.ok()?;
+            (status == 200 && body.contains(&needle)).then_some(())
+        },
+    )
+    .await
+}
+
+/// `corriente_publish_refused_total{reason}` on `node`.
+async fn refusals(node: &Node, reason: &str) -> Result<f64> {
+    Ok(node
+        .metrics()
+        .await?
+        .value("corriente_publish_refused_total", &[("reason", reason)])
+        .unwrap_or(0.0))
+}
+
+/// A file in a fresh directory, for secrets.
+fn secret_file(name: &str, content: &str) -> Result<PathBuf> {
+    let dir = work_dir().join(format!("publish-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(name);
+    std::fs::write(&path, content)?;
+    Ok(path)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn has_h264(streams: &[corriente_tests::media::ProbedStream]) -> bool {
+    streams.iter().any(|s| s.codec_name == "h264")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn managed_keys_publish_under_their_public_name_until_revoked() -> Result<()> {
+    let token_file = secret_file("admin-token", "admin-s3cret\n")?;
+    let token_path = token_file.to_string_lossy().into_owned();
+    let node = Node::all(&["--publish-auth", "on", "--admin-token-file", &token_path])?;
+    let admin = node.addr("admin");
+
+    // Admin actions need the token; reads do not.
+    let body = Some(r#"{"stream":"live/cam"}"#);
+    let (status, answer) = http(admin, "POST", "/api/v1/keys", None, body).await?;
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer.contains("admin token required"), "{answer}");
+    let (status, _) = http(admin, "POST", "/api/v1/keys", Some("wrong"), body).await?;
+    assert_eq!(status, 403);
+    let (status, _) = http(admin, "GET", "/api/v1/keys", None, None).await?;
+    assert_eq!(status, 401, "listing keys is an admin action");
+    for path in ["/metrics", "/healthz", "/api/v1/streams", "/"] {
+        assert_eq!(node.admin_get(path).await?.0, 200, "{path} stays readable");
+    }
+    wait_for(Duration::from_secs(5), "the refusal in the log", || async {
+        node.logged("admin action refused: wrong admin token")
+            .then_some(())
+    })
+    .await?;
+
+    let token = Some("admin-s3cret");
+    let (id, secret) = create_key(admin, token, "live/cam").await?;
+    let (status, list) = http(admin, "GET", "/api/v1/keys", token, None).await?;
+    assert_eq!(status, 200);
+    assert!(list.contains(&id) && list.contains("live/cam"), "{list}");
+    assert!(!list.contains(&secret), "the list shows no secret: {list}");
+
+    // No key: refused, with the reason in ffmpeg's error and the node's log.
+    let stderr = refused(&node.ingest_url("cam")).await?;
+    assert!(stderr.contains("no_key"), "ffmpeg said: {stderr}");
+    assert!(refusals(&node, "no_key").await? >= 1.0);
+    wait_for(Duration::from_secs(5), "the refusal in the log", || async {
+        node.logged("publish refused").then_some(())
+    })
+    .await?;
+
+    // The bare key as the stream key publishes live/cam, which plays from the edge.
+    let publisher = Publisher::start(&av_small()?, &node.ingest_url(&secret))?;
+    wait_live(&node, "cam").await?;
+    let streams = ffprobe(&node.rtmp_url("cam")).await?;
+    assert!(has_h264(&streams), "{streams:?}");
+    let (_, live) = node.admin_get("/api/v1/streams").await?;
+    assert!(
+        !live.contains(&secret),
+        "the secret is not the public name: {live}"
+    );
+    assert!(
+        !node.log_text().contains(&secret),
+        "the secret is never logged"
+    );
+    publisher.kill().await;
+
+    // Revoked: refused at once, by reason.
+    let (status, revoked) =
+        http(admin, "DELETE", &format!("/api/v1/keys/{id}"), token, None).await?;
+    assert_eq!(status, 200, "{revoked}");
+    assert!(revoked.contains("\"state\":\"revoked\""), "{revoked}");
+    let stderr = refused(&node.ingest_url(&format!("cam?key={secret}"))).await?;
+    assert!(stderr.contains("revoked_key"), "ffmpeg said: {stderr}");
+    let stderr = refused(&node.ingest_url("cam?key=not-a-key")).await?;
+    assert!(stderr.contains("unknown_key"), "ffmpeg said: {stderr}");
+    assert!(refusals(&node, "revoked_key").await? >= 1.0);
+    assert!(refusals(&node, "unknown_key").await? >= 1.0);
+    let (status, _) = http(admin, "DELETE", "/api/v1/keys/nope", token, None).await?;
+    assert_eq!(status, 404);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_tokens_publish_until_they_expire() -> Result<()> {
+    // Two secrets: the second is the one being rotated out, and still signs.
+    let secrets = secret_file("publish-secrets", "new-secret\nold-secret\n")?;
+    let node = Node::all(&["--publish-secret-file", &secrets.to_string_lossy()])?;
+
+    let token = sign(b"old-secret", "publish", "live/signed", unix_now() + 600);
+    let publisher = Publisher::start(
+        &av_small()?,
+        &node.ingest_url(&format!("signed?token={token}")),
+    )?;
+    wait_live(&node, "signed").await?;
+    assert!(has_h264(&ffprobe(&node.flv_url("signed")).await?));
+    publisher.kill().await;
+
+    let expired = sign(b"new-secret", "publish", "live/late", unix_now() - 60);
+    let stderr = refused(&node.ingest_url(&format!("late?token={expired}"))).await?;
+    assert!(stderr.contains("expired"), "ffmpeg said: {stderr}");
+    let other = sign(b"new-secret", "publish", "live/other", unix_now() + 600);
+    let stderr = refused(&node.ingest_url(&format!("late?token={other}"))).await?;
+    assert!(stderr.contains("bad_signature"), "ffmpeg said: {stderr}");
+    let stderr = refused(&node.ingest_url("late")).await?;
+    assert!(stderr.contains("no_key"), "ffmpeg said: {stderr}");
+    assert!(refusals(&node, "expired").await? >= 1.0);
+    assert!(refusals(&node, "bad_signature").await? >= 1.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn denied_addresses_are_refused_before_anything_else() -> Result<()> {
+    let node = Node::all(&["--publish-deny", "127.0.0.0/8"])?;
+    let stderr = refused(&node.ingest_url("cam")).await?;
+    assert!(stderr.contains("ip_denied"), "ffmpeg said: {stderr}");
+    assert!(refusals(&node, "ip_denied").await? >= 1.0);
+    wait_for(Duration::from_secs(5), "the refusal in the log", || async {
+        node.logged("address not allowed to publish").then_some(())
+    })
+    .await?;
+
+    // An allow list that leaves loopback out refuses it too.
+    let node = Node::all(&["--publish-allow", "10.0.0.0/8,192.168.0.0/16"])?;
+    let stderr = refused(&node.ingest_url("cam")).await?;
+    assert!(stderr.contains("ip_denied"), "ffmpeg said: {stderr}");
+    Ok(())
+}
+
+/// A webhook answering 200 for `live/ok`, 403 for anything else, and never for `live/slow`;
+/// it keeps every JSON body it received.
+async fn webhook() -> Result<(SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Head, then a body of Content-Length bytes.
+                let body = loop {
+                    let Ok(n) = socket.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break body.to_owned();
+                        }
+                    }
+                };
+                let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let stream = json["stream"].as_str().unwrap_or("").to_owned();
+                sink.lock().unwrap().push(json);
+                let status = match stream.as_str() {
+                    "live/slow" => {
+                        // Never answer; the control plane gives up first.
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        return;
+                    }
+                    "live/ok" => "200 OK",
+                    _ => "403 Forbidden",
+                };
+                let _ = socket
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    Ok((addr, received))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_webhook_decides_with_a_timeout() -> Result<()> {
+    let (hook, received) = webhook().await?;
+    let url = format!("http://{hook}/on_publish");
+    let node = Node::all(&["--on-publish", &url, "--on-publish-timeout", "1s"])?;
+
+    let publisher = Publisher::start(&av_small()?, &node.ingest_url("ok?tag=studio"))?;
+    wait_live(&node, "ok").await?;
+    publisher.kill().await;
+    let body = received
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|b| b["stream"] == "live/ok")
+        .cloned()
+        .context("the webhook got the publish")?;
+    assert_eq!(body["action"], "publish");
+    assert_eq!(body["app"], "live");
+    assert_eq!(body["name"], "ok");
+    assert_eq!(body["client_ip"], "127.0.0.1");
+    assert_eq!(body["query"], "tag=studio");
+    assert!(
+        body["node"].as_str().is_some_and(|n| !n.is_empty()),
+        "{body}"
+    );
+
+    let stderr = refused(&node.ingest_url("no")).await?;
+    assert!(stderr.contains("webhook_refused"), "ffmpeg said: {stderr}");
+    let stderr = refused(&node.ingest_url("slow")).await?;
+    assert!(
+        stderr.contains("webhook_unavailable"),
+        "ffmpeg said: {stderr}"
+    );
+    assert!(refusals(&node, "webhook_refused").await? >= 1.0);
+    assert!(refusals(&node, "webhook_unavailable").await? >= 1.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_in_redis_serve_every_replica() -> Result<()> {
+    let redis = Redis::start()?;
+    let url = redis.url();
+    let control = [
+        Node::control_plane(&url, &["--publish-auth", "on"])?,
+        Node::control_plane(&url, &["--publish-auth", "on"])?,
+    ];
+    let urls = format!("{},{}", control[0].grpc_url(), control[1].grpc_url());
+    let origin = Node::origin(&urls, &[])?;
+    let edge = Node::edge(&urls, &[])?;
+
+    // No admin token configured: key management from loopback is accepted.
+    let (id, secret) = create_key(control[0].addr("admin"), None, "live/studio").await?;
+    let ingest = |name: &str| format!("rtmp://{}/live/{name}", origin.addr("origin-rtmp"));
+
+    let publisher = Publisher::start(&av_small()?, &ingest(&secret))?;
+    wait_for(
+        Duration::from_secs(20),
+        "live/studio in the registry",
+        || async {
+            let (_, body) = control[1].admin_get("/api/v1/streams").await.ok()?;
+            body.contains("\"name\":\"studio\"").then_some(())
+        },
+    )
+    .await?;
+    let streams = ffprobe(&format!("rtmp://{}/live/studio", edge.addr("edge-rtmp"))).await?;
+    assert!(has_h264(&streams), "{streams:?}");
+    publisher.kill().await;
+
+    // Redis holds the hash of the secret, not the secret.
+    let dump = std::process::Command::new("redis-cli")
+        .args(["-s", &url.trim_start_matches("unix://").to_owned()])
+        .args(["HGETALL", "{corriente}:publish_keys"])
+        .output()?;
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains("live") && !dump.contains(&secret), "{dump}");
+
+    // Revoked through the other replica: refused whichever replica the origin asks.
+    let (status, _) = http(
+        control[1].addr("admin"),
+        "DELETE",
+        &format!("/api/v1/keys/{id}"),
+        None,
+        None,
+    )
+    .await?;
+    assert_eq!(status, 200);
+    let stderr = refused(&ingest(&format!("studio?key={secret}"))).await?;
+    assert!(stderr.contains("revoked_key"), "ffmpeg said: {stderr}");
+    assert!(refusals(&origin, "revoked_key").await? >= 1.0);
+    Ok(())
+}
