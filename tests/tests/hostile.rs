@@ -105,7 +105,14 @@ fn publish_commands(name: &str) -> BytesMut {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_rtmp_is_refused_and_everything_else_carries_on() -> Result<()> {
-    let mut node = Node::all(&["--handshake-timeout", "1s", "--max-message-size", "1048576"])?;
+    let mut node = Node::all(&[
+        "--handshake-timeout",
+        "1s",
+        "--max-message-size",
+        "1048576",
+        "--max-chunk-size",
+        "65536",
+    ])?;
     let mut canary = Canary::start(&node).await?;
     let close = Duration::from_secs(5);
 
@@ -135,8 +142,8 @@ async fn malformed_rtmp_is_refused_and_everything_else_carries_on() -> Result<()
     );
     canary.assert_alive("a stalled handshake");
 
-    // Absurd chunk sizes.
-    for size in [0u32, 0x7fff_ffff] {
+    // Absurd chunk sizes, and one just over --max-chunk-size.
+    for size in [0u32, 65537, 0x7fff_ffff] {
         let mut s = rtmp_handshaken(node.addr("origin-rtmp")).await?;
         let mut out = BytesMut::new();
         encode_message(
@@ -154,6 +161,24 @@ async fn malformed_rtmp_is_refused_and_everything_else_carries_on() -> Result<()
             "chunk size {size} not refused"
         );
     }
+    // The cap itself is accepted.
+    let mut s = rtmp_handshaken(node.addr("origin-rtmp")).await?;
+    let mut out = BytesMut::new();
+    encode_message(
+        &mut out,
+        2,
+        0,
+        type_id::SET_CHUNK_SIZE,
+        0,
+        &65536u32.to_be_bytes(),
+        128,
+    );
+    s.write_all(&out).await?;
+    assert!(
+        !closed_within(&mut s, Duration::from_millis(500)).await,
+        "chunk size 65536 (the cap) refused"
+    );
+    drop(s);
     canary.assert_alive("absurd chunk sizes");
 
     // A message over the size cap (1 MiB here): refused on its header, nothing buffered.
@@ -647,6 +672,10 @@ async fn thousands_of_idle_connections_are_closed_at_the_deadline() -> Result<()
         "{closed} of 2000 idle connections closed within {closed_after:?}; node RSS {baseline} kB before, {peak} kB with them open, {after} kB after"
     );
     assert_eq!(closed, 2000, "idle connections left open");
+    assert!(
+        closed_after >= Duration::from_secs(5),
+        "closed after {closed_after:?}, before the 6 s handshake deadline"
+    );
     // Stated margin: a connection waiting for its handshake costs a task and a small read
     // buffer, some kilobytes; 2000 of them stay well under 64 MB.
     assert!(
