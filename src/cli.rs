@@ -32,6 +32,8 @@ pub struct Cli {
     pub all: AllArgs,
 }
 
+// Parsed once at start-up and matched once: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Control plane, origin and edge in one process (binds loopback by default).

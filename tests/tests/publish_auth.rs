@@ -376,7 +376,7 @@ async fn keys_in_redis_serve_every_replica() -> Result<()> {
 
     // Redis holds the hash of the secret, not the secret.
     let dump = std::process::Command::new("redis-cli")
-        .args(["-s", &url.trim_start_matches("unix://").to_owned()])
+        .args(["-s", url.trim_start_matches("unix://")])
         .args(["HGETALL", "{corriente}:publish_keys"])
         .output()?;
     let dump = String::from_utf8_lossy(&dump.stdout);
