@@ -12,7 +12,7 @@ use corriente_proto::control as pb;
 use corriente_proto::trace;
 use futures_util::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::convert;
@@ -101,8 +101,9 @@ impl ControlClient {
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .map(|u| {
-                let endpoint = Endpoint::from_shared(u.to_owned())
-                    .map_err(|e| ControlError::BadUrl(u.to_owned(), e.to_string()))?
+                let endpoint = auth
+                    .endpoint(u)
+                    .map_err(|e| ControlError::BadUrl(u.to_owned(), e))?
                     .connect_timeout(Duration::from_secs(1))
                     .timeout(Duration::from_secs(5))
                     .tcp_nodelay(true)

@@ -263,7 +263,11 @@ async fn serve_grpc<R: Registry>(
             }
         }
     });
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = cluster_auth.server_tls() {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(ControlServer::with_interceptor(

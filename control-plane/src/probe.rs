@@ -12,7 +12,7 @@ use corriente_proto::auth::ClusterAuth;
 use corriente_proto::relay::OwnsRequest;
 use corriente_proto::relay::relay_client::RelayClient;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Probes owners over their relay address.
 pub struct OwnerProbe {
@@ -38,7 +38,9 @@ impl OwnerProbe {
         if channels.len() > 4096 {
             channels.clear();
         }
-        let channel = Endpoint::from_shared(format!("http://{relay_addr}"))
+        let channel = self
+            .auth
+            .endpoint(relay_addr)
             .ok()?
             .connect_timeout(self.timeout)
             .timeout(self.timeout)

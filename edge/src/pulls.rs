@@ -24,7 +24,7 @@ use prometheus::{Histogram, exponential_buckets, register_histogram};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -254,7 +254,10 @@ impl Pulls {
         if let Some(channel) = channels.get(relay_addr) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{relay_addr}"))
+        let channel = self
+            .config
+            .cluster_auth
+            .endpoint(relay_addr)
             .map_err(|e| format!("bad relay address {relay_addr:?}: {e}"))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)

@@ -6,6 +6,12 @@
 //! Tokens come from a secret file (one per line): a node presents the first and accepts any,
 //! so a rotation is: append the new token everywhere, move it to the first line everywhere,
 //! then remove the old one. The file is re-read when it changes.
+//!
+//! With cluster certificates (a CA, and a certificate and key per node signed by it), the
+//! internal APIs also run over mutual TLS: servers present their certificate and require one
+//! signed by the cluster CA from every caller; callers verify servers against the same CA,
+//! under one server name shared by the whole cluster (nodes are dialed by pod IP, which
+//! certificates rarely name).
 
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
@@ -14,6 +20,7 @@ use corriente_media::secret::{SecretFile, SecretFileError};
 use prometheus::{IntCounterVec, register_int_counter_vec};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 use tracing::warn;
 
@@ -26,10 +33,56 @@ static REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// This node's cluster credentials: none (an open cluster), or a token file.
+/// This node's cluster credentials: none (an open cluster), a token file, certificates for
+/// mutual TLS, or both.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterAuth {
     tokens: Option<Arc<SecretFile>>,
+    tls: Option<Arc<ClusterTls>>,
+}
+
+/// Where a node's cluster certificates are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterTlsFiles {
+    /// PEM certificate of the cluster CA.
+    pub ca: std::path::PathBuf,
+    /// PEM certificate chain of this node, signed by the cluster CA.
+    pub cert: std::path::PathBuf,
+    /// PEM private key of `cert`.
+    pub key: std::path::PathBuf,
+    /// The name every node's certificate carries (a DNS subject alternative name), checked by
+    /// callers whatever address they dial.
+    pub server_name: String,
+}
+
+/// Loaded cluster certificates.
+struct ClusterTls {
+    ca: Certificate,
+    identity: Identity,
+    server_name: String,
+}
+
+impl std::fmt::Debug for ClusterTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why cluster credentials could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterAuthError {
+    #[error("--cluster-token-file: {0}")]
+    Token(#[from] SecretFileError),
+    #[error("cannot read {what} {path}: {error}")]
+    Read {
+        what: &'static str,
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl ClusterAuth {
@@ -42,12 +95,95 @@ impl ClusterAuth {
     pub fn from_file(path: &Path) -> Result<Self, SecretFileError> {
         Ok(Self {
             tokens: Some(Arc::new(SecretFile::open(path)?)),
+            tls: None,
         })
     }
 
-    /// Whether calls are authenticated.
+    /// Adds mutual TLS with the cluster certificates in `files`; fails at start-up when they
+    /// cannot be read or are not PEM.
+    pub fn with_tls(mut self, files: &ClusterTlsFiles) -> Result<Self, ClusterAuthError> {
+        let read = |what: &'static str, path: &Path| {
+            std::fs::read(path).map_err(|error| ClusterAuthError::Read {
+                what,
+                path: path.to_owned(),
+                error,
+            })
+        };
+        let ca = read("the cluster CA", &files.ca)?;
+        let cert = read("the cluster certificate", &files.cert)?;
+        let key = read("the cluster key", &files.key)?;
+        // tonic parses lazily: check the PEM now, so a bad file fails at start-up.
+        for (what, pem, path) in [
+            ("the cluster CA", &ca, &files.ca),
+            ("the cluster certificate", &cert, &files.cert),
+        ] {
+            if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(ClusterAuthError::Tls(format!(
+                    "{what} {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+        }
+        if !String::from_utf8_lossy(&key).contains("PRIVATE KEY-----") {
+            return Err(ClusterAuthError::Tls(format!(
+                "the cluster key {} holds no PEM private key",
+                files.key.display()
+            )));
+        }
+        if files.server_name.is_empty() {
+            return Err(ClusterAuthError::Tls(
+                "--cluster-server-name is empty".to_owned(),
+            ));
+        }
+        self.tls = Some(Arc::new(ClusterTls {
+            ca: Certificate::from_pem(ca),
+            identity: Identity::from_pem(cert, key),
+            server_name: files.server_name.clone(),
+        }));
+        Ok(self)
+    }
+
+    /// Whether calls are authenticated (a token, mutual TLS, or both).
     pub fn is_enabled(&self) -> bool {
-        self.tokens.is_some()
+        self.tokens.is_some() || self.tls.is_some()
+    }
+
+    /// Whether the internal APIs run over mutual TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The server side of mutual TLS, for a gRPC server builder.
+    pub fn server_tls(&self) -> Option<ServerTlsConfig> {
+        let tls = self.tls.as_ref()?;
+        Some(
+            ServerTlsConfig::new()
+                .identity(tls.identity.clone())
+                .client_ca_root(tls.ca.clone()),
+        )
+    }
+
+    /// An endpoint for `addr` (`HOST:PORT`, or a URL whose scheme is replaced): `https` with
+    /// the cluster certificates under mutual TLS, `http` otherwise.
+    pub fn endpoint(&self, addr: &str) -> Result<Endpoint, String> {
+        let authority = addr
+            .split_once("://")
+            .map_or(addr, |(_, rest)| rest)
+            .trim_end_matches('/');
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))
+            .map_err(|e| format!("bad address {addr:?}: {e}"))?;
+        match &self.tls {
+            Some(tls) => endpoint
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(tls.ca.clone())
+                        .identity(tls.identity.clone())
+                        .domain_name(tls.server_name.clone()),
+                )
+                .map_err(|e| format!("cluster TLS for {addr:?}: {e}")),
+            None => Ok(endpoint),
+        }
     }
 
     /// The `authorization` value this node presents.
@@ -84,6 +220,7 @@ pub struct ServerCheck {
 
 impl Interceptor for ServerCheck {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        // Under mutual TLS the handshake already required a certificate of the cluster CA.
         let Some(tokens) = &self.auth.tokens else {
             return Ok(request);
         };

@@ -58,9 +58,15 @@ impl TestCa {
 
     /// Issues (or re-issues) `NAME.pem` and `NAME.key` for localhost and 127.0.0.1.
     pub fn issue(&self, name: &str) -> Result<()> {
+        self.issue_with_san(name, "DNS:localhost,IP:127.0.0.1")
+    }
+
+    /// Issues `NAME.pem` and `NAME.key` with the subject alternative names `san`
+    /// (`DNS:corriente`, say), usable by servers and clients.
+    pub fn issue_with_san(&self, name: &str, san: &str) -> Result<()> {
         std::fs::write(
             self.dir.join("san.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+            format!("subjectAltName={san}\nextendedKeyUsage=serverAuth,clientAuth\n"),
         )?;
         let key = format!("{name}.key");
         let csr = format!("{name}.csr");

@@ -468,3 +468,84 @@ async fn exposed_roles_need_credentials_or_an_explicit_insecure() -> Result<()> 
     assert!(body.contains("\"insecure\""), "{body}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn internal_apis_run_over_mutual_tls_with_cluster_certificates() -> Result<()> {
+    use corriente_tests::tls::TestCa;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+    let ca = TestCa::new()?;
+    ca.issue_with_san("node", "DNS:corriente")?;
+    let stranger_ca = TestCa::new()?;
+    stranger_ca.issue_with_san("node", "DNS:corriente")?;
+    let path = |ca: &TestCa, file: &str| ca.dir.join(file).display().to_string();
+    let tls_args = [
+        "--cluster-ca".to_owned(),
+        path(&ca, "ca.pem"),
+        "--cluster-cert".to_owned(),
+        path(&ca, "node.pem"),
+        "--cluster-key".to_owned(),
+        path(&ca, "node.key"),
+    ];
+    let args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+    let node = Node::all(&args)?;
+    // Registration, lookups and the relay pull all cross mutual TLS.
+    let _publisher = Publisher::start(&av_small()?, &node.ingest_url("mtls"))?;
+    wait_live(&node, "mtls").await?;
+    let probed = ffprobe(&node.flv_url("mtls")).await?;
+    assert!(probed.iter().any(|s| s.codec_name == "h264"), "{probed:?}");
+
+    let control = node.addr("control-grpc");
+    let list = |endpoint: Endpoint| async move {
+        let channel = endpoint
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(3))
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        pb::control_client::ControlClient::new(channel)
+            .list_streams(pb::ListStreamsRequest {})
+            .await
+            .map(|r| r.into_inner().streams.len())
+            .map_err(|e| e.to_string())
+    };
+    let tls = |ca: &TestCa, identity: Option<&TestCa>| -> Result<Endpoint> {
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(ca.ca())?))
+            .domain_name("corriente");
+        if let Some(id) = identity {
+            config = config.identity(Identity::from_pem(
+                std::fs::read(id.dir.join("node.pem"))?,
+                std::fs::read(id.dir.join("node.key"))?,
+            ));
+        }
+        Ok(Endpoint::from_shared(format!("https://{control}"))?.tls_config(config)?)
+    };
+    // A member of the cluster gets answers: the refusals below are about credentials.
+    assert_eq!(list(tls(&ca, Some(&ca))?).await, Ok(1));
+    let plain = list(Endpoint::from_shared(format!("http://{control}"))?).await;
+    assert!(plain.is_err(), "plaintext call answered: {plain:?}");
+    let anonymous = list(tls(&ca, None)?).await;
+    assert!(
+        anonymous.is_err(),
+        "a caller without a certificate: {anonymous:?}"
+    );
+    let stranger = list(tls(&ca, Some(&stranger_ca))?).await;
+    assert!(
+        stranger.is_err(),
+        "a certificate of another CA: {stranger:?}"
+    );
+
+    // Cluster certificates are credentials for protected mode.
+    let mut check = vec!["all", "--origin-relay", "0.0.0.0:0", "--check-config"];
+    check.extend_from_slice(&args);
+    let output = std::process::Command::new(corriente_tests::corriente_bin())
+        .args(&check)
+        .output()?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
