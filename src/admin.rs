@@ -24,6 +24,8 @@ use tracing::{info, warn};
 pub struct Identity {
     pub role: &'static str,
     pub node: String,
+    /// Running exposed without cluster credentials (`--insecure`): said in `/readyz`.
+    pub insecure: bool,
 }
 
 /// Who may run admin actions.
@@ -133,10 +135,17 @@ impl Admin {
                 "/readyz",
                 get(move || {
                     let components = components.clone();
-                    async move { readiness(&components) }
+                    let insecure = identity.insecure;
+                    async move { readiness(&components, insecure) }
                 }),
             )
-            .route("/metrics", get(move || metrics(identity.clone())))
+            .route(
+                "/metrics",
+                get({
+                    let identity = identity.clone();
+                    move || metrics(identity.clone())
+                }),
+            )
             .merge(routes)
             .route_layer(from_fn_with_state(
                 Guard {
@@ -179,7 +188,7 @@ impl Admin {
     }
 }
 
-fn readiness(components: &[(&'static str, Health)]) -> axum::response::Response {
+fn readiness(components: &[(&'static str, Health)], insecure: bool) -> axum::response::Response {
     let mut ready = true;
     let mut details = serde_json::Map::new();
     for (name, health) in components {
@@ -195,11 +204,13 @@ fn readiness(components: &[(&'static str, Health)]) -> axum::response::Response 
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(serde_json::json!({ "ready": ready, "components": details })),
-    )
-        .into_response()
+    let mut body = serde_json::json!({ "ready": ready, "components": details });
+    if insecure {
+        body["insecure"] = serde_json::Value::String(
+            "running with --insecure: internal ports are open to anyone who reaches them (no cluster token)".to_owned(),
+        );
+    }
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(identity: Identity) -> axum::response::Response {

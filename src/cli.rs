@@ -6,14 +6,16 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use corriente_control_plane::{ControlPlaneConfig, PublishAuthConfig, Webhook};
-use corriente_edge::{EdgeConfig, PullConfig};
+use corriente_edge::{EdgeConfig, PlayAuthConfig, PullConfig};
 use corriente_media::access::{Cidr, IpRules};
 use corriente_media::limits::Rate;
 use corriente_media::rtmp::SessionConfig;
 use corriente_media::rtmp::chunk::ChunkLimits;
 use corriente_media::secret::SecretFile;
+use corriente_media::tls::TlsFiles;
 use corriente_media::{HubConfig, LagPolicy};
 use corriente_origin::OriginConfig;
+use corriente_proto::auth::{ClusterAuth, ClusterTlsFiles};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -105,6 +107,41 @@ pub struct CommonArgs {
     #[arg(long, env = "CORRIENTE_ADMIN_TOKEN_FILE", value_name = "PATH")]
     pub admin_token_file: Option<std::path::PathBuf>,
 
+    /// File holding the cluster token (one per line: the first is presented, any is
+    /// accepted, for rotation). Every node of a cluster has the same file; control-plane and
+    /// relay calls without a known token are refused. Re-read when it changes.
+    #[arg(long, env = "CORRIENTE_CLUSTER_TOKEN_FILE", value_name = "PATH")]
+    pub cluster_token_file: Option<std::path::PathBuf>,
+
+    /// PEM certificate of the cluster CA: with --cluster-cert and --cluster-key, the control
+    /// plane and relay APIs run over mutual TLS (callers need a certificate signed by it).
+    #[arg(long, env = "CORRIENTE_CLUSTER_CA", value_name = "PATH")]
+    pub cluster_ca: Option<std::path::PathBuf>,
+
+    /// PEM certificate of this node, signed by --cluster-ca, naming --cluster-server-name.
+    #[arg(long, env = "CORRIENTE_CLUSTER_CERT", value_name = "PATH")]
+    pub cluster_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --cluster-cert.
+    #[arg(long, env = "CORRIENTE_CLUSTER_KEY", value_name = "PATH")]
+    pub cluster_key: Option<std::path::PathBuf>,
+
+    /// The DNS name every node's cluster certificate carries; callers check it whatever
+    /// address they dial (pod IPs change).
+    #[arg(
+        long,
+        env = "CORRIENTE_CLUSTER_SERVER_NAME",
+        value_name = "NAME",
+        default_value = "corriente"
+    )]
+    pub cluster_server_name: String,
+
+    /// Run without cluster credentials although the control, relay or admin port listens
+    /// beyond loopback: anyone who reaches those ports can register streams, pull relays and
+    /// act on the cluster. Said in the log and in /readyz.
+    #[arg(long, env = "CORRIENTE_INSECURE")]
+    pub insecure: bool,
+
     /// Parse and validate the configuration, print it, and exit without starting.
     #[arg(long)]
     pub check_config: bool,
@@ -112,6 +149,67 @@ pub struct CommonArgs {
 
 impl CommonArgs {
     /// The admin token file, read once now so a mistake shows at start-up.
+    /// The cluster credentials, after the protected-mode check: a role whose internal ports
+    /// (`internal`: control gRPC, relay, admin) listen beyond loopback needs a cluster token,
+    /// unless `--insecure` says the operator wants an open cluster.
+    pub fn cluster_auth(&self, internal: &[(&str, SocketAddr)]) -> Result<ClusterAuth, String> {
+        let mut auth = match &self.cluster_token_file {
+            Some(path) => {
+                ClusterAuth::from_file(path).map_err(|e| format!("--cluster-token-file: {e}"))?
+            }
+            None => ClusterAuth::open(),
+        };
+        match (&self.cluster_ca, &self.cluster_cert, &self.cluster_key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                auth = auth
+                    .with_tls(&ClusterTlsFiles {
+                        ca: ca.clone(),
+                        cert: cert.clone(),
+                        key: key.clone(),
+                        server_name: self.cluster_server_name.clone(),
+                    })
+                    .map_err(|e| e.to_string())?;
+            }
+            (None, None, None) => {}
+            _ => {
+                return Err(
+                    "cluster TLS needs all three of --cluster-ca, --cluster-cert and --cluster-key"
+                        .to_owned(),
+                );
+            }
+        }
+        if auth.is_enabled() {
+            return Ok(auth);
+        }
+        let exposed: Vec<String> = internal
+            .iter()
+            .filter(|(_, addr)| !addr.ip().is_loopback())
+            .map(|(what, addr)| format!("{what} on {addr}"))
+            .collect();
+        if !exposed.is_empty() && !self.insecure {
+            return Err(format!(
+                "refusing to start without cluster credentials: {} listen(s) beyond loopback, \
+                 where anyone could register streams or pull relays. Give every node the same \
+                 --cluster-token-file (CORRIENTE_CLUSTER_TOKEN_FILE) or cluster certificates \
+                 (--cluster-ca, --cluster-cert, --cluster-key), or run an open cluster \
+                 knowingly with --insecure",
+                exposed.join(", ")
+            ));
+        }
+        Ok(ClusterAuth::open())
+    }
+
+    /// The admin address of a role: every interface, port 9090, unless told otherwise.
+    pub fn role_admin(&self) -> SocketAddr {
+        self.admin
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9090)))
+    }
+
+    /// Whether this node runs exposed without credentials (`--insecure` and no token).
+    pub fn is_insecure(&self) -> bool {
+        self.insecure && self.cluster_token_file.is_none() && self.cluster_cert.is_none()
+    }
+
     pub fn admin_tokens(&self) -> Result<Option<SecretFile>, String> {
         self.admin_token_file
             .as_ref()
@@ -186,6 +284,85 @@ impl PublishAuthArgs {
     }
 }
 
+/// Playback authorization at the edge (edge and `all`).
+#[derive(Debug, Clone, Args)]
+pub struct PlayAuthArgs {
+    /// File of HMAC secrets that sign playback URLs (`?token=EXPIRES.HEXSIG`), one per line:
+    /// several while rotating. Re-read when it changes. With it, streams of --play-token-apps
+    /// (default: every application) play only with a valid, unexpired token.
+    #[arg(long, env = "CORRIENTE_PLAY_SECRET_FILE", value_name = "PATH")]
+    pub play_secret_file: Option<std::path::PathBuf>,
+
+    /// Applications whose streams need a signed URL (comma-separated). Default: all of them.
+    #[arg(
+        long,
+        env = "CORRIENTE_PLAY_TOKEN_APPS",
+        value_name = "APP,...",
+        value_delimiter = ',',
+        requires = "play_secret_file"
+    )]
+    pub play_token_apps: Vec<String>,
+
+    /// on_play webhook: http:// URL POSTed a JSON description of each viewer (action, app,
+    /// name, stream, client_ip, query, protocol, node); 2xx allows, anything else refuses.
+    #[arg(long, env = "CORRIENTE_ON_PLAY", value_name = "URL")]
+    pub on_play: Option<String>,
+
+    /// How long the on_play webhook may take before the viewer is refused (at most 4s).
+    #[arg(long, env = "CORRIENTE_ON_PLAY_TIMEOUT", value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub on_play_timeout: Duration,
+
+    /// Networks allowed to watch (comma-separated CIDRs or addresses). Default: everyone.
+    #[arg(
+        long,
+        env = "CORRIENTE_PLAY_ALLOW",
+        value_name = "CIDR,...",
+        value_delimiter = ','
+    )]
+    pub play_allow: Vec<Cidr>,
+
+    /// Networks refused playback, even when an allow rule matches.
+    #[arg(
+        long,
+        env = "CORRIENTE_PLAY_DENY",
+        value_name = "CIDR,...",
+        value_delimiter = ','
+    )]
+    pub play_deny: Vec<Cidr>,
+}
+
+impl PlayAuthArgs {
+    pub fn config(&self) -> Result<PlayAuthConfig, String> {
+        if !(Duration::from_millis(100)..=Duration::from_secs(4)).contains(&self.on_play_timeout) {
+            return Err("--on-play-timeout must be between 100ms and 4s".to_owned());
+        }
+        for app in &self.play_token_apps {
+            corriente_media::StreamKey::new(app, "x")
+                .map_err(|e| format!("--play-token-apps {app:?}: {e}"))?;
+        }
+        Ok(PlayAuthConfig {
+            ip_rules: IpRules {
+                allow: self.play_allow.clone(),
+                deny: self.play_deny.clone(),
+            },
+            secrets: match &self.play_secret_file {
+                Some(path) => Some(std::sync::Arc::new(
+                    SecretFile::open(path).map_err(|e| format!("--play-secret-file: {e}"))?,
+                )),
+                None => None,
+            },
+            token_apps: self.play_token_apps.clone(),
+            webhook: match &self.on_play {
+                Some(url) => Some(
+                    Webhook::new(url, self.on_play_timeout)
+                        .map_err(|e| format!("--on-play: {e}"))?,
+                ),
+                None => None,
+            },
+        })
+    }
+}
+
 /// RTMP protocol settings (origin and edge).
 #[derive(Debug, Clone, Args)]
 pub struct RtmpArgs {
@@ -240,6 +417,59 @@ impl RtmpArgs {
                 max_buffered: 2 * self.max_message_size as usize,
                 ..ChunkLimits::default()
             },
+        }
+    }
+}
+
+/// The certificate of the TLS listeners (RTMPS, HTTPS).
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain (leaf first) of the TLS listeners, e.g. Let's Encrypt's
+    /// fullchain.pem. Checked every 2 s and reloaded when it changes: new connections get the
+    /// new certificate, established ones keep theirs.
+    #[arg(
+        long,
+        env = "CORRIENTE_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1), e.g. privkey.pem.
+    #[arg(
+        long,
+        env = "CORRIENTE_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files, when given; an error when a TLS listener needs them and they are missing.
+    fn files(&self, needed_by: &[(&str, bool)]) -> Result<Option<TlsFiles>, String> {
+        let files = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        let listeners: Vec<&str> = needed_by
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(flag, _)| *flag)
+            .collect();
+        match (&files, listeners.is_empty()) {
+            (None, false) => Err(format!(
+                "{} needs a certificate: give --tls-cert and --tls-key",
+                listeners.join(" and ")
+            )),
+            (Some(_), true) => Err(
+                "--tls-cert and --tls-key are given but no TLS listener is (--rtmps, --https)"
+                    .to_owned(),
+            ),
+            _ => Ok(files),
         }
     }
 }
@@ -369,6 +599,28 @@ pub struct AllArgs {
     )]
     pub edge_http: SocketAddr,
 
+    /// Origin RTMPS ingest address; off unless given. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "CORRIENTE_ORIGIN_RTMPS", value_name = "ADDR")]
+    pub origin_rtmps: Option<SocketAddr>,
+
+    /// Edge RTMPS playback address; off unless given. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "CORRIENTE_EDGE_RTMPS", value_name = "ADDR")]
+    pub edge_rtmps: Option<SocketAddr>,
+
+    /// Edge HTTPS playback address; off unless given. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "CORRIENTE_EDGE_HTTPS", value_name = "ADDR")]
+    pub edge_https: Option<SocketAddr>,
+
+    /// Redirect plain-HTTP page requests (308) to --edge-https.
+    #[arg(long, env = "CORRIENTE_HTTPS_REDIRECT", requires = "edge_https")]
+    pub https_redirect: bool,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    #[command(flatten)]
+    pub play_auth: PlayAuthArgs,
+
     /// Control plane gRPC address.
     #[arg(
         long,
@@ -406,6 +658,11 @@ pub struct OriginArgs {
     )]
     pub rtmp: SocketAddr,
 
+    /// RTMPS (RTMP over TLS) ingest address, e.g. 0.0.0.0:443; off unless given. Needs
+    /// --tls-cert and --tls-key.
+    #[arg(long, env = "CORRIENTE_RTMPS", value_name = "ADDR")]
+    pub rtmps: Option<SocketAddr>,
+
     /// Relay (gRPC) address edges pull from.
     #[arg(
         long,
@@ -434,6 +691,8 @@ pub struct OriginArgs {
     #[command(flatten)]
     pub rtmp_tuning: RtmpArgs,
     #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
     pub tuning: OriginTuning,
 }
 
@@ -458,6 +717,21 @@ pub struct EdgeArgs {
     )]
     pub http: SocketAddr,
 
+    /// RTMPS playback address, e.g. 0.0.0.0:443; off unless given. Needs --tls-cert and
+    /// --tls-key.
+    #[arg(long, env = "CORRIENTE_RTMPS", value_name = "ADDR")]
+    pub rtmps: Option<SocketAddr>,
+
+    /// HTTPS playback address (HTTP-FLV, the player page; HTTP/2 when the client offers it),
+    /// e.g. 0.0.0.0:443; off unless given. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "CORRIENTE_HTTPS", value_name = "ADDR")]
+    pub https: Option<SocketAddr>,
+
+    /// Redirect plain-HTTP page requests (308) to the --https listener; streams (.flv) are
+    /// still served over HTTP.
+    #[arg(long, env = "CORRIENTE_HTTPS_REDIRECT", requires = "https")]
+    pub https_redirect: bool,
+
     /// Control plane URL; several, comma-separated, for several replicas.
     #[arg(
         long,
@@ -471,6 +745,10 @@ pub struct EdgeArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub rtmp_tuning: RtmpArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub play_auth: PlayAuthArgs,
     #[command(flatten)]
     pub tuning: EdgeTuning,
 }
@@ -617,20 +895,30 @@ fn admin_string(admin: Option<SocketAddr>) -> String {
 impl OriginArgs {
     pub fn config(&self) -> Result<OriginConfig, String> {
         validate_url(&self.control)?;
-        Ok(origin_config(
-            self.rtmp,
-            self.relay,
-            self.advertise_relay.clone(),
-            self.control.clone(),
-            self.common
-                .node_id
-                .clone()
-                .unwrap_or_else(|| default_node_id("origin")),
-            admin_string(self.common.admin),
-            &self.rtmp_tuning,
-            &self.tuning,
-            self.common.drain_timeout,
-        ))
+        let tls = self.tls.files(&[("--rtmps", self.rtmps.is_some())])?;
+        let cluster_auth = self.common.cluster_auth(&[
+            ("the relay", self.relay),
+            ("the admin port", self.common.role_admin()),
+        ])?;
+        Ok(OriginConfig {
+            rtmps_addr: self.rtmps,
+            tls,
+            cluster_auth,
+            ..origin_config(
+                self.rtmp,
+                self.relay,
+                self.advertise_relay.clone(),
+                self.control.clone(),
+                self.common
+                    .node_id
+                    .clone()
+                    .unwrap_or_else(|| default_node_id("origin")),
+                admin_string(self.common.admin),
+                &self.rtmp_tuning,
+                &self.tuning,
+                self.common.drain_timeout,
+            )
+        })
     }
 }
 
@@ -672,19 +960,35 @@ fn origin_config(
 impl EdgeArgs {
     pub fn config(&self) -> Result<EdgeConfig, String> {
         validate_url(&self.control)?;
-        Ok(edge_config(
-            self.rtmp,
-            self.http,
-            self.control.clone(),
-            self.common
-                .node_id
-                .clone()
-                .unwrap_or_else(|| default_node_id("edge")),
-            admin_string(self.common.admin),
-            &self.rtmp_tuning,
-            &self.tuning,
-            self.common.drain_timeout,
-        ))
+        let tls = self.tls.files(&[
+            ("--rtmps", self.rtmps.is_some()),
+            ("--https", self.https.is_some()),
+        ])?;
+        let cluster_auth = self
+            .common
+            .cluster_auth(&[("the admin port", self.common.role_admin())])?;
+        let mut config = EdgeConfig {
+            rtmps_addr: self.rtmps,
+            https_addr: self.https,
+            tls,
+            https_redirect: self.https_redirect,
+            ..edge_config(
+                self.rtmp,
+                self.http,
+                self.control.clone(),
+                self.common
+                    .node_id
+                    .clone()
+                    .unwrap_or_else(|| default_node_id("edge")),
+                admin_string(self.common.admin),
+                &self.rtmp_tuning,
+                &self.tuning,
+                self.common.drain_timeout,
+            )
+        };
+        config.pull.cluster_auth = cluster_auth;
+        config.play_auth = self.play_auth.config()?;
+        Ok(config)
     }
 }
 
@@ -728,6 +1032,7 @@ fn edge_config(
         },
         drain_timeout,
         drain_delay: tuning.drain_delay,
+        ..defaults
     }
 }
 
@@ -765,6 +1070,10 @@ impl ControlArgs {
             redis_prefix: self.redis_prefix.clone(),
             redis_ca_pem,
             publish_auth: self.publish_auth.config()?,
+            cluster_auth: self.common.cluster_auth(&[
+                ("gRPC", self.grpc),
+                ("the admin port", self.common.role_admin()),
+            ])?,
             ..ControlPlaneConfig::default()
         })
     }
@@ -834,34 +1143,59 @@ impl AllArgs {
             .unwrap_or_else(|| default_node_id("all"));
         let control_url = format!("http://{}", self.control_grpc);
         let admin = admin_string(Some(self.admin()));
+        let tls = self.tls.files(&[
+            ("--origin-rtmps", self.origin_rtmps.is_some()),
+            ("--edge-rtmps", self.edge_rtmps.is_some()),
+            ("--edge-https", self.edge_https.is_some()),
+        ])?;
+        let cluster_auth = self.common.cluster_auth(&[
+            ("control gRPC", self.control_grpc),
+            ("the relay", self.origin_relay),
+            ("the admin port", self.admin()),
+        ])?;
+        let mut edge = EdgeConfig {
+            rtmps_addr: self.edge_rtmps,
+            https_addr: self.edge_https,
+            tls: tls.clone(),
+            https_redirect: self.https_redirect,
+            ..edge_config(
+                self.edge_rtmp,
+                self.edge_http,
+                control_url.clone(),
+                format!("{node}-edge"),
+                admin.clone(),
+                &self.rtmp,
+                &self.edge,
+                self.common.drain_timeout,
+            )
+        };
+        edge.pull.cluster_auth = cluster_auth.clone();
+        edge.play_auth = self.play_auth.config()?;
         Ok(AllConfig {
             control: ControlPlaneConfig {
                 grpc_addr: self.control_grpc,
                 lease_ttl: self.lease_ttl,
                 publish_auth: self.publish_auth.config()?,
+                cluster_auth: cluster_auth.clone(),
                 ..ControlPlaneConfig::default()
             },
-            origin: origin_config(
-                self.origin_rtmp,
-                self.origin_relay,
-                None,
-                control_url.clone(),
-                format!("{node}-origin"),
-                admin.clone(),
-                &self.rtmp,
-                &self.origin,
-                self.common.drain_timeout,
-            ),
-            edge: edge_config(
-                self.edge_rtmp,
-                self.edge_http,
-                control_url,
-                format!("{node}-edge"),
-                admin,
-                &self.rtmp,
-                &self.edge,
-                self.common.drain_timeout,
-            ),
+            origin: OriginConfig {
+                rtmps_addr: self.origin_rtmps,
+                cluster_auth,
+                tls: tls.clone().filter(|_| self.origin_rtmps.is_some()),
+                ..origin_config(
+                    self.origin_rtmp,
+                    self.origin_relay,
+                    None,
+                    control_url.clone(),
+                    format!("{node}-origin"),
+                    admin.clone(),
+                    &self.rtmp,
+                    &self.origin,
+                    self.common.drain_timeout,
+                )
+            },
+            edge,
         })
     }
 

@@ -44,6 +44,13 @@ fn main() -> ExitCode {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "cannot raise the open files limit");
     }
+    if common.is_insecure() {
+        tracing::warn!(
+            "INSECURE: running with --insecure and no cluster token; anyone who reaches this \
+             node's control, relay or admin ports can register streams, pull relays and act on \
+             the cluster. Give every node --cluster-token-file instead."
+        );
+    }
     let result = runtime.block_on(run(cli));
     telemetry.shutdown();
     match result {
@@ -148,6 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let identity = Identity {
                 role: "origin",
                 node: origin.node_id().to_owned(),
+                insecure: args.common.is_insecure(),
             };
             let admin = bind_admin(
                 &args.common,
@@ -174,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let identity = Identity {
                 role: "edge",
                 node: edge.node_id().to_owned(),
+                insecure: args.common.is_insecure(),
             };
             let admin = bind_admin(
                 &args.common,
@@ -205,6 +214,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .node_id
                     .clone()
                     .unwrap_or_else(|| cli::default_node_id("control-plane")),
+                insecure: args.common.is_insecure(),
             };
             let admin = bind_admin(
                 &args.common,
@@ -278,6 +288,7 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
             .node_id
             .clone()
             .unwrap_or_else(|| cli::default_node_id("all")),
+        insecure: args.common.is_insecure(),
     };
     let admin = Admin::bind(
         args.admin(),
@@ -298,6 +309,7 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
         edge.http_addr(),
         admin.local_addr(),
     );
+    print_tls_banner(&args);
 
     // The control plane and admin server outlive the roles, so origins can release their
     // streams while draining.
@@ -313,6 +325,25 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     edge_result?;
     control_result?;
     Ok(())
+}
+
+/// The TLS URLs of `all`, when its TLS listeners are on.
+fn print_tls_banner(args: &AllArgs) {
+    let mut lines = Vec::new();
+    if let Some(addr) = args.origin_rtmps {
+        lines.push(format!("  Publish   rtmps://{addr}/live/STREAM"));
+    }
+    if let Some(addr) = args.edge_rtmps {
+        lines.push(format!("  Watch     rtmps://{addr}/live/test"));
+    }
+    if let Some(addr) = args.edge_https {
+        lines.push(format!(
+            "  Watch     https://{addr}/live/test.flv  https://{addr}/live/test (player page)"
+        ));
+    }
+    if !lines.is_empty() {
+        println!("Over TLS:\n{}\n", lines.join("\n"));
+    }
 }
 
 fn print_banner(

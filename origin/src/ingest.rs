@@ -13,7 +13,7 @@ use corriente_media::net::close_gracefully;
 use corriente_media::rtmp::handshake::{self, HandshakeError};
 use corriente_media::rtmp::{ServerSession, SessionError, SessionEvent, SessionState};
 use corriente_media::{EndReason, StreamKey};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, debug, info, warn};
@@ -40,9 +40,9 @@ enum IngestError {
 }
 
 /// Serves one publisher connection to its end, logging how it ended.
-pub(crate) async fn serve_publisher(
+pub(crate) async fn serve_publisher<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: Arc<OriginContext>,
-    mut stream: TcpStream,
+    mut stream: S,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
@@ -75,9 +75,9 @@ fn is_hangup(e: &std::io::Error) -> bool {
     )
 }
 
-async fn run(
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Arc<OriginContext>,
-    stream: &mut TcpStream,
+    stream: &mut S,
     peer: SocketAddr,
     shutdown: &CancellationToken,
     publication: &mut Option<Publication>,
@@ -167,8 +167,8 @@ async fn run(
     }
 }
 
-async fn flush(
-    stream: &mut TcpStream,
+async fn flush<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     session: &mut ServerSession,
     timeout: Duration,
 ) -> Result<(), IngestError> {
@@ -326,5 +326,20 @@ async fn handle(
         }
         SessionEvent::PlayStopped => {}
         SessionEvent::Ignored(what) => debug!(%what, "ignored"),
+    }
+}
+
+/// An RTMPS publisher: the TLS handshake (under the RTMP handshake deadline), then RTMP.
+pub(crate) async fn serve_tls_publisher(
+    ctx: Arc<OriginContext>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    match tokio::time::timeout(ctx.config.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve_publisher(ctx, tls, peer, shutdown).await,
+        Ok(Err(e)) => info!(error = %e, "TLS handshake failed: not an RTMPS client"),
+        Err(_) => info!("TLS handshake timed out"),
     }
 }

@@ -24,7 +24,9 @@ use corriente_media::frame::unix_micros;
 use corriente_media::limits::{Rate, RateLimiter};
 use corriente_media::net::{AcceptLimits, accept_loop};
 use corriente_media::rtmp::SessionConfig;
+use corriente_media::tls::{ReloadingCert, TlsError, TlsFiles};
 use corriente_media::{HubConfig, LagPolicy, StreamKey};
+use corriente_proto::auth::ClusterAuth;
 use corriente_proto::relay::relay_server::RelayServer;
 use futures_util::StreamExt;
 use tokio::net::TcpListener;
@@ -41,6 +43,10 @@ use crate::streams::Streams;
 pub struct OriginConfig {
     /// RTMP ingest listen address.
     pub rtmp_addr: SocketAddr,
+    /// RTMPS (RTMP over TLS) ingest listen address, if any; needs `tls`.
+    pub rtmps_addr: Option<SocketAddr>,
+    /// Certificate and key of the TLS listeners, reloaded when the files change.
+    pub tls: Option<TlsFiles>,
     /// Relay (gRPC) listen address.
     pub relay_addr: SocketAddr,
     /// Address edges dial for the relay (`HOST:PORT`). Defaults to the relay listen address,
@@ -78,6 +84,8 @@ pub struct OriginConfig {
     pub relay_lag: LagPolicy,
     /// How long shutdown waits for connections to end.
     pub drain_timeout: Duration,
+    /// Cluster credentials: presented to the control plane, required of relay callers.
+    pub cluster_auth: ClusterAuth,
 }
 
 impl OriginConfig {
@@ -94,6 +102,8 @@ impl Default for OriginConfig {
     fn default() -> Self {
         Self {
             rtmp_addr: SocketAddr::from(([0, 0, 0, 0], 1935)),
+            rtmps_addr: None,
+            tls: None,
             relay_addr: SocketAddr::from(([0, 0, 0, 0], 50052)),
             advertise_relay: None,
             control_url: "http://127.0.0.1:50051".to_owned(),
@@ -114,6 +124,7 @@ impl Default for OriginConfig {
             hub: HubConfig::default(),
             relay_lag: LagPolicy::default(),
             drain_timeout: Duration::from_secs(10),
+            cluster_auth: ClusterAuth::open(),
         }
     }
 }
@@ -135,6 +146,10 @@ pub enum OriginError {
     Control(#[from] ControlError),
     #[error("relay server failed: {0}")]
     Relay(#[from] tonic::transport::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("--rtmps needs a certificate and key (--tls-cert, --tls-key)")]
+    TlsFilesMissing,
 }
 
 /// What every connection of this origin shares.
@@ -189,6 +204,8 @@ impl Member for OriginContext {
 /// A bound, not yet serving, origin.
 pub struct Origin {
     rtmp: TcpListener,
+    /// The RTMPS listener and its certificate.
+    rtmps: Option<(TcpListener, Arc<ReloadingCert>)>,
     relay: TcpListener,
     ctx: Arc<OriginContext>,
     control: ControlClient,
@@ -203,8 +220,16 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Origi
 impl Origin {
     /// Binds the RTMP and relay ports.
     pub async fn bind(config: OriginConfig) -> Result<Self, OriginError> {
-        let control = ControlClient::new(&config.control_url)?;
+        let control = ControlClient::with_auth(&config.control_url, &config.cluster_auth)?;
         let rtmp = bind("RTMP ingest", config.rtmp_addr).await?;
+        let rtmps = match (config.rtmps_addr, &config.tls) {
+            (Some(addr), Some(files)) => {
+                let cert = ReloadingCert::load(files.clone())?;
+                Some((bind("RTMPS ingest", addr).await?, cert))
+            }
+            (Some(_), None) => return Err(OriginError::TlsFilesMissing),
+            (None, _) => None,
+        };
         let relay = bind("relay", config.relay_addr).await?;
         let relay_local = relay.local_addr().unwrap_or(config.relay_addr);
         let relay_advertised = advertised_relay(&config, relay_local);
@@ -226,6 +251,7 @@ impl Origin {
         });
         Ok(Self {
             rtmp,
+            rtmps,
             relay,
             ctx,
             control,
@@ -288,6 +314,7 @@ impl Origin {
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), OriginError> {
         let Origin {
             rtmp,
+            rtmps,
             relay,
             ctx,
             control,
@@ -309,7 +336,7 @@ impl Origin {
         let tracker = TaskTracker::new();
         let accept_ctx = ctx.clone();
         let conn_shutdown = shutdown.clone();
-        accept_loop(
+        let plain = accept_loop(
             "origin-rtmp",
             rtmp,
             ctx.config.accept_limits(),
@@ -318,8 +345,35 @@ impl Origin {
             move |stream, peer| {
                 ingest::serve_publisher(accept_ctx.clone(), stream, peer, conn_shutdown.clone())
             },
-        )
-        .await;
+        );
+        let tls = async {
+            let Some((listener, cert)) = rtmps else {
+                return;
+            };
+            info!(listener = "origin-rtmps", addr = %listener.local_addr().unwrap_or(ctx.rtmp_local), "listening");
+            tokio::spawn(cert.clone().watch(TLS_RELOAD_EVERY, shutdown.child_token()));
+            let acceptor = corriente_media::tls::acceptor(cert, &[]);
+            let accept_ctx = ctx.clone();
+            let conn_shutdown = shutdown.clone();
+            accept_loop(
+                "origin-rtmps",
+                listener,
+                ctx.config.accept_limits(),
+                shutdown.clone(),
+                tracker.clone(),
+                move |stream, peer| {
+                    ingest::serve_tls_publisher(
+                        accept_ctx.clone(),
+                        acceptor.clone(),
+                        stream,
+                        peer,
+                        conn_shutdown.clone(),
+                    )
+                },
+            )
+            .await;
+        };
+        tokio::join!(plain, tls);
 
         // Draining: refuse new publishes, let connections end their streams.
         ctx.health.start_draining();
@@ -341,6 +395,9 @@ impl Origin {
         Ok(())
     }
 }
+
+/// How often the TLS certificate files are checked for a change.
+const TLS_RELOAD_EVERY: Duration = Duration::from_secs(2);
 
 /// Binds and serves an origin until `shutdown`.
 pub async fn run(config: OriginConfig, shutdown: CancellationToken) -> Result<(), OriginError> {
@@ -365,13 +422,20 @@ async fn serve_relay(
             }
         }
     });
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = ctx.config.cluster_auth.server_tls() {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         // Room for a few seconds of a high-bitrate stream in flight per pull.
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(RelayServer::new(RelayService { ctx }))
+        .add_service(RelayServer::with_interceptor(
+            RelayService { ctx: ctx.clone() },
+            ctx.config.cluster_auth.server("relay"),
+        ))
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await?;
     Ok(())
