@@ -266,6 +266,9 @@ pub enum FlvError {
     TagTooLarge(usize, usize),
 }
 
+/// Most a [`TagReader`] reserves ahead of the bytes it holds for an incomplete tag.
+const READ_AHEAD: usize = 64 << 10;
+
 /// Incremental FLV reader: feed it bytes, take tags out. Used by the load generator, tests and
 /// anything else that consumes FLV.
 #[derive(Debug)]
@@ -308,7 +311,9 @@ impl TagReader {
             return Err(FlvError::TagTooLarge(size, self.max_tag));
         }
         if buf.len() < TAG_HEADER_LEN + size + 4 {
-            buf.reserve(TAG_HEADER_LEN + size + 4 - buf.len());
+            // Room for the next read, not for the size the peer declared: the data has to
+            // arrive before it is worth memory.
+            buf.reserve((TAG_HEADER_LEN + size + 4 - buf.len()).min(READ_AHEAD));
             return Ok(None);
         }
         let tag_type = buf[0] & 0x1f;
@@ -347,6 +352,22 @@ mod tests {
             (TAG_AUDIO, 5, 3)
         );
         assert!(partial.is_empty());
+    }
+
+    /// Found by the `flv` fuzz target: a tag header declaring 14 MB made the reader reserve
+    /// 14 MB before any of it arrived.
+    #[test]
+    fn reserves_no_more_than_a_read_ahead_of_the_data() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&file_header(true, true));
+        buf.extend_from_slice(&[TAG_VIDEO, 0xe0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x17]);
+        let mut reader = TagReader::new(16 << 20);
+        assert!(reader.next_tag(&mut buf).unwrap().is_none());
+        assert!(
+            buf.capacity() <= buf.len() + READ_AHEAD,
+            "{}",
+            buf.capacity()
+        );
     }
 
     #[test]
