@@ -12,6 +12,9 @@ use bytes::{BufMut, BytesMut};
 /// Deepest nesting of objects and arrays accepted. Real encoders use two or three levels.
 pub const MAX_DEPTH: usize = 16;
 
+/// Most elements of a strict array reserved ahead of decoding them.
+const PREALLOCATE: usize = 64;
+
 /// One AMF0 value. Objects and ECMA arrays keep their property order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Amf0Value {
@@ -186,7 +189,11 @@ impl Reader<'_> {
                 if count > remaining {
                     return Err(Amf0Error::Truncated);
                 }
-                let mut items = Vec::with_capacity(count);
+                // Nor reserve room for it: arrays nested in arrays all count the same remaining
+                // bytes, so reserving `count` at every level would hold MAX_DEPTH times 32 bytes
+                // per input byte before a single element decoded. The vector grows with what
+                // actually decodes.
+                let mut items = Vec::with_capacity(count.min(PREALLOCATE));
                 for _ in 0..count {
                     items.push(self.value(depth + 1)?);
                 }
@@ -355,6 +362,81 @@ mod tests {
             decode_all(&[marker::OBJECT_END]),
             Err(Amf0Error::UnexpectedObjectEnd)
         );
+    }
+
+    /// Bytes allocated and not yet freed by the current thread (a test's own decoding).
+    mod held {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static HELD: Cell<usize> = const { Cell::new(0) };
+            static PEAK: Cell<usize> = const { Cell::new(0) };
+        }
+
+        struct Counting;
+
+        #[global_allocator]
+        static COUNTING: Counting = Counting;
+
+        fn add(size: usize) {
+            let _ = HELD.try_with(|h| {
+                h.set(h.get() + size);
+                let _ = PEAK.try_with(|p| p.set(p.get().max(h.get())));
+            });
+        }
+
+        fn sub(size: usize) {
+            let _ = HELD.try_with(|h| h.set(h.get().saturating_sub(size)));
+        }
+
+        // SAFETY: forwards every call to the system allocator; only counts.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                add(layout.size());
+                // SAFETY: forwarded unchanged.
+                unsafe { System.alloc(layout) }
+            }
+
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                sub(layout.size());
+                // SAFETY: forwarded unchanged.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                sub(layout.size());
+                add(new_size);
+                // SAFETY: forwarded unchanged.
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
+        }
+
+        /// The most bytes `f` held at once on this thread.
+        pub fn peak(f: impl FnOnce()) -> usize {
+            let base = HELD.with(Cell::get);
+            PEAK.with(|p| p.set(base));
+            f();
+            PEAK.with(Cell::get) - base
+        }
+    }
+
+    /// Confirmed with the `amf0` fuzz target's memory check: strict arrays nested 16 deep, each
+    /// claiming as many elements as bytes remain, reserved 16 times 32 bytes per input byte
+    /// (4 MB for 8 KB; 4 GB for one 8 MB command message) before the first element failed.
+    #[test]
+    fn nested_array_counts_reserve_nothing_ahead_of_the_data() {
+        let total = 64 << 10;
+        let mut bomb = Vec::new();
+        for _ in 0..MAX_DEPTH {
+            bomb.push(marker::STRICT_ARRAY);
+            bomb.extend_from_slice(&((total - 5 * MAX_DEPTH) as u32).to_be_bytes());
+        }
+        // The first element is already bad: nothing here is worth memory.
+        bomb.resize(total, 0x42);
+        let held =
+            held::peak(|| assert_eq!(decode_all(&bomb), Err(Amf0Error::UnsupportedMarker(0x42))));
+        assert!(held < total, "{held} bytes held for {total} bytes of input");
     }
 
     #[test]
