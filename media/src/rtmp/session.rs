@@ -350,6 +350,7 @@ impl ServerSession {
             "getStreamLength" => self.result(txn, vec![Amf0Value::Number(0.0)]),
             "publish" => {
                 self.require_connected("publish")?;
+                self.refuse_while_playing("publish")?;
                 let name = command.string_arg(0).unwrap_or("").to_owned();
                 let publish_type = command.string_arg(1).unwrap_or("live").to_owned();
                 self.stream_name = name.clone();
@@ -358,6 +359,7 @@ impl ServerSession {
             }
             "play" => {
                 self.require_connected("play")?;
+                self.refuse_while_playing("play")?;
                 let name = command.string_arg(0).unwrap_or("").to_owned();
                 self.stream_name = name.clone();
                 self.state = SessionState::PlayPending;
@@ -393,6 +395,16 @@ impl ServerSession {
             SessionState::Connected | SessionState::Publishing | SessionState::Playing => Ok(()),
             _ => Err(SessionError::Protocol(format!("{what} before connect"))),
         }
+    }
+
+    /// A playing connection belongs to the fan-out, which reads the viewer's messages but
+    /// decides nothing: a request would leave the session waiting for ever while the viewer's
+    /// input piles up unread.
+    fn refuse_while_playing(&self, what: &str) -> Result<(), SessionError> {
+        if self.state == SessionState::Playing {
+            return Err(SessionError::Protocol(format!("{what} while playing")));
+        }
+        Ok(())
     }
 
     fn result(&mut self, txn: f64, args: Vec<Amf0Value>) {
@@ -719,6 +731,27 @@ mod tests {
                 "NetStream.Play.UnpublishNotify"
             ]
         );
+    }
+
+    /// Found modelling the edge's playback task in the `session` fuzz target, whose check fails
+    /// on fuzz/corpus/session/regression-publish-while-playing: `publish` or `play` from a
+    /// viewer that is already playing left the session waiting for a decision nobody makes, so
+    /// it read nothing more while the viewer's input kept growing.
+    #[test]
+    fn a_playing_session_never_waits_for_a_decision() {
+        for again in ["publish", "play"] {
+            let mut session = ServerSession::new(SessionConfig::default());
+            let mut events = Vec::new();
+            session.feed(&mut connect("live"), 0, &mut events).unwrap();
+            session.accept_connect();
+            let mut input = command("play", 4.0, vec![Amf0Value::string("cam")], 1);
+            session.feed(&mut input, 0, &mut events).unwrap();
+            session.accept_play();
+            let mut input = command(again, 5.0, vec![Amf0Value::string("cam")], 1);
+            let result = session.feed(&mut input, 0, &mut events);
+            assert!(matches!(result, Err(SessionError::Protocol(_))), "{again}");
+            assert!(!session.is_waiting());
+        }
     }
 
     #[test]
