@@ -3,7 +3,7 @@
 //! addresses; refusals reach ffmpeg as RTMP errors naming the reason and are counted; the
 //! admin API is guarded by the admin token; keys live in Redis for a cluster.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,7 +13,7 @@ use corriente_media::access::sign;
 use corriente_tests::media::{Publisher, av_small, ffprobe};
 use corriente_tests::{Node, Redis, wait_for, work_dir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// An HTTP/1.1 request with an optional bearer token and JSON body: status and body.
 async fn http(
@@ -23,8 +23,34 @@ async fn http(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Result<(u16, String)> {
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await??;
+    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await??;
+    exchange(stream, addr, method, path, token, body).await
+}
+
+/// This machine's address on its default route, if it has one: a client connecting from it to
+/// a loopback listener is not a loopback client.
+fn outside_address() -> Option<IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    Some(socket.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback())
+}
+
+/// [`http`] from `source` (no token, no body).
+async fn http_from(source: IpAddr, addr: SocketAddr, method: &str, path: &str) -> Result<u16> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(addr)).await??;
+    Ok(exchange(stream, addr, method, path, None, None).await?.0)
+}
+
+async fn exchange(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Result<(u16, String)> {
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(token) = token {
         request.push_str(&format!("Authorization: Bearer {token}\r\n"));
@@ -194,6 +220,39 @@ async fn managed_keys_publish_under_their_public_name_until_revoked() -> Result<
     assert!(refusals(&node, "unknown_key").await? >= 1.0);
     let (status, _) = http(admin, "DELETE", "/api/v1/keys/nope", token, None).await?;
     assert_eq!(status, 404);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_admin_token_key_actions_are_loopback_only() -> Result<()> {
+    let node = Node::all(&["--publish-auth", "on"])?;
+    let admin = node.addr("admin");
+    create_key(admin, None, "live/cam").await?;
+    let (status, _) = http(admin, "GET", "/api/v1/keys", None, None).await?;
+    assert_eq!(status, 200, "loopback clients may act without a token");
+
+    let Some(outside) = outside_address() else {
+        eprintln!("no non-loopback address on this machine: remote refusal not checked");
+        return Ok(());
+    };
+    for (method, path, want) in [
+        ("POST", "/api/v1/keys", 403),
+        ("GET", "/api/v1/keys", 403),
+        ("DELETE", "/api/v1/keys/x", 403),
+        ("GET", "/api/v1/streams", 200),
+        ("GET", "/metrics", 200),
+        ("GET", "/readyz", 200),
+    ] {
+        assert_eq!(
+            http_from(outside, admin, method, path).await?,
+            want,
+            "{method} {path} from {outside}"
+        );
+    }
+    wait_for(Duration::from_secs(5), "the refusal in the log", || async {
+        node.logged("the client is not on loopback").then_some(())
+    })
+    .await?;
     Ok(())
 }
 
