@@ -148,7 +148,6 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
-    /// The admin token file, read once now so a mistake shows at start-up.
     /// The cluster credentials, after the protected-mode check: a role whose internal ports
     /// (`internal`: control gRPC, relay, admin) listen beyond loopback needs a cluster token,
     /// unless `--insecure` says the operator wants an open cluster.
@@ -210,6 +209,7 @@ impl CommonArgs {
         self.insecure && self.cluster_token_file.is_none() && self.cluster_cert.is_none()
     }
 
+    /// The admin token file, read once now so a mistake shows at start-up.
     pub fn admin_tokens(&self) -> Result<Option<SecretFile>, String> {
         self.admin_token_file
             .as_ref()
