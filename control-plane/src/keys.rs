@@ -208,3 +208,67 @@ pub fn routes<R: Registry>(registry: Arc<R>, required: bool) -> Router {
             }),
         )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::MemoryRegistry;
+
+    async fn answer(response: Response) -> (StatusCode, serde_json::Value) {
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn creates_keys_storing_only_the_hash() {
+        let registry = MemoryRegistry::new(Duration::from_secs(5));
+        let (status, body) = answer(
+            create(
+                &registry,
+                true,
+                br#"{"stream":"live/cam","note":"studio","expires_at":99999999999}"#,
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let secret = body["secret"].as_str().unwrap();
+        assert_eq!(secret.len(), 2 * SECRET_BYTES);
+        assert_eq!(body["stream_key_with_name"], format!("cam?key={secret}"));
+        assert_eq!(body["enforced"], true);
+        let stored = registry.list_publish_keys().await.unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].secret_sha256, secret_sha256(secret));
+        assert_eq!(stored[0].hint, secret[..HINT_CHARS]);
+        let listed = serde_json::to_string(&KeyView::new(&stored[0])).unwrap();
+        assert!(!listed.contains(secret) && !listed.contains(&stored[0].secret_sha256));
+        assert!(listed.contains("\"state\":\"active\""), "{listed}");
+
+        let (_, open) = answer(create(&registry, false, br#"{"stream":"live/b"}"#).await).await;
+        assert!(open["warning"].as_str().is_some(), "{open}");
+    }
+
+    #[tokio::test]
+    async fn refuses_bad_requests_clearly() {
+        let registry = MemoryRegistry::new(Duration::from_secs(5));
+        let long_note = format!(r#"{{"stream":"live/a","note":"{}"}}"#, "x".repeat(300));
+        for body in [
+            "not json",
+            r#"{"stream":"nope"}"#,
+            r#"{"stream":"live/bad name"}"#,
+            r#"{"stream":"live/a","expires_at":1}"#,
+            r#"{"stream":"live/a","extra":1}"#,
+            long_note.as_str(),
+        ] {
+            let (status, answer) = answer(create(&registry, true, body.as_bytes()).await).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert!(answer["error"].is_string(), "{body}: {answer}");
+        }
+        assert!(registry.list_publish_keys().await.unwrap().is_empty());
+    }
+}
