@@ -271,15 +271,6 @@ async fn handle(
                 );
                 return;
             }
-            let key = match authorize(ctx, session.app(), &name, peer).await {
-                Ok(key) => key,
-                Err(refusal) => {
-                    PUBLISH_REFUSED.with_label_values(&[refusal.reason]).inc();
-                    session.reject_publish(refusal.code, &refusal.message);
-                    return;
-                }
-            };
-            Span::current().record("stream", tracing::field::display(&key));
             if publication.is_some() {
                 PUBLISH_REFUSED
                     .with_label_values(&["already_publishing"])
@@ -290,6 +281,15 @@ async fn handle(
                 );
                 return;
             }
+            let key = match authorize(ctx, session.app(), &name, peer).await {
+                Ok(key) => key,
+                Err(refusal) => {
+                    PUBLISH_REFUSED.with_label_values(&[refusal.reason]).inc();
+                    session.reject_publish(refusal.code, &refusal.message);
+                    return;
+                }
+            };
+            Span::current().record("stream", tracing::field::display(&key));
             match ctx
                 .streams
                 .start_publish(key.clone(), peer.to_string())
