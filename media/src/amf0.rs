@@ -2,15 +2,20 @@
 //! on hostile input.
 //!
 //! rml_amf0 recurses without a depth limit (a few bytes per nesting level overflow the stack)
-//! and trusts declared lengths, so Corriente decodes AMF0 itself: nesting is capped, every
-//! length is checked against the bytes actually present, and nothing is allocated ahead of the
-//! data that fills it. Work and memory are linear in the input, which the chunk decoder has
-//! already capped.
+//! and trusts declared lengths, so Corriente decodes AMF0 itself: nesting and the number of
+//! values are capped, every length is checked against the bytes actually present, and nothing
+//! is allocated ahead of the data that fills it. Work and memory are linear in the input, which
+//! the chunk decoder has already capped.
 
 use bytes::{BufMut, BytesMut};
 
 /// Deepest nesting of objects and arrays accepted. Real encoders use two or three levels.
 pub const MAX_DEPTH: usize = 16;
+
+/// Most values decoded from one payload. Commands carry a dozen, metadata a few dozen (a few
+/// thousand with a keyframe index); every value costs 32 bytes or more once decoded, so without
+/// a cap one 8 MB message of one-byte nulls would become a quarter of a gigabyte.
+pub const MAX_VALUES: usize = 1 << 16;
 
 /// Most elements of a strict array reserved ahead of decoding them.
 const PREALLOCATE: usize = 64;
@@ -82,6 +87,8 @@ pub enum Amf0Error {
     UnsupportedMarker(u8),
     #[error("AMF0 object end marker outside an object")]
     UnexpectedObjectEnd,
+    #[error("more than {MAX_VALUES} AMF0 values in one payload")]
+    TooManyValues,
 }
 
 mod marker {
@@ -103,7 +110,7 @@ mod marker {
 
 /// Decodes every value in `bytes`.
 pub fn decode_all(bytes: &[u8]) -> Result<Vec<Amf0Value>, Amf0Error> {
-    let mut reader = Reader { bytes, pos: 0 };
+    let mut reader = Reader::new(bytes);
     let mut values = Vec::new();
     while reader.pos < bytes.len() {
         values.push(reader.value(0)?);
@@ -113,7 +120,7 @@ pub fn decode_all(bytes: &[u8]) -> Result<Vec<Amf0Value>, Amf0Error> {
 
 /// Decodes the first value in `bytes` and returns it with the number of bytes it used.
 pub fn decode_one(bytes: &[u8]) -> Result<(Amf0Value, usize), Amf0Error> {
-    let mut reader = Reader { bytes, pos: 0 };
+    let mut reader = Reader::new(bytes);
     let value = reader.value(0)?;
     Ok((value, reader.pos))
 }
@@ -121,9 +128,19 @@ pub fn decode_one(bytes: &[u8]) -> Result<(Amf0Value, usize), Amf0Error> {
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Values decoded so far, against [`MAX_VALUES`].
+    values: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            pos: 0,
+            values: 0,
+        }
+    }
+
     fn take(&mut self, n: usize) -> Result<&[u8], Amf0Error> {
         let end = self.pos.checked_add(n).ok_or(Amf0Error::Truncated)?;
         let slice = self.bytes.get(self.pos..end).ok_or(Amf0Error::Truncated)?;
@@ -164,6 +181,10 @@ impl Reader<'_> {
     fn value(&mut self, depth: usize) -> Result<Amf0Value, Amf0Error> {
         if depth > MAX_DEPTH {
             return Err(Amf0Error::TooDeep);
+        }
+        self.values += 1;
+        if self.values > MAX_VALUES {
+            return Err(Amf0Error::TooManyValues);
         }
         let m = self.u8()?;
         Ok(match m {
@@ -437,6 +458,28 @@ mod tests {
         let held =
             held::peak(|| assert_eq!(decode_all(&bomb), Err(Amf0Error::UnsupportedMarker(0x42))));
         assert!(held < total, "{held} bytes held for {total} bytes of input");
+    }
+
+    /// One-byte values decode to 32 bytes each: a payload of nulls is capped by value count,
+    /// not only by the chunk decoder's message size.
+    #[test]
+    fn caps_the_number_of_values_in_a_payload() {
+        let total = 1 << 20;
+        let mut nulls = vec![marker::STRICT_ARRAY];
+        nulls.extend_from_slice(&(total as u32 - 5).to_be_bytes());
+        nulls.resize(total, marker::NULL);
+        let held = held::peak(|| assert_eq!(decode_all(&nulls), Err(Amf0Error::TooManyValues)));
+        assert!(
+            held < 8 * total,
+            "{held} bytes held for {total} bytes of input"
+        );
+        let mut object = vec![marker::OBJECT];
+        for _ in 0..MAX_VALUES {
+            object.extend_from_slice(&[0, 0, marker::NULL]);
+        }
+        assert_eq!(decode_all(&object), Err(Amf0Error::TooManyValues));
+        let fine = vec![marker::NULL; MAX_VALUES];
+        assert_eq!(decode_all(&fine).map(|v| v.len()), Ok(MAX_VALUES));
     }
 
     #[test]
