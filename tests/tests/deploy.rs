@@ -130,6 +130,44 @@ struct Container {
     args: Vec<String>,
     /// Its environment, references resolved; `*_FILE` variables still name container paths.
     env: BTreeMap<String, String>,
+    /// What the deployment mounts from secrets: a container path (a file, or a directory
+    /// holding the secret's keys) → the secret (`compose secret cluster_token`,
+    /// `Secret corriente-cluster-token`), and, for a directory, the file names it holds
+    /// (None: every key of the secret, not known here).
+    mounts: BTreeMap<String, (String, Option<BTreeSet<String>>)>,
+}
+
+/// Variables naming a file besides the `*_FILE` ones: certificates and keys.
+const FILE_VARIABLES: [&str; 5] = [
+    "CORRIENTE_TLS_CERT",
+    "CORRIENTE_TLS_KEY",
+    "CORRIENTE_CLUSTER_CA",
+    "CORRIENTE_CLUSTER_CERT",
+    "CORRIENTE_CLUSTER_KEY",
+];
+
+fn names_a_file(variable: &str) -> bool {
+    variable.starts_with("CORRIENTE_")
+        && (variable.ends_with("_FILE") || FILE_VARIABLES.contains(&variable))
+}
+
+impl Container {
+    /// The secret that provides the file at `path` in the container, if a mount does.
+    fn secret_of(&self, path: &str) -> Option<&str> {
+        self.mounts.iter().find_map(|(mount, (secret, files))| {
+            let provided = if path == mount {
+                true
+            } else if let Some(file) = path
+                .strip_prefix(mount.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+            {
+                files.as_ref().is_none_or(|files| files.contains(file))
+            } else {
+                false
+            };
+            provided.then_some(secret.as_str())
+        })
+    }
 }
 
 /// The `CORRIENTE_*` variables a role reads, from its `--help`.
@@ -175,15 +213,31 @@ fn check_container(container: &Container, scratch: &Path, ca: &TestCa) -> Result
             !value.contains("$("),
             "{what}: {name}={value} has an unresolved reference"
         );
-        // Secrets are files mounted in the container: stand-ins here.
-        if name.ends_with("_FILE") {
-            let file = if name.contains("_CA_") {
-                ca.ca()
+        // Secrets are files mounted in the container: the deployment must mount something
+        // there, and stand-ins take their place here, at the same path under `scratch`.
+        if names_a_file(name) {
+            ensure!(
+                container.secret_of(value).is_some(),
+                "{what}: {name}={value} names a file no secret mount provides (mounts: {:?})",
+                container.mounts
+            );
+            let file = scratch.join(value.trim_start_matches('/'));
+            std::fs::create_dir_all(file.parent().context("a file path")?)?;
+            let pem = if name.contains("_CA") {
+                Some(ca.ca())
+            } else if name.ends_with("_CERT") {
+                Some(ca.cert())
+            } else if name.ends_with("_KEY") {
+                Some(ca.key())
             } else {
-                let file = scratch.join(name.to_lowercase());
-                std::fs::write(&file, "not-the-real-password\n")?;
-                file
+                None
             };
+            match pem {
+                Some(pem) => {
+                    std::fs::copy(pem, &file)?;
+                }
+                None => std::fs::write(&file, "not-the-real-secret\n")?,
+            }
             *value = file.display().to_string();
         }
     }
@@ -342,6 +396,7 @@ fn the_image_default_command_and_health_check_are_valid() -> Result<()> {
             origin: "Dockerfile CMD".into(),
             args: image.cmd.clone(),
             env: image.env.clone(),
+            mounts: BTreeMap::new(),
         }],
         "deploy/Dockerfile",
     )?;
@@ -424,7 +479,41 @@ fn compose_containers(file: &str) -> Result<Vec<(Container, Value)>> {
             }
             other => bail!("{origin}: environment {other}"),
         }
-        containers.push((Container { origin, args, env }, service.clone()));
+        // Secrets: /run/secrets/TARGET, TARGET defaulting to the secret's key in the file.
+        let mut mounts = BTreeMap::new();
+        for secret in service["secrets"].as_array().into_iter().flatten() {
+            let (source, target) = match secret {
+                Value::String(source) => (source.clone(), source.clone()),
+                Value::Object(long) => {
+                    let source = scalar(&long["source"]);
+                    let target = match &long["target"] {
+                        Value::Null => source.clone(),
+                        target => scalar(target),
+                    };
+                    (source, target)
+                }
+                other => bail!("{origin}: secret {other}"),
+            };
+            ensure!(
+                docs[0]["secrets"][&source].is_object(),
+                "{origin}: secret {source} is not declared under the top-level secrets"
+            );
+            let path = if target.starts_with('/') {
+                target
+            } else {
+                format!("/run/secrets/{target}")
+            };
+            mounts.insert(path, (format!("compose secret {source}"), None));
+        }
+        containers.push((
+            Container {
+                origin,
+                args,
+                env,
+                mounts,
+            },
+            service.clone(),
+        ));
     }
     Ok(containers)
 }
@@ -545,6 +634,43 @@ fn expand(text: &str, env: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// The Secret volumes a container mounts. A Secret mounted with `subPath` never sees an
+/// update, so certificates and tokens would not rotate: refused.
+fn secret_mounts(
+    container: &Value,
+    pod: &Value,
+    origin: &str,
+) -> Result<BTreeMap<String, (String, Option<BTreeSet<String>>)>> {
+    let mut mounts = BTreeMap::new();
+    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+        let name = scalar(&mount["name"]);
+        let volume = pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == name.as_str())
+            .with_context(|| format!("{origin}: volumeMount {name} has no volume"))?;
+        let Some(secret) = volume["secret"].as_object() else {
+            continue;
+        };
+        let path = scalar(&mount["mountPath"]);
+        ensure!(
+            mount["subPath"].is_null(),
+            "{origin}: Secret volume {name} is mounted with subPath at {path}: \
+             an updated Secret would never reach the pod (rotation)"
+        );
+        let files = secret.get("items").and_then(Value::as_array).map(|items| {
+            items
+                .iter()
+                .map(|item| scalar(&item["path"]))
+                .collect::<BTreeSet<_>>()
+        });
+        let source = format!("Secret {}", scalar(&secret["secretName"]));
+        mounts.insert(path.trim_end_matches('/').to_owned(), (source, files));
+    }
+    Ok(mounts)
+}
+
 /// Every corriente container of the rendered chart, with its pod spec.
 fn chart_containers(objects: &[Value], source: &str) -> Result<Vec<(Container, Value)>> {
     let mut containers = Vec::new();
@@ -593,7 +719,16 @@ fn chart_containers(objects: &[Value], source: &str) -> Result<Vec<(Container, V
                     .flatten()
                     .map(|a| expand(&scalar(a), &env))
                     .collect();
-                containers.push((Container { origin, args, env }, object.clone()));
+                let mounts = secret_mounts(c, pod, &origin)?;
+                containers.push((
+                    Container {
+                        origin,
+                        args,
+                        env,
+                        mounts,
+                    },
+                    object.clone(),
+                ));
             }
         }
     }
