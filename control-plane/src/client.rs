@@ -290,6 +290,8 @@ impl ControlClient {
 
     /// Asks whether an encoder may publish `name` (the stream key field as sent, query
     /// included) under `app`, and under which public name. A refusal is `Ok(Refused)`.
+    /// `recheck`: the publication is live already, and the origin checks its key still
+    /// stands.
     #[tracing::instrument(name = "control.authorize_publish", skip_all, fields(app = %app))]
     pub async fn authorize_publish(
         &self,
@@ -297,12 +299,14 @@ impl ControlClient {
         name: &str,
         client_ip: &str,
         node_id: &str,
+        recheck: bool,
     ) -> Result<PublishDecision, ControlError> {
         let request = pb::AuthorizePublishRequest {
             app: app.to_owned(),
             name: name.to_owned(),
             client_ip: client_ip.to_owned(),
             node_id: node_id.to_owned(),
+            recheck,
         };
         let response = self
             .call(|mut c| {

@@ -27,7 +27,7 @@ use corriente_media::secret::SecretFile;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use ring::digest;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics;
 use crate::registry::{Registry, RegistryError};
@@ -157,6 +157,8 @@ pub struct PublishRequest {
     pub client_ip: String,
     /// The origin asking.
     pub node_id: String,
+    /// A periodic re-check of a live publication: not logged or counted as a new decision.
+    pub recheck: bool,
 }
 
 /// Lowercase hex SHA-256 of a publish key's secret: what the registry stores.
@@ -199,6 +201,12 @@ impl<R: Registry> PublishAuthorizer<R> {
         request: &PublishRequest,
     ) -> Result<PublishDecision, RegistryError> {
         let decision = self.decide(request).await?;
+        if request.recheck {
+            if let PublishDecision::Refused { reason, .. } = &decision {
+                debug!(app = %request.app, reason = reason.as_str(), node = %request.node_id, "live publication no longer authorized");
+            }
+            return Ok(decision);
+        }
         match &decision {
             PublishDecision::Allowed { stream, credential } => {
                 metrics::PUBLISH_AUTHORIZATIONS
@@ -451,6 +459,7 @@ mod tests {
             name: name.into(),
             client_ip: "203.0.113.7".into(),
             node_id: "o1".into(),
+            recheck: false,
         }
     }
 

@@ -269,6 +269,7 @@ impl<R: Registry> pb::control_server::Control for ControlService<R> {
                     name: r.name,
                     client_ip: r.client_ip,
                     node_id: r.node_id,
+                    recheck: r.recheck,
                 })
                 .await
                 .map_err(status)?;

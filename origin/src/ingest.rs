@@ -1,11 +1,11 @@
 //! RTMP ingest: one task per publisher connection, driving the server session state machine
 //! from handshake to publishing, and pushing the publisher's frames into its stream's hub.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corriente_control_plane::{PublishDecision, PublishDenial};
+use corriente_control_plane::{PublishCredential, PublishDecision, PublishDenial};
 use corriente_media::frame::unix_micros;
 use corriente_media::limits::ByteRateCap;
 use corriente_media::metrics::BYTES_IN;
@@ -16,7 +16,7 @@ use corriente_media::{EndReason, StreamKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{Span, debug, info, warn};
+use tracing::{Instrument, Span, debug, info, warn};
 
 use crate::metrics::PUBLISH_REFUSED;
 use crate::streams::Publication;
@@ -87,6 +87,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut session = ServerSession::new(config.session);
     let mut events = Vec::new();
     let mut fenced = CancellationToken::new();
+    // Set while the publication rests on a managed key: cancelled if the key is revoked.
+    let mut key_watch: Option<KeyWatch> = None;
+    let mut revoked = CancellationToken::new();
     let bytes_in = BYTES_IN.with_label_values(&["rtmp"]);
     // One timer for the idle limit, pushed back only when it fires: re-arming a timer on every
     // read would cost more than the read.
@@ -108,10 +111,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 break;
             }
             for event in events.drain(..) {
-                handle(ctx, &mut session, event, peer, publication).await;
+                handle(ctx, &mut session, event, peer, publication, &mut key_watch).await;
             }
             if let Some(p) = publication.as_ref() {
                 fenced = p.fenced();
+            }
+            if let Some(watch) = key_watch.as_ref() {
+                revoked = watch.revoked.clone();
             }
             flush(stream, &mut session, config.write_timeout).await?;
             if session.state() == &SessionState::Closed {
@@ -129,6 +135,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 idle.as_mut().reset(last_read + config.idle_timeout);
                 continue;
+            }
+            _ = revoked.cancelled() => {
+                let name = publication.as_ref().map(|p| p.key().to_string()).unwrap_or_default();
+                info!(stream = %name, reason = "revoked_key", "publisher stopped: its stream key was revoked");
+                session.stop_publish("NetStream.Publish.Unauthorized", &format!("publish of {name} stopped (revoked_key): its stream key was revoked"));
+                flush(stream, &mut session, config.write_timeout).await?;
+                return Ok(EndReason::Unpublished);
             }
             _ = fenced.cancelled() => {
                 let name = publication.as_ref().map(|p| p.key().to_string()).unwrap_or_default();
@@ -198,11 +211,15 @@ async fn authorize(
     app: &str,
     name: &str,
     peer: SocketAddr,
-) -> Result<StreamKey, AuthRefusal> {
-    match ctx.streams.authorize_publish(app, name, peer.ip()).await {
+) -> Result<(StreamKey, PublishCredential), AuthRefusal> {
+    match ctx
+        .streams
+        .authorize_publish(app, name, peer.ip(), false)
+        .await
+    {
         Ok(PublishDecision::Allowed { stream, credential }) => {
             debug!(%stream, credential = credential.as_str(), "publish authorized");
-            Ok(stream)
+            Ok((stream, credential))
         }
         Ok(PublishDecision::Refused { reason, message }) => {
             info!(%app, client_ip = %peer.ip(), reason = reason.as_str(), "publish refused: {message}");
@@ -226,12 +243,57 @@ async fn authorize(
     }
 }
 
+/// A live publication's managed key, asked about every `key_recheck_interval`: `revoked` is
+/// cancelled when the control plane says the key was revoked. Any other answer, or none (the
+/// control plane unreachable), lets the publication go on. Stops when dropped.
+struct KeyWatch {
+    revoked: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KeyWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl KeyWatch {
+    fn start(ctx: Arc<OriginContext>, app: String, name: String, client_ip: IpAddr) -> Self {
+        let revoked = CancellationToken::new();
+        let signal = revoked.clone();
+        let every = ctx.config.key_recheck_interval;
+        let task = tokio::spawn(
+            async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if let Ok(PublishDecision::Refused {
+                        reason: PublishDenial::RevokedKey,
+                        ..
+                    }) = ctx
+                        .streams
+                        .authorize_publish(&app, &name, client_ip, true)
+                        .await
+                    {
+                        signal.cancel();
+                        return;
+                    }
+                }
+            }
+            .instrument(Span::current()),
+        );
+        Self { revoked, task }
+    }
+}
+
 async fn handle(
     ctx: &Arc<OriginContext>,
     session: &mut ServerSession,
     event: SessionEvent,
     peer: SocketAddr,
     publication: &mut Option<Publication>,
+    key_watch: &mut Option<KeyWatch>,
 ) {
     match event {
         // The publish IP rules come first, decided here without asking anyone.
@@ -281,8 +343,8 @@ async fn handle(
                 );
                 return;
             }
-            let key = match authorize(ctx, session.app(), &name, peer).await {
-                Ok(key) => key,
+            let (key, credential) = match authorize(ctx, session.app(), &name, peer).await {
+                Ok(allowed) => allowed,
                 Err(refusal) => {
                     PUBLISH_REFUSED.with_label_values(&[refusal.reason]).inc();
                     session.reject_publish(refusal.code, &refusal.message);
@@ -296,8 +358,16 @@ async fn handle(
                 .await
             {
                 Ok(p) => {
-                    info!(stream = %key, epoch = p.epoch(), %publish_type, "publishing");
+                    info!(stream = %key, epoch = p.epoch(), %publish_type, credential = credential.as_str(), "publishing");
                     *publication = Some(p);
+                    if credential == PublishCredential::ManagedKey {
+                        *key_watch = Some(KeyWatch::start(
+                            ctx.clone(),
+                            session.app().to_owned(),
+                            name,
+                            peer.ip(),
+                        ));
+                    }
                     session.accept_publish();
                 }
                 Err(refusal) => {
@@ -320,6 +390,7 @@ async fn handle(
             }
         }
         SessionEvent::PublishStopped => {
+            *key_watch = None;
             if let Some(p) = publication.take() {
                 p.end(EndReason::Unpublished).await;
             }

@@ -70,6 +70,9 @@ pub struct OriginConfig {
     pub max_connections: usize,
     /// Who may publish, by address: checked when an encoder connects, before anything else.
     pub publish_ip_rules: IpRules,
+    /// How often a publication made with a managed key asks whether the key was revoked
+    /// (a revoked key stops its live publication within this long).
+    pub key_recheck_interval: Duration,
     /// Most simultaneous connections per listener from one client address (an IPv6 client
     /// is its /64); 0 for no limit.
     pub max_connections_per_ip: usize,
@@ -115,6 +118,7 @@ impl Default for OriginConfig {
             write_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             publish_ip_rules: IpRules::default(),
+            key_recheck_interval: Duration::from_secs(5),
             max_connections_per_ip: 256,
             publish_rate_per_ip: Some(Rate {
                 count: 30,

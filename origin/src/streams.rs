@@ -99,15 +99,17 @@ impl Streams {
     }
 
     /// Asks the control plane whether a publisher at `client_ip` may publish `name` (the
-    /// stream key field as sent) under `app`, and under which public name.
+    /// stream key field as sent) under `app`, and under which public name; `recheck` when
+    /// the publication is live already.
     pub async fn authorize_publish(
         &self,
         app: &str,
         name: &str,
         client_ip: std::net::IpAddr,
+        recheck: bool,
     ) -> Result<PublishDecision, ControlError> {
         self.control
-            .authorize_publish(app, name, &client_ip.to_string(), &self.node_id)
+            .authorize_publish(app, name, &client_ip.to_string(), &self.node_id, recheck)
             .await
     }
 

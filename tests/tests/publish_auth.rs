@@ -205,13 +205,21 @@ async fn managed_keys_publish_under_their_public_name_until_revoked() -> Result<
         !node.log_text().contains(&secret),
         "the secret is never logged"
     );
-    publisher.kill().await;
 
-    // Revoked: refused at once, by reason.
+    // Revoked: the live publication stops within the re-check interval (5 s), and the key
+    // is refused from then on, by reason.
     let (status, revoked) =
         http(admin, "DELETE", &format!("/api/v1/keys/{id}"), token, None).await?;
     assert_eq!(status, 200, "{revoked}");
     assert!(revoked.contains("\"state\":\"revoked\""), "{revoked}");
+    let (code, stderr) = publisher.wait(Duration::from_secs(30)).await?;
+    assert_ne!(code, Some(0), "the encoder was stopped");
+    assert!(stderr.contains("revoked_key"), "ffmpeg said: {stderr}");
+    wait_for(Duration::from_secs(10), "live/cam to end", || async {
+        let (_, live) = node.admin_get("/api/v1/streams").await.ok()?;
+        (!live.contains("\"name\":\"cam\"")).then_some(())
+    })
+    .await?;
     let stderr = refused(&node.ingest_url(&format!("cam?key={secret}"))).await?;
     assert!(stderr.contains("revoked_key"), "ffmpeg said: {stderr}");
     let stderr = refused(&node.ingest_url("cam?key=not-a-key")).await?;
@@ -431,7 +439,6 @@ async fn keys_in_redis_serve_every_replica() -> Result<()> {
     .await?;
     let streams = ffprobe(&format!("rtmp://{}/live/studio", edge.addr("edge-rtmp"))).await?;
     assert!(has_h264(&streams), "{streams:?}");
-    publisher.kill().await;
 
     // Redis holds the hash of the secret, not the secret.
     let dump = std::process::Command::new("redis-cli")
@@ -441,7 +448,8 @@ async fn keys_in_redis_serve_every_replica() -> Result<()> {
     let dump = String::from_utf8_lossy(&dump.stdout);
     assert!(dump.contains("live") && !dump.contains(&secret), "{dump}");
 
-    // Revoked through the other replica: refused whichever replica the origin asks.
+    // Revoked through the other replica: the live publication stops, and the key is refused
+    // whichever replica the origin asks.
     let (status, _) = http(
         control[1].addr("admin"),
         "DELETE",
@@ -451,6 +459,9 @@ async fn keys_in_redis_serve_every_replica() -> Result<()> {
     )
     .await?;
     assert_eq!(status, 200);
+    let (code, stderr) = publisher.wait(Duration::from_secs(30)).await?;
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("revoked_key"), "ffmpeg said: {stderr}");
     let stderr = refused(&ingest(&format!("studio?key={secret}"))).await?;
     assert!(stderr.contains("revoked_key"), "ffmpeg said: {stderr}");
     assert!(refusals(&origin, "revoked_key").await? >= 1.0);
