@@ -310,6 +310,9 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
         admin.local_addr(),
     );
     print_tls_banner(&args);
+    if config.control.publish_auth.required {
+        print_publish_auth_banner(admin.local_addr());
+    }
 
     // The control plane and admin server outlive the roles, so origins can release their
     // streams while draining.
@@ -325,6 +328,15 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     edge_result?;
     control_result?;
     Ok(())
+}
+
+/// How to get a stream key, when `all` requires one to publish.
+fn print_publish_auth_banner(admin: std::net::SocketAddr) {
+    println!(
+        "Publishing needs a key (--publish-auth). Create one for live/test:\n\
+         \x20 curl -d '{{\"stream\":\"live/test\"}}' http://{admin}/api/v1/keys\n\
+         and use its \"secret\" as the stream key.\n"
+    );
 }
 
 /// The TLS URLs of `all`, when its TLS listeners are on.
