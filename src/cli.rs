@@ -256,7 +256,7 @@ impl PublishAuthArgs {
         let configured = self.publish_secret_file.is_some() || self.on_publish.is_some();
         if self.publish_auth == Some(PublishAuthMode::Off) && configured {
             return Err(
-                "--publish-auth off contradicts --publish-secret-file and --on-publish".to_owned(),
+                "--publish-auth off contradicts --publish-secret-file or --on-publish".to_owned(),
             );
         }
         if !(Duration::from_millis(100)..=Duration::from_secs(4)).contains(&self.on_publish_timeout)
@@ -1264,6 +1264,28 @@ mod tests {
             "rediss://:p@h:1"
         );
         assert!(with_password("unix:///tmp/r.sock", "p").is_err());
+    }
+
+    #[test]
+    fn publish_auth_is_on_when_a_credential_source_is_given() {
+        let control = |extra: &[&str]| {
+            let mut args = vec!["corriente", "control-plane"];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).unwrap().command {
+                Some(Command::ControlPlane(c)) => c.publish_auth.config(),
+                _ => unreachable!(),
+            }
+        };
+        assert!(!control(&[]).unwrap().required);
+        assert!(control(&["--publish-auth", "on"]).unwrap().required);
+        let hook = control(&["--on-publish", "http://127.0.0.1:9/hook"]).unwrap();
+        assert!(hook.required && hook.webhook.is_some());
+        assert!(control(&["--publish-auth", "off", "--on-publish", "http://h/"]).is_err());
+        assert!(control(&["--on-publish", "http://h/", "--on-publish-timeout", "9s"]).is_err());
+        let cli = Cli::try_parse_from(["corriente", "--publish-deny", "10.0.0.0/8,::1"]).unwrap();
+        let rules = cli.all.config().unwrap().origin.publish_ip_rules;
+        assert_eq!(rules.deny.len(), 2);
+        assert!(!rules.permits("10.1.2.3".parse().unwrap()));
     }
 
     #[test]
