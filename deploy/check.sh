@@ -111,13 +111,16 @@ render default
 render production -f "$chart/values-production.yaml"
 # What neither file turns on: every autoscaler, NodePort/ClusterIP Services, no
 # NetworkPolicy, external Redis without a password, the ServiceMonitor found by API
-# discovery, a preStop hook on origins.
+# discovery, a preStop hook on origins, TLS on unprivileged ports (no sysctl) without the
+# HTTPS redirect.
 render variants \
   --api-versions monitoring.coreos.com/v1 \
   --set controlPlane.autoscaling.enabled=true,origin.autoscaling.enabled=true \
   --set ingest.type=NodePort,playback.type=ClusterIP,networkPolicy.enabled=false \
   --set redis.bundled.enabled=false,redis.external.url=redis://redis.example:6379 \
-  --set origin.preStopSleep=2s,serviceAccount.create=false
+  --set origin.preStopSleep=2s,serviceAccount.create=false \
+  --set tls.enabled=true,tls.secretName=corriente-tls,origin.rtmps.port=1936 \
+  --set edge.https.port=8443,edge.rtmps.port=1937
 
 step "helm template must refuse invalid values"
 if "$helm" template corriente "$chart" --set edge.drainDelay=5 >/dev/null 2>&1; then
@@ -129,6 +132,22 @@ if "$helm" template corriente "$chart" --set redis.bundled.enabled=false >/dev/n
   fail "the chart rendered without any Redis"
 else
   echo "ok: no Redis at all is refused"
+fi
+if "$helm" template corriente "$chart" --set tls.enabled=true >/dev/null 2>&1; then
+  fail "the chart rendered TLS listeners without a certificate Secret"
+else
+  echo "ok: tls.enabled without tls.secretName is refused"
+fi
+if "$helm" template corriente "$chart" --set edge.httpsRedirect=true >/dev/null 2>&1; then
+  fail "the chart rendered an HTTPS redirect without HTTPS"
+else
+  echo "ok: edge.httpsRedirect without tls.enabled is refused"
+fi
+if "$helm" template corriente "$chart" --set tls.enabled=true,tls.secretName=x,edge.https.port=8080 \
+  >/dev/null 2>&1; then
+  fail "the chart rendered an edge HTTPS port clashing with its HTTP port"
+else
+  echo "ok: a TLS port clashing with another port is refused"
 fi
 
 step "hadolint deploy/Dockerfile"

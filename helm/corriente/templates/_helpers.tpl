@@ -94,6 +94,8 @@ rounded up. Used to derive grace periods and preStop sleeps from the drain setti
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
+- name: CORRIENTE_CLUSTER_TOKEN_FILE
+  value: /var/run/secrets/corriente/cluster-token/token
 {{- with .Values.otlpEndpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ . | quote }}
@@ -119,7 +121,9 @@ readinessProbe:
 
 {{/*
 Pod-level settings shared by the Corriente workloads. Call with
-(dict "root" $ "component" "edge" "values" .Values.edge).
+(dict "root" $ "component" "edge" "values" .Values.edge), plus "lowestPort" when a listener
+is below 1024: the pod then gets the (safe, namespaced) sysctl
+net.ipv4.ip_unprivileged_port_start so that the non-root process can bind it.
 */}}
 {{- define "corriente.podSettings" -}}
 serviceAccountName: {{ include "corriente.serviceAccountName" .root }}
@@ -129,8 +133,14 @@ enableServiceLinks: false
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- $podSecurity := deepCopy .root.Values.podSecurityContext }}
+{{- with .lowestPort }}
+{{- /* A listener below 1024 (e.g. HTTPS on 443): the non-root process may bind it. */}}
+{{- $sysctls := append (default list $podSecurity.sysctls) (dict "name" "net.ipv4.ip_unprivileged_port_start" "value" (toString .)) }}
+{{- $_ := set $podSecurity "sysctls" $sysctls }}
+{{- end }}
 securityContext:
-  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+  {{- toYaml $podSecurity | nindent 2 }}
 {{- with .values.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
@@ -210,4 +220,76 @@ true
   from:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end -}}
+
+
+{{/*
+Cluster and admin tokens: the Secret the chart generates (RELEASE-corriente-cluster-token,
+RELEASE-corriente-admin-token, key "token") or the existing one named in the values.
+*/}}
+{{- define "corriente.clusterTokenSecret" -}}
+{{- default (printf "%s-cluster-token" (include "corriente.fullname" .)) .Values.clusterToken.existingSecret -}}
+{{- end -}}
+
+{{- define "corriente.clusterTokenKey" -}}
+{{- if .Values.clusterToken.existingSecret -}}{{ .Values.clusterToken.existingSecretKey }}{{- else -}}token{{- end -}}
+{{- end -}}
+
+{{- define "corriente.adminTokenSecret" -}}
+{{- default (printf "%s-admin-token" (include "corriente.fullname" .)) .Values.adminToken.existingSecret -}}
+{{- end -}}
+
+{{- define "corriente.adminTokenKey" -}}
+{{- if .Values.adminToken.existingSecret -}}{{ .Values.adminToken.existingSecretKey }}{{- else -}}token{{- end -}}
+{{- end -}}
+
+{{/*
+The cluster token volume of every Corriente pod, mounted as a directory (never subPath): an
+updated Secret reaches the running pods, which re-read the file, so a rotation restarts
+nothing.
+*/}}
+{{- define "corriente.clusterTokenMount" -}}
+- name: cluster-token
+  mountPath: /var/run/secrets/corriente/cluster-token
+  readOnly: true
+{{- end -}}
+
+{{- define "corriente.clusterTokenVolume" -}}
+- name: cluster-token
+  secret:
+    secretName: {{ include "corriente.clusterTokenSecret" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ include "corriente.clusterTokenKey" . }}
+        path: token
+{{- end -}}
+
+{{/*
+The certificate of the RTMPS and HTTPS listeners (tls.enabled): a kubernetes.io/tls Secret
+(tls.crt, tls.key), mounted as a directory so that a renewal (cert-manager) reaches the pod;
+the node reloads the files when they change.
+*/}}
+{{- define "corriente.tlsEnv" -}}
+- name: CORRIENTE_TLS_CERT
+  value: /var/run/secrets/corriente/tls/tls.crt
+- name: CORRIENTE_TLS_KEY
+  value: /var/run/secrets/corriente/tls/tls.key
+{{- end -}}
+
+{{- define "corriente.tlsMount" -}}
+- name: tls
+  mountPath: /var/run/secrets/corriente/tls
+  readOnly: true
+{{- end -}}
+
+{{- define "corriente.tlsVolume" -}}
+- name: tls
+  secret:
+    secretName: {{ required "tls.secretName is required when tls.enabled: a kubernetes.io/tls Secret (e.g. from cert-manager)" .Values.tls.secretName }}
+    defaultMode: 0440
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
 {{- end -}}
