@@ -317,6 +317,42 @@ fn drain_deadline(container: &Container) -> Result<Duration> {
     Ok(get("CORRIENTE_DRAIN_DELAY", "0s")? + get("CORRIENTE_DRAIN_TIMEOUT", "10s")?)
 }
 
+/// Every container of a deployment runs with cluster credentials: the same cluster token,
+/// mounted from one secret, in all of them, and never `--insecure`. Their internal ports listen
+/// on the network (the --check-config run proves they need it). The control plane also has
+/// an admin token, since admin actions do not come from its loopback there.
+fn check_credentials(containers: &[Container], source: &str) -> Result<()> {
+    let mut token_secrets = BTreeSet::new();
+    for c in containers {
+        let what = &c.origin;
+        ensure!(
+            !c.env.contains_key("CORRIENTE_INSECURE") && !c.args.iter().any(|a| a == "--insecure"),
+            "{what}: runs with --insecure (an open cluster): give it the cluster token instead"
+        );
+        let token = c.env.get("CORRIENTE_CLUSTER_TOKEN_FILE").with_context(|| {
+            format!("{what}: no CORRIENTE_CLUSTER_TOKEN_FILE: its internal ports would be open")
+        })?;
+        let secret = c.secret_of(token).with_context(|| {
+            format!("{what}: the cluster token {token} is mounted from no secret")
+        })?;
+        token_secrets.insert(secret.to_owned());
+        if c.args[0] == "control-plane" {
+            let admin = c.env.get("CORRIENTE_ADMIN_TOKEN_FILE").with_context(|| {
+                format!("{what}: no CORRIENTE_ADMIN_TOKEN_FILE: admin actions would be refused to everyone but loopback")
+            })?;
+            ensure!(
+                c.secret_of(admin).is_some(),
+                "{what}: the admin token {admin} is mounted from no secret"
+            );
+        }
+    }
+    ensure!(
+        token_secrets.len() == 1,
+        "{source}: every node must mount the same cluster token, not {token_secrets:?}"
+    );
+    Ok(())
+}
+
 // ---- Dockerfile ---------------------------------------------------------------------------
 
 /// The image's defaults: `ENV` variables, `CMD` and the `HEALTHCHECK` command.
@@ -391,16 +427,51 @@ fn the_image_default_command_and_health_check_are_valid() -> Result<()> {
         Some("0.0.0.0:9090"),
         "the image sets the admin address its health check asks"
     );
-    check_all(
-        &[Container {
-            origin: "Dockerfile CMD".into(),
-            args: image.cmd.clone(),
-            env: image.env.clone(),
-            mounts: BTreeMap::new(),
-        }],
-        "deploy/Dockerfile",
-    )?;
-    check_healthcheck(&image.healthcheck, &image.env, "Dockerfile HEALTHCHECK")
+    let trial = Container {
+        origin: "Dockerfile CMD".into(),
+        args: image.cmd.clone(),
+        env: image.env.clone(),
+        mounts: BTreeMap::new(),
+    };
+    // The one deliberate exception to cluster credentials (documented in the Dockerfile):
+    // the all-in-one trial keeps control gRPC, relay and admin on the container's loopback,
+    // so it starts with neither a token nor --insecure; --check-config accepting it proves
+    // that nothing internal listens beyond loopback.
+    assert!(
+        !trial
+            .env
+            .keys()
+            .any(|k| k == "CORRIENTE_INSECURE" || k.starts_with("CORRIENTE_CLUSTER_"))
+            && !trial
+                .args
+                .iter()
+                .any(|a| a == "--insecure" || a.starts_with("--cluster-")),
+        "the image's trial needs no credentials and must not run insecure: {:?} {:?}",
+        trial.args,
+        trial.env
+    );
+    check_all(std::slice::from_ref(&trial), "deploy/Dockerfile")?;
+    check_healthcheck(&image.healthcheck, &image.env, "Dockerfile HEALTHCHECK")?;
+    // The same command with the image's admin address (every interface) is refused: the
+    // loopback admin address in CMD is what keeps the trial safe, and it must stay there.
+    let exposed = Command::new(corriente_bin())
+        .args(
+            image
+                .cmd
+                .iter()
+                .filter(|a| !a.contains("127.0.0.1:9090") && *a != "--admin"),
+        )
+        .arg("--check-config")
+        .env_clear()
+        .envs(&image.env)
+        .output()?;
+    assert!(
+        !exposed.status.success()
+            && String::from_utf8_lossy(&exposed.stderr).contains("without cluster credentials"),
+        "the trial with its admin port on 0.0.0.0 should be refused without credentials: {}",
+        String::from_utf8_lossy(&exposed.stderr)
+    );
+    Ok(())
 }
 
 // ---- Compose and Swarm ---------------------------------------------------------------------
@@ -538,6 +609,7 @@ fn check_compose_file(file: &str) -> Result<Vec<Container>> {
     let services = compose_containers(file)?;
     let containers: Vec<Container> = services.iter().map(|(c, _)| c.clone()).collect();
     check_all(&containers, file)?;
+    check_credentials(&containers, file)?;
     for (container, service) in &services {
         check_stop_grace(container, service)?;
         if let Some(test) = service["healthcheck"]["test"].as_array() {
@@ -774,6 +846,29 @@ fn check_pod(container: &Container, workload: &Value) -> Result<()> {
         "{what}: port admin is {}, the node listens on {admin}",
         port["containerPort"]
     );
+    // Every other named port is the one the node listens on (when its address is set).
+    for port in spec["ports"].as_array().into_iter().flatten() {
+        let name = scalar(&port["name"]);
+        let variable = match (container.args[0].as_str(), name.as_str()) {
+            ("control-plane", "grpc") => "CORRIENTE_GRPC",
+            (_, "rtmp") => "CORRIENTE_RTMP",
+            (_, "rtmps") => "CORRIENTE_RTMPS",
+            (_, "http") => "CORRIENTE_HTTP",
+            (_, "https") => "CORRIENTE_HTTPS",
+            (_, "relay") => "CORRIENTE_RELAY",
+            _ => continue,
+        };
+        let addr = container
+            .env
+            .get(variable)
+            .with_context(|| format!("{what}: port {name} but no {variable}"))?;
+        ensure!(
+            addr.rsplit(':').next().and_then(|p| p.parse::<u64>().ok())
+                == port["containerPort"].as_u64(),
+            "{what}: port {name} is {}, the node listens on {addr} ({variable})",
+            port["containerPort"]
+        );
+    }
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         let get = &spec[probe]["httpGet"];
         ensure!(
@@ -791,14 +886,55 @@ fn check_pod(container: &Container, workload: &Value) -> Result<()> {
     Ok(())
 }
 
+/// Every Service selects pods of a workload, and every named target port is a port of
+/// their container (a TLS port added to the Service but not to the pods would not answer).
+fn check_services(objects: &[Value], source: &str) -> Result<()> {
+    for service in objects.iter().filter(|o| o["kind"] == "Service") {
+        let name = scalar(&service["metadata"]["name"]);
+        let Some(selector) = service["spec"]["selector"].as_object() else {
+            continue;
+        };
+        let pods: Vec<&Value> = objects
+            .iter()
+            .map(|o| &o["spec"]["template"])
+            .filter(|t| {
+                selector
+                    .iter()
+                    .all(|(k, v)| &t["metadata"]["labels"][k] == v)
+            })
+            .collect();
+        ensure!(!pods.is_empty(), "{source}: Service {name} selects no pod");
+        for port in service["spec"]["ports"].as_array().into_iter().flatten() {
+            let Some(target) = port["targetPort"].as_str() else {
+                continue;
+            };
+            for pod in &pods {
+                let named = pod["spec"]["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+                    .any(|p| p["name"] == target);
+                ensure!(
+                    named,
+                    "{source}: Service {name} targets port {target}, which its pods do not have"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_chart(source: &str, args: &[&str]) -> Result<Vec<Container>> {
     let objects = render_chart(args)?;
     let pods = chart_containers(&objects, source)?;
     let containers: Vec<Container> = pods.iter().map(|(c, _)| c.clone()).collect();
     check_all(&containers, source)?;
+    check_credentials(&containers, source)?;
     for (container, workload) in &pods {
         check_pod(container, workload)?;
     }
+    check_services(&objects, source)?;
     assert_eq!(
         roles(&containers),
         BTreeSet::from(["control-plane", "origin", "edge"]),
@@ -850,6 +986,33 @@ fn helm_chart_production_values_run_with_a_valid_configuration() -> Result<()> {
         !control.env["CORRIENTE_REDIS"].contains('@'),
         "no password in the Redis URL"
     );
+    // TLS on: RTMPS on origins, HTTPS and RTMPS on edges, with the certificate of the
+    // kubernetes.io/tls Secret (mounted as a directory, so renewals reach the pods).
+    for (role, listeners) in [
+        ("origin", &["CORRIENTE_RTMPS"][..]),
+        ("edge", &["CORRIENTE_RTMPS", "CORRIENTE_HTTPS"][..]),
+    ] {
+        let c = containers.iter().find(|c| c.args[0] == role).unwrap();
+        for name in listeners {
+            assert!(c.env.contains_key(*name), "production {role} sets {name}");
+        }
+        for name in ["CORRIENTE_TLS_CERT", "CORRIENTE_TLS_KEY"] {
+            assert_eq!(
+                c.secret_of(&c.env[name]),
+                Some("Secret corriente-tls"),
+                "production {role}: {name} from the TLS Secret"
+            );
+        }
+    }
+    // Existing Secrets rather than generated ones.
+    assert_eq!(
+        control.secret_of(&control.env["CORRIENTE_CLUSTER_TOKEN_FILE"]),
+        Some("Secret corriente-cluster-token")
+    );
+    assert_eq!(
+        control.secret_of(&control.env["CORRIENTE_ADMIN_TOKEN_FILE"]),
+        Some("Secret corriente-admin-token")
+    );
     Ok(())
 }
 
@@ -868,6 +1031,17 @@ fn helm_chart_extra_args_and_env_reach_the_binary() -> Result<()> {
             "redis.bundled.enabled=false,redis.external.url=redis://redis:6379",
         ],
     )?;
+    // ...an open cluster is caught...
+    let objects = render_chart(&[
+        "--set-string",
+        "edge.extraEnv[0].name=CORRIENTE_INSECURE,edge.extraEnv[0].value=true",
+    ])?;
+    let containers: Vec<Container> = chart_containers(&objects, "helm (insecure)")?
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
+    let error = check_credentials(&containers, "helm (insecure)").unwrap_err();
+    assert!(format!("{error:#}").contains("--insecure"), "{error:#}");
     // ...and a misspelt one is caught.
     let objects = render_chart(&[
         "--set",
