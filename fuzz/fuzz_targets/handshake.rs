@@ -16,6 +16,9 @@ use corriente_media::rtmp::handshake;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// What a server writes during the handshake: its version byte, then two 1536-byte packets.
+const S0_S1_S2: usize = 1 + 2 * 1536;
+
 /// A client that sends `reads` one by one, then hangs up; what the server writes is counted.
 struct Client<'a> {
     reads: Reads<'a>,
@@ -84,7 +87,7 @@ fn run(data: &[u8]) {
     let result = runtime().block_on(handshake::accept(&mut client, Duration::from_secs(10)));
     if let Ok(leftover) = result {
         // C0 + C1 + C2 were read; S0 + S1 + S2 written.
-        assert!(client.written >= 1 + 1536 * 2, "short server handshake");
+        assert!(client.written >= S0_S1_S2, "short server handshake");
         // What the client sent after C2, then the rest of its bytes, as ingest reads them.
         let mut after = leftover.to_vec();
         after.extend_from_slice(client.current);
