@@ -134,8 +134,11 @@ struct Container {
     /// holding the secret's keys) → the secret (`compose secret cluster_token`,
     /// `Secret corriente-cluster-token`), and, for a directory, the file names it holds
     /// (None: every key of the secret, not known here).
-    mounts: BTreeMap<String, (String, Option<BTreeSet<String>>)>,
+    mounts: Mounts,
 }
+
+/// Container path → (secret, the file names a directory mount holds, if known).
+type Mounts = BTreeMap<String, (String, Option<BTreeSet<String>>)>;
 
 /// Variables naming a file besides the `*_FILE` ones: certificates and keys.
 const FILE_VARIABLES: [&str; 5] = [
@@ -708,11 +711,7 @@ fn expand(text: &str, env: &BTreeMap<String, String>) -> String {
 
 /// The Secret volumes a container mounts. A Secret mounted with `subPath` never sees an
 /// update, so certificates and tokens would not rotate: refused.
-fn secret_mounts(
-    container: &Value,
-    pod: &Value,
-    origin: &str,
-) -> Result<BTreeMap<String, (String, Option<BTreeSet<String>>)>> {
+fn secret_mounts(container: &Value, pod: &Value, origin: &str) -> Result<Mounts> {
     let mut mounts = BTreeMap::new();
     for mount in container["volumeMounts"].as_array().into_iter().flatten() {
         let name = scalar(&mount["name"]);
