@@ -51,10 +51,20 @@ pub(crate) async fn serve_viewer(
 ) {
     let mut stream = Some(stream);
     let result = run(&ctx, &mut stream, peer, &shutdown).await;
+    if let Ok(socket) = log_end(result) {
+        close_shared(&socket, Duration::from_secs(1)).await;
+    }
+    if let Some(mut stream) = stream {
+        close_gracefully(&mut stream, Duration::from_secs(1)).await;
+    }
+}
+
+/// Logs how a viewer connection ended, at the level it deserves; passes a success on.
+fn log_end<T>(result: Result<T, ViewerError>) -> Result<T, ()> {
     match result {
-        Ok(socket) => {
+        Ok(value) => {
             debug!("viewer connection closed");
-            close_shared(&socket, Duration::from_secs(1)).await;
+            return Ok(value);
         }
         Err(ViewerError::Handshake(HandshakeError::Closed)) => {
             debug!("peer left during the handshake")
@@ -63,9 +73,7 @@ pub(crate) async fn serve_viewer(
         Err(ViewerError::Io(e)) => debug!(error = %e, "viewer connection ended"),
         Err(e) => warn!(error = %e, "viewer connection closed"),
     }
-    if let Some(mut stream) = stream {
-        close_gracefully(&mut stream, Duration::from_secs(1)).await;
-    }
+    Err(())
 }
 
 /// Runs the session; returns the socket (shared with the fan-out once playing) to close.
@@ -235,15 +243,7 @@ pub(crate) async fn serve_tls_viewer(
         Ok::<_, ViewerError>(())
     }
     .await;
-    match result {
-        Ok(()) => debug!("viewer connection closed"),
-        Err(ViewerError::Handshake(HandshakeError::Closed)) => {
-            debug!("peer left during the handshake")
-        }
-        Err(ViewerError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {}
-        Err(ViewerError::Io(e)) => debug!(error = %e, "viewer connection ended"),
-        Err(e) => warn!(error = %e, "viewer connection closed"),
-    }
+    let _ = log_end(result);
     if let Some(mut stream) = stream {
         close_gracefully(&mut stream, Duration::from_secs(1)).await;
     }

@@ -60,13 +60,7 @@ pub(crate) async fn serve_sink(
         if first_frame_pending && state == Drain::Idle {
             // The configuration and cached GOP are out: the viewer can show a picture.
             first_frame_pending = false;
-            let ttff = requested.elapsed();
-            media_metrics::time_to_first_frame(protocol).observe(ttff.as_secs_f64());
-            info!(
-                protocol = protocol.as_str(),
-                ttff_ms = ttff.as_secs_f64() * 1000.0,
-                "viewer started: first frame written"
-            );
+            first_frame_written(protocol, requested);
         }
         match state {
             Drain::End(FeedEnd::TooSlow) => {
@@ -168,13 +162,7 @@ pub(crate) async fn serve_feed<S: AsyncRead + AsyncWrite + Unpin>(
                     io.flush().await?;
                     if first_frame_pending && batch {
                         first_frame_pending = false;
-                        let ttff = requested.elapsed();
-                        media_metrics::time_to_first_frame(protocol).observe(ttff.as_secs_f64());
-                        info!(
-                            protocol = protocol.as_str(),
-                            ttff_ms = ttff.as_secs_f64() * 1000.0,
-                            "viewer started: first frame written"
-                        );
+                        first_frame_written(protocol, requested);
                     }
                 }
                 None => {
@@ -215,6 +203,17 @@ pub(crate) async fn serve_feed<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// Records a viewer's time to first frame (metric and log line).
+fn first_frame_written(protocol: media_metrics::Protocol, requested: Instant) {
+    let ttff = requested.elapsed();
+    media_metrics::time_to_first_frame(protocol).observe(ttff.as_secs_f64());
+    info!(
+        protocol = protocol.as_str(),
+        ttff_ms = ttff.as_secs_f64() * 1000.0,
+        "viewer started: first frame written"
+    );
 }
 
 /// Writes `bytes` within `write_timeout`; a viewer that accepts nothing for that long is cut off

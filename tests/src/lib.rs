@@ -4,6 +4,7 @@
 //! with ffprobe, ffmpeg, and the RTMP and HTTP-FLV clients in [`clients`].
 
 pub mod clients;
+pub mod hook;
 pub mod media;
 pub mod otlp;
 pub mod tls;
@@ -126,6 +127,11 @@ impl Node {
 
     /// `corriente all` with every port free.
     pub fn all(extra: &[&str]) -> Result<Node> {
+        Node::all_expecting(extra, &[])
+    }
+
+    /// [`Node::all`] that also waits for `listeners` (TLS ones, say) to be bound.
+    pub fn all_expecting(extra: &[&str], listeners: &[&str]) -> Result<Node> {
         let mut args = vec![
             "all",
             "--origin-rtmp",
@@ -142,18 +148,16 @@ impl Node {
             "127.0.0.1:0",
         ];
         args.extend_from_slice(extra);
-        Node::start(
-            "all",
-            &args,
-            &[
-                "origin-rtmp",
-                "edge-rtmp",
-                "edge-http",
-                "admin",
-                "control-grpc",
-                "origin-relay",
-            ],
-        )
+        let mut expect = vec![
+            "origin-rtmp",
+            "edge-rtmp",
+            "edge-http",
+            "admin",
+            "control-grpc",
+            "origin-relay",
+        ];
+        expect.extend_from_slice(listeners);
+        Node::start("all", &args, &expect)
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
@@ -176,6 +180,25 @@ impl Node {
     /// `http://EDGE/live/NAME.flv`.
     pub fn flv_url(&self, name: &str) -> String {
         format!("http://{}/live/{name}.flv", self.addr("edge-http"))
+    }
+
+    /// Waits until the control plane lists `name` (`NAME` of any application, or `APP/NAME`)
+    /// as live (the stats API of the admin port).
+    pub async fn wait_live(&self, name: &str) -> Result<()> {
+        let needle = if name.contains('/') {
+            format!("\"path\":\"{name}\"")
+        } else {
+            format!("\"name\":\"{name}\"")
+        };
+        wait_for(
+            Duration::from_secs(20),
+            &format!("stream {name} to be live"),
+            || async {
+                let (status, body) = self.admin_get("/api/v1/streams").await.ok()?;
+                (status == 200 && body.contains(&needle)).then_some(())
+            },
+        )
+        .await
     }
 
     pub fn admin_url(&self, path: &str) -> String {

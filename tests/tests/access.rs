@@ -3,7 +3,6 @@
 //! exposed beyond loopback without credentials refuses to start unless `--insecure`), against
 //! real `corriente` processes, ffmpeg, and a small real HTTP server as the webhook.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -12,10 +11,9 @@ use corriente_proto::control as pb;
 use corriente_proto::relay::SubscribeRequest;
 use corriente_proto::relay::relay_client::RelayClient;
 use corriente_tests::clients::{Playback, play_flv, play_rtmp};
+use corriente_tests::hook::{Answer, Hook};
 use corriente_tests::media::{Publisher, av_small, ffprobe};
 use corriente_tests::{Node, wait_for, work_dir};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -31,19 +29,6 @@ fn secret_file(name: &str, contents: &str) -> Result<String> {
     let path = dir.join(name);
     std::fs::write(&path, contents)?;
     Ok(path.display().to_string())
-}
-
-async fn wait_live(node: &Node, name: &str) -> Result<()> {
-    let needle = format!("\"name\":\"{name}\"");
-    wait_for(
-        Duration::from_secs(20),
-        &format!("stream {name} to be live"),
-        || async {
-            let (status, body) = node.admin_get("/api/v1/streams").await.ok()?;
-            (status == 200 && body.contains(&needle)).then_some(())
-        },
-    )
-    .await
 }
 
 /// Plays `APP/NAME?QUERY` over RTMP and HTTP-FLV for a moment.
@@ -106,7 +91,8 @@ async fn signed_playback_urls_are_checked_over_rtmp_and_http_flv() -> Result<()>
     let _publisher = Publisher::start(&av_small()?, &node.ingest_url("cam"))?;
     let ingest = node.addr("origin-rtmp");
     let _open = Publisher::start(&av_small()?, &format!("rtmp://{ingest}/public/cam"))?;
-    wait_live(&node, "cam").await?;
+    node.wait_live("live/cam").await?;
+    node.wait_live("public/cam").await?;
 
     let valid = sign(secret.as_bytes(), "play", "live/cam", now() + 600);
     played(
@@ -152,7 +138,6 @@ async fn signed_playback_urls_are_checked_over_rtmp_and_http_flv() -> Result<()>
         );
     }
     // An application outside --play-token-apps plays without a token.
-    wait_live(&node, "cam").await?;
     played(
         "an open application",
         &play_both(&node, "public", "cam").await?,
@@ -177,74 +162,29 @@ async fn signed_playback_urls_are_checked_over_rtmp_and_http_flv() -> Result<()>
     Ok(())
 }
 
-/// A tiny on_play hook: 200 when the query carries `ticket=ok`, 403 otherwise, and never
-/// answers when it carries `ticket=hang`. Records the JSON bodies.
-async fn start_hook() -> Result<(String, Arc<Mutex<Vec<serde_json::Value>>>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/on_play", listener.local_addr()?);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let record = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let record = record.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let body = loop {
-                    let Ok(n) = socket.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).into_owned();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .and_then(|v| v.trim().parse::<usize>().ok())
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            break body.to_owned();
-                        }
-                    }
-                };
-                let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                let query = json["query"].as_str().unwrap_or("").to_owned();
-                record.lock().unwrap().push(json);
-                if query.contains("ticket=hang") {
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    return;
-                }
-                let status = if query.contains("ticket=ok") {
-                    "200 OK"
-                } else {
-                    "403 Forbidden"
-                };
-                let _ = socket
-                    .write_all(
-                        format!(
-                            "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        )
-                        .as_bytes(),
-                    )
-                    .await;
-            });
+/// An on_play hook: 200 when the query carries `ticket=ok`, 403 otherwise, and no answer at
+/// all when it carries `ticket=hang`.
+async fn start_hook() -> Result<Hook> {
+    Hook::start(|body| {
+        let query = body["query"].as_str().unwrap_or("");
+        if query.contains("ticket=hang") {
+            Answer::Hang
+        } else if query.contains("ticket=ok") {
+            Answer::Status("200 OK")
+        } else {
+            Answer::Status("403 Forbidden")
         }
-    });
-    Ok((url, seen))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_on_play_webhook_decides_and_ip_rules_refuse() -> Result<()> {
-    let (hook, seen) = start_hook().await?;
-    let node = Node::all(&["--on-play", &hook, "--on-play-timeout", "500ms"])?;
+    let hook = start_hook().await?;
+    let url = hook.url("/on_play");
+    let node = Node::all(&["--on-play", &url, "--on-play-timeout", "500ms"])?;
     let _publisher = Publisher::start(&av_small()?, &node.ingest_url("hooked"))?;
-    wait_live(&node, "hooked").await?;
+    node.wait_live("hooked").await?;
 
     played(
         "a viewer the hook allows",
@@ -263,7 +203,7 @@ async fn the_on_play_webhook_decides_and_ip_rules_refuse() -> Result<()> {
         "NetStream.Play.Failed",
     );
     {
-        let seen = seen.lock().unwrap();
+        let seen = hook.received();
         let first = seen.first().context("the hook was never called")?;
         assert_eq!(first["action"], "play");
         assert_eq!(first["stream"], "live/hooked");
@@ -278,7 +218,7 @@ async fn the_on_play_webhook_decides_and_ip_rules_refuse() -> Result<()> {
     // IP rules: loopback denied for playback; publishing is not affected.
     let denied = Node::all(&["--play-deny", "127.0.0.0/8,::1"])?;
     let _publisher = Publisher::start(&av_small()?, &denied.ingest_url("walled"))?;
-    wait_live(&denied, "walled").await?;
+    denied.wait_live("walled").await?;
     refused_with(
         "a denied address",
         &play_both(&denied, "live", "walled").await?,
@@ -287,7 +227,7 @@ async fn the_on_play_webhook_decides_and_ip_rules_refuse() -> Result<()> {
     );
     let allowed = Node::all(&["--play-allow", "10.0.0.0/8"])?;
     let _publisher = Publisher::start(&av_small()?, &allowed.ingest_url("walled"))?;
-    wait_live(&allowed, "walled").await?;
+    allowed.wait_live("walled").await?;
     refused_with(
         "an address outside the allow list",
         &play_both(&allowed, "live", "walled").await?,
@@ -314,7 +254,7 @@ async fn internal_apis_refuse_calls_without_the_cluster_token() -> Result<()> {
     let node = Node::all(&["--cluster-token-file", &token])?;
     // The cluster itself works: every internal call carries the token.
     let _publisher = Publisher::start(&av_small()?, &node.ingest_url("inside"))?;
-    wait_live(&node, "inside").await?;
+    node.wait_live("inside").await?;
     let probed = ffprobe(&node.flv_url("inside")).await?;
     assert!(probed.iter().any(|s| s.codec_name == "h264"), "{probed:?}");
 
@@ -491,7 +431,7 @@ async fn internal_apis_run_over_mutual_tls_with_cluster_certificates() -> Result
     let node = Node::all(&args)?;
     // Registration, lookups and the relay pull all cross mutual TLS.
     let _publisher = Publisher::start(&av_small()?, &node.ingest_url("mtls"))?;
-    wait_live(&node, "mtls").await?;
+    node.wait_live("mtls").await?;
     let probed = ffprobe(&node.flv_url("mtls")).await?;
     assert!(probed.iter().any(|s| s.codec_name == "h264"), "{probed:?}");
 

@@ -17,19 +17,6 @@ use corriente_tests::{Node, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn wait_live(node: &Node, name: &str) -> Result<()> {
-    let needle = format!("\"name\":\"{name}\"");
-    wait_for(
-        Duration::from_secs(20),
-        &format!("stream {name} to be live"),
-        || async {
-            let (status, body) = node.admin_get("/api/v1/streams").await.ok()?;
-            (status == 200 && body.contains(&needle)).then_some(())
-        },
-    )
-    .await
-}
-
 /// A healthy stream and a viewer decoding it: the canary of every hostile test.
 struct Canary {
     _publisher: Publisher,
@@ -39,7 +26,7 @@ struct Canary {
 impl Canary {
     async fn start(node: &Node) -> Result<Canary> {
         let publisher = Publisher::start(&av_small()?, &node.ingest_url("canary"))?;
-        wait_live(node, "canary").await?;
+        node.wait_live("canary").await?;
         let viewer = Viewer::start(&node.flv_url("canary"))?;
         wait_for(Duration::from_secs(10), "canary decoding", || async {
             (viewer.frames().0 > 10).then_some(())
@@ -235,7 +222,7 @@ async fn malformed_rtmp_is_refused_and_everything_else_carries_on() -> Result<()
         !closed_within(&mut s, Duration::from_millis(1500)).await,
         "a bare @setDataFrame cost the publisher its connection"
     );
-    wait_live(&node, "bare").await?;
+    node.wait_live("bare").await?;
     drop(s);
     canary.assert_alive("bare @setDataFrame");
 
@@ -284,7 +271,7 @@ async fn interleaved_chunks_and_aggregates_arrive_intact() -> Result<()> {
                 publish_flv_file(addr, "live", name, &media, wire, Duration::from_secs(12)).await
             }
         });
-        wait_live(&node, name).await?;
+        node.wait_live(name).await?;
         let url = node.flv_url(name);
         let streams = ffprobe(&url).await?;
         assert!(
@@ -361,7 +348,7 @@ async fn decode_strictly(url: &str, seconds: u32) -> Result<(bool, u64, String)>
 async fn viewers_that_stop_reading_do_not_grow_memory() -> Result<()> {
     let node = Node::all(&["--viewer-write-timeout", "15s"])?;
     let _publisher = Publisher::start(&av_720p()?, &node.ingest_url("big"))?;
-    wait_live(&node, "big").await?;
+    node.wait_live("big").await?;
     let mut healthy = Viewer::start(&node.flv_url("big"))?;
     wait_for(
         Duration::from_secs(10),
@@ -934,7 +921,7 @@ async fn a_publisher_flooding_data_is_bounded_and_cut_off() -> Result<()> {
         Some(80_000_000),
         Duration::from_secs(12),
     ));
-    wait_live(&node, "flood").await?;
+    node.wait_live("flood").await?;
     let watcher = tokio::spawn(drain_flv(
         node.addr("edge-http"),
         "flood",

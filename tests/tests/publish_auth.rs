@@ -5,15 +5,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use corriente_media::access::sign;
+use corriente_tests::hook::{Answer, Hook};
 use corriente_tests::media::{Publisher, av_small, ffprobe};
 use corriente_tests::{Node, Redis, wait_for, work_dir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 /// An HTTP/1.1 request with an optional bearer token and JSON body: status and body.
 async fn http(
@@ -108,19 +108,6 @@ async fn refused(url: &str) -> Result<String> {
 }
 
 /// Waits until the admin API of `node` lists `live/NAME`.
-async fn wait_live(node: &Node, name: &str) -> Result<()> {
-    let needle = format!("\"name\":\"{name}\"");
-    wait_for(
-        Duration::from_secs(20),
-        &format!("stream {name} to be live"),
-        || async {
-            let (status, body) = node.admin_get("/api/v1/streams").await.ok()?;
-            (status == 200 && body.contains(&needle)).then_some(())
-        },
-    )
-    .await
-}
-
 /// `corriente_publish_refused_total{reason}` on `node`.
 async fn refusals(node: &Node, reason: &str) -> Result<f64> {
     Ok(node
@@ -193,7 +180,7 @@ async fn managed_keys_publish_under_their_public_name_until_revoked() -> Result<
 
     // The bare key as the stream key publishes live/cam, which plays from the edge.
     let publisher = Publisher::start(&av_small()?, &node.ingest_url(&secret))?;
-    wait_live(&node, "cam").await?;
+    node.wait_live("cam").await?;
     let streams = ffprobe(&node.rtmp_url("cam")).await?;
     assert!(has_h264(&streams), "{streams:?}");
     let (_, live) = node.admin_get("/api/v1/streams").await?;
@@ -275,7 +262,7 @@ async fn signed_tokens_publish_until_they_expire() -> Result<()> {
         &av_small()?,
         &node.ingest_url(&format!("signed?token={token}")),
     )?;
-    wait_live(&node, "signed").await?;
+    node.wait_live("signed").await?;
     assert!(has_h264(&ffprobe(&node.flv_url("signed")).await?));
     publisher.kill().await;
 
@@ -310,84 +297,30 @@ async fn denied_addresses_are_refused_before_anything_else() -> Result<()> {
     Ok(())
 }
 
-/// A webhook answering 200 for `live/ok`, 403 for anything else, and never for `live/slow`;
-/// it keeps every JSON body it received.
-async fn webhook() -> Result<(SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let sink = received.clone();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let sink = sink.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Head, then a body of Content-Length bytes.
-                let body = loop {
-                    let Ok(n) = socket.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).into_owned();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let length = head
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse::<usize>().ok())?
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= length {
-                            break body.to_owned();
-                        }
-                    }
-                };
-                let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                let stream = json["stream"].as_str().unwrap_or("").to_owned();
-                sink.lock().unwrap().push(json);
-                let status = match stream.as_str() {
-                    "live/slow" => {
-                        // Never answer; the control plane gives up first.
-                        tokio::time::sleep(Duration::from_secs(60)).await;
-                        return;
-                    }
-                    "live/ok" => "200 OK",
-                    _ => "403 Forbidden",
-                };
-                let _ = socket
-                    .write_all(
-                        format!(
-                            "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        )
-                        .as_bytes(),
-                    )
-                    .await;
-            });
-        }
-    });
-    Ok((addr, received))
+/// A webhook answering 200 for `live/ok`, 403 for anything else, and never for `live/slow`.
+async fn webhook() -> Result<Hook> {
+    Hook::start(|body| match body["stream"].as_str().unwrap_or("") {
+        // Never answer; the control plane gives up first.
+        "live/slow" => Answer::Hang,
+        "live/ok" => Answer::Status("200 OK"),
+        _ => Answer::Status("403 Forbidden"),
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_webhook_decides_with_a_timeout() -> Result<()> {
-    let (hook, received) = webhook().await?;
-    let url = format!("http://{hook}/on_publish");
+    let hook = webhook().await?;
+    let url = hook.url("/on_publish");
     let node = Node::all(&["--on-publish", &url, "--on-publish-timeout", "1s"])?;
 
     let publisher = Publisher::start(&av_small()?, &node.ingest_url("ok?tag=studio"))?;
-    wait_live(&node, "ok").await?;
+    node.wait_live("ok").await?;
     publisher.kill().await;
-    let body = received
-        .lock()
-        .unwrap()
-        .iter()
+    let body = hook
+        .received()
+        .into_iter()
         .find(|b| b["stream"] == "live/ok")
-        .cloned()
         .context("the webhook got the publish")?;
     assert_eq!(body["action"], "publish");
     assert_eq!(body["app"], "live");

@@ -5,24 +5,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use corriente_media::FrameRole;
+use corriente_tests::Node;
 use corriente_tests::clients::{Playback, play_flv, play_rtmp};
 use corriente_tests::media::{
     ProbedStream, Publisher, Viewer, audio_aac, audio_mp3, ffprobe, video_only,
 };
-use corriente_tests::{Node, wait_for};
-
-async fn wait_live(node: &Node, name: &str) -> Result<()> {
-    let needle = format!("\"name\":\"{name}\"");
-    wait_for(
-        Duration::from_secs(20),
-        &format!("stream {name} to be live"),
-        || async {
-            let (status, body) = node.admin_get("/api/v1/streams").await.ok()?;
-            (status == 200 && body.contains(&needle)).then_some(())
-        },
-    )
-    .await
-}
 
 fn only(streams: &[ProbedStream], kind: &str, codec: &str, what: &str) {
     let matching: Vec<_> = streams
@@ -74,8 +61,8 @@ async fn radio_streams_play_at_once_over_rtmp_and_http_flv() -> Result<()> {
     let node = Node::all(&[])?;
     let _aac = Publisher::start(&audio_aac()?, &node.ingest_url("radio-aac"))?;
     let _mp3 = Publisher::start(&audio_mp3()?, &node.ingest_url("radio-mp3"))?;
-    wait_live(&node, "radio-aac").await?;
-    wait_live(&node, "radio-mp3").await?;
+    node.wait_live("radio-aac").await?;
+    node.wait_live("radio-mp3").await?;
     // A first listener starts each pull; later ones join a flowing stream.
     let _listeners = [
         Viewer::start(&node.flv_url("radio-aac"))?,
@@ -121,7 +108,7 @@ async fn radio_streams_play_at_once_over_rtmp_and_http_flv() -> Result<()> {
 async fn a_video_only_stream_plays_likewise() -> Result<()> {
     let node = Node::all(&[])?;
     let _publisher = Publisher::start(&video_only()?, &node.ingest_url("silent"))?;
-    wait_live(&node, "silent").await?;
+    node.wait_live("silent").await?;
     let _first = Viewer::start(&node.flv_url("silent"))?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rtmp_url, flv_url) = (node.rtmp_url("silent"), node.flv_url("silent"));

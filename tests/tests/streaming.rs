@@ -10,24 +10,11 @@ use corriente_tests::media::{Publisher, Viewer, av_720p, av_small, decode, ffpro
 use corriente_tests::{Node, wait_for};
 
 /// Waits until the control plane lists `name` as live.
-async fn wait_live(node: &Node, name: &str) -> Result<()> {
-    let needle = format!("\"name\":\"{name}\"");
-    wait_for(
-        Duration::from_secs(20),
-        &format!("stream {name} to be live"),
-        || async {
-            let (status, body) = node.admin_get("/api/v1/streams").await.ok()?;
-            (status == 200 && body.contains(&needle)).then_some(())
-        },
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn ffprobe_and_ffmpeg_play_over_rtmp_and_http_flv() -> Result<()> {
     let node = Node::all(&[])?;
     let _publisher = Publisher::start(&av_720p()?, &node.ingest_url("cam"))?;
-    wait_live(&node, "cam").await?;
+    node.wait_live("cam").await?;
 
     let (rtmp_url, flv_url) = (node.rtmp_url("cam"), node.flv_url("cam"));
     let (rtmp, http) = tokio::join!(ffprobe(&rtmp_url), ffprobe(&flv_url));
@@ -115,7 +102,7 @@ fn assert_starts_on_a_keyframe_at_once(what: &str, playback: &Playback) {
 async fn a_viewer_joining_mid_stream_gets_a_keyframe_first_within_500ms() -> Result<()> {
     let node = Node::all(&[])?;
     let _publisher = Publisher::start(&av_720p()?, &node.ingest_url("cam"))?;
-    wait_live(&node, "cam").await?;
+    node.wait_live("cam").await?;
     // The pull starts with the first viewer; keep one watching so later joiners find the
     // stream already flowing on the edge, as on a busy edge.
     let _watcher = Viewer::start(&node.flv_url("cam"))?;
@@ -137,7 +124,7 @@ async fn a_viewer_joining_mid_stream_gets_a_keyframe_first_within_500ms() -> Res
 async fn fifty_viewers_share_one_relay_pull() -> Result<()> {
     let node = Node::all(&[])?;
     let _publisher = Publisher::start(&av_small()?, &node.ingest_url("crowd"))?;
-    wait_live(&node, "crowd").await?;
+    node.wait_live("crowd").await?;
 
     let watch = Duration::from_secs(5);
     let mut viewers = Vec::new();
@@ -200,8 +187,8 @@ async fn two_streams_stay_isolated_when_one_ends() -> Result<()> {
     let media = av_small()?;
     let publisher_a = Publisher::start(&media, &node.ingest_url("a"))?;
     let _publisher_b = Publisher::start(&media, &node.ingest_url("b"))?;
-    wait_live(&node, "a").await?;
-    wait_live(&node, "b").await?;
+    node.wait_live("a").await?;
+    node.wait_live("b").await?;
 
     let mut viewer_b = Viewer::start(&node.rtmp_url("b"))?;
     let viewer_a = tokio::spawn({
@@ -232,7 +219,7 @@ async fn two_streams_stay_isolated_when_one_ends() -> Result<()> {
     );
     // a can come back under the same name.
     let _publisher_a = Publisher::start(&media, &node.ingest_url("a"))?;
-    wait_live(&node, "a").await?;
+    node.wait_live("a").await?;
     Ok(())
 }
 
@@ -261,7 +248,7 @@ async fn unknown_streams_and_duplicate_publishers_get_clear_errors() -> Result<(
 
     let media = av_small()?;
     let _first = Publisher::start(&media, &node.ingest_url("once"))?;
-    wait_live(&node, "once").await?;
+    node.wait_live("once").await?;
     let second = Publisher::start(&media, &node.ingest_url("once"))?;
     let (code, stderr) = second.wait(Duration::from_secs(15)).await?;
     assert_ne!(code, Some(0));
@@ -290,7 +277,7 @@ async fn unknown_streams_and_duplicate_publishers_get_clear_errors() -> Result<(
 async fn sigterm_ends_viewers_cleanly_and_exits() -> Result<()> {
     let mut node = Node::all(&["--drain-timeout", "5s"])?;
     let publisher = Publisher::start(&av_small()?, &node.ingest_url("bye"))?;
-    wait_live(&node, "bye").await?;
+    node.wait_live("bye").await?;
     let mut viewer = Viewer::start(&node.rtmp_url("bye"))?;
     let http = tokio::spawn({
         let addr = node.addr("edge-http");

@@ -21,19 +21,6 @@ fn tls_node(ca: &TestCa, extra: &[&str]) -> Result<Node> {
     let cert = ca.cert().display().to_string();
     let key = ca.key().display().to_string();
     let mut args = vec![
-        "all",
-        "--origin-rtmp",
-        "127.0.0.1:0",
-        "--origin-relay",
-        "127.0.0.1:0",
-        "--edge-rtmp",
-        "127.0.0.1:0",
-        "--edge-http",
-        "127.0.0.1:0",
-        "--control-grpc",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
         "--origin-rtmps",
         "127.0.0.1:0",
         "--edge-rtmps",
@@ -46,21 +33,7 @@ fn tls_node(ca: &TestCa, extra: &[&str]) -> Result<Node> {
         &key,
     ];
     args.extend_from_slice(extra);
-    Node::start(
-        "all",
-        &args,
-        &[
-            "origin-rtmp",
-            "edge-rtmp",
-            "edge-http",
-            "admin",
-            "control-grpc",
-            "origin-relay",
-            "origin-rtmps",
-            "edge-rtmps",
-            "edge-https",
-        ],
-    )
+    Node::all_expecting(&args, &["origin-rtmps", "edge-rtmps", "edge-https"])
 }
 
 /// `SCHEME://localhost:PORT/live/NAME` on a listener: the certificate names localhost.
@@ -69,19 +42,6 @@ fn url(node: &Node, scheme: &str, listener: &str, path: &str) -> String {
         "{scheme}://localhost:{}/live/{path}",
         node.addr(listener).port()
     )
-}
-
-async fn wait_live(node: &Node, name: &str) -> Result<()> {
-    let needle = format!("\"name\":\"{name}\"");
-    wait_for(
-        Duration::from_secs(20),
-        &format!("stream {name} to be live"),
-        || async {
-            let (status, body) = node.admin_get("/api/v1/streams").await.ok()?;
-            (status == 200 && body.contains(&needle)).then_some(())
-        },
-    )
-    .await
 }
 
 /// `curl` with the test CA; returns (HTTP version, status, headers and body).
@@ -201,7 +161,7 @@ async fn rtmps_ingest_and_https_and_rtmps_playback_verify_the_chain() -> Result<
         &url(&node, "rtmps", "origin-rtmps", "secure"),
         &verify,
     )?;
-    wait_live(&node, "secure").await?;
+    node.wait_live("secure").await?;
 
     for (scheme, listener, path) in [
         ("https", "edge-https", "secure.flv"),
@@ -293,7 +253,7 @@ async fn replaced_certificate_files_reach_new_connections_and_viewers_keep_playi
     let ca_file = ca.ca().display().to_string();
     let verify = ["-tls_verify", "1", "-ca_file", ca_file.as_str()];
     let _publisher = Publisher::start(&av_small()?, &node.ingest_url("rotate"))?;
-    wait_live(&node, "rotate").await?;
+    node.wait_live("rotate").await?;
 
     let https = node.addr("edge-https");
     let old = served_serial(https).await?;
