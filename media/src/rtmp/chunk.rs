@@ -82,9 +82,19 @@ struct ChunkStream {
     length: u32,
     type_id: u8,
     stream_id: u32,
+    /// The message being reassembled, at the front of a block that later messages of this
+    /// chunk stream reuse: a finished message is split off, its payload keeps the block alive,
+    /// and the rest of the block holds the next one. One allocation serves many messages.
     partial: BytesMut,
     in_progress: bool,
+    /// Payload bytes of the messages finished on this chunk stream (saturating): a new block is
+    /// never larger than this, so no peer makes the decoder allocate far ahead of its data.
+    finished_bytes: usize,
 }
+
+/// Largest block a chunk stream reassembles its messages into (a larger message gets a block of
+/// its own). Many audio and video messages of a live stream share one such allocation.
+const BLOCK: usize = 64 << 10;
 
 /// Reassembles RTMP messages from chunks.
 #[derive(Debug)]
@@ -118,7 +128,7 @@ impl ChunkDecoder {
     pub fn abort(&mut self, csid: u32) {
         if let Some(stream) = self.streams.get_mut(&csid) {
             self.buffered -= stream.partial.len();
-            stream.partial = BytesMut::new();
+            stream.partial.clear();
             stream.in_progress = false;
         }
     }
@@ -240,7 +250,7 @@ impl ChunkDecoder {
                 // A new header before the previous message on this chunk stream was complete:
                 // drop the unfinished one, as ffmpeg does.
                 self.buffered -= stream.partial.len();
-                stream.partial = BytesMut::new();
+                stream.partial.clear();
             }
             match header.fmt {
                 0 => {
@@ -270,12 +280,19 @@ impl ChunkDecoder {
                 stream.extended = header.extended;
             }
             stream.in_progress = true;
-            // Room for the whole message in one allocation when it is small next to what the
-            // peer has sent (its first chunk): never more than eight times what arrived, so a
-            // peer declaring huge messages cannot make us allocate ahead of its data.
+            // Room for the whole message when it is small next to what the peer has sent (its
+            // first chunk): never more than eight times what arrived, so a peer declaring huge
+            // messages cannot make us allocate ahead of its data. The block left over from the
+            // previous message usually has it; otherwise a new block for about sixteen such
+            // messages, no larger than what this chunk stream has delivered so far nor than
+            // `BLOCK` (a block stays alive as long as any message in it: small messages get
+            // small blocks).
             let first_chunk = (stream.length as usize).min(self.chunk_size as usize);
-            stream.partial =
-                BytesMut::with_capacity((stream.length as usize).min(first_chunk.max(512) * 8));
+            let room = (stream.length as usize).min(first_chunk.max(512) * 8);
+            if stream.partial.capacity() < room {
+                let block = room.max(stream.finished_bytes.min(BLOCK).min(room * 16));
+                stream.partial = BytesMut::with_capacity(block);
+            }
         }
         input.advance(header.header_len);
         let payload = (stream.length as usize - stream.partial.len()).min(self.chunk_size as usize);
@@ -287,6 +304,7 @@ impl ChunkDecoder {
         }
         stream.in_progress = false;
         self.buffered -= stream.partial.len();
+        stream.finished_bytes = stream.finished_bytes.saturating_add(stream.partial.len());
         Ok(Some(RawMessage {
             csid: header.csid,
             timestamp: stream.timestamp,
@@ -439,6 +457,49 @@ mod tests {
             (m[3].type_id, m[3].stream_id, &m[3].payload[..]),
             (9, 1, &[0x11][..])
         );
+    }
+
+    /// Messages of a chunk stream are reassembled into shared blocks, not one allocation each,
+    /// and a block is never larger than what the chunk stream has delivered (or its message).
+    #[test]
+    fn messages_of_a_chunk_stream_share_blocks() {
+        let mut wire = BytesMut::new();
+        for i in 0..200u32 {
+            encode_message(&mut wire, 6, i * 33, 9, 1, &[i as u8; 1000], 4096);
+            encode_message(&mut wire, 4, i * 33, 8, 1, &[0xaf; 300], 4096);
+        }
+        let mut decoder = ChunkDecoder::new(ChunkLimits::default());
+        decoder.set_chunk_size(4096).unwrap();
+        let messages = decode_all(&mut decoder, &wire);
+        assert_eq!(messages.len(), 400);
+        for csid in [4, 6] {
+            let payloads: Vec<&Bytes> = messages
+                .iter()
+                .filter(|m| m.csid == csid)
+                .map(|m| &m.payload)
+                .collect();
+            let blocks = 1 + payloads
+                .windows(2)
+                .filter(|w| w[0].as_ptr().wrapping_add(w[0].len()) != w[1].as_ptr())
+                .count();
+            // One allocation per message would make 200.
+            assert!(blocks <= 20, "chunk stream {csid}: {blocks} blocks");
+        }
+        assert!(messages.iter().enumerate().all(|(i, m)| {
+            let n = (i / 2) as u8;
+            if m.csid == 6 {
+                m.payload.iter().all(|b| *b == n)
+            } else {
+                m.payload.iter().all(|b| *b == 0xaf)
+            }
+        }));
+        // The first message of a chunk stream gets a block of its own size, no more.
+        let mut first = BytesMut::new();
+        encode_message(&mut first, 5, 0, 9, 1, &[1u8; 20], 128);
+        let mut input = first.clone();
+        let mut decoder = ChunkDecoder::new(ChunkLimits::default());
+        assert!(decoder.decode(&mut input).unwrap().is_some());
+        assert_eq!(decoder.streams[&5].partial.capacity(), 0);
     }
 
     #[test]
