@@ -2,6 +2,7 @@
 //! from handshake to publishing, and pushing the publisher's frames into its stream's hub.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use corriente_media::rtmp::{ServerSession, SessionError, SessionEvent, SessionSt
 use corriente_media::{EndReason, StreamKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{Instrument, Span, debug, info, warn};
 
 use crate::metrics::PUBLISH_REFUSED;
@@ -86,10 +87,15 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut input = handshake::accept(stream, config.handshake_timeout).await?;
     let mut session = ServerSession::new(config.session);
     let mut events = Vec::new();
-    let mut fenced = CancellationToken::new();
     // Set while the publication rests on a managed key: cancelled if the key is revoked.
     let mut key_watch: Option<KeyWatch> = None;
-    let mut revoked = CancellationToken::new();
+    // The futures waiting for shutdown, fencing and revocation are made once (the last two
+    // when a publication starts), not per read: making and dropping them takes their tokens'
+    // locks, which showed in the profile with one frame per read.
+    let shutdown_signal = shutdown.cancelled();
+    tokio::pin!(shutdown_signal);
+    let mut fenced: Option<Signal> = None;
+    let mut revoked: Option<Signal> = None;
     let bytes_in = BYTES_IN.with_label_values(&["rtmp"]);
     // One timer for the idle limit, pushed back only when it fires: re-arming a timer on every
     // read would cost more than the read.
@@ -113,12 +119,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             for event in events.drain(..) {
                 handle(ctx, &mut session, event, peer, publication, &mut key_watch).await;
             }
-            if let Some(p) = publication.as_ref() {
-                fenced = p.fenced();
-            }
-            if let Some(watch) = key_watch.as_ref() {
-                revoked = watch.revoked.clone();
-            }
+            Signal::follow(&mut fenced, publication.as_ref().map(Publication::fenced));
+            Signal::follow(&mut revoked, key_watch.as_ref().map(|w| &w.revoked));
             flush(stream, &mut session, config.write_timeout).await?;
             if session.state() == &SessionState::Closed {
                 return Ok(EndReason::Unpublished);
@@ -127,7 +129,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         flush(stream, &mut session, config.write_timeout).await?;
 
         input.reserve(16 << 10);
+        // Input first: while it keeps coming, the other branches are not polled at all (they
+        // are whenever the socket is drained, and at least every 128 reads, when Tokio's
+        // budget makes the read yield).
         let read = tokio::select! {
+            biased;
             read = stream.read_buf(&mut input) => read,
             _ = &mut idle => {
                 if last_read.elapsed() >= config.idle_timeout {
@@ -136,20 +142,20 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 idle.as_mut().reset(last_read + config.idle_timeout);
                 continue;
             }
-            _ = revoked.cancelled() => {
+            _ = Signal::fired(&mut revoked) => {
                 let name = publication.as_ref().map(|p| p.key().to_string()).unwrap_or_default();
                 info!(stream = %name, reason = "revoked_key", "publisher stopped: its stream key was revoked");
                 session.stop_publish("NetStream.Publish.Unauthorized", &format!("publish of {name} stopped (revoked_key): its stream key was revoked"));
                 flush(stream, &mut session, config.write_timeout).await?;
                 return Ok(EndReason::Unpublished);
             }
-            _ = fenced.cancelled() => {
+            _ = Signal::fired(&mut fenced) => {
                 let name = publication.as_ref().map(|p| p.key().to_string()).unwrap_or_default();
                 session.stop_publish("NetStream.Publish.BadName", &format!("stream {name} is now published on another origin"));
                 flush(stream, &mut session, config.write_timeout).await?;
                 return Ok(EndReason::Fenced);
             }
-            _ = shutdown.cancelled() => {
+            _ = &mut shutdown_signal => {
                 session.stop_publish("NetStream.Publish.Failed", "server shutting down; reconnect to publish elsewhere");
                 flush(stream, &mut session, config.write_timeout).await?;
                 return Ok(EndReason::Shutdown);
@@ -176,6 +182,33 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A cancellation token of the current publication (fencing, a revoked key) and the future
+/// waiting on it.
+struct Signal {
+    token: CancellationToken,
+    wait: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Signal {
+    /// Follows `token`: a new future only when the token changes.
+    fn follow(slot: &mut Option<Signal>, token: Option<&CancellationToken>) {
+        if token != slot.as_ref().map(|s| &s.token) {
+            *slot = token.map(|token| Signal {
+                token: token.clone(),
+                wait: Box::pin(token.clone().cancelled_owned()),
+            });
+        }
+    }
+
+    /// Completes when the followed token is cancelled; never while there is none.
+    async fn fired(slot: &mut Option<Signal>) {
+        match slot {
+            Some(signal) => signal.wait.as_mut().await,
+            None => std::future::pending().await,
         }
     }
 }

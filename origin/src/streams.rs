@@ -250,8 +250,8 @@ impl Publication {
     }
 
     /// Cancelled when the stream was taken over elsewhere.
-    pub fn fenced(&self) -> CancellationToken {
-        self.fenced.clone()
+    pub fn fenced(&self) -> &CancellationToken {
+        &self.fenced
     }
 
     pub fn push(&mut self, frame: Frame) {
