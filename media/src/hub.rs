@@ -329,6 +329,13 @@ pub fn spawn_hub(key: StreamKey, config: HubConfig) -> (Hub, HubWriter) {
         has_video: false,
         rate: RateMeter::new(Duration::from_secs(2)),
         finished: false,
+        batches: crate::metrics::BATCHES.with_label_values(&[
+            if config.outputs.flv || config.outputs.rtmp {
+                "muxed"
+            } else {
+                "raw"
+            },
+        ]),
     };
     (Hub { shared }, writer)
 }
@@ -493,6 +500,8 @@ pub struct HubWriter {
     has_video: bool,
     rate: RateMeter,
     finished: bool,
+    /// This hub's batch counter, looked up once rather than per batch.
+    batches: prometheus::IntCounter,
 }
 
 impl HubWriter {
@@ -631,13 +640,7 @@ impl HubWriter {
         state.media.bitrate_bps = self.rate.bps();
         state.init = self.init.clone();
         update_gop(&mut state, &batch, self.has_video, &config);
-        crate::metrics::BATCHES
-            .with_label_values(&[if config.outputs.flv || config.outputs.rtmp {
-                "muxed"
-            } else {
-                "raw"
-            }])
-            .inc();
+        self.batches.inc();
         if let Some(tx) = &state.tx {
             // No receivers is fine: the batch still went into the GOP cache.
             let _ = tx.send(batch);
