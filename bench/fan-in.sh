@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The fan-in part of bench/compare.sh alone (P publishers into one Corriente origin, then into
+# nginx-rtmp), repeated in alternating rounds for stable ratios, on ports of its own (so it can
+# run next to the test suite). Variants are NAME:DIR, DIR holding a `corriente` binary (two
+# builds side by side), or `nginx`. Prints each round's origin CPU-seconds per second and the
+# ratio to nginx-rtmp in the same round.
+#
+#   bench/fan-in.sh                                   # P = 8 and 32, three rounds
+#   VARIANTS="old:/tmp/old new:target/release nginx" ROUNDS=2 bench/fan-in.sh
+#   PERF=corriente/32 bench/fan-in.sh                 # perf record -g the origin in round 1
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PUBLISHERS=${PUBLISHERS:-"8 32"}; ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-20s}; RAMP=${RAMP:-5s}; WARMUP=${WARMUP:-3s}
+VARIANTS=${VARIANTS:-"corriente:target/release nginx"}
+OUT=${OUT:-target/bench-fan-in}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
+RESULTS="$OUT/results.jsonl"; : > "$RESULTS"
+BENCH=${BENCH:-target/release/corriente-bench}
+MEDIA=target/bench/media-720p30.flv
+if [ ! -f "$MEDIA" ]; then
+  mkdir -p target/bench
+  ffmpeg -hide_banner -loglevel error -y \
+    -f lavfi -i testsrc2=size=1280x720:rate=30 -f lavfi -i sine=frequency=440:sample_rate=44100 -t 30 \
+    -c:v libx264 -preset veryfast -tune zerolatency -pix_fmt yuv420p -g 60 -b:v 2500k -maxrate 2500k -bufsize 2500k \
+    -c:a aac -b:a 128k -f flv "$MEDIA"
+fi
+
+pids=()
+cleanup() { local pid; for pid in "${pids[@]:-}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]:-}"; do wait "$pid" 2>/dev/null || true; done; pids=(); }
+trap cleanup EXIT
+wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; return 1; }
+
+LIMITS=(--max-connections-per-ip 0)
+start_corriente() { # $1: directory of the binary
+  "$1/corriente" control-plane --grpc 127.0.0.1:46051 --admin 127.0.0.1:46090 --log-format json 2>"$OUT/control.log" & pids+=($!)
+  wait_port 46051
+  "$1/corriente" origin --rtmp 127.0.0.1:46935 --relay 127.0.0.1:46052 --admin 127.0.0.1:46091 \
+    --control http://127.0.0.1:46051 "${LIMITS[@]}" --publish-rate-per-ip 0 --log-format json 2>"$OUT/origin.log" & pids+=($!); SERVER_PID=$!
+  "$1/corriente" edge --rtmp 127.0.0.1:46936 --http 127.0.0.1:46080 --admin 127.0.0.1:46092 \
+    --control http://127.0.0.1:46051 "${LIMITS[@]}" --log-format json 2>"$OUT/edge.log" & pids+=($!)
+  wait_port 46935; wait_port 46936; wait_port 46080
+  sleep 1
+  URL=rtmp://127.0.0.1:46935/live
+}
+
+start_nginx() {
+  mkdir -p "$OUT/nginx/logs"
+  cat > "$OUT/nginx/nginx.conf" <<EOC
+load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+error_log logs/error.log warn;
+pid logs/nginx.pid;
+events { worker_connections 10000; }
+rtmp { server { listen 127.0.0.1:47935; chunk_size 4096; application live { live on; } } }
+EOC
+  nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
+  wait_port 47935
+  SERVER_PID=$(pgrep -P "${pids[-1]}" -f "nginx: worker" | head -1)
+  URL=rtmp://127.0.0.1:47935/live
+}
+
+common=(--file "$MEDIA" --ramp "$RAMP" --warmup "$WARMUP" --duration "$DURATION" --json "$RESULTS" --quiet)
+for round in $(seq 1 "$ROUNDS"); do
+  for p in $PUBLISHERS; do
+    for v in $VARIANTS; do
+      name=${v%%:*}
+      if [ "$name" = nginx ]; then start_nginx; else start_corriente "${v#*:}"; fi
+      label="$name/fan_in/$p/r$round"
+      echo "== $label" >&2
+      perf_pid=""
+      if [ "${PERF:-}" = "$name/$p" ] && [ "$round" = 1 ]; then
+        # Round 1 of that variant is profiled (and so not comparable); the others are not.
+        (sleep 8; perf record -e cpu-clock -g -p "$SERVER_PID" -o "$OUT/perf-$name-$p.data" -- sleep 15 >/dev/null 2>&1) & perf_pid=$!
+      fi
+      $BENCH fan-in --label "$label" --publish "$URL" --publishers "$p" --pid server="$SERVER_PID" "${common[@]}" >/dev/null || true
+      [ -z "$perf_pid" ] || wait "$perf_pid"
+      cleanup; sleep 1
+    done
+  done
+done
+
+python3 - "$RESULTS" <<'PY'
+import json, sys, collections
+rounds = collections.defaultdict(dict)
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    name, _, p, rnd = r["label"].split("/")
+    s = next(x for x in r["servers"] if x["label"] == "server")
+    rounds[(int(p), rnd)][name] = (s["cpu_seconds"] / r["measured_seconds"], r["kept_up"], r["clients"])
+print("| P | round | " + " | ".join(f"{n} CPU-s/s (kept up)" for n in next(iter(rounds.values()))) + " |")
+for (p, rnd), d in sorted(rounds.items()):
+    nginx = d.get("nginx", (None,))[0]
+    cells = [f"{c:.4f} ({k}/{n})" + (f" = {c / nginx:.2f}x nginx" if nginx and name != "nginx" else "")
+             for name, (c, k, n) in d.items()]
+    print(f"| {p} | {rnd} | " + " | ".join(cells) + " |")
+PY
