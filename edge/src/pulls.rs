@@ -296,6 +296,7 @@ impl Pulls {
         let subscribed = tokio::time::timeout(
             Duration::from_secs(2),
             RelayClient::with_interceptor(channel, self.config.cluster_auth.client())
+                .max_decoding_message_size(corriente_proto::MAX_RELAY_MESSAGE)
                 .subscribe(request)
                 .instrument(span),
         )
@@ -375,6 +376,13 @@ impl Timeline {
     }
 }
 
+/// A relay session that ends sooner than this after it started counts as a quick loss.
+const QUICK_LOSS: Duration = Duration::from_secs(1);
+/// Pause before retrying after the first quick loss; it doubles with each further one.
+const QUICK_LOSS_RETRY: Duration = Duration::from_millis(100);
+/// Longest pause between retries after quick losses.
+const QUICK_LOSS_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// How one upstream session ended.
 enum SessionEnd {
     /// The stream ended for good.
@@ -413,7 +421,19 @@ async fn pull(
     let mut linger: Option<Instant> = None;
     let mut last_problem = String::new();
     let mut current_epoch = 0;
+    // Sessions in a row that broke within `QUICK_LOSS` of starting (an origin that accepts
+    // the pull and then fails it at once): retried with a growing pause, not in a hot loop.
+    let mut quick_losses: u32 = 0;
     loop {
+        if quick_losses > 0 {
+            let pause = QUICK_LOSS_RETRY
+                .saturating_mul(1 << (quick_losses - 1).min(6))
+                .min(QUICK_LOSS_RETRY_MAX);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = pulls.shutdown.cancelled() => return EndReason::Shutdown,
+            }
+        }
         // Find the stream.
         let lookup = pulls.control.lookup_stream(&entry.key).await;
         let record = match lookup {
@@ -466,6 +486,7 @@ async fn pull(
         current_epoch = record.epoch;
         info!(origin = %record.node_id, relay = %record.relay_addr, epoch = record.epoch, "pulling from origin");
         metrics::RELAY_PULLS.inc();
+        let session_started = Instant::now();
         let end = relay_session(
             pulls,
             entry,
@@ -482,7 +503,12 @@ async fn pull(
         match end {
             SessionEnd::Ended(reason) | SessionEnd::Stopped(reason) => return reason,
             SessionEnd::Lost(why) => {
-                info!(origin = %record.node_id, reason = %why, "lost the origin; looking for the stream again");
+                if session_started.elapsed() < QUICK_LOSS {
+                    quick_losses = quick_losses.saturating_add(1);
+                } else {
+                    quick_losses = 0;
+                }
+                info!(origin = %record.node_id, reason = %why, quick_losses, "lost the origin; looking for the stream again");
                 last_problem = why;
                 lost_since = Some(Instant::now());
             }

@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
 use crate::relay::RelayService;
@@ -436,8 +437,9 @@ async fn serve_relay(
         .initial_connection_window_size(Some(16 << 20))
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(RelayServer::with_interceptor(
-            RelayService { ctx: ctx.clone() },
+        .add_service(InterceptedService::new(
+            RelayServer::new(RelayService { ctx: ctx.clone() })
+                .max_encoding_message_size(corriente_proto::MAX_RELAY_MESSAGE),
             ctx.config.cluster_auth.server("relay"),
         ))
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())

@@ -12,6 +12,12 @@ pub mod relay {
 pub mod auth;
 pub mod trace;
 
+/// Largest relay message a node sends or accepts: one frame of the largest RTMP message
+/// (lengths are 24-bit, so under 16 MiB) plus room for its fields. Edges must raise tonic's
+/// 4 MiB default to this, or a stream with large keyframes (4K, high-quality intra) breaks
+/// every pull at its first big frame.
+pub const MAX_RELAY_MESSAGE: usize = (1 << 24) + (1 << 16);
+
 /// Conversions between relay messages and media frames. Prost types stop at the gRPC
 /// boundary: origins and edges handle [`Frame`]s.
 pub mod convert {

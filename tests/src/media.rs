@@ -219,6 +219,54 @@ pub fn video_only() -> Result<PathBuf> {
     )
 }
 
+/// 2 s of H.264 2560x1440 at 2 fps whose every frame is larger than 4 MiB (nearly lossless
+/// noise, a keyframe every second frame): the frames of a 4K or high-quality intra encoder,
+/// larger than gRPC's default message limit.
+pub fn video_large_frames() -> Result<PathBuf> {
+    encode_once(
+        "video-1440p2-large-frames.flv",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "nullsrc=size=2560x1440:rate=2,geq=lum='random(1)*255':cb=128:cr=128",
+            "-t",
+            "2",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-qp",
+            "10",
+            "-g",
+            "2",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    )
+}
+
+/// The sizes in bytes of the video packets of a media file, as ffprobe reads them.
+pub async fn video_packet_sizes(path: &std::path::Path) -> Result<Vec<u64>> {
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v"])
+        .args(["-show_entries", "packet=size", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .await
+        .context("run ffprobe")?;
+    if !output.status.success() {
+        bail!(
+            "ffprobe failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| Ok(line.trim().parse()?))
+        .collect()
+}
+
 /// An ffmpeg publishing a file in a loop, in real time, with `-c copy`. Killed on drop.
 pub struct Publisher {
     child: Child,

@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::Result;
 use corriente_media::FrameRole;
 use corriente_tests::clients::{Playback, play_flv, play_rtmp};
-use corriente_tests::media::{Publisher, Viewer, av_720p, av_small, decode, ffprobe};
+use corriente_tests::media::{
+    Publisher, Viewer, av_720p, av_small, decode, ffprobe, video_large_frames, video_packet_sizes,
+};
 use corriente_tests::{Node, wait_for};
 
 /// Waits until the control plane lists `name` as live.
@@ -50,6 +52,47 @@ async fn ffprobe_and_ffmpeg_play_over_rtmp_and_http_flv() -> Result<()> {
             decoded.video_frames
         );
     }
+    Ok(())
+}
+
+/// Frames larger than gRPC's default 4 MiB message limit (4K or high-quality intra encoders)
+/// cross the relay and reach viewers over RTMP and HTTP-FLV.
+#[tokio::test(flavor = "multi_thread")]
+async fn frames_larger_than_4_mib_cross_the_relay() -> Result<()> {
+    let file = video_large_frames()?;
+    let sizes = video_packet_sizes(&file).await?;
+    assert!(
+        !sizes.is_empty() && sizes.iter().all(|&size| size > 4 << 20),
+        "the test media must have only frames over 4 MiB: {sizes:?}"
+    );
+
+    let node = Node::all(&[])?;
+    let _publisher = Publisher::start(&file, &node.ingest_url("big"))?;
+    node.wait_live("big").await?;
+
+    let (rtmp_url, flv_url) = (node.rtmp_url("big"), node.flv_url("big"));
+    let (rtmp, http) = tokio::join!(ffprobe(&rtmp_url), ffprobe(&flv_url));
+    for (what, streams) in [("RTMP", rtmp?), ("HTTP-FLV", http?)] {
+        let video: Vec<_> = streams
+            .iter()
+            .map(|s| (s.codec_name.as_str(), s.width, s.height))
+            .collect();
+        assert_eq!(video, [("h264", 2560, 1440)], "{what}");
+    }
+    // 4 s at 2 fps: 8 frames, of which the first may be waited for.
+    let (rtmp, http) = tokio::join!(decode(&rtmp_url, 4), decode(&flv_url, 4));
+    for (what, decoded) in [("RTMP", rtmp?), ("HTTP-FLV", http?)] {
+        assert!(decoded.exit_ok, "{what}: ffmpeg failed");
+        assert!(
+            decoded.video_frames >= 6,
+            "{what}: decoded {} video frames of 8",
+            decoded.video_frames
+        );
+    }
+    assert!(
+        !node.log_text().contains("message length too large"),
+        "the relay refused a frame"
+    );
     Ok(())
 }
 
