@@ -2,12 +2,14 @@
 # The fan-in part of bench/compare.sh alone (P publishers into one Corriente origin, then into
 # nginx-rtmp), repeated in alternating rounds for stable ratios, on ports of its own (so it can
 # run next to the test suite). Variants are NAME:DIR, DIR holding a `corriente` binary (two
-# builds side by side), or `nginx`. Prints each round's origin CPU-seconds per second and the
+# builds side by side), or NAME:DIR:ARGS with extra origin arguments separated by commas, or
+# `nginx`. Prints each round's origin CPU-seconds per second and the
 # ratio to nginx-rtmp in the same round.
 #
 #   bench/fan-in.sh                                   # P = 8 and 32, three rounds
 #   VARIANTS="old:/tmp/old new:target/release nginx" ROUNDS=2 bench/fan-in.sh
 #   PERF=corriente/32 bench/fan-in.sh                 # perf record -g the origin in round 1
+#   VARIANTS="capped:target/release uncapped:target/release:--max-publish-bitrate,0 nginx" bench/fan-in.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PUBLISHERS=${PUBLISHERS:-"8 32"}; ROUNDS=${ROUNDS:-3}
@@ -32,11 +34,12 @@ trap cleanup EXIT
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; return 1; }
 
 LIMITS=(--max-connections-per-ip 0)
-start_corriente() { # $1: directory of the binary
+start_corriente() { # $1: directory of the binary, $2: extra origin arguments, comma-separated
+  local extra=(); [ -z "${2:-}" ] || IFS=, read -r -a extra <<<"$2"
   "$1/corriente" control-plane --grpc 127.0.0.1:46051 --admin 127.0.0.1:46090 --log-format json 2>"$OUT/control.log" & pids+=($!)
   wait_port 46051
   "$1/corriente" origin --rtmp 127.0.0.1:46935 --relay 127.0.0.1:46052 --admin 127.0.0.1:46091 \
-    --control http://127.0.0.1:46051 "${LIMITS[@]}" --publish-rate-per-ip 0 --log-format json 2>"$OUT/origin.log" & pids+=($!); SERVER_PID=$!
+    --control http://127.0.0.1:46051 "${LIMITS[@]}" --publish-rate-per-ip 0 "${extra[@]}" --log-format json 2>"$OUT/origin.log" & pids+=($!); SERVER_PID=$!
   "$1/corriente" edge --rtmp 127.0.0.1:46936 --http 127.0.0.1:46080 --admin 127.0.0.1:46092 \
     --control http://127.0.0.1:46051 "${LIMITS[@]}" --log-format json 2>"$OUT/edge.log" & pids+=($!)
   wait_port 46935; wait_port 46936; wait_port 46080
@@ -66,7 +69,10 @@ for round in $(seq 1 "$ROUNDS"); do
   for p in $PUBLISHERS; do
     for v in $VARIANTS; do
       name=${v%%:*}
-      if [ "$name" = nginx ]; then start_nginx; else start_corriente "${v#*:}"; fi
+      if [ "$name" = nginx ]; then start_nginx; else
+        spec=${v#*:}; dir=${spec%%:*}; args=""; [ "$spec" = "$dir" ] || args=${spec#*:}
+        start_corriente "$dir" "$args"
+      fi
       label="$name/fan_in/$p/r$round"
       echo "== $label" >&2
       perf_pid=""
