@@ -128,7 +128,7 @@ pub async fn run_rtmp(
                     stats.ended.store(true, Ordering::Relaxed);
                     return Ok(());
                 }
-                ClientEvent::Status { .. } => {}
+                ClientEvent::Status { .. } | ClientEvent::PingResponse(_) => {}
             }
         }
         if session.has_output() {

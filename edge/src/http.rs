@@ -356,6 +356,7 @@ async fn serve_flv(
                 sink,
                 attachment,
                 playback,
+                BytesMut::new(),
                 ctx.config.write_timeout,
                 requested,
                 &shutdown,

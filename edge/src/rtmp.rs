@@ -86,8 +86,19 @@ async fn run(
 ) -> Result<Arc<TcpStream>, ViewerError> {
     // The setup (handshake, connect, play) runs boxed: its state is freed once playing, so
     // what stays allocated per viewer is only the small playback loop.
-    let (session, lease, requested) = Box::pin(setup(ctx, stream, peer, shutdown)).await?;
-    play(ctx, stream, session, lease, requested, shutdown).await
+    let setup = Box::pin(setup(ctx, stream, peer, shutdown)).await?;
+    play(ctx, stream, setup, shutdown).await
+}
+
+/// A viewer's session once `play` is accepted.
+struct Setup {
+    session: ServerSession,
+    lease: ViewerLease,
+    /// When the viewer asked to play (for the time to first frame).
+    requested: Instant,
+    /// What the viewer sent after `play` that the session has not consumed yet (the start of
+    /// its next chunk, say): playback goes on from there, or the chunk stream would desync.
+    input: BytesMut,
 }
 
 /// From the handshake to an accepted `play`.
@@ -96,7 +107,7 @@ async fn setup<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut Option<S>,
     peer: SocketAddr,
     shutdown: &CancellationToken,
-) -> Result<(ServerSession, ViewerLease, Instant), ViewerError> {
+) -> Result<Setup, ViewerError> {
     let config = &ctx.config;
     let Some(tcp) = stream.as_mut() else {
         return Err(ViewerError::Refused);
@@ -146,18 +157,27 @@ async fn setup<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Err(e)) => return Err(e.into()),
         }
     };
-    Ok((session, lease, requested))
+    Ok(Setup {
+        session,
+        lease,
+        requested,
+        input,
+    })
 }
 
 /// Playing: the socket now belongs to the fan-out and this task together.
 async fn play(
     ctx: &Arc<EdgeContext>,
     stream: &mut Option<TcpStream>,
-    mut session: ServerSession,
-    lease: ViewerLease,
-    requested: Instant,
+    setup: Setup,
     shutdown: &CancellationToken,
 ) -> Result<Arc<TcpStream>, ViewerError> {
+    let Setup {
+        mut session,
+        lease,
+        requested,
+        input,
+    } = setup;
     let config = &ctx.config;
     let socket = Arc::new(stream.take().ok_or(ViewerError::Refused)?);
     let sink = Sink::new(
@@ -182,6 +202,7 @@ async fn play(
         sink,
         attachment,
         playback,
+        input,
         config.write_timeout,
         requested,
         shutdown,
@@ -215,8 +236,12 @@ pub(crate) async fn serve_tls_viewer(
     };
     let mut stream = Some(tls);
     let result = async {
-        let (mut session, lease, requested) =
-            Box::pin(setup(&ctx, &mut stream, peer, &shutdown)).await?;
+        let Setup {
+            mut session,
+            lease,
+            requested,
+            input,
+        } = Box::pin(setup(&ctx, &mut stream, peer, &shutdown)).await?;
         let io = stream.as_mut().ok_or(ViewerError::Refused)?;
         let feed = match lease.hub().subscribe(ctx.config.viewer_lag, Protocol::Rtmp) {
             Ok(feed) => feed,
@@ -234,6 +259,7 @@ pub(crate) async fn serve_tls_viewer(
             Format::Rtmp,
             first,
             playback,
+            input,
             ctx.config.write_timeout,
             requested,
             &shutdown,

@@ -41,18 +41,28 @@ pub(crate) enum Ended {
     TooSlow,
 }
 
-/// Runs a viewer's playback until it ends. `attachment` keeps the sink attached to its hub.
+/// Runs a viewer's playback until it ends. `attachment` keeps the sink attached to its hub;
+/// `input` holds what the viewer sent that its session has not consumed yet.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_sink(
     sink: Arc<Sink>,
     attachment: Attachment,
     mut playback: impl Playback,
+    mut input: BytesMut,
     write_timeout: Duration,
     requested: Instant,
     shutdown: &CancellationToken,
 ) -> io::Result<Ended> {
     let socket = sink.socket().clone();
     let protocol = sink.protocol();
-    let mut input = BytesMut::new();
+    // What came in with the request to play (a client's next messages, or their start).
+    if !input.is_empty() {
+        match playback.input(&mut input)? {
+            Some(reply) if !reply.is_empty() => sink.queue(reply),
+            Some(_) => {}
+            None => return Ok(Ended::Left),
+        }
+    }
     let mut first_frame_pending = true;
     let mut ending = false;
     let result = loop {
@@ -131,7 +141,8 @@ pub(crate) async fn serve_sink(
 
 /// Runs a viewer's playback from a feed, on any byte stream (a TLS connection, say): the
 /// per-viewer path, for connections the direct fan-out cannot write to. `first` (the answers to
-/// the viewer's requests) goes out before the media.
+/// the viewer's requests) goes out before the media; `input` holds what the viewer sent that its
+/// session has not consumed yet.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_feed<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
@@ -139,13 +150,14 @@ pub(crate) async fn serve_feed<S: AsyncRead + AsyncWrite + Unpin>(
     format: Format,
     first: Bytes,
     mut playback: impl Playback,
+    mut input: BytesMut,
     write_timeout: Duration,
     requested: Instant,
     shutdown: &CancellationToken,
 ) -> io::Result<Ended> {
     let protocol = feed.protocol();
     let bytes_out = media_metrics::BYTES_OUT.with_label_values(&[protocol.as_str()]);
-    let mut input = BytesMut::with_capacity(512);
+    input.reserve(512);
     let mut first_frame_pending = true;
     let write = async |io: &mut S, bytes: Bytes| -> io::Result<()> {
         write_out(io, &bytes, write_timeout, protocol).await?;
@@ -153,6 +165,12 @@ pub(crate) async fn serve_feed<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(())
     };
     write(io, first).await?;
+    if !input.is_empty() {
+        match playback.input(&mut input)? {
+            Some(reply) => write(io, reply).await?,
+            None => return Ok(Ended::Left),
+        }
+    }
     loop {
         tokio::select! {
             segment = feed.next() => match segment {

@@ -3,13 +3,19 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
+use bytes::{Bytes, BytesMut};
 use corriente_media::FrameRole;
+use corriente_media::frame::unix_micros;
+use corriente_media::rtmp::{ClientEvent, ClientMode, ClientSession, handshake};
 use corriente_tests::clients::{Playback, play_flv, play_rtmp};
 use corriente_tests::media::{
     Publisher, Viewer, av_720p, av_small, decode, ffprobe, video_large_frames, video_packet_sizes,
 };
 use corriente_tests::{Node, wait_for};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// Waits until the control plane lists `name` as live.
 #[tokio::test(flavor = "multi_thread")]
@@ -94,6 +100,75 @@ async fn frames_larger_than_4_mib_cross_the_relay() -> Result<()> {
         "the relay refused a frame"
     );
     Ok(())
+}
+
+/// A client message split around the start of playback (its first half in the same packet as
+/// `play`, the rest once media flows) is read whole: the edge keeps the viewer's chunk stream in
+/// step and answers it, and playback goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_split_across_the_start_of_playback_is_read_whole() -> Result<()> {
+    let node = Node::all(&[])?;
+    let _publisher = Publisher::start(&av_small()?, &node.ingest_url("split"))?;
+    node.wait_live("split").await?;
+
+    let addr = node.addr("edge-rtmp");
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let mut input = handshake::connect(&mut stream, Duration::from_secs(5)).await?;
+    let tc_url = format!("rtmp://{addr}/live");
+    let mut session = ClientSession::new(ClientMode::Play, "live", &tc_url, "split", 4096);
+    let mut events = Vec::new();
+    // The ping's second half, held back until media flows.
+    let mut rest: Option<Bytes> = None;
+    let (mut frames, mut frames_after_answer, mut answered) = (0u32, 0u32, false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        session.feed(&mut input, unix_micros(), &mut events)?;
+        for event in events.drain(..) {
+            match event {
+                ClientEvent::Frame(_) => {
+                    frames += 1;
+                    frames_after_answer += u32::from(answered);
+                }
+                ClientEvent::PingResponse(4242) => answered = true,
+                ClientEvent::Refused { code, description } => bail!("{code}: {description}"),
+                ClientEvent::Ended => bail!("the edge ended the stream"),
+                _ => {}
+            }
+        }
+        if answered && frames_after_answer >= 10 {
+            return Ok(());
+        }
+        if session.has_output() {
+            let mut out = BytesMut::from(&session.take_output()[..]);
+            if out.windows(7).any(|w| w == b"\x02\x00\x04play") && rest.is_none() {
+                session.ping(4242);
+                let ping = session.take_output();
+                let half = ping.len() / 2;
+                out.extend_from_slice(&ping[..half]);
+                rest = Some(ping.slice(half..));
+            }
+            stream.write_all(&out).await?;
+        }
+        if frames >= 10
+            && let Some(rest) = rest.as_mut().filter(|r| !r.is_empty())
+        {
+            stream.write_all(rest).await?;
+            rest.clear();
+        }
+        input.reserve(64 << 10);
+        let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut input)).await;
+        match read {
+            Ok(Ok(0)) => {
+                bail!("the edge closed the connection ({frames} frames, answered {answered})")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => bail!("the connection broke ({frames} frames, answered {answered}): {e}"),
+            Err(_) => bail!(
+                "no answer to the split ping ({frames} frames, answered {answered}, {frames_after_answer} frames after)"
+            ),
+        }
+    }
 }
 
 fn assert_starts_on_a_keyframe_at_once(what: &str, playback: &Playback) {

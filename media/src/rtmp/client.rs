@@ -33,6 +33,8 @@ pub enum ClientEvent {
     Ended,
     /// The server refused a request (`_error` or an error-level status).
     Refused { code: String, description: String },
+    /// The server answered a ping request of ours ([`ClientSession::ping`]).
+    PingResponse(u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +105,12 @@ impl ClientSession {
         self.out.split().freeze()
     }
 
+    /// Queues a ping request (user control event 6) with `timestamp`; a server answers with a
+    /// [`ClientEvent::PingResponse`].
+    pub fn ping(&mut self, timestamp: u32) {
+        message::write_user_control(&mut self.out, UserControl::PingRequest(timestamp));
+    }
+
     pub fn has_output(&self) -> bool {
         !self.out.is_empty()
     }
@@ -127,6 +135,9 @@ impl ClientSession {
                 Message::WindowAckSize(n) => self.peer_window = n,
                 Message::UserControl(UserControl::PingRequest(t)) => {
                     message::write_user_control(&mut self.out, UserControl::PingResponse(t));
+                }
+                Message::UserControl(UserControl::PingResponse(t)) => {
+                    events.push(ClientEvent::PingResponse(t));
                 }
                 Message::UserControl(UserControl::StreamEof(_)) if self.step == Step::Active => {
                     self.step = Step::Ended;
