@@ -161,7 +161,8 @@ async fn setup<S: AsyncRead + AsyncWrite + Unpin>(
         session,
         lease,
         requested,
-        input,
+        // Only what is left, not the setup's read buffer: it lives as long as the viewer.
+        input: BytesMut::from(&input[..]),
     })
 }
 

@@ -33,6 +33,9 @@ pub fn segment_bytes(segment: &Segment, format: Format) -> Bytes {
     }
 }
 
+/// An emptied queue with room for more buffers than this frees it (per-viewer memory).
+const SHRINK_ABOVE: usize = 16;
+
 /// Buffers waiting to be written to one socket, in order.
 #[derive(Debug, Default)]
 pub struct OutQueue {
@@ -72,6 +75,10 @@ impl OutQueue {
             if n >= front.len() {
                 n -= front.len();
                 self.bufs.pop_front();
+                if self.bufs.is_empty() && self.bufs.capacity() > SHRINK_ABOVE {
+                    // A joining viewer's burst (the cached GOP) grew it: give that back.
+                    self.bufs = VecDeque::new();
+                }
             } else {
                 front.advance(n);
                 n = 0;

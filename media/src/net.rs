@@ -10,6 +10,7 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use prometheus::{IntCounterVec, register_int_counter_vec};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -105,14 +106,10 @@ pub async fn accept_loop<F, Fut>(
         let _ = stream.set_nodelay(true);
         let id = next_connection_id();
         let span = info_span!("conn", listener = name, conn = id, peer = %peer, stream = tracing::field::Empty);
-        let task = handler(stream, peer);
-        tracker.spawn(
-            async move {
-                task.await;
-                drop((permit, slot));
-            }
-            .instrument(span),
-        );
+        // `map`, not an async block awaiting the handler's future: a block would hold that
+        // future twice (captured, and in its await state), doubling every connection's task.
+        let task = handler(stream, peer).map(move |()| drop((permit, slot)));
+        tracker.spawn(task.instrument(span));
     }
 }
 

@@ -140,9 +140,10 @@ impl ServerSession {
         !self.out.is_empty()
     }
 
-    /// Takes the queued output.
+    /// Takes the queued output. The session keeps no allocation behind it: output is rare once
+    /// a stream plays, and a session lives as long as its connection.
     pub fn take_output(&mut self) -> Bytes {
-        self.out.split().freeze()
+        std::mem::take(&mut self.out).freeze()
     }
 
     /// True while the session waits for the application to decide a request; feed no more
