@@ -13,6 +13,8 @@
 # process. Runs alternate between servers at each N.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The servers listen on ports below Linux's ephemeral range (32768-60999): the load generator's
+# thousands of client sockets (and their TIME_WAIT remains) can hold any port inside it.
 
 VIEWERS=${VIEWERS:-"100 500 1000 2000"}
 PUBLISHERS=${PUBLISHERS:-"4 8 16 32"}
@@ -57,13 +59,13 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev
 # Every load-generator client comes from 127.0.0.1: no per-address limits here.
 LIMITS=(--max-connections-per-ip 0)
 start_corriente() { # $1: coalescing window
-  $BIN/corriente control-plane --grpc 127.0.0.1:41051 --admin 127.0.0.1:41090 --log-format json 2>"$OUT/control.log" & pids+=($!)
-  wait_port 41051
-  $BIN/corriente origin --rtmp 127.0.0.1:41935 --relay 127.0.0.1:41052 --admin 127.0.0.1:41091 \
-    --control http://127.0.0.1:41051 "${LIMITS[@]}" --publish-rate-per-ip 0 --log-format json 2>"$OUT/origin.log" & pids+=($!); ORIGIN_PID=$!
-  $BIN/corriente edge --rtmp 127.0.0.1:41936 --http 127.0.0.1:41080 --admin 127.0.0.1:41092 \
-    --control http://127.0.0.1:41051 --coalesce-window "$1" "${LIMITS[@]}" --log-format json 2>"$OUT/edge.log" & pids+=($!); EDGE_PID=$!
-  wait_port 41935; wait_port 41936; wait_port 41080
+  $BIN/corriente control-plane --grpc 127.0.0.1:21051 --admin 127.0.0.1:21090 --log-format json 2>"$OUT/control.log" & pids+=($!)
+  wait_port 21051
+  $BIN/corriente origin --rtmp 127.0.0.1:21935 --relay 127.0.0.1:21052 --admin 127.0.0.1:21091 \
+    --control http://127.0.0.1:21051 "${LIMITS[@]}" --publish-rate-per-ip 0 --log-format json 2>"$OUT/origin.log" & pids+=($!); ORIGIN_PID=$!
+  $BIN/corriente edge --rtmp 127.0.0.1:21936 --http 127.0.0.1:21080 --admin 127.0.0.1:21092 \
+    --control http://127.0.0.1:21051 --coalesce-window "$1" "${LIMITS[@]}" --log-format json 2>"$OUT/edge.log" & pids+=($!); EDGE_PID=$!
+  wait_port 21935; wait_port 21936; wait_port 21080
   sleep 1
 }
 
@@ -76,16 +78,16 @@ worker_rlimit_nofile 20000;
 error_log logs/error.log warn;
 pid logs/nginx.pid;
 events { worker_connections 10000; }
-rtmp { server { listen 127.0.0.1:42935; chunk_size 4096; application live { live on; } } }
+rtmp { server { listen 127.0.0.1:22935; chunk_size 4096; application live { live on; } } }
 EOF
   nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
-  wait_port 42935
+  wait_port 22935
   NGINX_PID=$(pgrep -P "${pids[-1]}" -f "nginx: worker" | head -1)
 }
 
 start_floor() { # $1: window
-  $BIN/corriente-bench floor --listen 127.0.0.1:43080 --file "$MEDIA" --window "$1" 2>"$OUT/floor.log" & pids+=($!); FLOOR_PID=$!
-  wait_port 43080
+  $BIN/corriente-bench floor --listen 127.0.0.1:23080 --file "$MEDIA" --window "$1" 2>"$OUT/floor.log" & pids+=($!); FLOOR_PID=$!
+  wait_port 23080
 }
 
 common=(--file "$MEDIA" --ramp "$RAMP" --warmup "$WARMUP" --duration "$DURATION" --json "$RESULTS" --quiet)
@@ -100,23 +102,23 @@ run() { # label, then corriente-bench run arguments
 
 for n in $VIEWERS; do
   # Low latency (the default 20 ms grid) and throughput (100 ms), each against its floor.
-  start_floor 20ms;  run "floor-20ms/rtmp/$n" --play http://127.0.0.1:43080/live/x.flv --viewers "$n" --pid server=$FLOOR_PID
-  start_corriente 20ms; run "corriente-ll/rtmp/$n" --publish rtmp://127.0.0.1:41935/live/s --play rtmp://127.0.0.1:41936/live/s --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
-  start_nginx;       run "nginx/rtmp/$n" --publish rtmp://127.0.0.1:42935/live/s --play rtmp://127.0.0.1:42935/live/s --viewers "$n" --pid server=$NGINX_PID
-  start_corriente 20ms; run "corriente-ll/http_flv/$n" --publish rtmp://127.0.0.1:41935/live/s --play http://127.0.0.1:41080/live/s.flv --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
-  start_floor 100ms; run "floor-100ms/rtmp/$n" --play http://127.0.0.1:43080/live/x.flv --viewers "$n" --pid server=$FLOOR_PID
-  start_corriente 100ms; run "corriente-tp/rtmp/$n" --publish rtmp://127.0.0.1:41935/live/s --play rtmp://127.0.0.1:41936/live/s --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
-  start_corriente 100ms; run "corriente-tp/http_flv/$n" --publish rtmp://127.0.0.1:41935/live/s --play http://127.0.0.1:41080/live/s.flv --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
+  start_floor 20ms;  run "floor-20ms/rtmp/$n" --play http://127.0.0.1:23080/live/x.flv --viewers "$n" --pid server=$FLOOR_PID
+  start_corriente 20ms; run "corriente-ll/rtmp/$n" --publish rtmp://127.0.0.1:21935/live/s --play rtmp://127.0.0.1:21936/live/s --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
+  start_nginx;       run "nginx/rtmp/$n" --publish rtmp://127.0.0.1:22935/live/s --play rtmp://127.0.0.1:22935/live/s --viewers "$n" --pid server=$NGINX_PID
+  start_corriente 20ms; run "corriente-ll/http_flv/$n" --publish rtmp://127.0.0.1:21935/live/s --play http://127.0.0.1:21080/live/s.flv --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
+  start_floor 100ms; run "floor-100ms/rtmp/$n" --play http://127.0.0.1:23080/live/x.flv --viewers "$n" --pid server=$FLOOR_PID
+  start_corriente 100ms; run "corriente-tp/rtmp/$n" --publish rtmp://127.0.0.1:21935/live/s --play rtmp://127.0.0.1:21936/live/s --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
+  start_corriente 100ms; run "corriente-tp/http_flv/$n" --publish rtmp://127.0.0.1:21935/live/s --play http://127.0.0.1:21080/live/s.flv --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
 done
 
 for p in $PUBLISHERS; do
   start_corriente 20ms
   echo "== corriente/fan_in/$p" >&2
-  $BIN/corriente-bench fan-in --label "corriente/fan_in/$p" --publish rtmp://127.0.0.1:41935/live --publishers "$p" --pid server=$ORIGIN_PID "${common[@]}" >/dev/null || true
+  $BIN/corriente-bench fan-in --label "corriente/fan_in/$p" --publish rtmp://127.0.0.1:21935/live --publishers "$p" --pid server=$ORIGIN_PID "${common[@]}" >/dev/null || true
   cleanup; sleep 1
   start_nginx
   echo "== nginx/fan_in/$p" >&2
-  $BIN/corriente-bench fan-in --label "nginx/fan_in/$p" --publish rtmp://127.0.0.1:42935/live --publishers "$p" --pid server=$NGINX_PID "${common[@]}" >/dev/null || true
+  $BIN/corriente-bench fan-in --label "nginx/fan_in/$p" --publish rtmp://127.0.0.1:22935/live --publishers "$p" --pid server=$NGINX_PID "${common[@]}" >/dev/null || true
   cleanup; sleep 1
 done
 

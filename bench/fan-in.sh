@@ -36,15 +36,15 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev
 LIMITS=(--max-connections-per-ip 0)
 start_corriente() { # $1: directory of the binary, $2: extra origin arguments, comma-separated
   local extra=(); [ -z "${2:-}" ] || IFS=, read -r -a extra <<<"$2"
-  "$1/corriente" control-plane --grpc 127.0.0.1:46051 --admin 127.0.0.1:46090 --log-format json 2>"$OUT/control.log" & pids+=($!)
-  wait_port 46051
-  "$1/corriente" origin --rtmp 127.0.0.1:46935 --relay 127.0.0.1:46052 --admin 127.0.0.1:46091 \
-    --control http://127.0.0.1:46051 "${LIMITS[@]}" --publish-rate-per-ip 0 "${extra[@]}" --log-format json 2>"$OUT/origin.log" & pids+=($!); SERVER_PID=$!
-  "$1/corriente" edge --rtmp 127.0.0.1:46936 --http 127.0.0.1:46080 --admin 127.0.0.1:46092 \
-    --control http://127.0.0.1:46051 "${LIMITS[@]}" --log-format json 2>"$OUT/edge.log" & pids+=($!)
-  wait_port 46935; wait_port 46936; wait_port 46080
+  "$1/corriente" control-plane --grpc 127.0.0.1:26051 --admin 127.0.0.1:26090 --log-format json 2>"$OUT/control.log" & pids+=($!)
+  wait_port 26051
+  "$1/corriente" origin --rtmp 127.0.0.1:26935 --relay 127.0.0.1:26052 --admin 127.0.0.1:26091 \
+    --control http://127.0.0.1:26051 "${LIMITS[@]}" --publish-rate-per-ip 0 "${extra[@]}" --log-format json 2>"$OUT/origin.log" & pids+=($!); SERVER_PID=$!
+  "$1/corriente" edge --rtmp 127.0.0.1:26936 --http 127.0.0.1:26080 --admin 127.0.0.1:26092 \
+    --control http://127.0.0.1:26051 "${LIMITS[@]}" --log-format json 2>"$OUT/edge.log" & pids+=($!)
+  wait_port 26935; wait_port 26936; wait_port 26080
   sleep 1
-  URL=rtmp://127.0.0.1:46935/live
+  URL=rtmp://127.0.0.1:26935/live
 }
 
 start_nginx() {
@@ -56,12 +56,12 @@ worker_rlimit_nofile 20000;
 error_log logs/error.log warn;
 pid logs/nginx.pid;
 events { worker_connections 10000; }
-rtmp { server { listen 127.0.0.1:47935; chunk_size 4096; application live { live on; } } }
+rtmp { server { listen 127.0.0.1:27935; chunk_size 4096; application live { live on; } } }
 EOC
   nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
-  wait_port 47935
+  wait_port 27935
   SERVER_PID=$(pgrep -P "${pids[-1]}" -f "nginx: worker" | head -1)
-  URL=rtmp://127.0.0.1:47935/live
+  URL=rtmp://127.0.0.1:27935/live
 }
 
 common=(--file "$MEDIA" --ramp "$RAMP" --warmup "$WARMUP" --duration "$DURATION" --json "$RESULTS" --quiet)
