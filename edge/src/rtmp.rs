@@ -96,8 +96,8 @@ struct Setup {
     lease: ViewerLease,
     /// When the viewer asked to play (for the time to first frame).
     requested: Instant,
-    /// What the viewer sent after `play` that the session has not consumed yet (the start of
-    /// its next chunk, say): playback goes on from there, or the chunk stream would desync.
+    /// The start of an unfinished chunk the viewer sent after `play`: playback reads on from
+    /// there, or the viewer's chunk stream would fall out of step.
     input: BytesMut,
 }
 
@@ -157,6 +157,16 @@ async fn setup<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Err(e)) => return Err(e.into()),
         }
     };
+    // The session stopped at `play` so that we could answer it; what came with it is handled
+    // now, its answers joining the play replies. Playback goes on from what is left: at most
+    // the start of an unfinished chunk.
+    session.feed(&mut input, unix_micros(), &mut events)?;
+    if events
+        .drain(..)
+        .any(|e| matches!(e, SessionEvent::PlayStopped))
+    {
+        return Err(ViewerError::Refused);
+    }
     Ok(Setup {
         session,
         lease,

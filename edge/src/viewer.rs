@@ -42,7 +42,7 @@ pub(crate) enum Ended {
 }
 
 /// Runs a viewer's playback until it ends. `attachment` keeps the sink attached to its hub;
-/// `input` holds what the viewer sent that its session has not consumed yet.
+/// `input` holds the start of an unfinished message the viewer sent before playback began.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_sink(
     sink: Arc<Sink>,
@@ -55,14 +55,6 @@ pub(crate) async fn serve_sink(
 ) -> io::Result<Ended> {
     let socket = sink.socket().clone();
     let protocol = sink.protocol();
-    // What came in with the request to play (a client's next messages, or their start).
-    if !input.is_empty() {
-        match playback.input(&mut input)? {
-            Some(reply) if !reply.is_empty() => sink.queue(reply),
-            Some(_) => {}
-            None => return Ok(Ended::Left),
-        }
-    }
     let mut first_frame_pending = true;
     let mut ending = false;
     let result = loop {
@@ -141,8 +133,8 @@ pub(crate) async fn serve_sink(
 
 /// Runs a viewer's playback from a feed, on any byte stream (a TLS connection, say): the
 /// per-viewer path, for connections the direct fan-out cannot write to. `first` (the answers to
-/// the viewer's requests) goes out before the media; `input` holds what the viewer sent that its
-/// session has not consumed yet.
+/// the viewer's requests) goes out before the media; `input` holds the start of an unfinished
+/// message the viewer sent before playback began.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_feed<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
@@ -165,12 +157,6 @@ pub(crate) async fn serve_feed<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(())
     };
     write(io, first).await?;
-    if !input.is_empty() {
-        match playback.input(&mut input)? {
-            Some(reply) => write(io, reply).await?,
-            None => return Ok(Ended::Left),
-        }
-    }
     loop {
         tokio::select! {
             segment = feed.next() => match segment {
