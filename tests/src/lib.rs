@@ -182,6 +182,20 @@ impl Node {
         format!("http://{}/live/{name}.flv", self.addr("edge-http"))
     }
 
+    /// Runs `client` on `name`'s RTMP and HTTP-FLV playback URLs at once (ffprobe, a decode);
+    /// the results come labelled `"RTMP"` and `"HTTP-FLV"`.
+    pub async fn on_rtmp_and_flv<T, Fut>(
+        &self,
+        name: &str,
+        client: impl Fn(String) -> Fut,
+    ) -> Result<[(&'static str, T); 2]>
+    where
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let (rtmp, flv) = tokio::join!(client(self.rtmp_url(name)), client(self.flv_url(name)));
+        Ok([("RTMP", rtmp?), ("HTTP-FLV", flv?)])
+    }
+
     /// Waits until the control plane lists `name` (`NAME` of any application, or `APP/NAME`)
     /// as live (the stats API of the admin port).
     pub async fn wait_live(&self, name: &str) -> Result<()> {

@@ -71,10 +71,10 @@ async fn radio_streams_play_at_once_over_rtmp_and_http_flv() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     for (name, codec) in [("radio-aac", "aac"), ("radio-mp3", "mp3")] {
-        let (rtmp_url, flv_url) = (node.rtmp_url(name), node.flv_url(name));
-        let (rtmp, http) = tokio::join!(ffprobe(&rtmp_url), ffprobe(&flv_url));
-        only(&rtmp?, "audio", codec, &format!("{name} over RTMP"));
-        only(&http?, "audio", codec, &format!("{name} over HTTP-FLV"));
+        let probed = node.on_rtmp_and_flv(name, |url| async move { ffprobe(&url).await });
+        for (what, streams) in probed.await? {
+            only(&streams, "audio", codec, &format!("{name} over {what}"));
+        }
         let window = Duration::from_millis(1500);
         let path = format!("/live/{name}.flv");
         let (rtmp, http) = tokio::join!(
@@ -111,10 +111,10 @@ async fn a_video_only_stream_plays_likewise() -> Result<()> {
     node.wait_live("silent").await?;
     let _first = Viewer::start(&node.flv_url("silent"))?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rtmp_url, flv_url) = (node.rtmp_url("silent"), node.flv_url("silent"));
-    let (rtmp, http) = tokio::join!(ffprobe(&rtmp_url), ffprobe(&flv_url));
-    only(&rtmp?, "video", "h264", "RTMP");
-    only(&http?, "video", "h264", "HTTP-FLV");
+    let probed = node.on_rtmp_and_flv("silent", |url| async move { ffprobe(&url).await });
+    for (what, streams) in probed.await? {
+        only(&streams, "video", "h264", what);
+    }
     let playback = play_flv(
         node.addr("edge-http"),
         "/live/silent.flv",

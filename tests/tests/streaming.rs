@@ -24,9 +24,8 @@ async fn ffprobe_and_ffmpeg_play_over_rtmp_and_http_flv() -> Result<()> {
     let _publisher = Publisher::start(&av_720p()?, &node.ingest_url("cam"))?;
     node.wait_live("cam").await?;
 
-    let (rtmp_url, flv_url) = (node.rtmp_url("cam"), node.flv_url("cam"));
-    let (rtmp, http) = tokio::join!(ffprobe(&rtmp_url), ffprobe(&flv_url));
-    for (what, streams) in [("RTMP", rtmp?), ("HTTP-FLV", http?)] {
+    let probed = node.on_rtmp_and_flv("cam", |url| async move { ffprobe(&url).await });
+    for (what, streams) in probed.await? {
         let video: Vec<_> = streams.iter().filter(|s| s.codec_type == "video").collect();
         let audio: Vec<_> = streams.iter().filter(|s| s.codec_type == "audio").collect();
         assert_eq!(video.len(), 1, "{what}: one video stream in {streams:?}");
@@ -49,8 +48,8 @@ async fn ffprobe_and_ffmpeg_play_over_rtmp_and_http_flv() -> Result<()> {
     }
 
     // 5 s at 30 fps: at least 90% of 150 frames decoded from each.
-    let (rtmp, http) = tokio::join!(decode(&rtmp_url, 5), decode(&flv_url, 5));
-    for (what, decoded) in [("RTMP", rtmp?), ("HTTP-FLV", http?)] {
+    let decoded = node.on_rtmp_and_flv("cam", |url| async move { decode(&url, 5).await });
+    for (what, decoded) in decoded.await? {
         assert!(decoded.exit_ok, "{what}: ffmpeg failed");
         assert!(
             decoded.video_frames >= 135,
@@ -76,9 +75,8 @@ async fn frames_larger_than_4_mib_cross_the_relay() -> Result<()> {
     let _publisher = Publisher::start(&file, &node.ingest_url("big"))?;
     node.wait_live("big").await?;
 
-    let (rtmp_url, flv_url) = (node.rtmp_url("big"), node.flv_url("big"));
-    let (rtmp, http) = tokio::join!(ffprobe(&rtmp_url), ffprobe(&flv_url));
-    for (what, streams) in [("RTMP", rtmp?), ("HTTP-FLV", http?)] {
+    let probed = node.on_rtmp_and_flv("big", |url| async move { ffprobe(&url).await });
+    for (what, streams) in probed.await? {
         let video: Vec<_> = streams
             .iter()
             .map(|s| (s.codec_name.as_str(), s.width, s.height))
@@ -86,8 +84,8 @@ async fn frames_larger_than_4_mib_cross_the_relay() -> Result<()> {
         assert_eq!(video, [("h264", 2560, 1440)], "{what}");
     }
     // 4 s at 2 fps: 8 frames, of which the first may be waited for.
-    let (rtmp, http) = tokio::join!(decode(&rtmp_url, 4), decode(&flv_url, 4));
-    for (what, decoded) in [("RTMP", rtmp?), ("HTTP-FLV", http?)] {
+    let decoded = node.on_rtmp_and_flv("big", |url| async move { decode(&url, 4).await });
+    for (what, decoded) in decoded.await? {
         assert!(decoded.exit_ok, "{what}: ffmpeg failed");
         assert!(
             decoded.video_frames >= 6,
