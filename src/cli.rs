@@ -5,17 +5,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use corriente_control_plane::{ControlPlaneConfig, PublishAuthConfig, Webhook};
+use corriente_cluster::Webhook;
+use corriente_cluster::auth::{ClusterAuth, ClusterTlsFiles};
+use corriente_control_plane::{ControlPlaneConfig, PublishAuthConfig};
+use corriente_core::access::{Cidr, IpRules};
+use corriente_core::limits::Rate;
+use corriente_core::secret::SecretFile;
+use corriente_core::tls::TlsFiles;
 use corriente_edge::{EdgeConfig, PlayAuthConfig, PullConfig};
-use corriente_media::access::{Cidr, IpRules};
-use corriente_media::limits::Rate;
 use corriente_media::rtmp::SessionConfig;
 use corriente_media::rtmp::chunk::ChunkLimits;
-use corriente_media::secret::SecretFile;
-use corriente_media::tls::TlsFiles;
 use corriente_media::{HubConfig, LagPolicy};
 use corriente_origin::OriginConfig;
-use corriente_proto::auth::{ClusterAuth, ClusterTlsFiles};
 
 #[derive(Debug, Parser)]
 #[command(

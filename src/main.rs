@@ -235,7 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn bind_admin(
     common: &CommonArgs,
     identity: Identity,
-    components: Vec<(&'static str, corriente_control_plane::Health)>,
+    components: Vec<(&'static str, corriente_cluster::Health)>,
     routes: axum::Router,
     actions: Option<axum::Router>,
 ) -> anyhow::Result<Admin> {

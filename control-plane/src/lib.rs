@@ -1,15 +1,12 @@
 //! Corriente's control plane: a stateless gRPC service over a registry of stream ownership
 //! (leases with fencing epochs), node membership and change events.
 //!
-//! Origins and edges reach it through [`ControlClient`], even in the all-in-one mode, so there
-//! is one code path. The registry is held in memory in the all-in-one mode and in Redis in a
-//! cluster; only this crate knows which.
+//! Origins and edges reach it through `corriente_cluster::ControlClient`, even in the all-in-one
+//! mode, so there is one code path. The registry is held in memory in the all-in-one mode and in
+//! Redis in a cluster; only this crate knows which, and neither origins nor edges link it.
 
-pub mod client;
-mod convert;
 mod dashboard;
 mod keys;
-pub mod membership;
 pub mod memory;
 mod metrics;
 mod probe;
@@ -24,7 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use corriente_proto::auth::ClusterAuth;
+use corriente_cluster::Health;
+use corriente_cluster::auth::ClusterAuth;
 use corriente_proto::control::control_server::ControlServer;
 use futures_util::StreamExt;
 use tokio::net::TcpListener;
@@ -32,17 +30,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use client::{ControlClient, ControlError, HeartbeatOutcome, Lease};
-pub use membership::{Health, Member, Readiness, run_membership};
 pub use memory::MemoryRegistry;
-pub use publish_auth::{
-    PublishAuthConfig, PublishCredential, PublishDecision, PublishDenial, Webhook,
-};
+pub use publish_auth::PublishAuthConfig;
 pub use redis_registry::{RedisConfig, RedisRegistry};
-pub use registry::{
-    NodeLoad, NodeRecord, NodeRole, OwnedStream, PublishKey, Registry, RegistryError,
-    RegistryEvent, StreamClaim, StreamRecord,
-};
+pub use registry::{PublishKey, Registry, RegistryError};
 pub use service::ControlService;
 
 /// Settings of the control plane.

@@ -5,14 +5,12 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use corriente_media::StreamKey;
+use corriente_cluster::{NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord};
+use corriente_core::StreamKey;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::registry::{
-    NodeRecord, OwnedStream, PublishKey, Registry, RegistryError, RegistryEvent, StreamClaim,
-    StreamRecord,
-};
+use crate::registry::{PublishKey, Registry, RegistryError};
 
 struct Leased<T> {
     value: T,
@@ -350,10 +348,10 @@ impl Registry for MemoryRegistry {
 
 #[cfg(test)]
 mod tests {
-    use corriente_media::MediaInfo;
+    use corriente_core::MediaInfo;
 
     use super::*;
-    use crate::registry::{NodeLoad, NodeRole};
+    use corriente_cluster::{NodeLoad, NodeRole};
 
     fn key() -> StreamKey {
         StreamKey::new("live", "a").unwrap()

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use corriente_media::StreamKey;
-use corriente_proto::auth::ClusterAuth;
+use corriente_cluster::auth::ClusterAuth;
+use corriente_core::StreamKey;
 use corriente_proto::relay::OwnsRequest;
 use corriente_proto::relay::relay_client::RelayClient;
 use tonic::Code;

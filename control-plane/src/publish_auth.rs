@@ -10,22 +10,20 @@
 //!    application. A revoked or expired key is refused for good; a `key=` the registry does
 //!    not know goes on to the webhook when there is one.
 //! 2. **Signed token**: `NAME?token=EXPIRES.HEXSIG`, an HMAC minted elsewhere with a secret
-//!    of `--publish-secret-file` (see [`corriente_media::access`]).
+//!    of `--publish-secret-file` (see [`corriente_core::access`]).
 //! 3. **Webhook** (`--on-publish URL`): a JSON POST; a 2xx answer allows, anything else, a
 //!    timeout or a connection error refuses.
 //!
 //! With nothing that applies, the publish is refused with `no_key`.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use corriente_media::StreamKey;
-use corriente_media::access::{self, TokenError};
-use corriente_media::key::split_query;
-use corriente_media::secret::SecretFile;
-use http_body_util::Full;
-use hyper_util::rt::TokioIo;
+use corriente_cluster::{PublishCredential, PublishDecision, PublishDenial, Webhook, WebhookError};
+use corriente_core::StreamKey;
+use corriente_core::access::{self, TokenError};
+use corriente_core::key::split_query;
+use corriente_core::secret::SecretFile;
 use ring::digest;
 use tracing::{debug, info, warn};
 
@@ -42,108 +40,6 @@ pub struct PublishAuthConfig {
     pub secrets: Option<Arc<SecretFile>>,
     /// The `on_publish` webhook.
     pub webhook: Option<Webhook>,
-}
-
-/// Why a publish was refused. A bounded set: each is a metrics label value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PublishDenial {
-    /// No credential in the stream key field.
-    NoKey,
-    /// A `key=` no managed key matches (or one for another stream).
-    UnknownKey,
-    /// A managed key that was revoked.
-    RevokedKey,
-    /// A managed key or signed token past its expiry.
-    Expired,
-    /// A signed token whose signature does not match (or is malformed).
-    BadSignature,
-    /// The webhook answered something other than 2xx.
-    WebhookRefused,
-    /// The webhook timed out or could not be reached.
-    WebhookUnavailable,
-    /// The client's address is not allowed to publish (decided by the origin).
-    IpDenied,
-    /// The application or stream name is not a valid name.
-    BadName,
-}
-
-impl PublishDenial {
-    const ALL: [PublishDenial; 9] = [
-        PublishDenial::NoKey,
-        PublishDenial::UnknownKey,
-        PublishDenial::RevokedKey,
-        PublishDenial::Expired,
-        PublishDenial::BadSignature,
-        PublishDenial::WebhookRefused,
-        PublishDenial::WebhookUnavailable,
-        PublishDenial::IpDenied,
-        PublishDenial::BadName,
-    ];
-
-    /// The reason's name, as metrics and the RPC carry it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PublishDenial::NoKey => "no_key",
-            PublishDenial::UnknownKey => "unknown_key",
-            PublishDenial::RevokedKey => "revoked_key",
-            PublishDenial::Expired => "expired",
-            PublishDenial::BadSignature => "bad_signature",
-            PublishDenial::WebhookRefused => "webhook_refused",
-            PublishDenial::WebhookUnavailable => "webhook_unavailable",
-            PublishDenial::IpDenied => "ip_denied",
-            PublishDenial::BadName => "bad_name",
-        }
-    }
-
-    /// The reason named `s`; `None` for one this build does not know.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|d| d.as_str() == s)
-    }
-}
-
-/// What allowed a publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PublishCredential {
-    /// Publish authorization is off.
-    Open,
-    ManagedKey,
-    SignedToken,
-    Webhook,
-}
-
-impl PublishCredential {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PublishCredential::Open => "open",
-            PublishCredential::ManagedKey => "managed_key",
-            PublishCredential::SignedToken => "signed_token",
-            PublishCredential::Webhook => "webhook",
-        }
-    }
-
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "managed_key" => PublishCredential::ManagedKey,
-            "signed_token" => PublishCredential::SignedToken,
-            "webhook" => PublishCredential::Webhook,
-            _ => PublishCredential::Open,
-        }
-    }
-}
-
-/// The answer to "may this encoder publish?".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PublishDecision {
-    /// Publish under `stream`, the public name.
-    Allowed {
-        stream: StreamKey,
-        credential: PublishCredential,
-    },
-    /// Refused; `message` is for the encoder's operator and never holds a secret.
-    Refused {
-        reason: PublishDenial,
-        message: String,
-    },
 }
 
 /// A publish request as the origin saw it.
@@ -342,113 +238,10 @@ impl<R: Registry> PublishAuthorizer<R> {
     }
 }
 
-/// Why the webhook did not allow a publish.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WebhookError {
-    #[error("the hook answered HTTP {0}")]
-    Refused(u16),
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-/// An `on_publish` webhook: `POST URL` with a JSON body; 2xx allows.
-#[derive(Debug, Clone)]
-pub struct Webhook {
-    uri: http::Uri,
-    host: String,
-    port: u16,
-    timeout: Duration,
-}
-
-impl Webhook {
-    /// A webhook at `url` (`http://HOST[:PORT]/PATH`) that must answer within `timeout`.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(format!("{url:?}: only http:// webhooks are supported"));
-        }
-        let host = uri
-            .host()
-            .ok_or_else(|| format!("{url:?} has no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = uri.port_u16().unwrap_or(80);
-        Ok(Self {
-            uri,
-            host,
-            port,
-            timeout,
-        })
-    }
-
-    /// The URL, for logs.
-    pub fn url(&self) -> String {
-        self.uri.to_string()
-    }
-
-    /// Posts `body`; `Ok` on a 2xx answer.
-    pub async fn ask(&self, body: &serde_json::Value) -> Result<(), WebhookError> {
-        let body = Bytes::from(body.to_string());
-        let status = tokio::time::timeout(self.timeout, self.post(body))
-            .await
-            .map_err(|_| WebhookError::Timeout(self.timeout))?
-            .map_err(WebhookError::Unavailable)?;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(WebhookError::Refused(status.as_u16()))
-        }
-    }
-
-    async fn post(&self, body: Bytes) -> Result<http::StatusCode, String> {
-        let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.uri))?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        let authority = self
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_else(|| self.host.clone());
-        let path = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let request = http::Request::post(path)
-            .header(http::header::HOST, authority)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(
-                http::header::USER_AGENT,
-                concat!("corriente/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
-        // The connection is driven here rather than spawned, so a timeout drops it with the
-        // request. The answer's status is all that counts; its body is never read.
-        let response = sender.send_request(request);
-        tokio::pin!(connection, response);
-        let response = tokio::select! {
-            biased;
-            response = &mut response => response,
-            ended = &mut connection => match ended {
-                // A server that closes after answering: the answer was handed over already.
-                Ok(()) => response.await,
-                Err(e) => return Err(e.to_string()),
-            },
-        };
-        response
-            .map(|r| r.status())
-            .map_err(|e| format!("no answer: {e}"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::MemoryRegistry;
     use crate::registry::PublishKey;
@@ -583,15 +376,5 @@ mod tests {
                 credential: PublishCredential::Open
             }
         );
-    }
-
-    #[test]
-    fn reasons_round_trip() {
-        for d in PublishDenial::ALL {
-            assert_eq!(PublishDenial::parse(d.as_str()), Some(d));
-        }
-        assert_eq!(PublishDenial::parse("nonsense"), None);
-        assert!(Webhook::new("https://x/", Duration::from_secs(1)).is_err());
-        assert!(Webhook::new("http://127.0.0.1:9/hook", Duration::from_secs(1)).is_ok());
     }
 }

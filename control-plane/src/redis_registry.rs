@@ -23,7 +23,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corriente_media::{MediaInfo, StreamKey};
+use corriente_cluster::{NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord};
+use corriente_core::{MediaInfo, StreamKey};
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::{Client, Script};
@@ -33,10 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::metrics;
-use crate::registry::{
-    NodeRecord, OwnedStream, PublishKey, Registry, RegistryError, RegistryEvent, StreamClaim,
-    StreamRecord,
-};
+use crate::registry::{PublishKey, Registry, RegistryError};
 
 const NOW: &str = r#"
 local t = redis.call('TIME')

@@ -14,85 +14,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use corriente_media::{MediaInfo, StreamKey};
+use corriente_cluster::{NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord};
+use corriente_core::StreamKey;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
-
-/// A node's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NodeRole {
-    Origin,
-    Edge,
-}
-
-impl NodeRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeRole::Origin => "origin",
-            NodeRole::Edge => "edge",
-        }
-    }
-}
-
-/// A node's load, as it reports it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeLoad {
-    pub streams: u32,
-    pub viewers: u32,
-    pub ingress_bps: u64,
-    pub egress_bps: u64,
-}
-
-/// An origin or edge.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub id: String,
-    pub role: NodeRole,
-    /// Where edges dial this origin's relay (its advertised address).
-    pub relay_addr: String,
-    pub rtmp_addr: String,
-    pub http_addr: String,
-    pub admin_addr: String,
-    pub load: NodeLoad,
-    /// Viewers per stream on this edge.
-    pub viewers: Vec<(StreamKey, u32)>,
-    pub version: String,
-    pub started_at_ms: u64,
-    pub ready: bool,
-}
-
-/// A live stream and its owner.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StreamRecord {
-    pub key: StreamKey,
-    pub node_id: String,
-    pub relay_addr: String,
-    pub epoch: u64,
-    pub media: MediaInfo,
-    pub publisher_addr: String,
-    pub started_at_ms: u64,
-}
-
-/// A request to own a stream.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamClaim {
-    pub key: StreamKey,
-    pub node_id: String,
-    pub relay_addr: String,
-    pub media: MediaInfo,
-    pub publisher_addr: String,
-}
-
-/// A stream a node believes it owns, as its heartbeat reports it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OwnedStream {
-    pub key: StreamKey,
-    pub epoch: u64,
-    pub media: MediaInfo,
-    pub publisher_addr: String,
-    pub started_at_ms: u64,
-}
 
 /// A managed publish key. The secret itself is never stored: only its SHA-256, and a few
 /// leading characters so operators can tell keys apart.
@@ -115,19 +40,6 @@ pub struct PublishKey {
     /// When the key was revoked, Unix milliseconds. Revoked keys are kept so an encoder
     /// still using one is told so.
     pub revoked_ms: Option<u64>,
-}
-
-/// A change in the registry.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RegistryEvent {
-    StreamUp(StreamRecord),
-    StreamDown {
-        key: StreamKey,
-        epoch: u64,
-        node_id: String,
-    },
-    NodeUp(NodeRecord),
-    NodeDown(String),
 }
 
 /// Why a registry operation failed.

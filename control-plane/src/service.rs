@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use corriente_cluster::{PublishDecision, StreamClaim, StreamRecord, convert};
 use corriente_proto::control as pb;
 use corriente_proto::trace;
 use futures_util::Stream;
@@ -12,11 +13,10 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::convert;
 use crate::metrics;
 use crate::probe::OwnerProbe;
-use crate::publish_auth::{PublishAuthConfig, PublishAuthorizer, PublishDecision, PublishRequest};
-use crate::registry::{Registry, RegistryError, StreamClaim, StreamRecord};
+use crate::publish_auth::{PublishAuthConfig, PublishAuthorizer, PublishRequest};
+use crate::registry::{Registry, RegistryError};
 
 /// The control API over a registry.
 pub struct ControlService<R> {

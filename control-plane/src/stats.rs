@@ -13,10 +13,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use corriente_media::{MediaInfo, StreamKey};
+use corriente_cluster::{NodeRecord, NodeRole, StreamRecord};
+use corriente_core::{MediaInfo, StreamKey};
 use serde::Serialize;
 
-use crate::registry::{NodeRecord, NodeRole, Registry, RegistryError, StreamRecord};
+use crate::registry::{Registry, RegistryError};
 
 #[derive(Serialize)]
 struct EdgeViewers {
@@ -117,7 +118,7 @@ pub fn routes<R: Registry>(registry: Arc<R>) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::NodeLoad;
+    use corriente_cluster::NodeLoad;
 
     #[test]
     fn counts_viewers_per_edge() {

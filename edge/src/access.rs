@@ -1,16 +1,16 @@
 //! Playback authorization, decided at the edge without a round trip per viewer: IP rules, then
 //! signed URLs (`?token=EXPIRES.SIGNATURE`, HMAC-SHA256 over `play`, the stream and the expiry,
-//! see `corriente_media::access`) for the applications that require them, then the optional
+//! see `corriente_core::access`) for the applications that require them, then the optional
 //! `on_play` webhook.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use corriente_control_plane::publish_auth::{Webhook, WebhookError};
+use corriente_cluster::{Webhook, WebhookError};
+use corriente_core::access::{self, IpRules, TokenError};
+use corriente_core::secret::SecretFile;
 use corriente_media::StreamKey;
-use corriente_media::access::{self, IpRules, TokenError};
 use corriente_media::frame::unix_micros;
-use corriente_media::secret::SecretFile;
 
 /// Who may watch.
 #[derive(Debug, Clone, Default)]

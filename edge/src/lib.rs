@@ -18,16 +18,16 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use corriente_control_plane::{
+use corriente_cluster::auth::ClusterAuth;
+use corriente_cluster::{
     ControlClient, ControlError, Health, Member, NodeLoad, NodeRecord, NodeRole, RegistryEvent,
     run_membership,
 };
+use corriente_core::net::{AcceptLimits, accept_loop};
+use corriente_core::tls::{ReloadingCert, TlsError, TlsFiles};
 use corriente_media::frame::unix_micros;
-use corriente_media::net::{AcceptLimits, accept_loop};
 use corriente_media::rtmp::SessionConfig;
-use corriente_media::tls::{ReloadingCert, TlsError, TlsFiles};
 use corriente_media::{HubConfig, LagPolicy};
-use corriente_proto::auth::ClusterAuth;
 use futures_util::StreamExt;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
@@ -35,8 +35,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use crate::access::PlayAuthConfig;
-pub use crate::pulls::PullConfig;
 use crate::pulls::Pulls;
+pub use crate::pulls::{PullConfig, frame_from_pb};
 
 /// Settings of an edge.
 #[derive(Debug, Clone)]
@@ -463,7 +463,7 @@ async fn serve_tls(
             return;
         };
         info!(listener = "edge-rtmps", addr = %listener.local_addr().unwrap_or(ctx.rtmp_local), "listening");
-        let acceptor = corriente_media::tls::acceptor(cert.clone(), &[]);
+        let acceptor = corriente_core::tls::acceptor(cert.clone(), &[]);
         let conn_ctx = ctx.clone();
         accept_loop(
             "edge-rtmps",
@@ -488,7 +488,7 @@ async fn serve_tls(
             return;
         };
         info!(listener = "edge-https", addr = %listener.local_addr().unwrap_or(ctx.http_local), "listening");
-        let acceptor = corriente_media::tls::acceptor(cert.clone(), &[b"h2", b"http/1.1"]);
+        let acceptor = corriente_core::tls::acceptor(cert.clone(), &[b"h2", b"http/1.1"]);
         let router = http::router(ctx.clone(), false);
         let conn_ctx = ctx.clone();
         accept_loop(

@@ -12,11 +12,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
-use corriente_control_plane::{ControlClient, StreamRecord};
+use corriente_cluster::auth::ClusterAuth;
+use corriente_cluster::{ControlClient, StreamRecord};
 use corriente_media::frame::unix_micros;
-use corriente_media::{EndReason, Frame, Hub, HubConfig, HubWriter, StreamKey, spawn_hub};
-use corriente_proto::auth::ClusterAuth;
-use corriente_proto::convert::frame_from_pb;
+use corriente_media::{
+    EndReason, Frame, FrameKind, Hub, HubConfig, HubWriter, StreamKey, spawn_hub,
+};
 use corriente_proto::relay::relay_client::RelayClient;
 use corriente_proto::relay::relay_message::Body;
 use corriente_proto::relay::{self as pb, SubscribeRequest};
@@ -601,8 +602,49 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
+/// A relay frame as a media frame (its payload a slice of the message, not a copy); `None` for a
+/// frame kind this build does not know (a newer origin): skip it. Prost types stop at the gRPC
+/// boundary: the rest of the edge handles [`Frame`]s.
+pub fn frame_from_pb(frame: pb::RelayFrame) -> Option<Frame> {
+    let kind = match pb::FrameKind::try_from(frame.kind).ok()? {
+        pb::FrameKind::Audio => FrameKind::Audio,
+        pb::FrameKind::Video => FrameKind::Video,
+        pb::FrameKind::Script => FrameKind::Script,
+        pb::FrameKind::Unspecified => return None,
+    };
+    Some(Frame::new(
+        kind,
+        frame.timestamp,
+        frame.payload,
+        frame.ingest_time_us,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn relay_frames_decode_to_the_frames_sent() {
+        let payload = bytes::Bytes::from_static(&[0x17, 1, 0, 0, 0, 7]);
+        let frame = frame_from_pb(pb::RelayFrame {
+            kind: pb::FrameKind::Video as i32,
+            timestamp: 1234,
+            payload: payload.clone(),
+            ingest_time_us: 99,
+        })
+        .unwrap();
+        assert_eq!(
+            (frame.kind, frame.timestamp, frame.ingest_us),
+            (FrameKind::Video, 1234, 99)
+        );
+        assert!(frame.is_keyframe());
+        assert_eq!(frame.payload, payload);
+        let unknown = pb::RelayFrame {
+            kind: 99,
+            ..pb::RelayFrame::default()
+        };
+        assert!(frame_from_pb(unknown).is_none());
+    }
+
     use bytes::Bytes;
     use corriente_media::FrameKind;
 

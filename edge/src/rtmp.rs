@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use corriente_core::key::split_query;
+use corriente_core::net::{close_gracefully, close_shared};
 use corriente_media::fanout::{Drain, Sink, Wire};
 use corriente_media::frame::unix_micros;
 use corriente_media::io::Format;
-use corriente_media::key::split_query;
 use corriente_media::metrics::Protocol;
-use corriente_media::net::{close_gracefully, close_shared};
 use corriente_media::rtmp::handshake::{self, HandshakeError};
 use corriente_media::rtmp::{ServerSession, SessionError, SessionEvent, SessionState};
 use corriente_media::{EndReason, StreamKey};

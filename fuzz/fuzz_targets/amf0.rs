@@ -9,7 +9,7 @@
 use bytes::{Bytes, BytesMut};
 use corriente_fuzz::HubStandIn;
 use corriente_media::amf0;
-use corriente_media::info::{MediaInfo, metadata_tracks};
+use corriente_media::info::{MediaInfo, Observe, metadata_tracks};
 use corriente_media::rtmp::RawMessage;
 use corriente_media::rtmp::message::{Message, type_id};
 use corriente_media::{Frame, FrameKind};

@@ -1,13 +1,14 @@
-//! Relay messages as an edge decodes them (prost, then `convert::frame_from_pb`, then the edge
+//! Relay messages as an edge decodes them (prost, then `corriente_edge::frame_from_pb`, then the edge
 //! hub), and the requests an origin's relay service decodes from edges.
 //!
 //! Input: one byte choosing the message type, then its protobuf encoding.
 #![no_main]
 
 use bytes::Bytes;
+use corriente_edge::frame_from_pb;
 use corriente_fuzz::HubStandIn;
 use corriente_media::StreamKey;
-use corriente_proto::convert::{frame_from_pb, frame_to_pb};
+use corriente_origin::frame_to_pb;
 use corriente_proto::relay::{OwnsRequest, RelayMessage, SubscribeRequest, relay_message::Body};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;

@@ -9,10 +9,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
-use corriente_media::access;
+use corriente_core::access;
+use corriente_core::key::{StreamKey, split_query};
 use corriente_media::flv::{self, TagReader};
-use corriente_media::info::{MediaInfo, metadata_tracks};
-use corriente_media::key::{StreamKey, split_query};
+use corriente_media::info::{MediaInfo, Observe, metadata_tracks};
 use corriente_media::mux::{Outputs, mux_frame};
 use corriente_media::rtmp::message::Message;
 use corriente_media::rtmp::{

@@ -483,8 +483,8 @@ mod tests {
     use super::*;
     use crate::frame::{Frame, FrameKind};
     use crate::hub::{HubConfig, spawn_hub};
-    use crate::key::StreamKey;
     use crate::mux::Outputs;
+    use corriente_core::StreamKey;
 
     fn frame(ts: u32, key: bool, size: usize) -> Frame {
         let mut payload = vec![if key { 0x17 } else { 0x27 }, 1, 0, 0, 0];

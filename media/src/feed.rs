@@ -215,7 +215,7 @@ mod tests {
     use super::*;
     use crate::frame::{Frame, FrameKind};
     use crate::hub::{HubConfig, spawn_hub};
-    use crate::key::StreamKey;
+    use corriente_core::StreamKey;
 
     fn video(ts: u32, key: bool) -> Frame {
         let first = if key { 0x17 } else { 0x27 };

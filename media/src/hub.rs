@@ -25,10 +25,10 @@ use tokio::time::Instant;
 use crate::fanout::{Fanout, Sink};
 use crate::feed::{Feed, FeedEnd, LagPolicy, Segment};
 use crate::frame::{Frame, FrameKind, FrameRole};
-use crate::info::{MediaInfo, RateMeter, metadata_tracks};
-use crate::key::StreamKey;
+use crate::info::{MediaInfo, Observe, RateMeter, metadata_tracks};
 use crate::metrics::Protocol;
 use crate::mux::{Outputs, mux_frame};
+use corriente_core::StreamKey;
 
 /// How a hub batches, muxes and caches.
 #[derive(Debug, Clone, Copy)]

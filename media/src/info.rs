@@ -1,38 +1,26 @@
-//! What a stream carries (codecs, resolution, frame rate, bitrate), learned from its metadata
-//! and sequence headers, for the stats API, the dashboard and the control plane.
+//! Learning what a stream carries ([`MediaInfo`]: codecs, resolution, frame rate, bitrate) from
+//! its metadata and sequence headers, and measuring its bitrate.
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+pub use corriente_core::MediaInfo;
 use tokio::time::Instant;
 
 use crate::amf0::{self, Amf0Value};
 use crate::flv;
 use crate::frame::{Frame, FrameRole};
 
-/// Media description of a live stream.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct MediaInfo {
-    /// ffprobe-style codec name (`h264`, `hevc`, ...), empty when the stream has no video.
-    pub video_codec: String,
-    /// ffprobe-style codec name (`aac`, `mp3`, ...), empty when the stream has no audio.
-    pub audio_codec: String,
-    pub width: u32,
-    pub height: u32,
-    pub frame_rate: f64,
-    /// Measured ingest bitrate, bits per second.
-    pub bitrate_bps: u64,
-    pub audio_sample_rate: u32,
-    pub audio_channels: u32,
-}
-
-impl MediaInfo {
+/// Learns what frames reveal about a stream.
+pub trait Observe {
     /// Updates what a frame reveals. Metadata gives declared values; sequence headers and
     /// frames override the codecs with what is actually sent.
-    pub fn observe(&mut self, frame: &Frame) {
+    fn observe(&mut self, frame: &Frame);
+}
+
+impl Observe for MediaInfo {
+    fn observe(&mut self, frame: &Frame) {
         match frame.role() {
-            FrameRole::Metadata => self.apply_metadata(&frame.payload),
+            FrameRole::Metadata => apply_metadata(self, &frame.payload),
             FrameRole::VideoConfig | FrameRole::Keyframe => {
                 if let Some(tag) = flv::inspect_video(&frame.payload) {
                     self.video_codec = tag.codec.name().to_owned();
@@ -64,51 +52,46 @@ impl MediaInfo {
             _ => {}
         }
     }
+}
 
-    fn apply_metadata(&mut self, payload: &[u8]) {
-        let Ok(values) = amf0::decode_all(payload) else {
-            return;
+fn apply_metadata(info: &mut MediaInfo, payload: &[u8]) {
+    let Ok(values) = amf0::decode_all(payload) else {
+        return;
+    };
+    let Some(props) = values.get(1) else { return };
+    let num = |name: &str| props.property(name).and_then(Amf0Value::as_number);
+    if let Some(w) = num("width") {
+        info.width = w.clamp(0.0, 65535.0) as u32;
+    }
+    if let Some(h) = num("height") {
+        info.height = h.clamp(0.0, 65535.0) as u32;
+    }
+    if let Some(fps) = num("framerate").or_else(|| num("fps")) {
+        info.frame_rate = if fps.is_finite() {
+            fps.clamp(0.0, 1000.0)
+        } else {
+            0.0
         };
-        let Some(props) = values.get(1) else { return };
-        let num = |name: &str| props.property(name).and_then(Amf0Value::as_number);
-        if let Some(w) = num("width") {
-            self.width = w.clamp(0.0, 65535.0) as u32;
-        }
-        if let Some(h) = num("height") {
-            self.height = h.clamp(0.0, 65535.0) as u32;
-        }
-        if let Some(fps) = num("framerate").or_else(|| num("fps")) {
-            self.frame_rate = if fps.is_finite() {
-                fps.clamp(0.0, 1000.0)
-            } else {
-                0.0
-            };
-        }
-        if self.video_codec.is_empty()
-            && let Some(id) = num("videocodecid")
-            && id > 0.0
-        {
-            let body = [0x10 | (id as u8 & 0x0f), 1];
-            if let Some(tag) = flv::inspect_video(&body) {
-                self.video_codec = tag.codec.name().to_owned();
-            }
-        }
-        if self.audio_codec.is_empty()
-            && let Some(id) = num("audiocodecid")
-        {
-            let body = [(id as u8 & 0x0f) << 4, 1];
-            if let Some(tag) = flv::inspect_audio(&body) {
-                self.audio_codec = tag.codec.name().to_owned();
-            }
-        }
-        if let Some(rate) = num("audiosamplerate") {
-            self.audio_sample_rate = rate.clamp(0.0, 1e6) as u32;
+    }
+    if info.video_codec.is_empty()
+        && let Some(id) = num("videocodecid")
+        && id > 0.0
+    {
+        let body = [0x10 | (id as u8 & 0x0f), 1];
+        if let Some(tag) = flv::inspect_video(&body) {
+            info.video_codec = tag.codec.name().to_owned();
         }
     }
-
-    /// True when metadata or frames say the stream carries video.
-    pub fn has_video(&self) -> bool {
-        !self.video_codec.is_empty()
+    if info.audio_codec.is_empty()
+        && let Some(id) = num("audiocodecid")
+    {
+        let body = [(id as u8 & 0x0f) << 4, 1];
+        if let Some(tag) = flv::inspect_audio(&body) {
+            info.audio_codec = tag.codec.name().to_owned();
+        }
+    }
+    if let Some(rate) = num("audiosamplerate") {
+        info.audio_sample_rate = rate.clamp(0.0, 1e6) as u32;
     }
 }
 

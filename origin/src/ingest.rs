@@ -6,11 +6,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corriente_control_plane::{PublishCredential, PublishDecision, PublishDenial};
+use corriente_cluster::{PublishCredential, PublishDecision, PublishDenial};
+use corriente_core::limits::ByteRateCap;
+use corriente_core::net::close_gracefully;
 use corriente_media::frame::unix_micros;
-use corriente_media::limits::ByteRateCap;
 use corriente_media::metrics::BYTES_IN;
-use corriente_media::net::close_gracefully;
 use corriente_media::rtmp::handshake::{self, HandshakeError};
 use corriente_media::rtmp::{ServerSession, SessionError, SessionEvent, SessionState};
 use corriente_media::{EndReason, StreamKey};

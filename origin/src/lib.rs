@@ -15,18 +15,18 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use corriente_control_plane::{
+use corriente_cluster::auth::ClusterAuth;
+use corriente_cluster::{
     ControlClient, ControlError, Health, Member, NodeLoad, NodeRecord, NodeRole, OwnedStream,
     run_membership,
 };
-use corriente_media::access::IpRules;
+use corriente_core::access::IpRules;
+use corriente_core::limits::{Rate, RateLimiter};
+use corriente_core::net::{AcceptLimits, accept_loop};
+use corriente_core::tls::{ReloadingCert, TlsError, TlsFiles};
 use corriente_media::frame::unix_micros;
-use corriente_media::limits::{Rate, RateLimiter};
-use corriente_media::net::{AcceptLimits, accept_loop};
 use corriente_media::rtmp::SessionConfig;
-use corriente_media::tls::{ReloadingCert, TlsError, TlsFiles};
 use corriente_media::{HubConfig, LagPolicy, StreamKey};
-use corriente_proto::auth::ClusterAuth;
 use corriente_proto::relay::relay_server::RelayServer;
 use futures_util::StreamExt;
 use tokio::net::TcpListener;
@@ -38,6 +38,8 @@ use tracing::{info, warn};
 
 use crate::relay::RelayService;
 use crate::streams::Streams;
+
+pub use crate::relay::frame_to_pb;
 
 /// Settings of an origin.
 #[derive(Debug, Clone)]
@@ -357,7 +359,7 @@ impl Origin {
             };
             info!(listener = "origin-rtmps", addr = %listener.local_addr().unwrap_or(ctx.rtmp_local), "listening");
             tokio::spawn(cert.clone().watch(TLS_RELOAD_EVERY, shutdown.child_token()));
-            let acceptor = corriente_media::tls::acceptor(cert, &[]);
+            let acceptor = corriente_core::tls::acceptor(cert, &[]);
             let accept_ctx = ctx.clone();
             let conn_shutdown = shutdown.clone();
             accept_loop(

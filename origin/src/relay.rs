@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use corriente_media::metrics::{BYTES_OUT, Protocol};
-use corriente_media::{EndReason, Feed, FeedEnd, Segment, StreamKey};
-use corriente_proto::convert::{end_reason_to_pb, frame_to_pb};
+use corriente_media::{EndReason, Feed, FeedEnd, Frame, FrameKind, Segment, StreamKey};
 use corriente_proto::relay::{self as pb, relay_message::Body};
 use futures_util::Stream;
 use tokio::time::Instant;
@@ -147,5 +146,29 @@ impl Stream for RelayStream {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+/// A frame as the relay carries it. Prost types stop at the gRPC boundary: the rest of the
+/// origin handles [`Frame`]s.
+pub fn frame_to_pb(frame: &Frame) -> pb::RelayFrame {
+    pb::RelayFrame {
+        kind: match frame.kind {
+            FrameKind::Audio => pb::FrameKind::Audio,
+            FrameKind::Video => pb::FrameKind::Video,
+            FrameKind::Script => pb::FrameKind::Script,
+        } as i32,
+        timestamp: frame.timestamp,
+        payload: frame.payload.clone(),
+        ingest_time_us: frame.ingest_us,
+    }
+}
+
+fn end_reason_to_pb(reason: EndReason) -> pb::EndReason {
+    match reason {
+        EndReason::Unpublished => pb::EndReason::Unpublished,
+        EndReason::Fenced => pb::EndReason::Fenced,
+        EndReason::Shutdown => pb::EndReason::Shutdown,
+        EndReason::UpstreamLost => pb::EndReason::Unspecified,
     }
 }

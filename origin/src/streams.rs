@@ -4,9 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use corriente_control_plane::{
-    ControlClient, ControlError, OwnedStream, PublishDecision, StreamClaim,
-};
+use corriente_cluster::{ControlClient, ControlError, OwnedStream, PublishDecision, StreamClaim};
 use corriente_media::frame::unix_micros;
 use corriente_media::{EndReason, Frame, Hub, HubConfig, HubWriter, StreamKey, spawn_hub};
 use tokio_util::sync::CancellationToken;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use corriente_media::access::sign;
+use corriente_core::access::sign;
 use corriente_proto::control as pb;
 use corriente_proto::relay::SubscribeRequest;
 use corriente_proto::relay::relay_client::RelayClient;

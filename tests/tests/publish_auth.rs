@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use corriente_media::access::sign;
+use corriente_core::access::sign;
 use corriente_tests::hook::{Answer, Hook};
 use corriente_tests::media::{Publisher, av_small, ffprobe};
 use corriente_tests::{Node, Redis, wait_for, work_dir};

@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
 
-use corriente_media::secret::{SecretFile, SecretFileError};
+use corriente_core::secret::{SecretFile, SecretFileError};
 use prometheus::{IntCounterVec, register_int_counter_vec};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;

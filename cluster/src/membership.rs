@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use corriente_media::StreamKey;
+use corriente_core::StreamKey;
 use prometheus::{IntCounter, register_int_counter};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::client::{ControlClient, ControlError};
-use crate::registry::{NodeRecord, OwnedStream};
+use crate::records::{NodeRecord, OwnedStream};
 
 static RENEW_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use corriente_media::StreamKey;
-use corriente_proto::auth::{ClientCredentials, ClusterAuth};
+use corriente_core::StreamKey;
 use corriente_proto::control as pb;
 use corriente_proto::trace;
 use futures_util::{Stream, StreamExt};
@@ -15,9 +14,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::auth::{ClientCredentials, ClusterAuth};
 use crate::convert;
-use crate::publish_auth::{PublishCredential, PublishDecision, PublishDenial};
-use crate::registry::{NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord};
+use crate::publish::{PublishCredential, PublishDecision, PublishDenial};
+use crate::records::{NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord};
 
 /// Why a control-plane call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,11 +1,11 @@
 //! Conversions between the control API's prost types and the domain types. Prost types stop
 //! here: nothing else in Corriente handles them.
 
-use corriente_media::{MediaInfo, StreamKey};
+use corriente_core::{MediaInfo, StreamKey};
 use corriente_proto::control as pb;
 use tonic::Status;
 
-use crate::registry::{
+use crate::records::{
     NodeLoad, NodeRecord, NodeRole, OwnedStream, RegistryEvent, StreamClaim, StreamRecord,
 };
 

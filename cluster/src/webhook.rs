@@ -1,0 +1,126 @@
+//! The webhook client of `on_publish` (asked by the control plane) and `on_play` (asked by
+//! edges): a small HTTP/1 client that posts JSON and takes a 2xx answer as yes, within a
+//! deadline.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+
+/// Why the webhook did not allow a publish.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    #[error("the hook answered HTTP {0}")]
+    Refused(u16),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// An `on_publish` webhook: `POST URL` with a JSON body; 2xx allows.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    uri: http::Uri,
+    host: String,
+    port: u16,
+    timeout: Duration,
+}
+
+impl Webhook {
+    /// A webhook at `url` (`http://HOST[:PORT]/PATH`) that must answer within `timeout`.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!("{url:?}: only http:// webhooks are supported"));
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("{url:?} has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(80);
+        Ok(Self {
+            uri,
+            host,
+            port,
+            timeout,
+        })
+    }
+
+    /// The URL, for logs.
+    pub fn url(&self) -> String {
+        self.uri.to_string()
+    }
+
+    /// Posts `body`; `Ok` on a 2xx answer.
+    pub async fn ask(&self, body: &serde_json::Value) -> Result<(), WebhookError> {
+        let body = Bytes::from(body.to_string());
+        let status = tokio::time::timeout(self.timeout, self.post(body))
+            .await
+            .map_err(|_| WebhookError::Timeout(self.timeout))?
+            .map_err(WebhookError::Unavailable)?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(WebhookError::Refused(status.as_u16()))
+        }
+    }
+
+    async fn post(&self, body: Bytes) -> Result<http::StatusCode, String> {
+        let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", self.uri))?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        let authority = self
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_else(|| self.host.clone());
+        let path = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let request = http::Request::post(path)
+            .header(http::header::HOST, authority)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(
+                http::header::USER_AGENT,
+                concat!("corriente/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        // The connection is driven here rather than spawned, so a timeout drops it with the
+        // request. The answer's status is all that counts; its body is never read.
+        let response = sender.send_request(request);
+        tokio::pin!(connection, response);
+        let response = tokio::select! {
+            biased;
+            response = &mut response => response,
+            ended = &mut connection => match ended {
+                // A server that closes after answering: the answer was handed over already.
+                Ok(()) => response.await,
+                Err(e) => return Err(e.to_string()),
+            },
+        };
+        response
+            .map(|r| r.status())
+            .map_err(|e| format!("no answer: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_http_urls_with_a_host() {
+        assert!(Webhook::new("https://x/", Duration::from_secs(1)).is_err());
+        assert!(Webhook::new("http:///hook", Duration::from_secs(1)).is_err());
+        assert!(Webhook::new("http://127.0.0.1:9/hook", Duration::from_secs(1)).is_ok());
+    }
+}
