@@ -7,12 +7,11 @@
 //! awaited writes; while the backlog is non-empty the shard only appends to it, and once it is
 //! empty the shard writes directly again. The backlog is bounded: past it the viewer skips to
 //! the next keyframe (re-sent configuration first, when it changed), and one that keeps
-//! skipping is cut off — the same policy as [`crate::feed`].
+//! skipping is cut off — the same policy as [`crate::feed`], counted by the same [`crate::output::SkipCounter`].
 //!
 //! Writes never interleave: the shard writes only when the backlog is empty and the connection
 //! task only when it is not, both under the sink's lock.
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -20,12 +19,10 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::sync::broadcast::{self, error::RecvError};
-use tokio::time::Instant;
 
-use crate::feed::{FeedEnd, LagPolicy, Segment};
-use crate::hub::Batch;
 use crate::io::{Format, OutQueue, segment_bytes};
 use crate::metrics::{self, Protocol};
+use crate::output::{Batch, FeedEnd, LagPolicy, Segment, SkipCounter, chunk_head};
 
 /// Most bytes a viewer's backlog may reference before it skips to the next keyframe. Small:
 /// the kernel's send buffer does the real buffering, and a stalled viewer keeps what its
@@ -94,11 +91,6 @@ impl Parts {
     }
 }
 
-/// The HTTP/1.1 chunk-size line for `len` bytes.
-pub fn chunk_head(len: usize) -> Bytes {
-    Bytes::from(format!("{len:x}\r\n"))
-}
-
 /// What a sink's connection task should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drain {
@@ -120,7 +112,7 @@ struct SinkInner {
     next_seq: u64,
     skipping: bool,
     init_version: u64,
-    skips: VecDeque<Instant>,
+    skips: SkipCounter,
     end: Option<FeedEnd>,
     /// The viewer left or its socket failed: the shard drops the sink.
     detached: bool,
@@ -131,7 +123,6 @@ pub struct Sink {
     socket: Arc<TcpStream>,
     wire: Wire,
     protocol: Protocol,
-    policy: LagPolicy,
     inner: Mutex<SinkInner>,
     wake: Notify,
 }
@@ -147,14 +138,13 @@ impl Sink {
             socket,
             wire,
             protocol,
-            policy,
             inner: Mutex::new(SinkInner {
                 backlog: OutQueue::default(),
                 limit: MAX_BACKLOG,
                 next_seq: 0,
                 skipping: false,
                 init_version: 0,
-                skips: VecDeque::new(),
+                skips: SkipCounter::new(policy),
                 end: None,
                 detached: false,
             }),
@@ -256,23 +246,6 @@ impl Sink {
         }
     }
 
-    /// Records a skip; true when the viewer has skipped too often.
-    fn too_slow_after_skip(&self, inner: &mut SinkInner) -> bool {
-        metrics::LAG_SKIPS
-            .with_label_values(&[self.protocol.as_str()])
-            .inc();
-        let now = Instant::now();
-        inner.skips.push_back(now);
-        while inner
-            .skips
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.policy.window)
-        {
-            inner.skips.pop_front();
-        }
-        inner.skips.len() as u32 > self.policy.max_skips
-    }
-
     /// Hands one batch to this viewer. False when the sink should be dropped.
     fn deliver(&self, batch: &Arc<Batch>) -> bool {
         let mut inner = self.lock();
@@ -322,7 +295,7 @@ impl Sink {
         if !inner.backlog.is_empty() {
             if inner.backlog.len() + total > inner.limit {
                 // Behind: stop appending; resume at the next keyframe.
-                if self.too_slow_after_skip(&mut inner) {
+                if inner.skips.skipped(self.protocol) {
                     inner.end = Some(FeedEnd::TooSlow);
                     drop(inner);
                     self.wake.notify_one();
@@ -378,7 +351,7 @@ impl Sink {
         if inner.end.is_some() || inner.skipping {
             return;
         }
-        if self.too_slow_after_skip(&mut inner) {
+        if inner.skips.skipped(self.protocol) {
             inner.end = Some(FeedEnd::TooSlow);
             drop(inner);
             self.wake.notify_one();

@@ -11,50 +11,15 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures_util::Stream;
 use tokio::sync::broadcast::{self, error::RecvError};
-use tokio::time::Instant;
 use tokio_util::sync::ReusableBoxFuture;
 
-use crate::hub::{Batch, EndReason, Init, Shared, TrackFlags};
 use crate::metrics::{self, Protocol};
-
-/// When a lagging subscriber is cut off.
-#[derive(Debug, Clone, Copy)]
-pub struct LagPolicy {
-    /// Skips allowed within `window` before the subscriber is disconnected.
-    pub max_skips: u32,
-    pub window: Duration,
-}
-
-impl Default for LagPolicy {
-    fn default() -> Self {
-        Self {
-            max_skips: 3,
-            window: Duration::from_secs(30),
-        }
-    }
-}
-
-/// One thing to send to a subscriber.
-#[derive(Debug, Clone)]
-pub enum Segment {
-    /// Configuration frames (metadata and sequence headers).
-    Init(Arc<Init>),
-    /// Frames `from..` of a batch.
-    Batch { batch: Arc<Batch>, from: usize },
-}
-
-/// Why a feed ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FeedEnd {
-    /// The stream ended.
-    Ended(EndReason),
-    /// The subscriber could not keep up and was cut off.
-    TooSlow,
-}
+use crate::output::{
+    Batch, EndReason, FeedEnd, LagPolicy, Segment, SkipCounter, Source, TrackFlags,
+};
 
 type Recv = (
     Result<Arc<Batch>, RecvError>,
@@ -68,13 +33,12 @@ async fn recv(mut rx: broadcast::Receiver<Arc<Batch>>) -> Recv {
 
 /// A subscription to a hub. Yields [`Segment`]s; after the last, [`Feed::end`] says why.
 pub struct Feed {
-    shared: Arc<Shared>,
+    source: Arc<dyn Source>,
     recv: ReusableBoxFuture<'static, Recv>,
     ready: VecDeque<Segment>,
     init_version: u64,
     skipping: bool,
-    skips: VecDeque<Instant>,
-    policy: LagPolicy,
+    skips: SkipCounter,
     tracks: TrackFlags,
     end: Option<FeedEnd>,
     protocol: Protocol,
@@ -82,7 +46,7 @@ pub struct Feed {
 
 impl Feed {
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        source: Arc<dyn Source>,
         rx: broadcast::Receiver<Arc<Batch>>,
         prelude: Vec<Segment>,
         init_version: u64,
@@ -94,13 +58,12 @@ impl Feed {
             .with_label_values(&[protocol.as_str()])
             .inc();
         Self {
-            shared,
+            source,
             recv: ReusableBoxFuture::new(recv(rx)),
             ready: prelude.into(),
             init_version,
             skipping: false,
-            skips: VecDeque::new(),
-            policy,
+            skips: SkipCounter::new(policy),
             tracks,
             end: None,
             protocol,
@@ -119,20 +82,6 @@ impl Feed {
     /// Why the feed ended, once it has.
     pub fn end(&self) -> Option<FeedEnd> {
         self.end
-    }
-
-    /// Records a skip; true when the subscriber has now skipped too often.
-    fn too_slow_after_skip(&mut self) -> bool {
-        let now = Instant::now();
-        self.skips.push_back(now);
-        while self
-            .skips
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.policy.window)
-        {
-            self.skips.pop_front();
-        }
-        self.skips.len() as u32 > self.policy.max_skips
     }
 
     fn accept(&mut self, batch: Arc<Batch>) {
@@ -178,10 +127,7 @@ impl Stream for Feed {
                     this.accept(batch);
                 }
                 Err(RecvError::Lagged(_)) => {
-                    metrics::LAG_SKIPS
-                        .with_label_values(&[this.protocol.as_str()])
-                        .inc();
-                    if this.too_slow_after_skip() {
+                    if this.skips.skipped(this.protocol) {
                         this.end = Some(FeedEnd::TooSlow);
                         continue;
                     }
@@ -190,7 +136,7 @@ impl Stream for Feed {
                     this.skipping = true;
                 }
                 Err(RecvError::Closed) => {
-                    let reason = this.shared.end_reason().unwrap_or(EndReason::Unpublished);
+                    let reason = this.source.end_reason().unwrap_or(EndReason::Unpublished);
                     this.end = Some(FeedEnd::Ended(reason));
                 }
             }
@@ -200,7 +146,7 @@ impl Stream for Feed {
 
 impl Drop for Feed {
     fn drop(&mut self) {
-        self.shared.subscriber_left();
+        self.source.subscriber_left();
         metrics::VIEWERS
             .with_label_values(&[self.protocol.as_str()])
             .dec();
@@ -209,6 +155,8 @@ impl Drop for Feed {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use bytes::Bytes;
     use futures_util::{FutureExt, StreamExt};
 

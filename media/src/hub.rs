@@ -23,11 +23,14 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::fanout::{Fanout, Sink};
-use crate::feed::{Feed, FeedEnd, LagPolicy, Segment};
+use crate::feed::Feed;
 use crate::frame::{Frame, FrameKind, FrameRole};
 use crate::info::{MediaInfo, Observe, RateMeter, metadata_tracks};
 use crate::metrics::Protocol;
 use crate::mux::{Outputs, mux_frame};
+use crate::output::{
+    Batch, EndReason, FeedEnd, Init, LagPolicy, Segment, Source, TrackFlags, chunk_head,
+};
 use corriente_core::StreamKey;
 
 /// How a hub batches, muxes and caches.
@@ -59,137 +62,6 @@ impl Default for HubConfig {
             gop_max_bytes: 32 << 20,
             audio_window: Duration::from_millis(500),
         }
-    }
-}
-
-/// Why a stream ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndReason {
-    /// The publisher stopped or disconnected.
-    Unpublished,
-    /// The node lost ownership of the stream (fenced by a newer epoch).
-    Fenced,
-    /// The node is shutting down.
-    Shutdown,
-    /// The upstream (origin relay) went away and the stream did not come back in time.
-    UpstreamLost,
-}
-
-impl EndReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndReason::Unpublished => "unpublished",
-            EndReason::Fenced => "fenced",
-            EndReason::Shutdown => "shutdown",
-            EndReason::UpstreamLost => "upstream_lost",
-        }
-    }
-}
-
-/// The configuration frames a viewer needs before any media, muxed once.
-#[derive(Debug, Default)]
-pub struct Init {
-    /// Grows on every change; subscribers compare it to know whether to resend.
-    pub version: u64,
-    pub metadata: Option<Frame>,
-    pub video_config: Option<Frame>,
-    pub audio_config: Option<Frame>,
-    /// FLV tags of the frames above.
-    pub flv: Bytes,
-    /// Pre-chunked RTMP messages of the frames above.
-    pub rtmp: Bytes,
-}
-
-impl Init {
-    /// The configuration frames, metadata first.
-    pub fn frames(&self) -> impl Iterator<Item = &Frame> {
-        [&self.metadata, &self.video_config, &self.audio_config]
-            .into_iter()
-            .flatten()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.frames().next().is_none()
-    }
-
-    fn with(&self, frame: &Frame, outputs: Outputs) -> Init {
-        let mut next = Init {
-            version: self.version + 1,
-            metadata: self.metadata.clone(),
-            video_config: self.video_config.clone(),
-            audio_config: self.audio_config.clone(),
-            ..Init::default()
-        };
-        match frame.role() {
-            FrameRole::Metadata => next.metadata = Some(frame.clone()),
-            FrameRole::VideoConfig => next.video_config = Some(frame.clone()),
-            FrameRole::AudioConfig => next.audio_config = Some(frame.clone()),
-            _ => {}
-        }
-        let (mut flv, mut rtmp) = (BytesMut::new(), BytesMut::new());
-        for f in next.frames() {
-            mux_frame(f, outputs, &mut flv, &mut rtmp);
-        }
-        next.flv = flv.freeze();
-        next.rtmp = rtmp.freeze();
-        next
-    }
-}
-
-/// Frames sent to subscribers together, with their muxed forms.
-#[derive(Debug)]
-pub struct Batch {
-    /// Position in the stream: grows by one per batch.
-    pub seq: u64,
-    pub frames: Vec<Frame>,
-    /// FLV tags of all frames, back to back.
-    pub flv: Bytes,
-    /// Pre-chunked RTMP messages of all frames, back to back.
-    pub rtmp: Bytes,
-    /// Start of each frame in `flv` and `rtmp`.
-    offsets: Vec<(u32, u32)>,
-    /// Indexes of frames where a viewer may start (keyframes; any audio frame of an
-    /// audio-only stream).
-    sync_points: Vec<u32>,
-    /// Configuration in effect for the media frames of this batch. Configuration frames only
-    /// ever lead a batch, so this holds for all of them.
-    pub init: Arc<Init>,
-    /// When the batch was sent.
-    pub sent_at: Instant,
-    /// HTTP/1.1 chunk-size line for all of `flv`, shared by every chunked HTTP-FLV viewer.
-    pub(crate) flv_chunk_head: Bytes,
-}
-
-impl Batch {
-    /// First frame where a viewer may start, if any.
-    pub fn first_sync_point(&self) -> Option<usize> {
-        self.sync_points.first().map(|i| *i as usize)
-    }
-
-    fn last_sync_point(&self) -> Option<usize> {
-        self.sync_points.last().map(|i| *i as usize)
-    }
-
-    /// FLV tags from frame `from` on.
-    pub fn flv_from(&self, from: usize) -> Bytes {
-        match self.offsets.get(from) {
-            Some((flv, _)) => self.flv.slice(*flv as usize..),
-            None => Bytes::new(),
-        }
-    }
-
-    /// RTMP messages from frame `from` on.
-    pub fn rtmp_from(&self, from: usize) -> Bytes {
-        match self.offsets.get(from) {
-            Some((_, rtmp)) => self.rtmp.slice(*rtmp as usize..),
-            None => Bytes::new(),
-        }
-    }
-
-    /// Payload bytes of frames from `from` on.
-    pub fn payload_bytes_from(&self, from: usize) -> usize {
-        self.frames.iter().skip(from).map(|f| f.payload.len()).sum()
     }
 }
 
@@ -249,7 +121,7 @@ struct State {
     fanout: Option<Fanout>,
 }
 
-pub(crate) struct Shared {
+struct Shared {
     key: StreamKey,
     config: HubConfig,
     state: Mutex<State>,
@@ -269,12 +141,14 @@ impl Shared {
         // assignment), so a poisoned lock is still safe to use.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    pub(crate) fn end_reason(&self) -> Option<EndReason> {
+impl Source for Shared {
+    fn end_reason(&self) -> Option<EndReason> {
         self.lock().end
     }
 
-    pub(crate) fn subscriber_left(&self) {
+    fn subscriber_left(&self) {
         self.subscribers.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -338,13 +212,6 @@ pub fn spawn_hub(key: StreamKey, config: HubConfig) -> (Hub, HubWriter) {
         ]),
     };
     (Hub { shared }, writer)
-}
-
-/// What a new subscriber starts with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TrackFlags {
-    pub has_audio: bool,
-    pub has_video: bool,
 }
 
 impl Hub {
@@ -624,7 +491,7 @@ impl HubWriter {
             flv_chunk_head: if p.flv.is_empty() {
                 Bytes::new()
             } else {
-                crate::fanout::chunk_head(p.flv.len())
+                chunk_head(p.flv.len())
             },
             frames: p.frames,
             flv: p.flv.freeze(),
@@ -818,10 +685,7 @@ mod tests {
         assert_eq!(frames_of(&[live]), vec![(FrameKind::Video, 133)]);
         writer.finish(EndReason::Unpublished);
         assert!(feed.next().await.is_none());
-        assert_eq!(
-            feed.end(),
-            Some(crate::feed::FeedEnd::Ended(EndReason::Unpublished))
-        );
+        assert_eq!(feed.end(), Some(FeedEnd::Ended(EndReason::Unpublished)));
         assert!(
             hub.subscribe(LagPolicy::default(), Protocol::HttpFlv)
                 .is_err()

@@ -11,7 +11,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::feed::Segment;
+use crate::output::Segment;
 
 /// Most buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
