@@ -1070,6 +1070,11 @@ impl ControlArgs {
             redis_url,
             redis_prefix: self.redis_prefix.clone(),
             redis_ca_pem,
+            node_id: self
+                .common
+                .node_id
+                .clone()
+                .unwrap_or_else(|| default_node_id("control-plane")),
             publish_auth: self.publish_auth.config()?,
             cluster_auth: self.common.cluster_auth(&[
                 ("gRPC", self.grpc),
@@ -1128,10 +1133,13 @@ fn validate_url(urls: &str) -> Result<(), String> {
 
 /// The three parts of `all`, wired to each other through the control plane's address (known
 /// once it is bound).
+#[derive(Debug)]
 pub struct AllConfig {
     pub control: ControlPlaneConfig,
     pub origin: OriginConfig,
     pub edge: EdgeConfig,
+    /// The process's node id (its roles are `ID-origin` and `ID-edge`).
+    pub node_id: String,
 }
 
 impl AllArgs {
@@ -1197,6 +1205,7 @@ impl AllArgs {
                 )
             },
             edge,
+            node_id: node,
         })
     }
 

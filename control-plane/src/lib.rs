@@ -41,6 +41,8 @@ pub use service::ControlService;
 pub struct ControlPlaneConfig {
     /// gRPC listen address.
     pub grpc_addr: SocketAddr,
+    /// This replica's id, for the admin server and logs.
+    pub node_id: String,
     /// Lease duration of streams and nodes. A dead origin's streams are released at most this
     /// long after its last heartbeat; nodes heartbeat three times per lease.
     pub lease_ttl: Duration,
@@ -62,6 +64,7 @@ impl Default for ControlPlaneConfig {
     fn default() -> Self {
         Self {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            node_id: "control-plane".to_owned(),
             lease_ttl: Duration::from_secs(6),
             redis_url: None,
             redis_prefix: "corriente".to_owned(),
@@ -96,6 +99,7 @@ enum Backend {
 /// A bound, not yet serving, control plane.
 pub struct ControlPlane {
     listener: TcpListener,
+    node_id: String,
     backend: Backend,
     probe: Arc<probe::OwnerProbe>,
     health: Health,
@@ -123,6 +127,7 @@ impl ControlPlane {
         };
         Ok(Self {
             listener,
+            node_id: config.node_id,
             backend,
             probe: Arc::new(probe::OwnerProbe::new(
                 config.owner_probe_timeout,
@@ -139,6 +144,11 @@ impl ControlPlane {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// This replica's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// Readiness: the registry answers (always, in memory; Redis reachable otherwise).

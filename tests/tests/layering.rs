@@ -38,10 +38,7 @@ fn linked(package: &str) -> Result<BTreeSet<String>> {
 
 fn assert_links_none(package: &str, forbidden: &[&str]) -> Result<()> {
     let names = linked(package)?;
-    let found: Vec<&&str> = forbidden
-        .iter()
-        .filter(|f| names.contains(**f))
-        .collect();
+    let found: Vec<&&str> = forbidden.iter().filter(|f| names.contains(**f)).collect();
     ensure!(
         found.is_empty(),
         "{package} links {found:?}, which ARCHITECTURE.md's layering forbids"
