@@ -98,7 +98,7 @@ pub struct CommonArgs {
     pub node_id: Option<String>,
 
     /// How long shutdown waits for connections to end before it stops anyway.
-    #[arg(long, env = "CORRIENTE_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "CORRIENTE_DRAIN_TIMEOUT", value_name = "DURATION", default_value = shown(Dur(OriginConfig::default().drain_timeout)), value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
     /// File holding the admin token (one per line while rotating; re-read when it changes).
@@ -248,7 +248,7 @@ pub struct PublishAuthArgs {
     pub on_publish: Option<String>,
 
     /// How long the webhook may take before the publish is refused (at most 4s).
-    #[arg(long, env = "CORRIENTE_ON_PUBLISH_TIMEOUT", value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "CORRIENTE_ON_PUBLISH_TIMEOUT", value_name = "DURATION", default_value = shown(Dur(Webhook::DEFAULT_TIMEOUT)), value_parser = parse_duration)]
     pub on_publish_timeout: Duration,
 }
 
@@ -260,10 +260,6 @@ impl PublishAuthArgs {
                 "--publish-auth off contradicts --publish-secret-file or --on-publish".to_owned(),
             );
         }
-        if !(Duration::from_millis(100)..=Duration::from_secs(4)).contains(&self.on_publish_timeout)
-        {
-            return Err("--on-publish-timeout must be between 100ms and 4s".to_owned());
-        }
         let secrets = match &self.publish_secret_file {
             Some(path) => Some(std::sync::Arc::new(
                 SecretFile::open(path).map_err(|e| format!("--publish-secret-file: {e}"))?,
@@ -273,7 +269,7 @@ impl PublishAuthArgs {
         let webhook = match &self.on_publish {
             Some(url) => Some(
                 Webhook::new(url, self.on_publish_timeout)
-                    .map_err(|e| format!("--on-publish: {e}"))?,
+                    .map_err(|e| format!("--on-publish (--on-publish-timeout): {e}"))?,
             ),
             None => None,
         };
@@ -310,7 +306,7 @@ pub struct PlayAuthArgs {
     pub on_play: Option<String>,
 
     /// How long the on_play webhook may take before the viewer is refused (at most 4s).
-    #[arg(long, env = "CORRIENTE_ON_PLAY_TIMEOUT", value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "CORRIENTE_ON_PLAY_TIMEOUT", value_name = "DURATION", default_value = shown(Dur(Webhook::DEFAULT_TIMEOUT)), value_parser = parse_duration)]
     pub on_play_timeout: Duration,
 
     /// Networks allowed to watch (comma-separated CIDRs or addresses). Default: everyone.
@@ -334,9 +330,6 @@ pub struct PlayAuthArgs {
 
 impl PlayAuthArgs {
     pub fn config(&self) -> Result<PlayAuthConfig, String> {
-        if !(Duration::from_millis(100)..=Duration::from_secs(4)).contains(&self.on_play_timeout) {
-            return Err("--on-play-timeout must be between 100ms and 4s".to_owned());
-        }
         for app in &self.play_token_apps {
             corriente_media::StreamKey::new(app, "x")
                 .map_err(|e| format!("--play-token-apps {app:?}: {e}"))?;
@@ -356,7 +349,7 @@ impl PlayAuthArgs {
             webhook: match &self.on_play {
                 Some(url) => Some(
                     Webhook::new(url, self.on_play_timeout)
-                        .map_err(|e| format!("--on-play: {e}"))?,
+                        .map_err(|e| format!("--on-play (--on-play-timeout): {e}"))?,
                 ),
                 None => None,
             },
@@ -368,15 +361,15 @@ impl PlayAuthArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RtmpArgs {
     /// Chunk size Corriente sends with.
-    #[arg(long, env = "CORRIENTE_CHUNK_SIZE", value_name = "BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(128..=65536))]
+    #[arg(long, env = "CORRIENTE_CHUNK_SIZE", value_name = "BYTES", default_value_t = SessionConfig::default().chunk_size, value_parser = clap::value_parser!(u32).range(128..=65536))]
     pub chunk_size: u32,
 
     /// Largest RTMP message accepted from a peer.
-    #[arg(long, env = "CORRIENTE_MAX_MESSAGE_SIZE", value_name = "BYTES", default_value_t = 8 << 20, value_parser = clap::value_parser!(u32).range(4096..=16_777_215))]
+    #[arg(long, env = "CORRIENTE_MAX_MESSAGE_SIZE", value_name = "BYTES", default_value_t = ChunkLimits::default().max_message_size, value_parser = clap::value_parser!(u32).range(4096..=16_777_215))]
     pub max_message_size: u32,
 
     /// Deadline for the RTMP handshake (and for the play request, and HTTP request headers).
-    #[arg(long, env = "CORRIENTE_HANDSHAKE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "CORRIENTE_HANDSHAKE_TIMEOUT", value_name = "DURATION", default_value = shown(Dur(EdgeConfig::default().handshake_timeout)), value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
     /// Most simultaneous connections per listener.
@@ -384,7 +377,7 @@ pub struct RtmpArgs {
         long,
         env = "CORRIENTE_MAX_CONNECTIONS",
         value_name = "N",
-        default_value_t = 20_000
+        default_value_t = EdgeConfig::default().max_connections
     )]
     pub max_connections: usize,
 
@@ -397,13 +390,13 @@ pub struct RtmpArgs {
         long,
         env = "CORRIENTE_MAX_CONNECTIONS_PER_IP",
         value_name = "N",
-        default_value_t = 256
+        default_value_t = EdgeConfig::default().max_connections_per_ip
     )]
     pub max_connections_per_ip: usize,
 
     /// Largest chunk size a peer may set (SetChunkSize); above it the connection is closed.
     /// Sizes over 16777215 are legal RTMP but mean nothing more, since no message is larger.
-    #[arg(long, env = "CORRIENTE_MAX_CHUNK_SIZE", value_name = "BYTES", default_value_t = 16_777_215, value_parser = clap::value_parser!(u32).range(128..=2_147_483_647))]
+    #[arg(long, env = "CORRIENTE_MAX_CHUNK_SIZE", value_name = "BYTES", default_value_t = ChunkLimits::default().max_chunk_size, value_parser = clap::value_parser!(u32).range(128..=2_147_483_647))]
     pub max_chunk_size: u32,
 }
 
@@ -411,13 +404,13 @@ impl RtmpArgs {
     fn session(&self) -> SessionConfig {
         SessionConfig {
             chunk_size: self.chunk_size,
-            window_ack_size: 2_500_000,
             limits: ChunkLimits {
                 max_chunk_size: self.max_chunk_size,
                 max_message_size: self.max_message_size,
                 max_buffered: 2 * self.max_message_size as usize,
                 ..ChunkLimits::default()
             },
+            ..SessionConfig::default()
         }
     }
 }
@@ -479,7 +472,7 @@ impl TlsArgs {
 #[derive(Debug, Clone, Args)]
 pub struct OriginTuning {
     /// A publisher silent this long is disconnected.
-    #[arg(long, env = "CORRIENTE_PUBLISH_IDLE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "CORRIENTE_PUBLISH_IDLE_TIMEOUT", value_name = "DURATION", default_value = shown(Dur(OriginConfig::default().idle_timeout)), value_parser = parse_duration)]
     pub publish_idle_timeout: Duration,
 
     /// Networks allowed to publish (comma-separated CIDRs or addresses); others are refused
@@ -505,13 +498,13 @@ pub struct OriginTuning {
     /// Publish attempts allowed per client address: N/DURATION (e.g. 30/1m), a bucket of N
     /// attempts refilled over DURATION. Past it a publish is refused (reason `rate_limited`)
     /// before any authorization or registry work. 0: no limit.
-    #[arg(long, env = "CORRIENTE_PUBLISH_RATE_PER_IP", value_name = "N/DURATION", default_value = "30/1m", value_parser = parse_rate)]
+    #[arg(long, env = "CORRIENTE_PUBLISH_RATE_PER_IP", value_name = "N/DURATION", default_value = shown(RateLimit(OriginConfig::default().publish_rate_per_ip)), value_parser = parse_rate)]
     pub publish_rate_per_ip: RateLimit,
 
     /// Highest ingest bitrate of a publisher connection, averaged over 5 s (bursts such as
     /// keyframes pass): bits per second with an optional k, M or G suffix. A publisher over it
     /// is disconnected and counted (reason `bitrate_exceeded`). 0: no cap.
-    #[arg(long, env = "CORRIENTE_MAX_PUBLISH_BITRATE", value_name = "BITS/S", default_value = "100M", value_parser = parse_bitrate)]
+    #[arg(long, env = "CORRIENTE_MAX_PUBLISH_BITRATE", value_name = "BITS/S", default_value = shown(Bitrate(OriginConfig::default().max_publish_bitrate)), value_parser = parse_bitrate)]
     pub max_publish_bitrate: u64,
 }
 
@@ -521,20 +514,20 @@ pub struct EdgeTuning {
     /// Coalescing grid: frames go to viewers together every period (a frame waits half of it
     /// on average). The dial between latency and viewers per core: 20ms is low-latency mode,
     /// 100ms throughput mode, 0 writes every frame at once.
-    #[arg(long, env = "CORRIENTE_COALESCE_WINDOW", value_name = "DURATION", default_value = "20ms", value_parser = parse_duration)]
+    #[arg(long, env = "CORRIENTE_COALESCE_WINDOW", value_name = "DURATION", default_value = shown(Dur(EdgeConfig::default().pull.hub.coalesce_window)), value_parser = parse_duration)]
     pub coalesce_window: Duration,
 
     /// A coalesced batch is written early once it holds this many bytes.
-    #[arg(long, env = "CORRIENTE_COALESCE_MAX_BYTES", value_name = "BYTES", default_value_t = 256 << 10)]
+    #[arg(long, env = "CORRIENTE_COALESCE_MAX_BYTES", value_name = "BYTES", default_value_t = EdgeConfig::default().pull.hub.coalesce_max_bytes)]
     pub coalesce_max_bytes: usize,
 
     /// A viewer whose socket takes nothing for this long is disconnected.
-    #[arg(long, env = "CORRIENTE_VIEWER_WRITE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "CORRIENTE_VIEWER_WRITE_TIMEOUT", value_name = "DURATION", default_value = shown(Dur(EdgeConfig::default().write_timeout)), value_parser = parse_duration)]
     pub viewer_write_timeout: Duration,
 
     /// Kernel send buffer per viewer socket (0: kernel default). Bounds how far behind live a
     /// slow viewer can queue before it meets backpressure and skips to a keyframe.
-    #[arg(long, env = "CORRIENTE_VIEWER_SEND_BUFFER", value_name = "BYTES", default_value_t = 256 << 10)]
+    #[arg(long, env = "CORRIENTE_VIEWER_SEND_BUFFER", value_name = "BYTES", default_value_t = EdgeConfig::default().viewer_send_buffer)]
     pub viewer_send_buffer: u32,
 
     /// Keyframe skips a lagging viewer may need within a minute before it is disconnected.
@@ -542,22 +535,22 @@ pub struct EdgeTuning {
         long,
         env = "CORRIENTE_VIEWER_MAX_SKIPS",
         value_name = "N",
-        default_value_t = 3
+        default_value_t = LagPolicy::default().max_skips
     )]
     pub viewer_max_skips: u32,
 
     /// How long a relay pull stays up after its last viewer left.
-    #[arg(long, env = "CORRIENTE_PULL_LINGER", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "CORRIENTE_PULL_LINGER", value_name = "DURATION", default_value = shown(Dur(EdgeConfig::default().pull.linger)), value_parser = parse_duration)]
     pub pull_linger: Duration,
 
     /// On SIGTERM, how long the edge stays up reporting not ready (new viewers refused) before
     /// it ends the viewers still connected: time for load balancers to stop sending viewers.
-    #[arg(long, env = "CORRIENTE_DRAIN_DELAY", value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, env = "CORRIENTE_DRAIN_DELAY", value_name = "DURATION", default_value = shown(Dur(EdgeConfig::default().drain_delay)), value_parser = parse_duration)]
     pub drain_delay: Duration,
 
     /// After losing a stream's origin, how long viewers are kept while the stream is looked for
     /// elsewhere, before they get a clean end.
-    #[arg(long, env = "CORRIENTE_UPSTREAM_GRACE", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "CORRIENTE_UPSTREAM_GRACE", value_name = "DURATION", default_value = shown(Dur(EdgeConfig::default().pull.upstream_grace)), value_parser = parse_duration)]
     pub upstream_grace: Duration,
 }
 
@@ -632,7 +625,7 @@ pub struct AllArgs {
     pub control_grpc: SocketAddr,
 
     /// Lease duration of streams and nodes.
-    #[arg(long, env = "CORRIENTE_LEASE_TTL", value_name = "DURATION", default_value = "6s", value_parser = parse_duration)]
+    #[arg(long, env = "CORRIENTE_LEASE_TTL", value_name = "DURATION", default_value = shown(Dur(ControlPlaneConfig::default().lease_ttl)), value_parser = parse_duration)]
     pub lease_ttl: Duration,
 
     #[command(flatten)]
@@ -655,7 +648,7 @@ pub struct OriginArgs {
         long,
         env = "CORRIENTE_RTMP",
         value_name = "ADDR",
-        default_value = "0.0.0.0:1935"
+        default_value = shown(OriginConfig::default().rtmp_addr)
     )]
     pub rtmp: SocketAddr,
 
@@ -669,7 +662,7 @@ pub struct OriginArgs {
         long,
         env = "CORRIENTE_RELAY",
         value_name = "ADDR",
-        default_value = "0.0.0.0:50052"
+        default_value = shown(OriginConfig::default().relay_addr)
     )]
     pub relay: SocketAddr,
 
@@ -683,7 +676,7 @@ pub struct OriginArgs {
         long,
         env = "CORRIENTE_CONTROL",
         value_name = "URL",
-        default_value = "http://127.0.0.1:50051"
+        default_value = shown(OriginConfig::default().control_url)
     )]
     pub control: String,
 
@@ -705,7 +698,7 @@ pub struct EdgeArgs {
         long,
         env = "CORRIENTE_RTMP",
         value_name = "ADDR",
-        default_value = "0.0.0.0:1935"
+        default_value = shown(EdgeConfig::default().rtmp_addr)
     )]
     pub rtmp: SocketAddr,
 
@@ -714,7 +707,7 @@ pub struct EdgeArgs {
         long,
         env = "CORRIENTE_HTTP",
         value_name = "ADDR",
-        default_value = "0.0.0.0:8080"
+        default_value = shown(EdgeConfig::default().http_addr)
     )]
     pub http: SocketAddr,
 
@@ -738,7 +731,7 @@ pub struct EdgeArgs {
         long,
         env = "CORRIENTE_CONTROL",
         value_name = "URL",
-        default_value = "http://127.0.0.1:50051"
+        default_value = shown(EdgeConfig::default().control_url)
     )]
     pub control: String,
 
@@ -762,13 +755,13 @@ pub struct ControlArgs {
         long,
         env = "CORRIENTE_GRPC",
         value_name = "ADDR",
-        default_value = "0.0.0.0:50051"
+        default_value = shown(ControlPlaneConfig::default().grpc_addr)
     )]
     pub grpc: SocketAddr,
 
     /// Lease duration of streams and nodes: a dead origin's streams are free again at most
     /// this long after its last heartbeat.
-    #[arg(long, env = "CORRIENTE_LEASE_TTL", value_name = "DURATION", default_value = "6s", value_parser = parse_duration)]
+    #[arg(long, env = "CORRIENTE_LEASE_TTL", value_name = "DURATION", default_value = shown(Dur(ControlPlaneConfig::default().lease_ttl)), value_parser = parse_duration)]
     pub lease_ttl: Duration,
 
     /// Redis holding the registry, shared by every control-plane replica:
@@ -791,7 +784,7 @@ pub struct ControlArgs {
         long,
         env = "CORRIENTE_REDIS_PREFIX",
         value_name = "PREFIX",
-        default_value = "corriente"
+        default_value = shown(ControlPlaneConfig::default().redis_prefix)
     )]
     pub redis_prefix: String,
 
@@ -874,6 +867,54 @@ pub fn parse_bitrate(s: &str) -> Result<u64, String> {
     Ok(bits as u64)
 }
 
+/// A default as `--help` shows it and clap parses it back: the value of the crate that owns the
+/// setting, written the way the flag takes it. Defaults live in the crates' `Default`s only.
+/// (Leaked: clap keeps defaults as `&'static str`, and a command is built once per process.)
+fn shown(value: impl std::fmt::Display) -> &'static str {
+    Box::leak(value.to_string().into_boxed_str())
+}
+
+/// A duration written as [`parse_duration`] reads it: `20ms`, `10s`, `2m`.
+struct Dur(Duration);
+
+impl std::fmt::Display for Dur {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = self.0;
+        if d.subsec_nanos() != 0 {
+            write!(f, "{}ms", d.as_millis())
+        } else if d.as_secs() >= 60 && d.as_secs() % 60 == 0 {
+            write!(f, "{}m", d.as_secs() / 60)
+        } else {
+            write!(f, "{}s", d.as_secs())
+        }
+    }
+}
+
+impl std::fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(rate) => write!(f, "{}/{}", rate.count, Dur(rate.per)),
+            None => f.write_str("0"),
+        }
+    }
+}
+
+/// A bitrate written as [`parse_bitrate`] reads it: `100M`, `2500k`.
+struct Bitrate(u64);
+
+impl std::fmt::Display for Bitrate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bits = self.0;
+        match bits {
+            0 => f.write_str("0"),
+            b if b % 1_000_000_000 == 0 => write!(f, "{}G", b / 1_000_000_000),
+            b if b % 1_000_000 == 0 => write!(f, "{}M", b / 1_000_000),
+            b if b % 1_000 == 0 => write!(f, "{}k", b / 1_000),
+            b => write!(f, "{b}"),
+        }
+    }
+}
+
 /// The default node id: `HOSTNAME-ROLE-PID`.
 pub fn default_node_id(role: &str) -> String {
     let host = std::env::var("HOSTNAME")
@@ -895,13 +936,12 @@ fn admin_string(admin: Option<SocketAddr>) -> String {
 
 impl OriginArgs {
     pub fn config(&self) -> Result<OriginConfig, String> {
-        validate_url(&self.control)?;
         let tls = self.tls.files(&[("--rtmps", self.rtmps.is_some())])?;
         let cluster_auth = self.common.cluster_auth(&[
             ("the relay", self.relay),
             ("the admin port", self.common.role_admin()),
         ])?;
-        Ok(OriginConfig {
+        let config = OriginConfig {
             rtmps_addr: self.rtmps,
             tls,
             cluster_auth,
@@ -919,7 +959,9 @@ impl OriginArgs {
                 &self.tuning,
                 self.common.drain_timeout,
             )
-        })
+        };
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
     }
 }
 
@@ -960,7 +1002,6 @@ fn origin_config(
 
 impl EdgeArgs {
     pub fn config(&self) -> Result<EdgeConfig, String> {
-        validate_url(&self.control)?;
         let tls = self.tls.files(&[
             ("--rtmps", self.rtmps.is_some()),
             ("--https", self.https.is_some()),
@@ -989,6 +1030,7 @@ impl EdgeArgs {
         };
         config.pull.cluster_auth = cluster_auth;
         config.play_auth = self.play_auth.config()?;
+        config.validate().map_err(|e| e.to_string())?;
         Ok(config)
     }
 }
@@ -1019,7 +1061,7 @@ fn edge_config(
         max_connections_per_ip: rtmp_args.max_connections_per_ip,
         viewer_lag: LagPolicy {
             max_skips: tuning.viewer_max_skips,
-            window: Duration::from_secs(60),
+            ..LagPolicy::default()
         },
         pull: PullConfig {
             hub: HubConfig {
@@ -1039,7 +1081,6 @@ fn edge_config(
 
 impl ControlArgs {
     pub fn config(&self) -> Result<ControlPlaneConfig, String> {
-        validate_lease(self.lease_ttl)?;
         let redis_url = match (&self.redis, &self.redis_password_file) {
             (Some(url), Some(file)) => {
                 let password = std::fs::read_to_string(file)
@@ -1050,13 +1091,6 @@ impl ControlArgs {
             (None, Some(_)) => return Err("--redis-password-file needs --redis".to_owned()),
             (None, None) => None,
         };
-        if let Some(url) = &redis_url
-            && !["redis://", "rediss://", "unix://", "redis+unix://"]
-                .iter()
-                .any(|scheme| url.starts_with(scheme))
-        {
-            return Err("--redis must be a redis://, rediss:// or unix:// URL".to_owned());
-        }
         let redis_ca_pem = match &self.redis_ca_file {
             Some(path) => Some(
                 std::fs::read(path)
@@ -1064,7 +1098,7 @@ impl ControlArgs {
             ),
             None => None,
         };
-        Ok(ControlPlaneConfig {
+        let config = ControlPlaneConfig {
             grpc_addr: self.grpc,
             lease_ttl: self.lease_ttl,
             redis_url,
@@ -1081,7 +1115,9 @@ impl ControlArgs {
                 ("the admin port", self.common.role_admin()),
             ])?,
             ..ControlPlaneConfig::default()
-        })
+        };
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
     }
 }
 
@@ -1106,31 +1142,6 @@ fn with_password(url: &str, password: &str) -> Result<String, String> {
     Ok(format!("{scheme}://:{encoded}@{host}"))
 }
 
-fn validate_lease(ttl: Duration) -> Result<(), String> {
-    if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(300) {
-        return Err(format!(
-            "--lease-ttl must be between 1s and 5m, not {ttl:?}"
-        ));
-    }
-    Ok(())
-}
-
-/// `--control` takes one URL or several, comma-separated (control-plane replicas).
-fn validate_url(urls: &str) -> Result<(), String> {
-    for url in urls.split(',').map(str::trim) {
-        let ok = (url.starts_with("http://") || url.starts_with("https://"))
-            && url
-                .parse::<axum::http::Uri>()
-                .is_ok_and(|u| u.host().is_some());
-        if !ok {
-            return Err(format!(
-                "--control {url:?} is not a URL like http://HOST:PORT"
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The three parts of `all`, wired to each other through the control plane's address (known
 /// once it is bound).
 #[derive(Debug)]
@@ -1144,7 +1155,6 @@ pub struct AllConfig {
 
 impl AllArgs {
     pub fn config(&self) -> Result<AllConfig, String> {
-        validate_lease(self.lease_ttl)?;
         let node = self
             .common
             .node_id
@@ -1180,7 +1190,7 @@ impl AllArgs {
         };
         edge.pull.cluster_auth = cluster_auth.clone();
         edge.play_auth = self.play_auth.config()?;
-        Ok(AllConfig {
+        let config = AllConfig {
             control: ControlPlaneConfig {
                 grpc_addr: self.control_grpc,
                 lease_ttl: self.lease_ttl,
@@ -1206,7 +1216,12 @@ impl AllArgs {
             },
             edge,
             node_id: node,
-        })
+        };
+        // The roles are told the control plane's bound address later; it is valid already.
+        config.control.validate().map_err(|e| e.to_string())?;
+        config.origin.validate().map_err(|e| e.to_string())?;
+        config.edge.validate().map_err(|e| e.to_string())?;
+        Ok(config)
     }
 
     /// The admin address of `all`: loopback 9090 unless told otherwise.
@@ -1239,6 +1254,58 @@ mod tests {
         assert_eq!(cli.all.edge_http, "127.0.0.1:8081".parse().unwrap());
         let cli = Cli::try_parse_from(["corriente", "origin", "--rtmp", "0.0.0.0:1936"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Origin(_))));
+    }
+
+    #[test]
+    fn defaults_are_the_crates_own() {
+        // Written out for --help, then parsed back, each default is the crate's value.
+        for d in [0, 20, 1000, 6000, 60_000, 90_000, 1500] {
+            let d = Duration::from_millis(d);
+            assert_eq!(parse_duration(&Dur(d).to_string()), Ok(d));
+        }
+        for bits in [0, 2_500_000, 100_000_000, 1_000_000_000, 1234] {
+            assert_eq!(parse_bitrate(&Bitrate(bits).to_string()), Ok(bits));
+        }
+        let limit = RateLimit(OriginConfig::default().publish_rate_per_ip);
+        assert_eq!(parse_rate(&limit.to_string()), Ok(limit));
+
+        let edge = match Cli::try_parse_from(["corriente", "edge", "--insecure"])
+            .unwrap()
+            .command
+        {
+            Some(Command::Edge(args)) => args.config().unwrap(),
+            _ => unreachable!(),
+        };
+        let defaults = EdgeConfig::default();
+        assert_eq!(
+            edge.pull.hub.coalesce_window,
+            defaults.pull.hub.coalesce_window
+        );
+        assert_eq!(edge.viewer_lag, LagPolicy::default());
+        assert_eq!(edge.write_timeout, defaults.write_timeout);
+        assert_eq!(edge.pull.linger, defaults.pull.linger);
+        assert_eq!(edge.session.limits, defaults.session.limits);
+        let origin = match Cli::try_parse_from(["corriente", "origin", "--insecure"])
+            .unwrap()
+            .command
+        {
+            Some(Command::Origin(args)) => args.config().unwrap(),
+            _ => unreachable!(),
+        };
+        let defaults = OriginConfig::default();
+        assert_eq!(origin.publish_rate_per_ip, defaults.publish_rate_per_ip);
+        assert_eq!(origin.max_publish_bitrate, defaults.max_publish_bitrate);
+        assert_eq!(origin.max_connections, defaults.max_connections);
+        assert_eq!(origin.relay_lag, LagPolicy::default());
+        let all = Cli::try_parse_from(["corriente"])
+            .unwrap()
+            .all
+            .config()
+            .unwrap();
+        assert_eq!(
+            all.control.lease_ttl,
+            ControlPlaneConfig::default().lease_ttl
+        );
     }
 
     #[test]
@@ -1302,8 +1369,14 @@ mod tests {
     fn refuses_bad_values_clearly() {
         assert!(Cli::try_parse_from(["corriente", "edge", "--rtmp", "nope"]).is_err());
         assert!(Cli::try_parse_from(["corriente", "--chunk-size", "1"]).is_err());
-        let cli =
-            Cli::try_parse_from(["corriente", "edge", "--control", "localhost:50051"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "corriente",
+            "edge",
+            "--insecure",
+            "--control",
+            "localhost:50051",
+        ])
+        .unwrap();
         let Some(Command::Edge(edge)) = cli.command else {
             unreachable!()
         };

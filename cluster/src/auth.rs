@@ -148,11 +148,6 @@ impl ClusterAuth {
         self.tokens.is_some() || self.tls.is_some()
     }
 
-    /// Whether the internal APIs run over mutual TLS.
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// The server side of mutual TLS, for a gRPC server builder.
     pub fn server_tls(&self) -> Option<ServerTlsConfig> {
         let tls = self.tls.as_ref()?;

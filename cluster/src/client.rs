@@ -94,6 +94,22 @@ impl ControlClient {
         Self::with_auth(url, &ClusterAuth::open())
     }
 
+    /// Checks a control-plane URL (`http://HOST:PORT`, or several, comma-separated) without
+    /// building a client: for validating configuration before anything runs.
+    pub fn check_urls(urls: &str) -> Result<(), ControlError> {
+        for url in urls.split(',').map(str::trim) {
+            let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                && url.parse::<http::Uri>().is_ok_and(|u| u.host().is_some());
+            if !ok {
+                return Err(ControlError::BadUrl(
+                    url.to_owned(),
+                    "not a URL like http://HOST:PORT".to_owned(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// A client for `url` presenting this node's cluster credentials on every call.
     pub fn with_auth(url: &str, auth: &ClusterAuth) -> Result<Self, ControlError> {
         let replicas = url

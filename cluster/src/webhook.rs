@@ -29,8 +29,20 @@ pub struct Webhook {
 }
 
 impl Webhook {
+    /// How long a webhook may take, unless configured otherwise.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+    /// The range a webhook's timeout may take: under the control plane's 5 s deadline on
+    /// `AuthorizePublish`, so a slow hook refuses instead of failing the call.
+    pub const TIMEOUTS: std::ops::RangeInclusive<Duration> =
+        Duration::from_millis(100)..=Duration::from_secs(4);
+
     /// A webhook at `url` (`http://HOST[:PORT]/PATH`) that must answer within `timeout`.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
+        if !Self::TIMEOUTS.contains(&timeout) {
+            return Err(format!(
+                "the timeout must be between 100ms and 4s, not {timeout:?}"
+            ));
+        }
         let uri: http::Uri = url
             .parse()
             .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
@@ -122,5 +134,7 @@ mod tests {
         assert!(Webhook::new("https://x/", Duration::from_secs(1)).is_err());
         assert!(Webhook::new("http:///hook", Duration::from_secs(1)).is_err());
         assert!(Webhook::new("http://127.0.0.1:9/hook", Duration::from_secs(1)).is_ok());
+        assert!(Webhook::new("http://127.0.0.1:9/hook", Duration::from_secs(9)).is_err());
+        assert!(Webhook::new("http://127.0.0.1:9/hook", Webhook::DEFAULT_TIMEOUT).is_ok());
     }
 }

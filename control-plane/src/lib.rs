@@ -76,9 +76,43 @@ impl Default for ControlPlaneConfig {
     }
 }
 
+impl ControlPlaneConfig {
+    /// The lease durations accepted: long enough to survive a heartbeat lost to a hiccup, short
+    /// enough that a dead origin's streams come free soon.
+    pub const LEASE_TTLS: std::ops::RangeInclusive<Duration> =
+        Duration::from_secs(1)..=Duration::from_secs(300);
+
+    /// Checks the settings that do not need the network: what [`ControlPlane::bind`] would
+    /// refuse.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !Self::LEASE_TTLS.contains(&self.lease_ttl) {
+            return Err(ConfigError::LeaseTtl(self.lease_ttl));
+        }
+        if let Some(url) = &self.redis_url
+            && !["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+        {
+            return Err(ConfigError::RedisUrl);
+        }
+        Ok(())
+    }
+}
+
+/// A control-plane setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--lease-ttl must be between 1s and 5m, not {0:?}")]
+    LeaseTtl(Duration),
+    #[error("--redis must be a redis://, rediss:// or unix:// URL")]
+    RedisUrl,
+}
+
 /// Why the control plane could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlPlaneError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
     #[error("cannot listen on {addr} for gRPC: {source}")]
     Bind {
         addr: SocketAddr,
@@ -110,6 +144,7 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Binds the gRPC port.
     pub async fn bind(config: ControlPlaneConfig) -> Result<Self, ControlPlaneError> {
+        config.validate()?;
         let listener = TcpListener::bind(config.grpc_addr)
             .await
             .map_err(|source| ControlPlaneError::Bind {

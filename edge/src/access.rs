@@ -25,12 +25,7 @@ pub struct PlayAuthConfig {
     pub webhook: Option<Webhook>,
 }
 
-impl PlayAuthConfig {
-    /// Whether anything is checked.
-    pub fn is_open(&self) -> bool {
-        self.ip_rules.is_empty() && self.secrets.is_none() && self.webhook.is_none()
-    }
-}
+impl PlayAuthConfig {}
 
 /// Why a viewer may not watch.
 #[derive(Debug, Clone, PartialEq, Eq)]

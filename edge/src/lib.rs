@@ -100,6 +100,20 @@ impl EdgeConfig {
     }
 }
 
+impl EdgeConfig {
+    /// Checks the settings that do not need the network: what [`Edge::bind`] would refuse.
+    pub fn validate(&self) -> Result<(), EdgeError> {
+        ControlClient::check_urls(&self.control_url)?;
+        if self.https_redirect && self.https_addr.is_none() {
+            return Err(EdgeError::RedirectWithoutHttps);
+        }
+        if (self.rtmps_addr.is_some() || self.https_addr.is_some()) && self.tls.is_none() {
+            return Err(EdgeError::TlsFilesMissing);
+        }
+        Ok(())
+    }
+}
+
 impl Default for EdgeConfig {
     fn default() -> Self {
         let session = SessionConfig::default();
@@ -264,6 +278,7 @@ fn bind(what: &'static str, addr: SocketAddr, send_buffer: u32) -> Result<TcpLis
 impl Edge {
     /// Binds the RTMP and HTTP ports.
     pub async fn bind(mut config: EdgeConfig) -> Result<Self, EdgeError> {
+        config.validate()?;
         let control = ControlClient::with_auth(&config.control_url, &config.pull.cluster_auth)?;
         let rtmp = bind("RTMP playback", config.rtmp_addr, config.viewer_send_buffer)?;
         let http = bind("HTTP playback", config.http_addr, config.viewer_send_buffer)?;

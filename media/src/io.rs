@@ -142,10 +142,6 @@ impl<T> StallGuard<T> {
         }
     }
 
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
     pub fn get_mut(&mut self) -> &mut T {
         &mut self.inner
     }

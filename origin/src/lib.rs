@@ -41,6 +41,17 @@ use crate::streams::Streams;
 
 pub use crate::relay::frame_to_pb;
 
+impl OriginConfig {
+    /// Checks the settings that do not need the network: what [`Origin::bind`] would refuse.
+    pub fn validate(&self) -> Result<(), OriginError> {
+        ControlClient::check_urls(&self.control_url)?;
+        if self.rtmps_addr.is_some() && self.tls.is_none() {
+            return Err(OriginError::TlsFilesMissing);
+        }
+        Ok(())
+    }
+}
+
 /// Settings of an origin.
 #[derive(Debug, Clone)]
 pub struct OriginConfig {
@@ -119,7 +130,7 @@ impl Default for OriginConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
-            max_connections: 10_000,
+            max_connections: 20_000,
             publish_ip_rules: IpRules::default(),
             key_recheck_interval: Duration::from_secs(5),
             max_connections_per_ip: 256,
@@ -227,6 +238,7 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Origi
 impl Origin {
     /// Binds the RTMP and relay ports.
     pub async fn bind(config: OriginConfig) -> Result<Self, OriginError> {
+        config.validate()?;
         let control = ControlClient::with_auth(&config.control_url, &config.cluster_auth)?;
         let rtmp = bind("RTMP ingest", config.rtmp_addr).await?;
         let rtmps = match (config.rtmps_addr, &config.tls) {

@@ -49,7 +49,7 @@ pub struct ChunkLimits {
 impl Default for ChunkLimits {
     fn default() -> Self {
         Self {
-            max_chunk_size: 1 << 24,
+            max_chunk_size: 16_777_215,
             max_message_size: 8 << 20,
             max_buffered: 16 << 20,
             max_chunk_streams: 64,

@@ -301,21 +301,6 @@ pub fn write_on_status(
     );
 }
 
-/// Appends an AMF0 data message on the script chunk stream.
-pub fn write_data(out: &mut BytesMut, chunk_size: usize, stream_id: u32, values: &[Amf0Value]) {
-    let mut body = BytesMut::with_capacity(64);
-    amf0::encode_all(values, &mut body);
-    encode_message(
-        out,
-        csid::SCRIPT,
-        0,
-        type_id::DATA_AMF0,
-        stream_id,
-        &body,
-        chunk_size,
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
