@@ -882,7 +882,7 @@ impl std::fmt::Display for Dur {
         let d = self.0;
         if d.subsec_nanos() != 0 {
             write!(f, "{}ms", d.as_millis())
-        } else if d.as_secs() >= 60 && d.as_secs() % 60 == 0 {
+        } else if d.as_secs() >= 60 && d.as_secs().is_multiple_of(60) {
             write!(f, "{}m", d.as_secs() / 60)
         } else {
             write!(f, "{}s", d.as_secs())
@@ -907,9 +907,9 @@ impl std::fmt::Display for Bitrate {
         let bits = self.0;
         match bits {
             0 => f.write_str("0"),
-            b if b % 1_000_000_000 == 0 => write!(f, "{}G", b / 1_000_000_000),
-            b if b % 1_000_000 == 0 => write!(f, "{}M", b / 1_000_000),
-            b if b % 1_000 == 0 => write!(f, "{}k", b / 1_000),
+            b if b.is_multiple_of(1_000_000_000) => write!(f, "{}G", b / 1_000_000_000),
+            b if b.is_multiple_of(1_000_000) => write!(f, "{}M", b / 1_000_000),
+            b if b.is_multiple_of(1_000) => write!(f, "{}k", b / 1_000),
             b => write!(f, "{b}"),
         }
     }
