@@ -345,7 +345,14 @@ fn the_grafana_dashboard_asks_only_for_exported_metrics() -> Result<()> {
 
     // Every metric the code registers: the names in its register_* calls.
     let mut exported = BTreeSet::new();
-    for dir in ["media/src", "origin/src", "edge/src", "control-plane/src"] {
+    for dir in [
+        "core/src",
+        "media/src",
+        "cluster/src",
+        "origin/src",
+        "edge/src",
+        "control-plane/src",
+    ] {
         for file in walk(&root.join(dir)) {
             let text = std::fs::read_to_string(&file)?;
             for part in text.split('"').skip(1).step_by(2) {
