@@ -98,74 +98,58 @@ pub async fn run_node<N: Node>(
     Ok(result?)
 }
 
-impl Node for Origin {
-    const ROLE: &'static str = "origin";
-    type Config = corriente_origin::OriginConfig;
-    type Error = corriente_origin::OriginError;
+/// A role's `Node`: the role crate's own methods, under the name `/healthz` gives its component.
+macro_rules! role_node {
+    ($node:ident, $role:literal, $component:literal, $config:ty, $error:ty $(, actions: $actions:ident)?) => {
+        impl Node for $node {
+            const ROLE: &'static str = $role;
+            type Config = $config;
+            type Error = $error;
 
-    async fn bind(config: Self::Config) -> Result<Self, Self::Error> {
-        Origin::bind(config).await
-    }
-    fn node_id(&self) -> String {
-        Origin::node_id(self).to_owned()
-    }
-    fn components(&self) -> Vec<(&'static str, Health)> {
-        vec![("origin", self.health())]
-    }
-    fn admin_routes(&self) -> axum::Router {
-        Origin::admin_routes(self)
-    }
-    async fn serve(self, shutdown: CancellationToken) -> Result<(), Self::Error> {
-        Origin::serve(self, shutdown).await
-    }
+            async fn bind(config: Self::Config) -> Result<Self, Self::Error> {
+                $node::bind(config).await
+            }
+            fn node_id(&self) -> String {
+                $node::node_id(self).to_owned()
+            }
+            fn components(&self) -> Vec<(&'static str, Health)> {
+                vec![($component, self.health())]
+            }
+            fn admin_routes(&self) -> axum::Router {
+                $node::admin_routes(self)
+            }
+            $(fn admin_actions(&self) -> Option<axum::Router> {
+                Some($node::$actions(self))
+            })?
+            async fn serve(self, shutdown: CancellationToken) -> Result<(), Self::Error> {
+                $node::serve(self, shutdown).await
+            }
+        }
+    };
 }
 
-impl Node for Edge {
-    const ROLE: &'static str = "edge";
-    type Config = corriente_edge::EdgeConfig;
-    type Error = corriente_edge::EdgeError;
-
-    async fn bind(config: Self::Config) -> Result<Self, Self::Error> {
-        Edge::bind(config).await
-    }
-    fn node_id(&self) -> String {
-        Edge::node_id(self).to_owned()
-    }
-    fn components(&self) -> Vec<(&'static str, Health)> {
-        vec![("edge", self.health())]
-    }
-    fn admin_routes(&self) -> axum::Router {
-        Edge::admin_routes(self)
-    }
-    async fn serve(self, shutdown: CancellationToken) -> Result<(), Self::Error> {
-        Edge::serve(self, shutdown).await
-    }
-}
-
-impl Node for ControlPlane {
-    const ROLE: &'static str = "control-plane";
-    type Config = corriente_control_plane::ControlPlaneConfig;
-    type Error = corriente_control_plane::ControlPlaneError;
-
-    async fn bind(config: Self::Config) -> Result<Self, Self::Error> {
-        ControlPlane::bind(config).await
-    }
-    fn node_id(&self) -> String {
-        ControlPlane::node_id(self).to_owned()
-    }
-    fn components(&self) -> Vec<(&'static str, Health)> {
-        vec![("control_plane", self.health())]
-    }
-    fn admin_routes(&self) -> axum::Router {
-        ControlPlane::admin_routes(self)
-    }
-    fn admin_actions(&self) -> Option<axum::Router> {
-        Some(ControlPlane::admin_actions(self))
-    }
-    async fn serve(self, shutdown: CancellationToken) -> Result<(), Self::Error> {
-        ControlPlane::serve(self, shutdown).await
-    }
-}
+role_node!(
+    Origin,
+    "origin",
+    "origin",
+    corriente_origin::OriginConfig,
+    corriente_origin::OriginError
+);
+role_node!(
+    Edge,
+    "edge",
+    "edge",
+    corriente_edge::EdgeConfig,
+    corriente_edge::EdgeError
+);
+role_node!(
+    ControlPlane,
+    "control-plane",
+    "control_plane",
+    corriente_control_plane::ControlPlaneConfig,
+    corriente_control_plane::ControlPlaneError,
+    actions: admin_actions
+);
 
 /// `corriente all`: control plane, origin and edge in one process, wired over loopback gRPC.
 struct AllInOne {

@@ -14,6 +14,7 @@ pub mod convert;
 pub mod membership;
 pub mod publish;
 pub mod records;
+pub mod serve;
 pub mod webhook;
 
 pub use client::{ControlClient, ControlError, HeartbeatOutcome, Lease};

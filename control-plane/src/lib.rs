@@ -23,12 +23,11 @@ use std::time::Duration;
 use axum::Router;
 use corriente_cluster::Health;
 use corriente_cluster::auth::ClusterAuth;
+use corriente_cluster::serve;
 use corriente_proto::control::control_server::ControlServer;
-use futures_util::StreamExt;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 pub use memory::MemoryRegistry;
 pub use publish_auth::PublishAuthConfig;
@@ -285,25 +284,8 @@ async fn serve_grpc<R: Registry>(
     cluster_auth: ClusterAuth,
     shutdown: CancellationToken,
 ) -> Result<(), ControlPlaneError> {
-    let incoming = TcpListenerStream::new(listener).filter_map(|conn| async move {
-        match conn {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                Some(Ok::<_, std::io::Error>(stream))
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                warn!(error = %e, "control plane failed to accept a connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                None
-            }
-        }
-    });
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = cluster_auth.server_tls() {
-        builder = builder.tls_config(tls)?;
-    }
-    builder
+    let incoming = serve::incoming(listener, "control");
+    serve::server_builder(&cluster_auth)?
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(ControlServer::with_interceptor(

@@ -16,6 +16,7 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::{Json, Router};
 use corriente_cluster::auth::ClusterAuth;
+use corriente_cluster::serve;
 use corriente_cluster::{
     ControlClient, ControlError, Health, Member, NodeLoad, NodeRecord, NodeRole, OwnedStream,
     run_membership,
@@ -28,9 +29,7 @@ use corriente_media::frame::unix_micros;
 use corriente_media::rtmp::SessionConfig;
 use corriente_media::{HubConfig, LagPolicy, StreamKey};
 use corriente_proto::relay::relay_server::RelayServer;
-use futures_util::StreamExt;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
@@ -428,24 +427,8 @@ async fn serve_relay(
     ctx: Arc<OriginContext>,
     stop: CancellationToken,
 ) -> Result<(), OriginError> {
-    let incoming = TcpListenerStream::new(listener).filter_map(|conn| async move {
-        match conn {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                Some(Ok::<_, std::io::Error>(stream))
-            }
-            Err(e) => {
-                warn!(error = %e, "relay failed to accept a connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                None
-            }
-        }
-    });
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = ctx.config.cluster_auth.server_tls() {
-        builder = builder.tls_config(tls)?;
-    }
-    builder
+    let incoming = serve::incoming(listener, "relay");
+    serve::server_builder(&ctx.config.cluster_auth)?
         // Room for a few seconds of a high-bitrate stream in flight per pull.
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
