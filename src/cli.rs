@@ -1269,13 +1269,15 @@ mod tests {
         let limit = RateLimit(OriginConfig::default().publish_rate_per_ip);
         assert_eq!(parse_rate(&limit.to_string()), Ok(limit));
 
-        let edge = match Cli::try_parse_from(["corriente", "edge", "--insecure"])
-            .unwrap()
-            .command
-        {
-            Some(Command::Edge(args)) => args.config().unwrap(),
-            _ => unreachable!(),
+        // The role subcommand `args` parse to.
+        let command = |args: &[&str]| {
+            let argv = std::iter::once("corriente").chain(args.iter().copied());
+            Cli::try_parse_from(argv).unwrap().command
         };
+        let Some(Command::Edge(edge)) = command(&["edge", "--insecure"]) else {
+            unreachable!()
+        };
+        let edge = edge.config().unwrap();
         let defaults = EdgeConfig::default();
         assert_eq!(
             edge.pull.hub.coalesce_window,
@@ -1285,13 +1287,10 @@ mod tests {
         assert_eq!(edge.write_timeout, defaults.write_timeout);
         assert_eq!(edge.pull.linger, defaults.pull.linger);
         assert_eq!(edge.session.limits, defaults.session.limits);
-        let origin = match Cli::try_parse_from(["corriente", "origin", "--insecure"])
-            .unwrap()
-            .command
-        {
-            Some(Command::Origin(args)) => args.config().unwrap(),
-            _ => unreachable!(),
+        let Some(Command::Origin(origin)) = command(&["origin", "--insecure"]) else {
+            unreachable!()
         };
+        let origin = origin.config().unwrap();
         let defaults = OriginConfig::default();
         assert_eq!(origin.publish_rate_per_ip, defaults.publish_rate_per_ip);
         assert_eq!(origin.max_publish_bitrate, defaults.max_publish_bitrate);

@@ -26,11 +26,7 @@ fn check_only(common: &CommonArgs, config: &dyn std::fmt::Debug) -> bool {
 }
 
 pub async fn run_all(args: AllArgs) -> anyhow::Result<()> {
-    let config = args.config().map(|config| AllConfig {
-        parts: config,
-        tls_banner: tls_banner(&args),
-    });
-    run_node::<AllInOne>(&args.common, config, args.admin()).await
+    run_node::<AllInOne>(&args.common, args.config(), args.admin()).await
 }
 
 /// What the binary needs of a node to run it: a role, or `all` of them in one process.
@@ -158,13 +154,15 @@ struct AllInOne {
     edge: Edge,
     node_id: String,
     publish_auth: bool,
-    tls_banner: String,
+    /// The TLS listeners as configured, for the banner.
+    tls: TlsListeners,
 }
 
-#[derive(Debug)]
-struct AllConfig {
-    parts: cli::AllConfig,
-    tls_banner: String,
+/// The addresses of `all`'s TLS listeners, those that are on.
+struct TlsListeners {
+    origin_rtmps: Option<SocketAddr>,
+    edge_rtmps: Option<SocketAddr>,
+    edge_https: Option<SocketAddr>,
 }
 
 /// Why `all` stopped: the part that failed first.
@@ -182,17 +180,22 @@ enum AllError {
 
 impl Node for AllInOne {
     const ROLE: &'static str = "all";
-    type Config = AllConfig;
+    type Config = cli::AllConfig;
     type Error = AllError;
 
-    async fn bind(config: AllConfig) -> Result<Self, AllError> {
+    async fn bind(config: cli::AllConfig) -> Result<Self, AllError> {
         let cli::AllConfig {
             control,
             mut origin,
             mut edge,
             node_id,
-        } = config.parts;
+        } = config;
         let publish_auth = control.publish_auth.required;
+        let tls = TlsListeners {
+            origin_rtmps: origin.rtmps_addr,
+            edge_rtmps: edge.rtmps_addr,
+            edge_https: edge.https_addr,
+        };
         let control = ControlPlane::bind(control).await?;
         // The roles reach the control plane at its bound address, like any other node.
         let control_url = format!("http://{}", control.local_addr());
@@ -206,7 +209,7 @@ impl Node for AllInOne {
             edge,
             node_id,
             publish_auth,
-            tls_banner: config.tls_banner,
+            tls,
         })
     }
     fn node_id(&self) -> String {
@@ -235,9 +238,7 @@ impl Node for AllInOne {
             self.edge.http_addr(),
             admin,
         );
-        if !self.tls_banner.is_empty() {
-            println!("{}", self.tls_banner);
-        }
+        print_tls_banner(&self.tls);
         if self.publish_auth {
             print_publish_auth_banner(admin);
         }
@@ -269,24 +270,22 @@ fn print_publish_auth_banner(admin: std::net::SocketAddr) {
     );
 }
 
-/// The TLS URLs of `all`, when its TLS listeners are on (empty otherwise).
-fn tls_banner(args: &AllArgs) -> String {
+/// The TLS URLs of `all`, when its TLS listeners are on.
+fn print_tls_banner(tls: &TlsListeners) {
     let mut lines = Vec::new();
-    if let Some(addr) = args.origin_rtmps {
+    if let Some(addr) = tls.origin_rtmps {
         lines.push(format!("  Publish   rtmps://{addr}/live/STREAM"));
     }
-    if let Some(addr) = args.edge_rtmps {
+    if let Some(addr) = tls.edge_rtmps {
         lines.push(format!("  Watch     rtmps://{addr}/live/test"));
     }
-    if let Some(addr) = args.edge_https {
+    if let Some(addr) = tls.edge_https {
         lines.push(format!(
             "  Watch     https://{addr}/live/test.flv  https://{addr}/live/test (player page)"
         ));
     }
-    if lines.is_empty() {
-        String::new()
-    } else {
-        format!("Over TLS:\n{}\n", lines.join("\n"))
+    if !lines.is_empty() {
+        println!("Over TLS:\n{}\n", lines.join("\n"));
     }
 }
 

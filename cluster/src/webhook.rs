@@ -40,7 +40,9 @@ impl Webhook {
     pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
         if !Self::TIMEOUTS.contains(&timeout) {
             return Err(format!(
-                "the timeout must be between 100ms and 4s, not {timeout:?}"
+                "the timeout must be between {:?} and {:?}, not {timeout:?}",
+                Self::TIMEOUTS.start(),
+                Self::TIMEOUTS.end()
             ));
         }
         let uri: http::Uri = url

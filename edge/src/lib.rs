@@ -282,9 +282,6 @@ impl Edge {
         let control = ControlClient::with_auth(&config.control_url, &config.pull.cluster_auth)?;
         let rtmp = bind("RTMP playback", config.rtmp_addr, config.viewer_send_buffer)?;
         let http = bind("HTTP playback", config.http_addr, config.viewer_send_buffer)?;
-        if config.https_redirect && config.https_addr.is_none() {
-            return Err(EdgeError::RedirectWithoutHttps);
-        }
         let tls = if config.rtmps_addr.is_none() && config.https_addr.is_none() {
             TlsListeners {
                 rtmps: None,

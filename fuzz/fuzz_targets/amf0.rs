@@ -9,7 +9,7 @@
 use bytes::{Bytes, BytesMut};
 use corriente_fuzz::HubStandIn;
 use corriente_media::amf0;
-use corriente_media::info::{MediaInfo, Observe, metadata_tracks};
+use corriente_media::info::{MediaInfo, metadata_tracks, observe};
 use corriente_media::rtmp::RawMessage;
 use corriente_media::rtmp::message::{Message, type_id};
 use corriente_media::{Frame, FrameKind};
@@ -55,7 +55,7 @@ fn run(data: &[u8]) {
     let named = Frame::new(FrameKind::Script, 0, named.freeze(), 0);
     let _ = metadata_tracks(&named.payload);
     let mut info = MediaInfo::default();
-    info.observe(&named);
+    observe(&mut info, &named);
     hub.push(&named);
 
     // Script data from a publisher, through the session's @setDataFrame handling.

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use corriente_core::access;
 use corriente_core::key::{StreamKey, split_query};
 use corriente_media::flv::{self, TagReader};
-use corriente_media::info::{MediaInfo, Observe, metadata_tracks};
+use corriente_media::info::{self, MediaInfo, metadata_tracks};
 use corriente_media::mux::{Outputs, mux_frame};
 use corriente_media::rtmp::message::Message;
 use corriente_media::rtmp::{
@@ -327,7 +327,7 @@ impl HubStandIn {
         }
         let _ = frame.is_config();
         let _ = frame.is_keyframe();
-        self.media.observe(frame);
+        info::observe(&mut self.media, frame);
         let _ = self.media.has_video();
 
         self.flv.clear();

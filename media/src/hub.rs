@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::fanout::{Fanout, Sink};
 use crate::feed::Feed;
 use crate::frame::{Frame, FrameKind, FrameRole};
-use crate::info::{MediaInfo, Observe, RateMeter, metadata_tracks};
+use crate::info::{self, MediaInfo, RateMeter, metadata_tracks};
 use crate::metrics::Protocol;
 use crate::mux::{Outputs, mux_frame};
 use crate::output::{
@@ -502,7 +502,7 @@ impl HubWriter {
             sent_at: Instant::now(),
         });
         for frame in &batch.frames {
-            state.media.observe(frame);
+            info::observe(&mut state.media, frame);
         }
         state.media.bitrate_bps = self.rate.bps();
         state.init = self.init.clone();

@@ -10,47 +10,39 @@ use crate::amf0::{self, Amf0Value};
 use crate::flv;
 use crate::frame::{Frame, FrameRole};
 
-/// Learns what frames reveal about a stream.
-pub trait Observe {
-    /// Updates what a frame reveals. Metadata gives declared values; sequence headers and
-    /// frames override the codecs with what is actually sent.
-    fn observe(&mut self, frame: &Frame);
-}
-
-impl Observe for MediaInfo {
-    fn observe(&mut self, frame: &Frame) {
-        match frame.role() {
-            FrameRole::Metadata => apply_metadata(self, &frame.payload),
-            FrameRole::VideoConfig | FrameRole::Keyframe => {
-                if let Some(tag) = flv::inspect_video(&frame.payload) {
-                    self.video_codec = tag.codec.name().to_owned();
-                }
+/// Updates `info` with what a frame reveals. Metadata gives declared values; sequence headers
+/// and frames override the codecs with what is actually sent.
+pub fn observe(info: &mut MediaInfo, frame: &Frame) {
+    match frame.role() {
+        FrameRole::Metadata => apply_metadata(info, &frame.payload),
+        FrameRole::VideoConfig | FrameRole::Keyframe => {
+            if let Some(tag) = flv::inspect_video(&frame.payload) {
+                info.video_codec = tag.codec.name().to_owned();
             }
-            FrameRole::AudioConfig => {
-                if let Some(tag) = flv::inspect_audio(&frame.payload) {
-                    self.audio_codec = tag.codec.name().to_owned();
-                    if tag.codec == flv::AudioCodec::Aac
-                        && let Some((rate, channels)) =
-                            frame.payload.get(2..).and_then(flv::aac_config)
-                    {
-                        self.audio_sample_rate = rate;
-                        self.audio_channels = u32::from(channels);
-                    }
-                }
-            }
-            FrameRole::Audio if self.audio_codec.is_empty() => {
-                if let Some(tag) = flv::inspect_audio(&frame.payload) {
-                    self.audio_codec = tag.codec.name().to_owned();
-                    let first = frame.payload[0];
-                    if tag.codec != flv::AudioCodec::Aac && self.audio_sample_rate == 0 {
-                        self.audio_sample_rate =
-                            [5512, 11025, 22050, 44100][((first >> 2) & 3) as usize];
-                        self.audio_channels = u32::from(first & 1) + 1;
-                    }
-                }
-            }
-            _ => {}
         }
+        FrameRole::AudioConfig => {
+            if let Some(tag) = flv::inspect_audio(&frame.payload) {
+                info.audio_codec = tag.codec.name().to_owned();
+                if tag.codec == flv::AudioCodec::Aac
+                    && let Some((rate, channels)) = frame.payload.get(2..).and_then(flv::aac_config)
+                {
+                    info.audio_sample_rate = rate;
+                    info.audio_channels = u32::from(channels);
+                }
+            }
+        }
+        FrameRole::Audio if info.audio_codec.is_empty() => {
+            if let Some(tag) = flv::inspect_audio(&frame.payload) {
+                info.audio_codec = tag.codec.name().to_owned();
+                let first = frame.payload[0];
+                if tag.codec != flv::AudioCodec::Aac && info.audio_sample_rate == 0 {
+                    info.audio_sample_rate =
+                        [5512, 11025, 22050, 44100][((first >> 2) & 3) as usize];
+                    info.audio_channels = u32::from(first & 1) + 1;
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -169,13 +161,16 @@ mod tests {
     #[test]
     fn learns_from_metadata_and_headers() {
         let mut info = MediaInfo::default();
-        info.observe(&metadata(vec![
-            ("width", Amf0Value::Number(1280.0)),
-            ("height", Amf0Value::Number(720.0)),
-            ("framerate", Amf0Value::Number(30.0)),
-            ("videocodecid", Amf0Value::Number(7.0)),
-            ("audiocodecid", Amf0Value::Number(10.0)),
-        ]));
+        observe(
+            &mut info,
+            &metadata(vec![
+                ("width", Amf0Value::Number(1280.0)),
+                ("height", Amf0Value::Number(720.0)),
+                ("framerate", Amf0Value::Number(30.0)),
+                ("videocodecid", Amf0Value::Number(7.0)),
+                ("audiocodecid", Amf0Value::Number(10.0)),
+            ]),
+        );
         assert_eq!(
             (info.width, info.height, info.frame_rate),
             (1280, 720, 30.0)
@@ -184,12 +179,15 @@ mod tests {
             (info.video_codec.as_str(), info.audio_codec.as_str()),
             ("h264", "aac")
         );
-        info.observe(&Frame::new(
-            FrameKind::Audio,
-            0,
-            Bytes::from_static(&[0xaf, 0, 0x12, 0x10]),
-            0,
-        ));
+        observe(
+            &mut info,
+            &Frame::new(
+                FrameKind::Audio,
+                0,
+                Bytes::from_static(&[0xaf, 0, 0x12, 0x10]),
+                0,
+            ),
+        );
         assert_eq!((info.audio_sample_rate, info.audio_channels), (44100, 2));
     }
 

@@ -22,7 +22,7 @@ pub use corriente_core::StreamKey;
 pub use feed::Feed;
 pub use frame::{Frame, FrameKind, FrameRole};
 pub use hub::{Hub, HubConfig, HubWriter, spawn_hub};
-pub use info::{MediaInfo, Observe};
+pub use info::MediaInfo;
 pub use metrics::Protocol;
 pub use output::{Batch, EndReason, FeedEnd, Init, LagPolicy, Segment, TrackFlags};
 
