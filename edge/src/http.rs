@@ -24,8 +24,8 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::{Bytes, BytesMut};
-use corriente_core::net::{close_gracefully, close_shared};
-use corriente_media::fanout::{Drain, Sink, Wire};
+use corriente_core::net::{Admission, Admitted, close_gracefully, close_shared, write_within};
+use corriente_media::fanout::{Sink, Wire};
 use corriente_media::io::{Format, StallGuard, segment_bytes};
 use corriente_media::metrics::{self as media_metrics, Protocol};
 use corriente_media::output::chunk_head;
@@ -34,7 +34,7 @@ use futures_util::Stream;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -130,20 +130,41 @@ pub(crate) async fn serve_connection(
             return;
         }
     }
-    let router = router.layer(Extension(Peer(peer.ip())));
-    serve_hyper(ctx, router, Rewind::new(head.freeze(), stream), shutdown).await;
+    let router = router
+        .layer(Extension(Peer(peer.ip())))
+        .layer(Extension(StreamAdmission(None)));
+    serve_hyper(
+        ctx,
+        router,
+        Rewind::new(head.freeze(), stream),
+        false,
+        shutdown,
+    )
+    .await;
 }
 
 /// The client's address, for the hyper-served routes.
 #[derive(Clone, Copy)]
 struct Peer(IpAddr);
 
+/// On a connection that may carry HTTP/2 (HTTPS), the listener's admission: each HTTP/2
+/// playback stream is admitted like a connection of its own (connection and per-address
+/// limits), so one connection cannot open more viewers than one address may.
+#[derive(Clone)]
+struct StreamAdmission(Option<Admission>);
+
+/// Most concurrent streams of one HTTP/2 connection (each playback stream also counts against
+/// the per-address connection limit).
+const MAX_H2_STREAMS: u32 = 16;
+
 /// Serves one HTTPS connection: the TLS handshake (under the request-head deadline), then
 /// hyper, over HTTP/2 when the client chose it (ALPN) and HTTP/1.1 otherwise.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_tls_connection(
     ctx: Arc<EdgeContext>,
     router: Router,
     acceptor: tokio_rustls::TlsAcceptor,
+    admission: Admission,
     stream: TcpStream,
     peer: SocketAddr,
     shutdown: CancellationToken,
@@ -151,8 +172,10 @@ pub(crate) async fn serve_tls_connection(
     let timeout = ctx.config.handshake_timeout;
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
-            let router = router.layer(Extension(Peer(peer.ip())));
-            serve_hyper(ctx, router, tls, shutdown).await
+            let router = router
+                .layer(Extension(Peer(peer.ip())))
+                .layer(Extension(StreamAdmission(Some(admission))));
+            serve_hyper(ctx, router, tls, true, shutdown).await
         }
         Ok(Err(e)) => info!(error = %e, "TLS handshake failed: not an HTTPS client"),
         Err(_) => info!(?timeout, "TLS handshake timed out"),
@@ -311,7 +334,7 @@ async fn serve_flv(
                 status = refusal.status,
                 len = body.len(),
             );
-            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = write_within(&mut stream, response.as_bytes(), ctx.config.write_timeout).await;
             close_gracefully(&mut stream, Duration::from_secs(1)).await;
             return;
         }
@@ -327,7 +350,7 @@ async fn serve_flv(
         }
     );
     if request.head_only {
-        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = write_within(&mut stream, head.as_bytes(), ctx.config.write_timeout).await;
         close_gracefully(&mut stream, Duration::from_secs(1)).await;
         return;
     }
@@ -371,11 +394,7 @@ async fn serve_flv(
         }
         Err(e) => {
             sink.queue(playback.end(Some(e.0)));
-            while let Ok(Drain::Blocked) = sink.drain() {
-                if socket.writable().await.is_err() {
-                    break;
-                }
-            }
+            let _ = viewer::drain_within(&sink, ctx.config.write_timeout).await;
         }
     }
     drop(lease);
@@ -404,12 +423,20 @@ impl Playback for HttpPlayback {
 }
 
 /// Hyper serves the connection: every request but a first playback request.
-async fn serve_hyper<S>(ctx: Arc<EdgeContext>, router: Router, io: S, shutdown: CancellationToken)
-where
+async fn serve_hyper<S>(
+    ctx: Arc<EdgeContext>,
+    router: Router,
+    io: S,
+    h2: bool,
+    shutdown: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(StallGuard::new(io, ctx.config.write_timeout));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/2 only where the client chose it by ALPN (HTTPS): playback has no use for it on the
+    // plain port, where it would be one connection carrying any number of viewers.
+    let mut builder = if h2 { builder } else { builder.http1_only() };
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -418,6 +445,16 @@ where
         // fast-path viewer's backlog, for the same reason.
         .max_buf_size(corriente_media::fanout::MAX_BACKLOG)
         .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        // A peer that stops answering pings is gone: the same deadline as a stalled write.
+        .keep_alive_interval(ctx.config.handshake_timeout)
+        .keep_alive_timeout(ctx.config.write_timeout)
+        .max_send_buf_size(corriente_media::fanout::MAX_BACKLOG)
+        .max_pending_accept_reset_streams(MAX_H2_STREAMS as usize)
+        .max_local_error_reset_streams(MAX_H2_STREAMS as usize);
     let conn = builder.serve_connection(io, TowerToHyperService::new(router));
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -542,7 +579,9 @@ fn refusal_response(refusal: Refusal) -> Response {
 async fn play(
     State(ctx): State<Arc<EdgeContext>>,
     Extension(Peer(peer)): Extension<Peer>,
+    Extension(StreamAdmission(admission)): Extension<StreamAdmission>,
     method: Method,
+    version: axum::http::Version,
     Path((app, file)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -559,6 +598,22 @@ async fn play(
         };
     }
     let query = query.unwrap_or_default();
+    // An HTTP/2 stream is a viewer like a connection is: admitted by the listener's limits.
+    let admitted = match (&admission, version) {
+        (Some(admission), axum::http::Version::HTTP_2) => match admission.try_admit(peer) {
+            Ok(admitted) => Some(admitted),
+            Err(reason) => {
+                return refusal_response(Refusal {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    reason,
+                    message: format!(
+                        "too many viewers from your address on this connection's listener ({reason})"
+                    ),
+                });
+            }
+        },
+        _ => None,
+    };
     let (key, lease) = match resolve(&ctx, &app, &file, &query, peer).await {
         Ok(found) => found,
         Err(refusal) => return refusal_response(refusal),
@@ -588,6 +643,7 @@ async fn play(
             ))),
             feed,
             _lease: lease,
+            _admitted: admitted,
             shutdown: Box::pin(ctx.shutdown.clone().cancelled_owned()),
             requested,
             first_frame_pending: true,
@@ -620,6 +676,8 @@ struct FlvBody {
     feed: Feed,
     /// Keeps the pull alive while this viewer watches.
     _lease: ViewerLease,
+    /// An HTTP/2 stream's admission (its place in the listener's limits).
+    _admitted: Option<Admitted>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     requested: Instant,
     first_frame_pending: bool,

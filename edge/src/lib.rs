@@ -23,7 +23,7 @@ use corriente_cluster::{
     ControlClient, ControlError, Health, Member, NodeLoad, NodeRecord, NodeRole, RegistryEvent,
     run_membership,
 };
-use corriente_core::net::{AcceptLimits, accept_loop};
+use corriente_core::net::{AcceptLimits, Admission, accept_admitted, accept_loop};
 use corriente_core::tls::{ReloadingCert, TlsError, TlsFiles};
 use corriente_media::frame::unix_micros;
 use corriente_media::rtmp::SessionConfig;
@@ -452,6 +452,7 @@ pub(crate) fn edge_streams_json(ctx: &EdgeContext) -> serde_json::Value {
                 "viewers": stats.subscribers,
                 "frames_in": stats.frames_in,
                 "bytes_in": stats.bytes_in,
+                "retained_bytes": stats.retained_bytes,
             })
         })
         .collect();
@@ -503,10 +504,10 @@ async fn serve_tls(
         let acceptor = corriente_core::tls::acceptor(cert.clone(), &[b"h2", b"http/1.1"]);
         let router = http::router(ctx.clone(), false);
         let conn_ctx = ctx.clone();
-        accept_loop(
-            "edge-https",
+        let admission = Admission::new("edge-https", ctx.config.accept_limits());
+        accept_admitted(
+            admission.clone(),
             listener,
-            ctx.config.accept_limits(),
             shutdown.clone(),
             tracker.clone(),
             move |stream, peer| {
@@ -514,6 +515,7 @@ async fn serve_tls(
                     conn_ctx.clone(),
                     router.clone(),
                     acceptor.clone(),
+                    admission.clone(),
                     stream,
                     peer,
                     conn_ctx.shutdown.clone(),

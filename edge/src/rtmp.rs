@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use corriente_core::key::split_query;
-use corriente_core::net::{close_gracefully, close_shared};
-use corriente_media::fanout::{Drain, Sink, Wire};
+use corriente_core::net::{close_gracefully, close_shared, count_cut, write_within};
+use corriente_media::fanout::{Sink, Wire};
 use corriente_media::frame::unix_micros;
 use corriente_media::io::Format;
 use corriente_media::metrics::Protocol;
 use corriente_media::rtmp::handshake::{self, HandshakeError};
 use corriente_media::rtmp::{ServerSession, SessionError, SessionEvent, SessionState};
 use corriente_media::{EndReason, StreamKey};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,8 @@ enum ViewerError {
     Session(#[from] SessionError),
     #[error("no play request within {0:?}")]
     Idle(Duration),
+    #[error("stopped reading during the setup: no write progress for {0:?}")]
+    WriteStall(Duration),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     /// Refused or left before playing; nothing more to say.
@@ -51,7 +53,7 @@ pub(crate) async fn serve_viewer(
 ) {
     let mut stream = Some(stream);
     let result = run(&ctx, &mut stream, peer, &shutdown).await;
-    if let Ok(socket) = log_end(result) {
+    if let Ok(socket) = log_end("edge-rtmp", result) {
         close_shared(&socket, Duration::from_secs(1)).await;
     }
     if let Some(mut stream) = stream {
@@ -59,8 +61,14 @@ pub(crate) async fn serve_viewer(
     }
 }
 
-/// Logs how a viewer connection ended, at the level it deserves; passes a success on.
-fn log_end<T>(result: Result<T, ViewerError>) -> Result<T, ()> {
+/// Logs how a viewer connection ended, at the level it deserves, and counts the connections
+/// cut for holding the setup; passes a success on.
+fn log_end<T>(listener: &'static str, result: Result<T, ViewerError>) -> Result<T, ()> {
+    match &result {
+        Err(ViewerError::Idle(_)) => count_cut(listener, "setup_timeout"),
+        Err(ViewerError::WriteStall(_)) => count_cut(listener, "write_stall"),
+        _ => {}
+    }
     match result {
         Ok(value) => {
             debug!("viewer connection closed");
@@ -101,7 +109,10 @@ struct Setup {
     input: BytesMut,
 }
 
-/// From the handshake to an accepted `play`.
+/// From the handshake to an accepted `play`. The whole setup is under deadlines a peer cannot
+/// stretch: the handshake's, then `handshake_timeout` from its end to an accepted `play` however
+/// the peer trickles its messages, and `write_timeout` on every answer (a peer that sends pings
+/// without reading the pongs is cut off, not waited for).
 async fn setup<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Arc<EdgeContext>,
     stream: &mut Option<S>,
@@ -113,8 +124,21 @@ async fn setup<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(ViewerError::Refused);
     };
     let mut input = handshake::accept(tcp, config.handshake_timeout).await?;
+    let deadline = Instant::now() + config.handshake_timeout;
     let mut session = ServerSession::new(config.session);
     let mut events = Vec::new();
+    let write_timeout = config.write_timeout;
+    let send = async |tcp: &mut S, session: &mut ServerSession| -> Result<(), ViewerError> {
+        if !session.has_output() {
+            return Ok(());
+        }
+        write_within(tcp, &session.take_output(), write_timeout)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::TimedOut => ViewerError::WriteStall(write_timeout),
+                _ => e.into(),
+            })
+    };
 
     // Until `play`: request/response on the socket.
     let (lease, requested) = 'setup: loop {
@@ -134,20 +158,16 @@ async fn setup<S: AsyncRead + AsyncWrite + Unpin>(
             if let Some(playing) = playing {
                 break 'setup playing;
             }
-            if session.has_output() {
-                tcp.write_all(&session.take_output()).await?;
-            }
+            send(tcp, &mut session).await?;
             if session.state() == &SessionState::Closed {
                 return Err(ViewerError::Refused);
             }
         }
         // Answers that raise no event (createStream's result, pings) go out too.
-        if session.has_output() {
-            tcp.write_all(&session.take_output()).await?;
-        }
+        send(tcp, &mut session).await?;
         input.reserve(4096);
         let read = tokio::select! {
-            read = tokio::time::timeout(config.handshake_timeout, tcp.read_buf(&mut input)) => read,
+            read = tokio::time::timeout_at(deadline, tcp.read_buf(&mut input)) => read,
             _ = shutdown.cancelled() => return Err(ViewerError::Refused),
         };
         match read {
@@ -203,9 +223,7 @@ async fn play(
         Ok(attachment) => attachment,
         Err(e) => {
             sink.queue(playback.end(Some(e.0)));
-            while sink.drain()? == Drain::Blocked {
-                socket.writable().await?;
-            }
+            viewer::drain_within(&sink, config.write_timeout).await?;
             return Ok(socket);
         }
     };
@@ -258,7 +276,7 @@ pub(crate) async fn serve_tls_viewer(
             Ok(feed) => feed,
             Err(e) => {
                 session.end_play(&format!("stream ended ({})", e.0.as_str()));
-                io.write_all(&session.take_output()).await?;
+                write_within(io, &session.take_output(), ctx.config.write_timeout).await?;
                 return Ok(());
             }
         };
@@ -280,7 +298,7 @@ pub(crate) async fn serve_tls_viewer(
         Ok::<_, ViewerError>(())
     }
     .await;
-    let _ = log_end(result);
+    let _ = log_end("edge-rtmps", result);
     if let Some(mut stream) = stream {
         close_gracefully(&mut stream, Duration::from_secs(1)).await;
     }

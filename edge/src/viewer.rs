@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use corriente_media::fanout::{Drain, Sink};
 use corriente_media::hub::Attachment;
-use corriente_media::io::{Format, segment_bytes};
+use corriente_media::io::{Format, StallGuard, segment_bytes};
 use corriente_media::metrics as media_metrics;
 use corriente_media::{EndReason, Feed, FeedEnd, Segment};
 use futures_util::StreamExt;
@@ -43,6 +43,10 @@ pub(crate) enum Ended {
 
 /// Runs a viewer's playback until it ends. `attachment` keeps the sink attached to its hub;
 /// `input` holds the start of an unfinished message the viewer sent before playback began.
+///
+/// The stall rule, the same on every viewer path: a viewer whose backlog makes no write progress
+/// for `write_timeout` is cut off, whatever it sends meanwhile. Its input is read only while
+/// nothing waits to be written to it, so what it sends cannot queue answers it does not read.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_sink(
     sink: Arc<Sink>,
@@ -57,12 +61,19 @@ pub(crate) async fn serve_sink(
     let protocol = sink.protocol();
     let mut first_frame_pending = true;
     let mut ending = false;
+    // While blocked: when the backlog last made progress, plus `write_timeout`.
+    let mut stall_deadline: Option<Instant> = None;
     let result = loop {
-        let state = sink.drain()?;
+        let (state, written) = sink.drain_counted()?;
         if first_frame_pending && state == Drain::Idle {
             // The configuration and cached GOP are out: the viewer can show a picture.
             first_frame_pending = false;
             first_frame_written(protocol, requested);
+        }
+        if state != Drain::Blocked {
+            stall_deadline = None;
+        } else if written > 0 || stall_deadline.is_none() {
+            stall_deadline = Some(Instant::now() + write_timeout);
         }
         match state {
             Drain::End(FeedEnd::TooSlow) => {
@@ -96,8 +107,9 @@ pub(crate) async fn serve_sink(
                 }
             }
             Drain::Blocked => {
+                let deadline = stall_deadline.unwrap_or_else(|| Instant::now() + write_timeout);
                 tokio::select! {
-                    writable = tokio::time::timeout(write_timeout, socket.writable()) => match writable {
+                    writable = tokio::time::timeout_at(deadline, socket.writable()) => match writable {
                         Ok(result) => result?,
                         Err(_) => {
                             media_metrics::VIEWERS_DROPPED
@@ -107,12 +119,6 @@ pub(crate) async fn serve_sink(
                             break Err(io::ErrorKind::TimedOut.into());
                         }
                     },
-                    readable = socket.readable(), if !ending => {
-                        readable?;
-                        if !read_input(&socket, &mut input, &sink, &mut playback)? {
-                            break Ok(Ended::Left);
-                        }
-                    }
                     _ = shutdown.cancelled(), if !ending => {
                         // Whatever the backlog holds goes first, then the end.
                         sink.detach();
@@ -129,6 +135,25 @@ pub(crate) async fn serve_sink(
         debug!("viewer left");
     }
     result
+}
+
+/// Writes what is queued on `sink` (a refusal or the end of a stream that ended before the
+/// viewer was attached) under the same stall rule as playback.
+pub(crate) async fn drain_within(sink: &Sink, write_timeout: Duration) -> io::Result<()> {
+    let mut deadline = Instant::now() + write_timeout;
+    loop {
+        match sink.drain_counted()? {
+            (Drain::Blocked, written) => {
+                if written > 0 {
+                    deadline = Instant::now() + write_timeout;
+                }
+                tokio::time::timeout_at(deadline, sink.socket().writable())
+                    .await
+                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+            }
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// Runs a viewer's playback from a feed, on any byte stream (a TLS connection, say): the
@@ -151,7 +176,12 @@ pub(crate) async fn serve_feed<S: AsyncRead + AsyncWrite + Unpin>(
     let bytes_out = media_metrics::BYTES_OUT.with_label_values(&[protocol.as_str()]);
     input.reserve(512);
     let mut first_frame_pending = true;
-    let write = async |io: &mut S, bytes: Bytes| -> io::Result<()> {
+    // The stall rule: no write progress for `write_timeout` and the viewer is cut off. Writes
+    // are awaited before anything more is read, so a viewer that does not read cannot queue
+    // answers either.
+    let mut guarded = StallGuard::new(io, write_timeout);
+    let io = &mut guarded;
+    let write = async |io: &mut StallGuard<&mut S>, bytes: Bytes| -> io::Result<()> {
         write_out(io, &bytes, write_timeout, protocol).await?;
         bytes_out.inc_by(bytes.len() as u64);
         Ok(())
@@ -220,10 +250,10 @@ fn first_frame_written(protocol: media_metrics::Protocol, requested: Instant) {
     );
 }
 
-/// Writes `bytes` within `write_timeout`; a viewer that accepts nothing for that long is cut off
-/// and counted.
+/// Writes `bytes` through the stall guard; a viewer that accepts nothing for `write_timeout` is
+/// cut off and counted.
 async fn write_out<S: AsyncWrite + Unpin>(
-    io: &mut S,
+    io: &mut StallGuard<S>,
     bytes: &[u8],
     write_timeout: Duration,
     protocol: media_metrics::Protocol,
@@ -231,16 +261,16 @@ async fn write_out<S: AsyncWrite + Unpin>(
     if bytes.is_empty() {
         return Ok(());
     }
-    match tokio::time::timeout(write_timeout, io.write_all(bytes)).await {
-        Ok(result) => result,
-        Err(_) => {
-            media_metrics::VIEWERS_DROPPED
-                .with_label_values(&[protocol.as_str(), "write_stall"])
-                .inc();
-            info!(timeout = ?write_timeout, "viewer disconnected: it stopped reading");
-            Err(io::ErrorKind::TimedOut.into())
-        }
+    let result = io.write_all(bytes).await;
+    if let Err(e) = &result
+        && e.kind() == io::ErrorKind::TimedOut
+    {
+        media_metrics::VIEWERS_DROPPED
+            .with_label_values(&[protocol.as_str(), "write_stall"])
+            .inc();
+        info!(timeout = ?write_timeout, "viewer disconnected: it stopped reading");
     }
+    result
 }
 
 /// Reads what the viewer sent. False when it left or asked to stop.

@@ -18,11 +18,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::io::{Format, OutQueue, segment_bytes};
 use crate::metrics::{self, Protocol};
 use crate::output::{Batch, FeedEnd, LagPolicy, Segment, SkipCounter, chunk_head};
+use crate::ring::{RecvError, RingReceiver};
 
 /// Most bytes a viewer's backlog may reference before it skips to the next keyframe. Small:
 /// the kernel's send buffer does the real buffering, and a stalled viewer keeps what its
@@ -178,13 +178,21 @@ impl Sink {
     /// Writes the backlog until it is empty or the socket is full. Call from the connection
     /// task only.
     pub fn drain(&self) -> io::Result<Drain> {
+        self.drain_counted().map(|(drain, _)| drain)
+    }
+
+    /// [`Self::drain`], also returning how many bytes it wrote (whether a blocked viewer makes
+    /// any progress at all).
+    pub fn drain_counted(&self) -> io::Result<(Drain, usize)> {
         let mut inner = self.lock();
+        let mut total = 0;
         loop {
             if inner.backlog.is_empty() {
-                return Ok(match inner.end {
+                let drain = match inner.end {
                     Some(end) => Drain::End(end),
                     None => Drain::Idle,
-                });
+                };
+                return Ok((drain, total));
             }
             let written = {
                 let mut slices = [IoSlice::new(&[]); 64];
@@ -194,6 +202,7 @@ impl Sink {
             match written {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
+                    total += n;
                     inner.backlog.advance(n);
                     if inner.backlog.len() <= MAX_BACKLOG {
                         inner.limit = MAX_BACKLOG;
@@ -202,7 +211,9 @@ impl Sink {
                         .with_label_values(&[self.protocol.as_str()])
                         .inc_by(n as u64);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Drain::Blocked),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((Drain::Blocked, total));
+                }
                 Err(e) => {
                     inner.detached = true;
                     return Err(e);
@@ -387,11 +398,7 @@ impl Fanout {
 
     /// Adds a sink, starting a shard task (with a receiver from `subscribe`) when the current
     /// ones are full.
-    pub(crate) fn add(
-        &mut self,
-        sink: Arc<Sink>,
-        subscribe: impl FnOnce() -> broadcast::Receiver<Arc<Batch>>,
-    ) {
+    pub(crate) fn add(&mut self, sink: Arc<Sink>, subscribe: impl FnOnce() -> RingReceiver) {
         self.sinks += 1;
         let wanted = (1 + self.sinks / SINKS_PER_SHARD).min(self.max_shards);
         if self.shards.len() < wanted {
@@ -417,7 +424,7 @@ impl Fanout {
 
 async fn run_shard(
     sinks: Arc<Mutex<Vec<Arc<Sink>>>>,
-    mut rx: broadcast::Receiver<Arc<Batch>>,
+    mut rx: RingReceiver,
     end_reason: Arc<dyn Fn() -> FeedEnd + Send + Sync>,
 ) {
     loop {

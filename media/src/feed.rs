@@ -13,20 +13,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::metrics::{self, Protocol};
 use crate::output::{
     Batch, EndReason, FeedEnd, LagPolicy, Segment, SkipCounter, Source, TrackFlags,
 };
+use crate::ring::{RecvError, RingReceiver};
 
-type Recv = (
-    Result<Arc<Batch>, RecvError>,
-    broadcast::Receiver<Arc<Batch>>,
-);
+type Recv = (Result<Arc<Batch>, RecvError>, RingReceiver);
 
-async fn recv(mut rx: broadcast::Receiver<Arc<Batch>>) -> Recv {
+async fn recv(mut rx: RingReceiver) -> Recv {
     let result = rx.recv().await;
     (result, rx)
 }
@@ -47,7 +44,7 @@ pub struct Feed {
 impl Feed {
     pub(crate) fn new(
         source: Arc<dyn Source>,
-        rx: broadcast::Receiver<Arc<Batch>>,
+        rx: RingReceiver,
         prelude: Vec<Segment>,
         init_version: u64,
         tracks: TrackFlags,

@@ -19,7 +19,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
-use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::fanout::{Fanout, Sink};
@@ -31,6 +30,7 @@ use crate::mux::{Outputs, mux_frame};
 use crate::output::{
     Batch, EndReason, FeedEnd, Init, LagPolicy, Segment, Source, TrackFlags, chunk_head,
 };
+use crate::ring::{RingSender, ring};
 use corriente_core::StreamKey;
 
 /// How a hub batches, muxes and caches.
@@ -45,11 +45,23 @@ pub struct HubConfig {
     pub outputs: Outputs,
     /// Batches the broadcast ring keeps. A subscriber further behind skips to a keyframe.
     pub ring_capacity: usize,
+    /// Bytes the broadcast ring keeps at most (by [`Batch::memory_bytes`]), whatever the count:
+    /// a stream of huge frames cannot pin `ring_capacity` of them.
+    pub ring_max_bytes: usize,
     /// Largest GOP cached for newcomers. A longer GOP is not cached: newcomers wait for the
     /// next keyframe instead of the node holding an unbounded GOP.
     pub gop_max_bytes: usize,
-    /// How much recent audio an audio-only stream keeps for newcomers.
+    /// Largest GOP cached, in frames (a stream of tiny frames is bounded by this, not bytes).
+    pub gop_max_frames: usize,
+    /// How much recent audio an audio-only stream keeps for newcomers: at most this long (by
+    /// timestamp), this many bytes (by [`Batch::memory_bytes`]) and this many frames, whichever
+    /// is reached first, so timestamps that do not advance cannot grow it.
     pub audio_window: Duration,
+    pub audio_window_max_bytes: usize,
+    pub audio_window_max_frames: usize,
+    /// Largest configuration frame (metadata, sequence header) taken: each one re-muxes the
+    /// stream's configuration block for every later viewer. Larger ones are dropped and counted.
+    pub max_config_bytes: usize,
 }
 
 impl Default for HubConfig {
@@ -59,8 +71,13 @@ impl Default for HubConfig {
             coalesce_max_bytes: 256 << 10,
             outputs: Outputs::RAW,
             ring_capacity: 128,
+            ring_max_bytes: 32 << 20,
             gop_max_bytes: 32 << 20,
+            gop_max_frames: 16_384,
             audio_window: Duration::from_millis(500),
+            audio_window_max_bytes: 1 << 20,
+            audio_window_max_frames: 512,
+            max_config_bytes: 64 << 10,
         }
     }
 }
@@ -95,6 +112,9 @@ pub struct HubStats {
     /// Unix milliseconds.
     pub started_at_ms: u64,
     pub gop_frames: usize,
+    /// Memory the stream's hub keeps for viewers: the cached GOP (or audio window) and the
+    /// broadcast ring, by [`Batch::memory_bytes`] (shared batches counted in both).
+    pub retained_bytes: usize,
 }
 
 /// The hub is gone: its stream ended.
@@ -111,9 +131,10 @@ struct State {
     init: Arc<Init>,
     gop: VecDeque<GopEntry>,
     gop_bytes: usize,
+    gop_frames: usize,
     media: MediaInfo,
     /// `None` once the stream has ended.
-    tx: Option<broadcast::Sender<Arc<Batch>>>,
+    tx: Option<RingSender>,
     end: Option<EndReason>,
     /// Sequence number of the last batch sent.
     last_seq: u64,
@@ -169,7 +190,7 @@ impl std::fmt::Debug for Hub {
 
 /// The hub with its single writer.
 pub fn spawn_hub(key: StreamKey, config: HubConfig) -> (Hub, HubWriter) {
-    let (tx, _) = broadcast::channel(config.ring_capacity.max(1));
+    let tx = ring(config.ring_capacity, config.ring_max_bytes);
     let shared = Arc::new(Shared {
         key,
         config,
@@ -177,6 +198,7 @@ pub fn spawn_hub(key: StreamKey, config: HubConfig) -> (Hub, HubWriter) {
             init: Arc::new(Init::default()),
             gop: VecDeque::new(),
             gop_bytes: 0,
+            gop_frames: 0,
             media: MediaInfo::default(),
             tx: Some(tx),
             end: None,
@@ -203,6 +225,7 @@ pub fn spawn_hub(key: StreamKey, config: HubConfig) -> (Hub, HubWriter) {
         has_video: false,
         rate: RateMeter::new(Duration::from_secs(2)),
         finished: false,
+        config_log: corriente_core::limits::LogThrottle::new(Duration::from_secs(10)),
         batches: crate::metrics::BATCHES.with_label_values(&[
             if config.outputs.flv || config.outputs.rtmp {
                 "muxed"
@@ -329,11 +352,8 @@ impl Hub {
             frames_in: self.shared.frames_in.load(Ordering::Relaxed),
             bytes_in: self.shared.bytes_in.load(Ordering::Relaxed),
             started_at_ms: self.shared.started_at_ms,
-            gop_frames: state
-                .gop
-                .iter()
-                .map(|e| e.batch.frames.len() - e.from)
-                .sum(),
+            gop_frames: state.gop_frames,
+            retained_bytes: state.gop_bytes + state.tx.as_ref().map_or(0, RingSender::bytes),
         }
     }
 }
@@ -369,6 +389,8 @@ pub struct HubWriter {
     finished: bool,
     /// This hub's batch counter, looked up once rather than per batch.
     batches: prometheus::IntCounter,
+    /// Oversized configuration frames are logged at most this often.
+    config_log: corriente_core::limits::LogThrottle,
 }
 
 impl HubWriter {
@@ -389,6 +411,25 @@ impl HubWriter {
         self.rate.add(frame.payload.len());
 
         if frame.is_config() {
+            if frame.payload.len() > self.shared.config.max_config_bytes {
+                crate::metrics::STREAM_FRAMES_DROPPED
+                    .with_label_values(&["oversized_config"])
+                    .inc();
+                if let Some(held_back) = self.config_log.allow(Instant::now()) {
+                    tracing::info!(
+                        stream = %self.shared.key,
+                        bytes = frame.payload.len(),
+                        max = self.shared.config.max_config_bytes,
+                        not_logged = held_back,
+                        "configuration frame dropped: larger than the limit"
+                    );
+                }
+                return;
+            }
+            if self.init.unchanged_by(&frame) {
+                // A repeated sequence header or metadata: nothing new for viewers.
+                return;
+            }
             // Configuration only ever leads a batch, so `Batch::init` holds for all its media.
             if self.pending.has_media() {
                 self.flush();
@@ -510,7 +551,7 @@ impl HubWriter {
         self.batches.inc();
         if let Some(tx) = &state.tx {
             // No receivers is fine: the batch still went into the GOP cache.
-            let _ = tx.send(batch);
+            tx.send(batch);
         }
     }
 
@@ -540,48 +581,52 @@ impl Drop for HubWriter {
 }
 
 fn update_gop(state: &mut State, batch: &Arc<Batch>, has_video: bool, config: &HubConfig) {
-    let bytes = |entry: &GopEntry| entry.batch.payload_bytes_from(entry.from);
+    // Entries hold whole batches: count what they keep alive, bookkeeping included.
+    let push = |state: &mut State, from: usize| {
+        state.gop_bytes += batch.memory_bytes();
+        state.gop_frames += batch.frames.len() - from;
+        state.gop.push_back(GopEntry {
+            batch: batch.clone(),
+            from,
+        });
+    };
+    let pop = |state: &mut State| {
+        if let Some(entry) = state.gop.pop_front() {
+            state.gop_bytes -= entry.batch.memory_bytes();
+            state.gop_frames -= entry.batch.frames.len() - entry.from;
+        }
+    };
     if has_video {
         if let Some(k) = batch.last_sync_point() {
             state.gop.clear();
             state.gop_bytes = 0;
-            let entry = GopEntry {
-                batch: batch.clone(),
-                from: k,
-            };
-            state.gop_bytes = bytes(&entry);
-            state.gop.push_back(entry);
+            state.gop_frames = 0;
+            push(state, k);
         } else if !state.gop.is_empty() {
-            let entry = GopEntry {
-                batch: batch.clone(),
-                from: 0,
-            };
-            state.gop_bytes += bytes(&entry);
-            state.gop.push_back(entry);
+            push(state, 0);
         }
-        if state.gop_bytes > config.gop_max_bytes {
+        if state.gop_bytes > config.gop_max_bytes || state.gop_frames > config.gop_max_frames {
             // Far too long a GOP: stop caching it rather than hold it all.
             state.gop.clear();
             state.gop_bytes = 0;
+            state.gop_frames = 0;
         }
     } else {
-        // Audio only: keep a short recent window, starting on a frame boundary.
+        // Audio only: keep a short recent window, starting on a frame boundary, bounded by
+        // time, bytes and frames (timestamps a publisher chose cannot be the only bound).
         let from = batch.first_sync_point().unwrap_or(batch.frames.len());
         if from < batch.frames.len() {
-            let entry = GopEntry {
-                batch: batch.clone(),
-                from,
-            };
-            state.gop_bytes += bytes(&entry);
-            state.gop.push_back(entry);
+            push(state, from);
         }
         let newest = batch.frames.last().map_or(0, |f| f.timestamp);
         let window = config.audio_window.as_millis() as u32;
         while let Some(front) = state.gop.front() {
             let oldest = front.batch.frames.last().map_or(0, |f| f.timestamp);
-            if state.gop.len() > 1 && newest.wrapping_sub(oldest) > window {
-                let removed = state.gop.pop_front().map_or(0, |e| bytes(&e));
-                state.gop_bytes -= removed;
+            let over = newest.wrapping_sub(oldest) > window
+                || state.gop_bytes > config.audio_window_max_bytes
+                || state.gop_frames > config.audio_window_max_frames;
+            if state.gop.len() > 1 && over {
+                pop(state);
             } else {
                 break;
             }
@@ -760,5 +805,86 @@ mod tests {
             (99 * 23 - 550..99 * 23).contains(&first_ts),
             "window starts at {first_ts}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_audio_window_is_bounded_when_timestamps_do_not_advance() {
+        let (hub, mut writer) =
+            spawn_hub(StreamKey::new("live", "a").unwrap(), HubConfig::default());
+        let config = HubConfig::default();
+        // Ten thousand audio frames, all at timestamp 0: the window stays at its frame bound.
+        for _ in 0..10_000 {
+            writer.push(audio(0));
+        }
+        let stats = hub.stats();
+        assert!(
+            stats.gop_frames <= config.audio_window_max_frames,
+            "{} frames kept",
+            stats.gop_frames
+        );
+        // Large frames: the byte bound.
+        for _ in 0..200 {
+            let mut payload = vec![0xaf, 1];
+            payload.resize(64 << 10, 7);
+            writer.push(Frame::new(FrameKind::Audio, 0, Bytes::from(payload), 0));
+        }
+        let stats = hub.stats();
+        assert!(
+            stats.retained_bytes
+                <= config.audio_window_max_bytes + config.ring_max_bytes + (256 << 10),
+            "{} bytes retained",
+            stats.retained_bytes
+        );
+    }
+
+    #[tokio::test]
+    async fn the_ring_is_bounded_by_bytes_and_the_gop_by_frames() {
+        let (hub, mut writer) =
+            spawn_hub(StreamKey::new("live", "a").unwrap(), HubConfig::default());
+        let config = HubConfig::default();
+        let _feed = hub
+            .subscribe(LagPolicy::default(), Protocol::HttpFlv)
+            .unwrap();
+        // 8 MiB keyframes (legal RTMP messages): the ring keeps its byte bound, not 128 of them.
+        for i in 0..40u32 {
+            let mut payload = vec![0x17, 1, 0, 0, 0];
+            payload.resize(8 << 20, 7);
+            writer.push(Frame::new(
+                FrameKind::Video,
+                i * 33,
+                Bytes::from(payload),
+                0,
+            ));
+            let retained = hub.stats().retained_bytes;
+            assert!(
+                retained <= config.ring_max_bytes + 2 * (8 << 20) + (1 << 20),
+                "{retained} bytes retained after {i} frames"
+            );
+        }
+        // A GOP of tiny frames is bounded by its frame count.
+        writer.push(video(0, true));
+        for i in 0..(config.gop_max_frames as u32 + 10) {
+            writer.push(video(i, false));
+        }
+        assert!(hub.stats().gop_frames <= config.gop_max_frames);
+    }
+
+    #[tokio::test]
+    async fn repeated_and_oversized_configuration_frames_make_no_new_init() {
+        let (hub, mut writer) =
+            spawn_hub(StreamKey::new("live", "a").unwrap(), HubConfig::default());
+        for f in config() {
+            writer.push(f);
+        }
+        writer.push(video(0, true));
+        let version = hub.shared.lock().init.version;
+        for f in config() {
+            writer.push(f);
+        }
+        let mut huge = vec![0x17, 0, 0, 0, 0];
+        huge.resize(HubConfig::default().max_config_bytes + 1, 1);
+        writer.push(Frame::new(FrameKind::Video, 0, Bytes::from(huge), 0));
+        writer.push(video(33, false));
+        assert_eq!(hub.shared.lock().init.version, version);
     }
 }

@@ -16,6 +16,7 @@ pub mod io;
 pub mod metrics;
 pub mod mux;
 pub mod output;
+mod ring;
 pub mod rtmp;
 
 pub use corriente_core::StreamKey;

@@ -39,6 +39,17 @@ pub static FRAMES_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Frames a stream's hub did not take, by reason (`oversized_config`: a configuration frame
+/// over the limit).
+pub static STREAM_FRAMES_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "corriente_stream_frames_dropped_total",
+        "Frames a stream's hub refused to take, by reason",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
 /// Times a subscriber lost its place in the broadcast ring and skipped to a keyframe.
 pub static LAG_SKIPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(

@@ -68,6 +68,18 @@ impl Init {
         self.frames().next().is_none()
     }
 
+    /// True when `frame` is the configuration already in effect for its role (encoders repeat
+    /// sequence headers and metadata).
+    pub(crate) fn unchanged_by(&self, frame: &Frame) -> bool {
+        let current = match frame.role() {
+            FrameRole::Metadata => &self.metadata,
+            FrameRole::VideoConfig => &self.video_config,
+            FrameRole::AudioConfig => &self.audio_config,
+            _ => return false,
+        };
+        current.as_ref().is_some_and(|c| c.payload == frame.payload)
+    }
+
     pub(crate) fn with(&self, frame: &Frame, outputs: Outputs) -> Init {
         let mut next = Init {
             version: self.version + 1,
@@ -145,6 +157,35 @@ impl Batch {
     /// Payload bytes of frames from `from` on.
     pub fn payload_bytes_from(&self, from: usize) -> usize {
         self.frames.iter().skip(from).map(|f| f.payload.len()).sum()
+    }
+
+    /// Memory the batch holds: the frames' payloads, both muxed forms and the bookkeeping of
+    /// each frame and of the batch itself, so that a bound in bytes also bounds a stream of tiny
+    /// frames (an aggregate message of one-byte sub-messages costs far more than its bytes).
+    pub fn memory_bytes(&self) -> usize {
+        const PER_BATCH: usize = std::mem::size_of::<Batch>() + 64;
+        const PER_FRAME: usize = std::mem::size_of::<Frame>() + 16;
+        PER_BATCH
+            + self.frames.len() * PER_FRAME
+            + self.payload_bytes_from(0)
+            + self.flv.len()
+            + self.rtmp.len()
+    }
+
+    /// A batch of `frames` with no muxed forms, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(seq: u64, frames: Vec<Frame>) -> Batch {
+        Batch {
+            seq,
+            frames,
+            flv: Bytes::new(),
+            rtmp: Bytes::new(),
+            offsets: Vec::new(),
+            sync_points: Vec::new(),
+            init: Arc::new(Init::default()),
+            sent_at: Instant::now(),
+            flv_chunk_head: Bytes::new(),
+        }
     }
 }
 

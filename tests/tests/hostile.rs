@@ -13,6 +13,7 @@ use corriente_media::rtmp::{ClientEvent, ClientMode, ClientSession};
 use corriente_media::{Frame, FrameKind};
 use corriente_tests::clients::{Wire, closed_within, publish_flv_file, rtmp_handshaken};
 use corriente_tests::media::{Publisher, Viewer, av_720p, av_small, decode, ffprobe};
+use corriente_tests::tls::TestCa;
 use corriente_tests::{Node, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -993,5 +994,514 @@ async fn a_publisher_flooding_data_is_bounded_and_cut_off() -> Result<()> {
     canary.assert_alive("an unthrottled flood");
     assert!(node.is_running(), "corriente died");
     assert_eq!(node.admin_get("/healthz").await?.0, 200);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peers that look alive: they keep sending, so no read deadline fires, but they never read.
+
+/// A connection whose receive buffer is as small as the kernel allows, so that the server's
+/// writes to a client that does not read block after a few kilobytes.
+async fn small_window(addr: std::net::SocketAddr) -> Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(2048)?;
+    Ok(socket.connect(addr).await?)
+}
+
+/// A user control ping request (event 6), as a client may send at any time.
+fn ping(timestamp: u32) -> BytesMut {
+    let mut payload = BytesMut::new();
+    payload.put_u16(6);
+    payload.put_u32(timestamp);
+    let mut out = BytesMut::new();
+    encode_message(&mut out, 2, 0, type_id::USER_CONTROL, 0, &payload, 128);
+    out
+}
+
+/// Sends `burst` every `every` and never reads. Returns how long it took until the server
+/// closed the connection (a write fails: the server reset it, as it closed with our bytes
+/// unread), or `None` if it was still open after `limit`.
+async fn talks_until_closed<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    burst: &[u8],
+    every: Duration,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.write_all(burst)).await {
+            Err(_) => return None,
+            Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(())) => {}
+        }
+        if tokio::time::timeout_at(deadline, stream.flush())
+            .await
+            .is_err()
+        {
+            return None;
+        }
+        if tokio::time::Instant::now() + every > deadline {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// `connect`, `createStream` and `play NAME` as raw chunks.
+fn play_commands(name: &str) -> BytesMut {
+    let mut out = BytesMut::new();
+    message::write_command(
+        &mut out,
+        128,
+        0,
+        "connect",
+        1.0,
+        Amf0Value::object([("app", Amf0Value::string("live"))]),
+        vec![],
+    );
+    message::write_command(
+        &mut out,
+        128,
+        0,
+        "createStream",
+        2.0,
+        Amf0Value::Null,
+        vec![],
+    );
+    message::write_command(
+        &mut out,
+        128,
+        1,
+        "play",
+        3.0,
+        Amf0Value::Null,
+        vec![Amf0Value::string(name)],
+    );
+    out
+}
+
+/// Clients that keep talking but never read, against `--viewer-write-timeout 3s` and
+/// `--handshake-timeout 3s`: each is cut off within its deadline, counted, and the canary
+/// keeps decoding.
+/// - an RTMP client flooding pings during the setup without reading the answers: closed once
+///   the answers stop going out for 3 s (stated bound: 15 s from the first ping, which
+///   includes filling the socket buffers);
+/// - an RTMP client that trickles pings and reads the answers but never plays: closed 3 s
+///   after its handshake;
+/// - an RTMP viewer and an HTTP-FLV viewer that stop reading but send something every 500 ms:
+///   cut off at the 3 s write deadline (stated bound: 15 s, buffers included), as if they had
+///   gone silent.
+#[tokio::test(flavor = "multi_thread")]
+async fn peers_that_keep_talking_but_never_read_are_cut_off() -> Result<()> {
+    let node = Node::all(&["--viewer-write-timeout", "3s", "--handshake-timeout", "3s"])?;
+    let mut canary = Canary::start(&node).await?;
+    let bound = Duration::from_secs(15);
+
+    // Setup: connect, then pings by the thousand, never reading a pong.
+    let mut flooder = small_window(node.addr("edge-rtmp")).await?;
+    handshake::connect(&mut flooder, Duration::from_secs(5)).await?;
+    let mut connect = BytesMut::new();
+    message::write_command(
+        &mut connect,
+        128,
+        0,
+        "connect",
+        1.0,
+        Amf0Value::object([("app", Amf0Value::string("live"))]),
+        vec![],
+    );
+    flooder.write_all(&connect).await?;
+    let mut burst = BytesMut::new();
+    for i in 0..2000 {
+        burst.extend_from_slice(&ping(i));
+    }
+    let held = talks_until_closed(&mut flooder, &burst, Duration::from_millis(100), bound).await;
+    eprintln!("setup ping flood closed after {held:?}");
+    assert!(
+        held.is_some(),
+        "a setup that never reads its answers was held past {bound:?}"
+    );
+    canary.assert_alive("the setup ping flood");
+
+    // Setup: a ping a second, answers read, never a play: closed at the setup deadline.
+    let mut trickler = rtmp_handshaken(node.addr("edge-rtmp")).await?;
+    let started = tokio::time::Instant::now();
+    let mut closed = false;
+    while started.elapsed() < bound {
+        if trickler.write_all(&ping(1)).await.is_err()
+            || closed_within(&mut trickler, Duration::from_secs(1)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    eprintln!("setup trickle closed after {:?}", started.elapsed());
+    assert!(closed, "a setup that never plays was held past {bound:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "closed before its deadline"
+    );
+
+    // Playing, not reading, talking: RTMP pings and HTTP-FLV bytes every 500 ms.
+    let mut rtmp = small_window(node.addr("edge-rtmp")).await?;
+    handshake::connect(&mut rtmp, Duration::from_secs(5)).await?;
+    rtmp.write_all(&play_commands("canary")).await?;
+    let mut http = small_window(node.addr("edge-http")).await?;
+    http.write_all(b"GET /live/canary.flv HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let pong_request = ping(7);
+    let (rtmp_held, http_held) = tokio::join!(
+        talks_until_closed(&mut rtmp, &pong_request, Duration::from_millis(500), bound),
+        talks_until_closed(&mut http, b"x", Duration::from_millis(500), bound),
+    );
+    eprintln!(
+        "talking stalled viewers closed after {rtmp_held:?} (RTMP), {http_held:?} (HTTP-FLV)"
+    );
+    assert!(
+        rtmp_held.is_some(),
+        "an RTMP viewer that pings but never reads was held past {bound:?}"
+    );
+    assert!(
+        http_held.is_some(),
+        "an HTTP-FLV viewer that talks but never reads was held past {bound:?}"
+    );
+    canary.assert_alive("the talking stalled viewers");
+
+    let m = node.metrics().await?;
+    let cut = |reason| {
+        m.value(
+            "corriente_connections_cut_total",
+            &[("listener", "edge-rtmp"), ("reason", reason)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(cut("write_stall") >= 1.0, "the setup flood is counted");
+    assert!(cut("setup_timeout") >= 1.0, "the setup trickle is counted");
+    for protocol in ["rtmp", "http_flv"] {
+        let dropped = m
+            .value(
+                "corriente_viewers_dropped_total",
+                &[("protocol", protocol), ("reason", "write_stall")],
+            )
+            .unwrap_or(0.0);
+        assert!(dropped >= 1.0, "{protocol} stalled viewer counted");
+    }
+    Ok(())
+}
+
+/// `corriente all` with its TLS listeners (edge RTMPS and HTTPS) on free loopback ports.
+fn tls_node(ca: &TestCa, extra: &[&str]) -> Result<Node> {
+    let cert = ca.cert().display().to_string();
+    let key = ca.key().display().to_string();
+    let mut args = vec![
+        "--edge-rtmps",
+        "127.0.0.1:0",
+        "--edge-https",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ];
+    args.extend_from_slice(extra);
+    Node::all_expecting(&args, &["edge-rtmps", "edge-https"])
+}
+
+/// Runs curl with `args`; returns what it printed on stdout.
+async fn curl(args: &[&str]) -> Result<String> {
+    let output = tokio::process::Command::new("curl")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// HTTP/2 cannot multiply viewers past the limits. On the plain playback port a client with
+/// prior knowledge gets no HTTP/2 at all; on HTTPS, where HTTP/2 is offered, each playback
+/// stream of one connection counts against `--max-connections-per-ip` like a connection: with
+/// a limit of 6, one connection asking for 12 streams gets 5 (its own slot is the sixth) and
+/// `429` for the rest, counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_streams_count_like_connections() -> Result<()> {
+    let ca = TestCa::new()?;
+    let node = tls_node(&ca, &["--max-connections-per-ip", "6"])?;
+    let mut canary = Canary::start(&node).await?;
+
+    let plain = format!("http://{}/live/canary.flv", node.addr("edge-http"));
+    let out = curl(&[
+        "-s",
+        "--http2-prior-knowledge",
+        "--max-time",
+        "3",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version} %{http_code}",
+        &plain,
+    ])
+    .await?;
+    eprintln!("plain port, HTTP/2 prior knowledge: {out:?}");
+    assert!(
+        !out.starts_with("2 200"),
+        "the plain port served HTTP/2: {out}"
+    );
+
+    let https = format!(
+        "https://localhost:{}/live/canary.flv",
+        node.addr("edge-https").port()
+    );
+    let ca_file = ca.ca().display().to_string();
+    let mut args = vec![
+        "-s",
+        "--cacert",
+        ca_file.as_str(),
+        "--http2",
+        "--parallel",
+        "--parallel-max",
+        "12",
+        "--max-time",
+        "4",
+        "-w",
+        "%{http_version} %{http_code} %{num_connects}\n",
+    ];
+    for _ in 0..12 {
+        args.extend_from_slice(&["-o", "/dev/null", &https]);
+    }
+    let out = curl(&args).await?;
+    let lines: Vec<&str> = out.lines().collect();
+    eprintln!("12 HTTP/2 streams over HTTPS: {lines:?}");
+    let count = |status: &str| lines.iter().filter(|l| l.starts_with(status)).count();
+    let connects: usize = lines
+        .iter()
+        .filter_map(|l| l.split(' ').nth(2)?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(lines.len(), 12, "every stream answered");
+    assert_eq!(
+        connects, 1,
+        "curl multiplexed the streams on one connection"
+    );
+    assert_eq!(
+        count("2 200"),
+        5,
+        "streams over the per-address limit were served"
+    );
+    assert_eq!(count("2 429"), 7);
+    let refused = node
+        .metrics()
+        .await?
+        .value(
+            "corriente_play_refused_total",
+            &[("protocol", "http_flv"), ("reason", "per_ip_limit")],
+        )
+        .unwrap_or(0.0);
+    assert_eq!(refused, 7.0);
+    canary.assert_alive("the HTTP/2 streams");
+    Ok(())
+}
+
+/// An RTMPS viewer that stops reading while it plays: it is cut at the write deadline, and the
+/// TLS close that follows (its `close_notify` cannot be written either) is bounded by the
+/// linger, so the connection slot comes back. With `--max-connections-per-ip 1` a new RTMPS
+/// connection is refused while the stalled one is held and accepted once it is gone: within
+/// 15 s (3 s write deadline, socket buffers filling, 1 s linger).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_viewer_that_stops_reading_gives_its_slot_back() -> Result<()> {
+    let ca = TestCa::new()?;
+    let node = tls_node(
+        &ca,
+        &[
+            "--max-connections-per-ip",
+            "1",
+            "--viewer-write-timeout",
+            "3s",
+        ],
+    )?;
+    let mut canary = Canary::start(&node).await?;
+    let addr = node.addr("edge-rtmps");
+    let mut stalled = corriente_tests::tls::connect(addr, &ca.ca(), Some(2048), &[]).await?;
+    handshake::connect(&mut stalled, Duration::from_secs(5)).await?;
+    stalled.write_all(&play_commands("canary")).await?;
+    stalled.flush().await?;
+    wait_for(
+        Duration::from_secs(10),
+        "the RTMPS viewer plays",
+        || async {
+            let m = node.metrics().await.ok()?;
+            (m.value("corriente_viewers", &[("protocol", "rtmp")])? >= 1.0).then_some(())
+        },
+    )
+    .await?;
+    // Held: a second connection from this address is refused.
+    let second = corriente_tests::tls::connect(addr, &ca.ca(), None, &[]).await;
+    assert!(second.is_err(), "a second RTMPS connection was admitted");
+    // Then given back.
+    let started = tokio::time::Instant::now();
+    let back = wait_for(
+        Duration::from_secs(15),
+        "the stalled RTMPS viewer's slot back",
+        || async {
+            let tls = corriente_tests::tls::connect(addr, &ca.ca(), None, &[])
+                .await
+                .ok()?;
+            drop(tls);
+            Some(started.elapsed())
+        },
+    )
+    .await?;
+    eprintln!("slot back {back:?} after the stalled viewer was playing");
+    canary.assert_alive("the stalled RTMPS viewer");
+    drop(stalled);
+    Ok(())
+}
+
+/// Sends `frames` from `make` (its index → frame) on a publishing connection at about
+/// `bitrate` bits per second, never reading more than the server's answers. Returns the
+/// bytes sent.
+async fn send_paced(
+    stream: &mut TcpStream,
+    session: &mut ClientSession,
+    frames: usize,
+    bitrate: u64,
+    mut make: impl FnMut(usize) -> Frame,
+) -> Result<u64> {
+    let started = tokio::time::Instant::now();
+    let mut sent = 0u64;
+    let mut sink = vec![0u8; 4096];
+    for i in 0..frames {
+        session.send_frame(&make(i));
+        let out = session.take_output();
+        stream.write_all(&out).await?;
+        sent += out.len() as u64;
+        // Acknowledgements and the like: read and dropped, so the server never blocks on us.
+        while let Ok(n) = stream.try_read(&mut sink) {
+            if n == 0 {
+                anyhow::bail!("the server closed the publishing connection");
+            }
+        }
+        let due = started + Duration::from_secs_f64(sent as f64 * 8.0 / bitrate as f64);
+        tokio::time::sleep_until(due).await;
+    }
+    Ok(sent)
+}
+
+/// An audio-only publisher whose frames all carry timestamp 0, watched on the edge: the recent
+/// audio window kept for newcomers (on the origin and on the edge) is bounded by frames and
+/// bytes, not only by timestamps. After a first 16 MB (socket buffers, relay windows and the
+/// allocator's arenas reach their working size), 48 MB more grow the node by less than 24 MB
+/// (under a timestamp bound alone the origin would keep all 48 and the edge three forms of
+/// each), and the edge's hub reports at most its bounds retained: the 1 MiB audio window and the
+/// 32 MiB ring (at 60 Mbit/s, 128 coalesced batches reach the ring's byte bound).
+#[tokio::test(flavor = "multi_thread")]
+async fn audio_with_frozen_timestamps_does_not_grow_memory() -> Result<()> {
+    let node = Node::all(&[])?;
+    let mut canary = Canary::start(&node).await?;
+    let (mut stream, mut session) = try_publish(&node, "frozen")
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    session.send_frame(&Frame::new(
+        FrameKind::Audio,
+        0,
+        bytes::Bytes::from_static(&[0xaf, 0, 0x12, 0x10]),
+        0,
+    ));
+    node.wait_live("frozen").await?;
+    let viewer = tokio::spawn(drain_flv(
+        node.addr("edge-http"),
+        "frozen",
+        Duration::from_secs(15),
+    ));
+    let junk: bytes::Bytes = {
+        let mut b = vec![0xafu8, 1];
+        b.extend((0..8190).map(|i: u32| (i as u8).wrapping_mul(31)));
+        b.into()
+    };
+    let frame = |_| Frame::new(FrameKind::Audio, 0, junk.clone(), 0);
+    let warm = send_paced(&mut stream, &mut session, 2048, 60_000_000, frame).await?;
+    let baseline = node.rss_kb();
+    let sent = send_paced(&mut stream, &mut session, 6144, 60_000_000, frame).await?;
+    let after = node.rss_kb();
+    let (_, streams) = node.admin_get("/api/v1/edge/streams").await?;
+    let streams: serde_json::Value = serde_json::from_str(&streams)?;
+    let retained = streams["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "frozen"))
+        .and_then(|s| s["retained_bytes"].as_u64())
+        .unwrap_or(u64::MAX);
+    drop(stream);
+    let read = viewer.await??;
+    eprintln!(
+        "sent {} + {} MB of audio at timestamp 0 (viewer read {} MB): RSS {baseline} kB -> {after} kB; the edge hub retains {retained} bytes",
+        warm >> 20,
+        sent >> 20,
+        read >> 20
+    );
+    assert!(read > 32 << 20, "the viewer received the stream");
+    assert!(
+        retained <= (1 << 20) + (32 << 20) + (1 << 20),
+        "the edge hub retains {retained} bytes"
+    );
+    assert!(
+        after < baseline + 24 * 1024,
+        "RSS grew from {baseline} kB to {after} kB"
+    );
+    canary.assert_alive("the frozen-timestamp audio");
+    Ok(())
+}
+
+/// Huge frames (2 MiB keyframes, legal RTMP messages) watched on the edge: the broadcast rings
+/// of the origin and the edge are bounded by bytes (32 MiB each by default), not only by their
+/// 128 batches, so 80 MiB sent grow the node by less than 160 MB; under a count bound alone
+/// every hub would keep all 40 frames (and the edge's three forms of each).
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_frames_are_bounded_by_bytes_in_the_rings() -> Result<()> {
+    let node = Node::all(&["--max-publish-bitrate", "2000000000"])?;
+    let mut canary = Canary::start(&node).await?;
+    let (mut stream, mut session) = try_publish(&node, "huge")
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    session.send_frame(&Frame::new(
+        FrameKind::Video,
+        0,
+        bytes::Bytes::from_static(&[
+            0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 4, 0x67, 0x64, 0, 0x1f, 1, 0, 4,
+            0x68, 0xee, 0x3c, 0x80,
+        ]),
+        0,
+    ));
+    node.wait_live("huge").await?;
+    let viewer = tokio::spawn(drain_flv(
+        node.addr("edge-http"),
+        "huge",
+        Duration::from_secs(20),
+    ));
+    // The viewer joins before the flood.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let baseline = node.rss_kb();
+    let sent = send_paced(&mut stream, &mut session, 40, 400_000_000, |i| {
+        let mut payload = vec![0x17u8, 1, 0, 0, 0];
+        payload.resize(2 << 20, i as u8);
+        Frame::new(FrameKind::Video, i as u32 * 33, payload.into(), 0)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = node.rss_kb();
+    eprintln!(
+        "sent {} MB of 2 MiB keyframes: RSS {baseline} kB -> {after} kB",
+        sent >> 20
+    );
+    assert!(
+        after < baseline + 160 * 1024,
+        "RSS grew from {baseline} kB to {after} kB"
+    );
+    drop(stream);
+    let read = viewer.await??;
+    assert!(
+        read > 8 << 20,
+        "the viewer received the frames ({read} bytes)"
+    );
+    canary.assert_alive("the huge frames");
     Ok(())
 }
