@@ -453,6 +453,7 @@ pub(crate) fn edge_streams_json(ctx: &EdgeContext) -> serde_json::Value {
                 "frames_in": stats.frames_in,
                 "bytes_in": stats.bytes_in,
                 "retained_bytes": stats.retained_bytes,
+                "gop_frames": stats.gop_frames,
             })
         })
         .collect();

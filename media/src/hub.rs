@@ -226,6 +226,8 @@ pub fn spawn_hub(key: StreamKey, config: HubConfig) -> (Hub, HubWriter) {
         rate: RateMeter::new(Duration::from_secs(2)),
         finished: false,
         config_log: corriente_core::limits::LogThrottle::new(Duration::from_secs(10)),
+        holding: false,
+        held_first_sync: false,
         batches: crate::metrics::BATCHES.with_label_values(&[
             if config.outputs.flv || config.outputs.rtmp {
                 "muxed"
@@ -391,6 +393,10 @@ pub struct HubWriter {
     batches: prometheus::IntCounter,
     /// Oversized configuration frames are logged at most this often.
     config_log: corriente_core::limits::LogThrottle,
+    /// Between [`Self::hold`] and [`Self::release`].
+    holding: bool,
+    /// A held frame was the stream's first sync point.
+    held_first_sync: bool,
 }
 
 impl HubWriter {
@@ -473,18 +479,41 @@ impl HubWriter {
         }
         p.frames.push(frame);
 
-        let window = self.shared.config.coalesce_window;
         // The stream's first keyframe goes out at once: viewers waiting for a picture (the
         // first viewer of a pull) should not wait for the window too.
         let first_sync = sync && !self.synced;
         self.synced |= sync;
-        if window.is_zero()
-            || first_sync
-            || p.payload_bytes >= self.shared.config.coalesce_max_bytes
-        {
+        if p.payload_bytes >= self.shared.config.coalesce_max_bytes {
             self.flush();
-        } else if self.deadline.is_none() {
+        } else if self.holding {
+            self.held_first_sync |= first_sync;
+        } else {
+            self.schedule(first_sync);
+        }
+    }
+
+    /// Sends the pending batch now or on the coalescing grid.
+    fn schedule(&mut self, first_sync: bool) {
+        let window = self.shared.config.coalesce_window;
+        if window.is_zero() || first_sync {
+            self.flush();
+        } else if self.deadline.is_none() && !self.pending.frames.is_empty() {
             self.deadline = Some(self.next_tick(window));
+        }
+    }
+
+    /// Frames pushed until [`Self::release`] arrived together (one read from the publisher,
+    /// an aggregate message): they go out as one batch rather than one each, which costs
+    /// nothing in latency and keeps a burst of tiny frames from costing a batch per frame.
+    pub fn hold(&mut self) {
+        self.holding = true;
+    }
+
+    /// Ends a [`Self::hold`]: what was held goes out as usual.
+    pub fn release(&mut self) {
+        if std::mem::take(&mut self.holding) {
+            let first_sync = std::mem::take(&mut self.held_first_sync);
+            self.schedule(first_sync);
         }
     }
 
@@ -886,5 +915,28 @@ mod tests {
         writer.push(Frame::new(FrameKind::Video, 0, Bytes::from(huge), 0));
         writer.push(video(33, false));
         assert_eq!(hub.shared.lock().init.version, version);
+    }
+
+    #[tokio::test]
+    async fn frames_that_arrived_together_go_out_as_one_batch() {
+        let (hub, mut writer) =
+            spawn_hub(StreamKey::new("live", "a").unwrap(), HubConfig::default());
+        writer.push(video(0, true));
+        let mut feed = hub
+            .subscribe(LagPolicy::default(), Protocol::HttpFlv)
+            .unwrap();
+        while feed.next().now_or_never().flatten().is_some() {}
+        // An aggregate of a hundred tiny frames: one batch, not a hundred.
+        writer.hold();
+        for i in 1..=100 {
+            writer.push(audio(i));
+        }
+        assert!(feed.next().now_or_never().is_none(), "held until released");
+        writer.release();
+        match feed.next().now_or_never().flatten() {
+            Some(Segment::Batch { batch, from: 0 }) => assert_eq!(batch.frames.len(), 100),
+            other => panic!("expected one batch, got {other:?}"),
+        }
+        assert!(feed.next().now_or_never().is_none());
     }
 }

@@ -116,8 +116,16 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             if events.is_empty() {
                 break;
             }
+            // The frames of one read (several messages, an aggregate's sub-messages) go out
+            // to viewers as one batch.
+            if let Some(p) = publication {
+                p.hold();
+            }
             for event in events.drain(..) {
                 handle(ctx, &mut session, event, peer, publication, &mut key_watch).await;
+            }
+            if let Some(p) = publication {
+                p.release();
             }
             Signal::follow(&mut fenced, publication.as_ref().map(Publication::fenced));
             Signal::follow(&mut revoked, key_watch.as_ref().map(|w| &w.revoked));

@@ -258,6 +258,20 @@ impl Publication {
         }
     }
 
+    /// Frames pushed until [`Self::release`] arrived together: one batch (see
+    /// [`HubWriter::hold`]).
+    pub fn hold(&mut self) {
+        if let Some(writer) = &mut self.writer {
+            writer.hold();
+        }
+    }
+
+    pub fn release(&mut self) {
+        if let Some(writer) = &mut self.writer {
+            writer.release();
+        }
+    }
+
     /// Ends the stream for its subscribers with `reason` and releases the name (unless it was
     /// fenced: then it is not ours to release).
     pub async fn end(mut self, reason: EndReason) {

@@ -1505,3 +1505,102 @@ async fn huge_frames_are_bounded_by_bytes_in_the_rings() -> Result<()> {
     canary.assert_alive("the huge frames");
     Ok(())
 }
+
+/// Aggregate messages of tiny sub-messages (a thousand 5-byte video frames in each 16 KB
+/// message, legal RTMP): the frames that arrive together leave the origin as one batch, not a
+/// batch each, and what a hub keeps is bounded by frames and by memory (bookkeeping included),
+/// not by payload bytes that tiny frames never add up to. 256 such messages (256 000 frames
+/// after one keyframe, 4 MB) cost the origin fewer than one batch per 50 frames; the edge's hub
+/// keeps at most 16 384 GOP frames and its ring's 32 MiB; the node grows by less than 80 MB
+/// (two hubs' rings and GOPs); a viewer on the edge receives them.
+#[tokio::test(flavor = "multi_thread")]
+async fn aggregates_of_tiny_frames_are_batched_and_bounded() -> Result<()> {
+    let node = Node::all(&[])?;
+    let mut canary = Canary::start(&node).await?;
+    let (mut stream, mut session) = try_publish(&node, "tiny")
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    session.send_frame(&Frame::new(
+        FrameKind::Video,
+        0,
+        bytes::Bytes::from_static(&[
+            0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 4, 0x67, 0x64, 0, 0x1f, 1, 0, 4,
+            0x68, 0xee, 0x3c, 0x80,
+        ]),
+        0,
+    ));
+    session.send_frame(&Frame::new(
+        FrameKind::Video,
+        0,
+        bytes::Bytes::from_static(&[0x17, 1, 0, 0, 0, 0x65]),
+        0,
+    ));
+    stream.write_all(&session.take_output()).await?;
+    node.wait_live("tiny").await?;
+    let viewer = tokio::spawn(drain_flv(
+        node.addr("edge-http"),
+        "tiny",
+        Duration::from_secs(10),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let raw_batches = |m: &corriente_tests::Metrics| {
+        m.value("corriente_hub_batches_total", &[("outputs", "raw")])
+            .unwrap_or(0.0)
+    };
+    let batches_before = raw_batches(&node.metrics().await?);
+    let baseline = node.rss_kb();
+    let mut ts = 1u32;
+    let started = tokio::time::Instant::now();
+    for message in 0..256u32 {
+        let mut body = BytesMut::new();
+        let base = ts;
+        for _ in 0..1000 {
+            corriente_media::flv::write_tag(&mut body, 9, ts, &[0x27, 1, 0, 0, 0]);
+            ts += 1;
+        }
+        let mut out = BytesMut::new();
+        encode_message(&mut out, 6, base, type_id::AGGREGATE, 1, &body, 65536);
+        stream.write_all(&out).await?;
+        // About 8 Mbit/s: well under the publish cap.
+        tokio::time::sleep_until(started + Duration::from_millis(u64::from(message) * 16)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = node.rss_kb();
+    let m = node.metrics().await?;
+    let batches = raw_batches(&m) - batches_before;
+    let (_, streams) = node.admin_get("/api/v1/edge/streams").await?;
+    let streams: serde_json::Value = serde_json::from_str(&streams)?;
+    let hub = streams["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "tiny"))
+        .cloned()
+        .unwrap_or_default();
+    let (retained, gop_frames) = (
+        hub["retained_bytes"].as_u64().unwrap_or(u64::MAX),
+        hub["gop_frames"].as_u64().unwrap_or(u64::MAX),
+    );
+    eprintln!(
+        "256 000 tiny frames in 256 aggregates: {batches} origin batches; the edge hub keeps {gop_frames} GOP frames, {retained} bytes; RSS {baseline} kB -> {after} kB"
+    );
+    assert!(batches < 256_000.0 / 50.0, "{batches} origin batches");
+    assert!(
+        gop_frames <= 16_384,
+        "the edge GOP holds {gop_frames} frames"
+    );
+    assert!(
+        retained <= (32 << 20) + (4 << 20),
+        "the edge hub retains {retained} bytes"
+    );
+    assert!(
+        after < baseline + 80 * 1024,
+        "RSS grew from {baseline} kB to {after} kB"
+    );
+    drop(stream);
+    let read = viewer.await??;
+    assert!(
+        read > 1 << 20,
+        "the edge viewer received the frames ({read} bytes)"
+    );
+    canary.assert_alive("the tiny aggregates");
+    Ok(())
+}
