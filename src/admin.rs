@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use corriente_cluster::Health;
+use corriente_core::access::AdminReader;
 use corriente_core::secret::SecretFile;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -59,40 +60,39 @@ fn refuse(status: StatusCode, message: &str) -> Response {
 
 /// Lets an admin action through only with the admin token (or from loopback when there is no
 /// token); a refusal is a 401 or 403 with a JSON error and a log line.
-async fn guard(State(guard): State<Guard>, request: Request, next: Next) -> Response {
-    if guard.writes_only && matches!(*request.method(), Method::GET | Method::HEAD) {
-        return next.run(request).await;
-    }
+async fn guard(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
+    if guard.writes_only && matches!(*request.method(), Method::GET | Method::HEAD) {
+        // Reads are open; whether the reader is trusted decides what personal data they see.
+        let trusted = match &guard.access {
+            ActionAccess::Token(tokens) => {
+                bearer(&request).is_some_and(|t| tokens.matches(t.as_bytes()))
+            }
+            ActionAccess::LoopbackOnly => peer.is_some_and(|p| p.ip().to_canonical().is_loopback()),
+        };
+        request.extensions_mut().insert(AdminReader { trusted });
+        return next.run(request).await;
+    }
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let client = peer.map(|p| p.to_string()).unwrap_or_default();
     match &guard.access {
-        ActionAccess::Token(tokens) => {
-            let presented = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim)
-                .filter(|t| !t.is_empty());
-            match presented {
-                None => {
-                    warn!(%method, %path, %client, "admin action refused: no admin token");
-                    return refuse(
-                        StatusCode::UNAUTHORIZED,
-                        "admin token required: Authorization: Bearer TOKEN",
-                    );
-                }
-                Some(token) if !tokens.matches(token.as_bytes()) => {
-                    warn!(%method, %path, %client, "admin action refused: wrong admin token");
-                    return refuse(StatusCode::FORBIDDEN, "wrong admin token");
-                }
-                Some(_) => {}
+        ActionAccess::Token(tokens) => match bearer(&request) {
+            None => {
+                warn!(%method, %path, %client, "admin action refused: no admin token");
+                return refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "admin token required: Authorization: Bearer TOKEN",
+                );
             }
-        }
+            Some(token) if !tokens.matches(token.as_bytes()) => {
+                warn!(%method, %path, %client, "admin action refused: wrong admin token");
+                return refuse(StatusCode::FORBIDDEN, "wrong admin token");
+            }
+            Some(_) => {}
+        },
         ActionAccess::LoopbackOnly => {
             if !peer.is_some_and(|p| p.ip().to_canonical().is_loopback()) {
                 warn!(%method, %path, %client, "admin action refused: no admin token is configured and the client is not on loopback");
@@ -105,6 +105,17 @@ async fn guard(State(guard): State<Guard>, request: Request, next: Next) -> Resp
     }
     info!(%method, %path, %client, "admin action");
     next.run(request).await
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+fn bearer(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// A bound admin server.

@@ -12,8 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use corriente_cluster::{NodeRecord, NodeRole, StreamRecord};
+use corriente_core::access::AdminReader;
 use corriente_core::{MediaInfo, StreamKey};
 use serde::Serialize;
 
@@ -33,7 +34,9 @@ struct StreamView {
     origin: String,
     relay_addr: String,
     epoch: u64,
-    publisher_addr: String,
+    /// Only for trusted readers (see [`AdminReader`]): a publisher's address is personal data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    publisher_addr: Option<String>,
     started_at_ms: u64,
     uptime_seconds: u64,
     media: MediaInfo,
@@ -48,7 +51,11 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn streams_view(streams: Vec<StreamRecord>, nodes: &[NodeRecord]) -> Vec<StreamView> {
+fn streams_view(
+    streams: Vec<StreamRecord>,
+    nodes: &[NodeRecord],
+    reader: AdminReader,
+) -> Vec<StreamView> {
     let mut by_stream: BTreeMap<&StreamKey, Vec<EdgeViewers>> = BTreeMap::new();
     for node in nodes.iter().filter(|n| n.role == NodeRole::Edge) {
         for (key, viewers) in &node.viewers {
@@ -72,7 +79,7 @@ fn streams_view(streams: Vec<StreamRecord>, nodes: &[NodeRecord]) -> Vec<StreamV
                 origin: s.node_id,
                 relay_addr: s.relay_addr,
                 epoch: s.epoch,
-                publisher_addr: s.publisher_addr,
+                publisher_addr: reader.trusted.then_some(s.publisher_addr),
                 started_at_ms: s.started_at_ms,
                 media: s.media,
             }
@@ -94,13 +101,14 @@ pub fn routes<R: Registry>(registry: Arc<R>) -> Router {
     Router::new()
         .route(
             "/api/v1/streams",
-            get(move || async move {
+            get(move |reader: Option<Extension<AdminReader>>| async move {
+                let reader = reader.map(|Extension(r)| r).unwrap_or_default();
                 let streams = match for_streams.list_streams().await {
                     Ok(s) => s,
                     Err(e) => return unavailable(e),
                 };
                 let nodes = for_streams.list_nodes().await.unwrap_or_default();
-                Json(serde_json::json!({ "streams": streams_view(streams, &nodes) }))
+                Json(serde_json::json!({ "streams": streams_view(streams, &nodes, reader) }))
                     .into_response()
             }),
         )
@@ -145,10 +153,18 @@ mod tests {
             started_at_ms: 0,
             ready: true,
         };
-        let view = streams_view(vec![stream], &[edge("e1", 3), edge("e2", 4)]);
+        let view = streams_view(
+            vec![stream.clone()],
+            &[edge("e1", 3), edge("e2", 4)],
+            AdminReader { trusted: true },
+        );
         assert_eq!(view[0].viewers, 7);
         assert_eq!(view[0].viewers_by_edge.len(), 2);
         assert!(view[0].uptime_seconds >= 4);
         assert_eq!(view[0].path, "live/a");
+        assert_eq!(view[0].publisher_addr.as_deref(), Some("203.0.113.1:4000"));
+        // An untrusted reader does not see the publisher's address.
+        let view = streams_view(vec![stream], &[], AdminReader::default());
+        assert_eq!(view[0].publisher_addr, None);
     }
 }

@@ -106,6 +106,14 @@ pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// Set by the admin server on every read of its routes: whether the reader presented the admin
+/// token (or, when no token is configured, is on loopback). Read-only routes show personal data
+/// (publisher addresses) only to trusted readers; everyone else gets the rest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdminReader {
+    pub trusted: bool,
+}
+
 /// An IPv4 or IPv6 network, `10.0.0.0/8` or a bare address (a /32 or /128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -136,6 +144,16 @@ impl FromStr for Cidr {
         if prefix > max {
             return Err(err());
         }
+        // `::ffff:a.b.c.d/p` is the IPv4 network `a.b.c.d/(p-96)`: clients are matched as IPv4.
+        if let IpAddr::V6(v6) = addr
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && prefix >= 96
+        {
+            return Ok(Cidr {
+                addr: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            });
+        }
         Ok(Cidr { addr, prefix })
     }
 }
@@ -154,9 +172,15 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 impl Cidr {
-    /// Whether `ip` is inside this network (IPv4-mapped IPv6 addresses count as IPv4).
+    /// Whether `ip` is inside this network. IPv4-mapped IPv6 addresses count as IPv4, on both
+    /// sides: `::ffff:10.0.0.0/104` is `10.0.0.0/8`, and an IPv6 network that spans the mapped
+    /// range (`::/0`, `::ffff:0:0/96`) contains IPv4 clients.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, canonical(ip)) {
+        let ip = match (self.addr, canonical(ip)) {
+            (IpAddr::V6(_), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+            (_, ip) => ip,
+        };
+        match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
                     .checked_shl(32 - u32::from(self.prefix))
@@ -263,6 +287,20 @@ mod tests {
         let v6: Cidr = "fd00::/8".parse().unwrap();
         assert!(v6.contains("fd12::1".parse().unwrap()));
         assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        // Rules written in IPv4-mapped form match IPv4 clients (which is how mapped clients
+        // are seen), and IPv6 networks spanning the mapped range contain them.
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(mapped.to_string(), "10.0.0.0/8");
+        assert!(mapped.contains("10.2.3.4".parse().unwrap()));
+        assert!(mapped.contains("::ffff:10.2.3.4".parse().unwrap()));
+        let host: Cidr = "::ffff:192.0.2.7".parse().unwrap();
+        assert!(host.contains("192.0.2.7".parse().unwrap()));
+        assert!(!host.contains("192.0.2.8".parse().unwrap()));
+        let any: Cidr = "::/0".parse().unwrap();
+        assert!(any.contains("192.0.2.7".parse().unwrap()));
+        let mapped_range: Cidr = "::ffff:0:0/96".parse().unwrap();
+        assert!(mapped_range.contains("192.0.2.7".parse().unwrap()));
+        assert!(!mapped_range.contains("2001:db8::1".parse().unwrap()));
         let one: Cidr = "127.0.0.1".parse().unwrap();
         assert!(one.contains("127.0.0.1".parse().unwrap()));
         assert!(!one.contains("127.0.0.2".parse().unwrap()));

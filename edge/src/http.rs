@@ -56,7 +56,6 @@ pub(crate) fn router(ctx: Arc<EdgeContext>, redirect: bool) -> Router {
             "/_corriente/{asset}",
             get(|Path(asset): Path<String>| async move { crate::page::asset(&asset) }),
         )
-        .route("/api/v1/edge/streams", get(edge_streams))
         .route("/{app}/{file}", get(play).head(play).options(preflight));
     let router = match (redirect, ctx.https_local) {
         (true, Some(https)) => router.layer(axum::middleware::from_fn(
@@ -100,12 +99,6 @@ fn https_redirect(request: &axum::extract::Request, https_port: u16) -> Response
             .into_response(),
         Err(_) => (StatusCode::BAD_REQUEST, "bad Host header\n").into_response(),
     }
-}
-
-/// The streams this edge serves and their viewers (the admin port's
-/// `/api/v1/edge/streams`, here for clients that only reach the playback ports).
-async fn edge_streams(State(ctx): State<Arc<EdgeContext>>) -> Response {
-    axum::Json(crate::edge_streams_json(&ctx)).into_response()
 }
 
 /// Serves one HTTP connection until it closes or the node shuts down.

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{Instrument, Span, debug, info, warn};
 
-use crate::metrics::PUBLISH_REFUSED;
+use crate::metrics::{PUBLISH_REFUSED, PUBLISH_STOPPED};
 use crate::streams::Publication;
 use crate::{OriginContext, PUBLISH_BITRATE_WINDOW};
 
@@ -152,8 +152,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
             _ = Signal::fired(&mut revoked) => {
                 let name = publication.as_ref().map(|p| p.key().to_string()).unwrap_or_default();
-                info!(stream = %name, reason = "revoked_key", "publisher stopped: its stream key was revoked");
-                session.stop_publish("NetStream.Publish.Unauthorized", &format!("publish of {name} stopped (revoked_key): its stream key was revoked"));
+                let (reason, why) = match key_watch.as_ref().map(KeyWatch::reason) {
+                    Some(PublishDenial::Expired) => ("expired", "its stream key has expired"),
+                    _ => ("revoked_key", "its stream key was revoked"),
+                };
+                PUBLISH_STOPPED.with_label_values(&[reason]).inc();
+                info!(stream = %name, reason, "publisher stopped: {why}");
+                session.stop_publish("NetStream.Publish.Unauthorized", &format!("publish of {name} stopped ({reason}): {why}"));
                 flush(stream, &mut session, config.write_timeout).await?;
                 return Ok(EndReason::Unpublished);
             }
@@ -285,10 +290,13 @@ async fn authorize(
 }
 
 /// A live publication's managed key, asked about every `key_recheck_interval`: `revoked` is
-/// cancelled when the control plane says the key was revoked. Any other answer, or none (the
-/// control plane unreachable), lets the publication go on. Stops when dropped.
+/// cancelled when the control plane says the key was revoked or has expired (so a key stops
+/// working within one interval of its expiry, mid-publication too). Any other answer, or none
+/// (the control plane unreachable), lets the publication go on. Stops when dropped.
 struct KeyWatch {
     revoked: CancellationToken,
+    /// Why it was cancelled.
+    reason: Arc<std::sync::OnceLock<PublishDenial>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -302,6 +310,8 @@ impl KeyWatch {
     fn start(ctx: Arc<OriginContext>, app: String, name: String, client_ip: IpAddr) -> Self {
         let revoked = CancellationToken::new();
         let signal = revoked.clone();
+        let reason = Arc::new(std::sync::OnceLock::new());
+        let why = reason.clone();
         let every = ctx.config.key_recheck_interval;
         let task = tokio::spawn(
             async move {
@@ -310,13 +320,14 @@ impl KeyWatch {
                 loop {
                     tick.tick().await;
                     if let Ok(PublishDecision::Refused {
-                        reason: PublishDenial::RevokedKey,
+                        reason: denial @ (PublishDenial::RevokedKey | PublishDenial::Expired),
                         ..
                     }) = ctx
                         .streams
                         .authorize_publish(&app, &name, client_ip, true)
                         .await
                     {
+                        let _ = why.set(denial);
                         signal.cancel();
                         return;
                     }
@@ -324,7 +335,18 @@ impl KeyWatch {
             }
             .instrument(Span::current()),
         );
-        Self { revoked, task }
+        Self {
+            revoked,
+            reason,
+            task,
+        }
+    }
+
+    fn reason(&self) -> PublishDenial {
+        self.reason
+            .get()
+            .copied()
+            .unwrap_or(PublishDenial::RevokedKey)
     }
 }
 

@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use corriente_cluster::auth::ClusterAuth;
 use corriente_cluster::serve;
 use corriente_cluster::{
     ControlClient, ControlError, Health, Member, NodeLoad, NodeRecord, NodeRole, OwnedStream,
     run_membership,
 };
-use corriente_core::access::IpRules;
+use corriente_core::access::{AdminReader, IpRules};
 use corriente_core::limits::{Rate, RateLimiter};
 use corriente_core::net::{AcceptLimits, accept_loop};
 use corriente_core::tls::{ReloadingCert, TlsError, TlsFiles};
@@ -301,25 +301,32 @@ impl Origin {
         let ctx = self.ctx.clone();
         Router::new().route(
             "/api/v1/origin/streams",
-            get(move || async move {
+            get(move |reader: Option<Extension<AdminReader>>| async move {
+                let trusted = reader.is_some_and(|Extension(r)| r.trusted);
                 let streams: Vec<serde_json::Value> = ctx
                     .streams
                     .live()
                     .into_iter()
                     .map(|(hub, epoch, publisher)| {
                         let stats = hub.stats();
-                        serde_json::json!({
+                        let mut stream = serde_json::json!({
                             "key": stats.key.to_string(),
                             "app": stats.key.app(),
                             "name": stats.key.name(),
                             "epoch": epoch,
-                            "publisher_addr": publisher,
                             "media": stats.media,
                             "relay_subscribers": stats.subscribers,
                             "frames_in": stats.frames_in,
                             "bytes_in": stats.bytes_in,
+                            "retained_bytes": stats.retained_bytes,
+                            "gop_frames": stats.gop_frames,
                             "started_at_ms": stats.started_at_ms,
-                        })
+                        });
+                        // Personal data: for trusted readers only (the admin token).
+                        if trusted {
+                            stream["publisher_addr"] = publisher.into();
+                        }
+                        stream
                     })
                     .collect();
                 Json(serde_json::json!({ "node": ctx.node_id, "streams": streams }))

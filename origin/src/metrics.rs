@@ -20,3 +20,14 @@ pub static PUBLISH_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Publications the origin ended because their credential stopped being valid while live
+/// (`revoked_key`, `expired`).
+pub static PUBLISH_STOPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "corriente_publishers_stopped_total",
+        "Live publications stopped because their stream key was revoked or expired, by reason",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});

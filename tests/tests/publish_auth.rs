@@ -188,6 +188,18 @@ async fn managed_keys_publish_under_their_public_name_until_revoked() -> Result<
         !live.contains(&secret),
         "the secret is not the public name: {live}"
     );
+    // The publisher's address is personal data: only a reader with the admin token sees it.
+    assert!(
+        !live.contains("publisher_addr"),
+        "publisher address shown without the admin token: {live}"
+    );
+    let (_, trusted) = http(admin, "GET", "/api/v1/streams", token, None).await?;
+    assert!(
+        trusted.contains("\"publisher_addr\":\"127.0.0.1:"),
+        "{trusted}"
+    );
+    let (_, origin) = node.admin_get("/api/v1/origin/streams").await?;
+    assert!(!origin.contains("publisher_addr"), "{origin}");
     assert!(
         !node.log_text().contains(&secret),
         "the secret is never logged"
@@ -398,5 +410,50 @@ async fn keys_in_redis_serve_every_replica() -> Result<()> {
     let stderr = refused(&ingest(&format!("studio?key={secret}"))).await?;
     assert!(stderr.contains("revoked_key"), "ffmpeg said: {stderr}");
     assert!(refusals(&origin, "revoked_key").await? >= 1.0);
+    Ok(())
+}
+
+/// A managed key that expires while its encoder is live: the publication is stopped within the
+/// re-check interval (5 s) of the expiry, with the reason, and counted; the key is refused from
+/// then on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_managed_key_that_expires_mid_publication_stops_it() -> Result<()> {
+    let node = Node::all(&["--publish-auth", "on"])?;
+    let admin = node.addr("admin");
+    let expires_at = unix_now() + 4;
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/api/v1/keys",
+        None,
+        Some(&format!(
+            r#"{{"stream":"live/soon","expires_at":{expires_at}}}"#
+        )),
+    )
+    .await?;
+    assert_eq!(status, 201, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body)?;
+    let secret = answer["secret"].as_str().unwrap_or_default().to_owned();
+    let publisher = Publisher::start(&av_small()?, &node.ingest_url(&secret))?;
+    node.wait_live("soon").await?;
+    let (code, stderr) = publisher.wait(Duration::from_secs(30)).await?;
+    let stopped_after = unix_now().saturating_sub(expires_at);
+    assert_ne!(code, Some(0), "the encoder was stopped");
+    assert!(stderr.contains("expired"), "ffmpeg said: {stderr}");
+    assert!(
+        stopped_after <= 5 + 2,
+        "stopped {stopped_after} s after the expiry"
+    );
+    let stopped = node
+        .metrics()
+        .await?
+        .value(
+            "corriente_publishers_stopped_total",
+            &[("reason", "expired")],
+        )
+        .unwrap_or(0.0);
+    assert_eq!(stopped, 1.0);
+    let stderr = refused(&node.ingest_url(&secret)).await?;
+    assert!(stderr.contains("expired"), "ffmpeg said: {stderr}");
     Ok(())
 }
