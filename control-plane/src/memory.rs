@@ -17,11 +17,24 @@ struct Leased<T> {
     expires: Instant,
 }
 
+struct Retired {
+    epoch: u64,
+    forget_at: Instant,
+}
+
+/// How long a retired name's last epoch is remembered, at least (ten lease TTLs when longer).
+pub const EPOCH_MEMORY: Duration = Duration::from_secs(600);
+
 #[derive(Default)]
 struct State {
     streams: HashMap<StreamKey, Leased<StreamRecord>>,
-    /// Last epoch handed out per stream name; survives releases so epochs only grow.
-    epochs: HashMap<StreamKey, u64>,
+    /// Last epoch handed out, across all names: every claim takes the next one, so a name's
+    /// epochs only grow even once the registry has forgotten the name.
+    last_epoch: u64,
+    /// The last epoch of names no longer live, remembered for [`EPOCH_MEMORY`] so that an owner
+    /// whose lease lapsed cannot re-assert over a newer ownership that has ended since; then
+    /// forgotten, so the map holds only recently ended names, not every name ever claimed.
+    retired: HashMap<StreamKey, Retired>,
     nodes: HashMap<String, Leased<NodeRecord>>,
     /// Publish keys by the SHA-256 of their secret.
     publish_keys: HashMap<String, PublishKey>,
@@ -59,6 +72,7 @@ impl MemoryRegistry {
         let mut events = Vec::new();
         {
             let mut state = self.lock();
+            let mut lapsed = Vec::new();
             state.streams.retain(|key, leased| {
                 let live = leased.expires > now;
                 if !live {
@@ -67,9 +81,15 @@ impl MemoryRegistry {
                         epoch: leased.value.epoch,
                         node_id: leased.value.node_id.clone(),
                     });
+                    lapsed.push((key.clone(), leased.value.epoch));
                 }
                 live
             });
+            let forget_at = now + self.epoch_memory();
+            for (key, epoch) in lapsed {
+                state.retire(key, epoch, forget_at);
+            }
+            state.retired.retain(|_, r| r.forget_at > now);
             state.nodes.retain(|id, leased| {
                 let live = leased.expires > now;
                 if !live {
@@ -95,7 +115,27 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+impl State {
+    /// The last epoch `key` had, live, lapsed or recently retired.
+    fn last_epoch_of(&self, key: &StreamKey) -> u64 {
+        let leased = self.streams.get(key).map_or(0, |l| l.value.epoch);
+        let retired = self.retired.get(key).map_or(0, |r| r.epoch);
+        leased.max(retired)
+    }
+
+    fn retire(&mut self, key: StreamKey, epoch: u64, forget_at: Instant) {
+        let entry = self.retired.entry(key).or_insert(Retired { epoch, forget_at });
+        entry.epoch = entry.epoch.max(epoch);
+        entry.forget_at = forget_at;
+    }
+}
+
 impl MemoryRegistry {
+    /// How long a retired name's last epoch is remembered.
+    fn epoch_memory(&self) -> Duration {
+        EPOCH_MEMORY.max(self.ttl * 10)
+    }
+
     fn claim(
         &self,
         claim: StreamClaim,
@@ -122,8 +162,10 @@ impl MemoryRegistry {
                     node_id: owner.node_id.clone(),
                 });
             }
-            let epoch = state.epochs.get(&claim.key).copied().unwrap_or(0) + 1;
-            state.epochs.insert(claim.key.clone(), epoch);
+            state.last_epoch = state.last_epoch.max(state.last_epoch_of(&claim.key)) + 1;
+            let epoch = state.last_epoch;
+            // The live record carries the name's latest epoch from now on.
+            state.retired.remove(&claim.key);
             let record = StreamRecord {
                 key: claim.key.clone(),
                 node_id: claim.node_id,
@@ -212,7 +254,7 @@ impl Registry for MemoryRegistry {
                     }
                     Some(_) => lost.push(owned.key),
                     None => {
-                        let last = state.epochs.get(&owned.key).copied().unwrap_or(0);
+                        let last = state.last_epoch_of(&owned.key);
                         if owned.epoch >= last {
                             // Re-assert: the lease lapsed (or the registry forgot it) and
                             // nobody newer claimed the name meanwhile.
@@ -225,7 +267,8 @@ impl Registry for MemoryRegistry {
                                 publisher_addr: owned.publisher_addr,
                                 started_at_ms: owned.started_at_ms,
                             };
-                            state.epochs.insert(owned.key.clone(), owned.epoch);
+                            state.last_epoch = state.last_epoch.max(owned.epoch);
+                            state.retired.remove(&owned.key);
                             events.push(RegistryEvent::StreamUp(record.clone()));
                             state.streams.insert(
                                 owned.key,
@@ -274,6 +317,8 @@ impl Registry for MemoryRegistry {
                 .is_some_and(|l| l.value.node_id == node_id && l.value.epoch == epoch);
             if owned {
                 state.streams.remove(key);
+                let forget_at = Instant::now() + self.epoch_memory();
+                state.retire(key.clone(), epoch, forget_at);
             }
             owned
         };
@@ -497,4 +542,29 @@ mod tests {
         registry.release_stream(&key(), "o1", 5).await.unwrap();
         assert_eq!(registry.claim_stream(claim("o2")).await.unwrap().epoch, 6);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn ended_names_are_forgotten_but_epochs_still_grow() {
+        let registry = MemoryRegistry::new(Duration::from_secs(6));
+        let mut last = 0;
+        for i in 0..10_000 {
+            let mut c = claim("o1");
+            c.key = StreamKey::new("live", &format!("s{i}")).unwrap();
+            let record = registry.claim_stream(c).await.unwrap();
+            assert!(record.epoch > last);
+            last = record.epoch;
+            assert!(registry.release_stream(&record.key, "o1", record.epoch).await.unwrap());
+        }
+        assert_eq!(registry.lock().retired.len(), 10_000);
+        // Past the epoch memory the names are forgotten: the registry holds nothing of them.
+        tokio::time::advance(EPOCH_MEMORY + Duration::from_secs(1)).await;
+        registry.sweep();
+        assert!(registry.lock().retired.is_empty());
+        assert!(registry.lock().streams.is_empty());
+        // A forgotten name claimed again still gets a larger epoch than it ever had.
+        let mut c = claim("o2");
+        c.key = StreamKey::new("live", "s0").unwrap();
+        assert!(registry.claim_stream(c).await.unwrap().epoch > last);
+    }
+
 }
