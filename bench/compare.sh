@@ -64,7 +64,7 @@ start_corriente() { # $1: coalescing window
   $BIN/corriente origin --rtmp 127.0.0.1:21935 --relay 127.0.0.1:21052 --admin 127.0.0.1:21091 \
     --control http://127.0.0.1:21051 "${LIMITS[@]}" --publish-rate-per-ip 0 --log-format json 2>"$OUT/origin.log" & pids+=($!); ORIGIN_PID=$!
   $BIN/corriente edge --rtmp 127.0.0.1:21936 --http 127.0.0.1:21080 --admin 127.0.0.1:21092 \
-    --control http://127.0.0.1:21051 --coalesce-window "$1" "${LIMITS[@]}" --log-format json 2>"$OUT/edge.log" & pids+=($!); EDGE_PID=$!
+    --control http://127.0.0.1:21051 --coalesce-window "$1" "${LIMITS[@]}" --play-rate-per-ip 0 --log-format json 2>"$OUT/edge.log" & pids+=($!); EDGE_PID=$!
   wait_port 21935; wait_port 21936; wait_port 21080
   sleep 1
 }

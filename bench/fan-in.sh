@@ -41,7 +41,7 @@ start_corriente() { # $1: directory of the binary, $2: extra origin arguments, c
   "$1/corriente" origin --rtmp 127.0.0.1:26935 --relay 127.0.0.1:26052 --admin 127.0.0.1:26091 \
     --control http://127.0.0.1:26051 "${LIMITS[@]}" --publish-rate-per-ip 0 "${extra[@]}" --log-format json 2>"$OUT/origin.log" & pids+=($!); SERVER_PID=$!
   "$1/corriente" edge --rtmp 127.0.0.1:26936 --http 127.0.0.1:26080 --admin 127.0.0.1:26092 \
-    --control http://127.0.0.1:26051 "${LIMITS[@]}" --log-format json 2>"$OUT/edge.log" & pids+=($!)
+    --control http://127.0.0.1:26051 "${LIMITS[@]}" --play-rate-per-ip 0 --log-format json 2>"$OUT/edge.log" & pids+=($!)
   wait_port 26935; wait_port 26936; wait_port 26080
   sleep 1
   URL=rtmp://127.0.0.1:26935/live

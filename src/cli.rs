@@ -525,6 +525,13 @@ pub struct EdgeTuning {
     #[arg(long, env = "CORRIENTE_VIEWER_WRITE_TIMEOUT", value_name = "DURATION", default_value = shown(Dur(EdgeConfig::default().write_timeout)), value_parser = parse_duration)]
     pub viewer_write_timeout: Duration,
 
+    /// Play requests allowed per client address, RTMP and HTTP together: N/DURATION (e.g.
+    /// 100/10s), a bucket of N requests refilled over DURATION. Past it a request is refused
+    /// (reason `rate_limited`, HTTP 429 with `Retry-After`) before any authorization or lookup.
+    /// 0: no limit.
+    #[arg(long, env = "CORRIENTE_PLAY_RATE_PER_IP", value_name = "N/DURATION", default_value = shown(RateLimit(EdgeConfig::default().play_rate_per_ip)), value_parser = parse_rate)]
+    pub play_rate_per_ip: RateLimit,
+
     /// Kernel send buffer per viewer socket (0: kernel default). Bounds how far behind live a
     /// slow viewer can queue before it meets backpressure and skips to a keyframe.
     #[arg(long, env = "CORRIENTE_VIEWER_SEND_BUFFER", value_name = "BYTES", default_value_t = EdgeConfig::default().viewer_send_buffer)]
@@ -1059,6 +1066,7 @@ fn edge_config(
         viewer_send_buffer: tuning.viewer_send_buffer,
         max_connections: rtmp_args.max_connections,
         max_connections_per_ip: rtmp_args.max_connections_per_ip,
+        play_rate_per_ip: tuning.play_rate_per_ip.0,
         viewer_lag: LagPolicy {
             max_skips: tuning.viewer_max_skips,
             ..LagPolicy::default()
@@ -1287,6 +1295,7 @@ mod tests {
         assert_eq!(edge.write_timeout, defaults.write_timeout);
         assert_eq!(edge.pull.linger, defaults.pull.linger);
         assert_eq!(edge.session.limits, defaults.session.limits);
+        assert_eq!(edge.play_rate_per_ip, defaults.play_rate_per_ip);
         let Some(Command::Origin(origin)) = command(&["origin", "--insecure"]) else {
             unreachable!()
         };

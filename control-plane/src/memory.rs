@@ -124,7 +124,10 @@ impl State {
     }
 
     fn retire(&mut self, key: StreamKey, epoch: u64, forget_at: Instant) {
-        let entry = self.retired.entry(key).or_insert(Retired { epoch, forget_at });
+        let entry = self
+            .retired
+            .entry(key)
+            .or_insert(Retired { epoch, forget_at });
         entry.epoch = entry.epoch.max(epoch);
         entry.forget_at = forget_at;
     }
@@ -553,7 +556,12 @@ mod tests {
             let record = registry.claim_stream(c).await.unwrap();
             assert!(record.epoch > last);
             last = record.epoch;
-            assert!(registry.release_stream(&record.key, "o1", record.epoch).await.unwrap());
+            assert!(
+                registry
+                    .release_stream(&record.key, "o1", record.epoch)
+                    .await
+                    .unwrap()
+            );
         }
         assert_eq!(registry.lock().retired.len(), 10_000);
         // Past the epoch memory the names are forgotten: the registry holds nothing of them.
@@ -566,5 +574,4 @@ mod tests {
         c.key = StreamKey::new("live", "s0").unwrap();
         assert!(registry.claim_stream(c).await.unwrap().epoch > last);
     }
-
 }

@@ -228,6 +228,8 @@ struct Refusal {
     status: StatusCode,
     reason: &'static str,
     message: String,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 /// Finds the stream of `/APP/FILE` and joins its pull.
@@ -242,7 +244,20 @@ async fn resolve(
         status,
         reason,
         message,
+        retry_after: None,
     };
+    // Before any name, token, hook or registry work: a client retrying in a loop (or looping
+    // on one kept-alive connection) costs a bucket lookup and nothing else.
+    if let Err(wait) = ctx.take_play_attempt(peer) {
+        return Err(Refusal {
+            retry_after: Some(wait),
+            ..refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many play requests from this address; retry in {wait} s"),
+            )
+        });
+    }
     let Some(name) = file.strip_suffix(".flv") else {
         return Err(refuse(
             StatusCode::NOT_FOUND,
@@ -322,8 +337,12 @@ async fn serve_flv(
         Err(refusal) => {
             refusal.count();
             let body = format!("{}\n", refusal.message);
+            let retry = refusal
+                .retry_after
+                .map(|s| format!("Retry-After: {s}\r\n"))
+                .unwrap_or_default();
             let response = format!(
-                "HTTP/{version} {status}\r\nContent-Type: text/plain; charset=utf-8\r\nAccess-Control-Allow-Origin: *\r\nCache-Control: no-store\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/{version} {status}\r\nContent-Type: text/plain; charset=utf-8\r\nAccess-Control-Allow-Origin: *\r\nCache-Control: no-store\r\n{retry}Content-Length: {len}\r\nConnection: close\r\n\r\n{body}",
                 status = refusal.status,
                 len = body.len(),
             );
@@ -556,7 +575,8 @@ async fn preflight() -> Response {
 
 fn refusal_response(refusal: Refusal) -> Response {
     refusal.count();
-    (
+    let retry_after = refusal.retry_after;
+    let mut response = (
         refusal.status,
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
@@ -565,7 +585,13 @@ fn refusal_response(refusal: Refusal) -> Response {
         ],
         refusal.message + "\n",
     )
-        .into_response()
+        .into_response();
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 /// Playback through hyper (a kept-alive connection's later requests).
@@ -587,6 +613,7 @@ async fn play(
                 status: StatusCode::NOT_FOUND,
                 reason: "bad_name",
                 message: e.to_string(),
+                retry_after: None,
             }),
         };
     }
@@ -602,6 +629,7 @@ async fn play(
                     message: format!(
                         "too many viewers from your address on this connection's listener ({reason})"
                     ),
+                    retry_after: None,
                 });
             }
         },
@@ -621,6 +649,7 @@ async fn play(
                 status: StatusCode::NOT_FOUND,
                 reason: "not_found",
                 message: format!("stream {key}: {e}"),
+                retry_after: None,
             });
         }
     };

@@ -23,6 +23,7 @@ use corriente_cluster::{
     ControlClient, ControlError, Health, Member, NodeLoad, NodeRecord, NodeRole, RegistryEvent,
     run_membership,
 };
+use corriente_core::limits::{Rate, RateLimiter};
 use corriente_core::net::{AcceptLimits, Admission, accept_admitted, accept_loop};
 use corriente_core::tls::{ReloadingCert, TlsError, TlsFiles};
 use corriente_media::frame::unix_micros;
@@ -79,6 +80,10 @@ pub struct EdgeConfig {
     /// Most simultaneous connections per listener from one client address (an IPv6 client
     /// is its /64); 0 for no limit.
     pub max_connections_per_ip: usize,
+    /// Play requests allowed per client address (a token bucket), RTMP and HTTP together; past
+    /// it a request is refused (`rate_limited`) before any authorization or lookup. `None`: no
+    /// limit.
+    pub play_rate_per_ip: Option<Rate>,
     /// When a viewer that keeps falling behind is disconnected.
     pub viewer_lag: LagPolicy,
     /// Relay pull settings (hub, linger, failover grace).
@@ -134,6 +139,10 @@ impl Default for EdgeConfig {
             viewer_send_buffer: 256 << 10,
             max_connections: 20_000,
             max_connections_per_ip: 256,
+            play_rate_per_ip: Some(Rate {
+                count: 100,
+                per: Duration::from_secs(10),
+            }),
             viewer_lag: LagPolicy::default(),
             pull: PullConfig {
                 hub: HubConfig {
@@ -177,6 +186,8 @@ pub enum EdgeError {
 pub(crate) struct EdgeContext {
     pub(crate) config: EdgeConfig,
     pub(crate) pulls: Arc<Pulls>,
+    /// Play requests per client address, when limited.
+    pub(crate) play_attempts: Option<RateLimiter>,
     /// Cancelled when the edge starts draining: new viewers are refused.
     pub(crate) draining: CancellationToken,
     /// Cancelled when viewers must be ended.
@@ -192,6 +203,16 @@ pub(crate) struct EdgeContext {
 }
 
 impl EdgeContext {
+    /// Spends one play attempt of `ip`; `Err` says in how many seconds it may try again.
+    pub(crate) fn take_play_attempt(&self, ip: std::net::IpAddr) -> Result<(), u64> {
+        match &self.play_attempts {
+            Some(attempts) => attempts
+                .try_take(ip, tokio::time::Instant::now())
+                .map_err(|wait| wait.as_secs() + 1),
+            None => Ok(()),
+        }
+    }
+
     /// Bits per second written to viewers since the last call.
     fn egress_bps(&self) -> u64 {
         let out = &corriente_media::metrics::BYTES_OUT;
@@ -312,6 +333,7 @@ impl Edge {
             rtmp_local: rtmp.local_addr().unwrap_or(config.rtmp_addr),
             http_local: http.local_addr().unwrap_or(config.http_addr),
             https_local: tls.https.as_ref().and_then(|l| l.local_addr().ok()),
+            play_attempts: config.play_rate_per_ip.map(RateLimiter::new),
             config,
             pulls,
             draining: CancellationToken::new(),

@@ -99,9 +99,20 @@ struct PullEntry {
     moved: watch::Sender<u64>,
 }
 
+/// How long a stream the registry did not know is answered "not found" without asking again
+/// (unless the registry announces it meanwhile, which clears it at once).
+pub const NOT_FOUND_TTL: Duration = Duration::from_secs(2);
+
+/// Most streams remembered as not found; past it, expired ones are forgotten, and while all are
+/// recent, new ones are not remembered (the per-address play rate still bounds lookups).
+const MAX_NOT_FOUND: usize = 4096;
+
 /// The pulls of this edge.
 pub struct Pulls {
     map: Mutex<HashMap<StreamKey, Arc<PullEntry>>>,
+    /// Streams the registry recently did not know, until when: requests for them are answered
+    /// without a lookup (a client looping on unknown names costs no registry call).
+    not_found: Mutex<HashMap<StreamKey, Instant>>,
     channels: Mutex<HashMap<String, Channel>>,
     control: ControlClient,
     config: PullConfig,
@@ -138,6 +149,7 @@ impl Pulls {
     ) -> Arc<Self> {
         Arc::new(Self {
             map: Mutex::new(HashMap::new()),
+            not_found: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
             control,
             config,
@@ -153,6 +165,9 @@ impl Pulls {
     /// Joins the pull of `key`, starting it if this is the stream's first viewer here, and
     /// waits until the stream is found and flowing.
     pub async fn acquire(self: &Arc<Self>, key: &StreamKey) -> Result<ViewerLease, PlayError> {
+        if self.recently_not_found(key) {
+            return Err(PlayError::NotFound(key.clone()));
+        }
         let entry = {
             let mut map = self.lock();
             let entry = match map.get(key) {
@@ -191,9 +206,38 @@ impl Pulls {
         }
     }
 
+    fn not_found_map(&self) -> MutexGuard<'_, HashMap<StreamKey, Instant>> {
+        self.not_found.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn recently_not_found(&self, key: &StreamKey) -> bool {
+        let mut map = self.not_found_map();
+        match map.get(key) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                map.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Remembers that the registry does not know `key`, for [`NOT_FOUND_TTL`].
+    fn remember_not_found(&self, key: &StreamKey) {
+        let now = Instant::now();
+        let mut map = self.not_found_map();
+        if map.len() >= MAX_NOT_FOUND {
+            map.retain(|_, until| *until > now);
+        }
+        if map.len() < MAX_NOT_FOUND {
+            map.insert(key.clone(), now + NOT_FOUND_TTL);
+        }
+    }
+
     /// The registry announced `key` under `epoch` (a new owner): a pull of an older epoch
     /// switches to it at once.
     pub fn stream_moved(&self, key: &StreamKey, epoch: u64) {
+        self.not_found_map().remove(key);
         if let Some(entry) = self.lock().get(key) {
             entry.moved.send_if_modified(|known| {
                 let newer = epoch > *known;
@@ -464,6 +508,9 @@ async fn pull(
                     PullState::Failed(last_problem.clone())
                 };
                 if *state.borrow() == PullState::Resolving {
+                    if problem == PullState::NotFound {
+                        pulls.remember_not_found(&entry.key);
+                    }
                     let _ = state.send(problem);
                     return EndReason::Unpublished;
                 }

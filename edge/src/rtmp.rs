@@ -363,6 +363,22 @@ async fn handle_setup(
                 info!(reason, "play refused: {text}");
                 session.reject_play(code, text);
             };
+            // Before any name, token, hook or registry work: a client retrying in a loop costs
+            // a bucket lookup and nothing else (counted, logged at debug: it repeats by nature).
+            if let Err(wait) = ctx.take_play_attempt(peer.ip()) {
+                PLAY_REFUSED
+                    .with_label_values(&["rtmp", "rate_limited"])
+                    .inc();
+                debug!(
+                    retry_in_s = wait,
+                    "play refused: too many play requests from this address"
+                );
+                session.reject_play(
+                    "NetStream.Play.Failed",
+                    &format!("too many play requests from this address; retry in {wait} s"),
+                );
+                return None;
+            }
             let (name, query) = split_query(&name);
             let key = match StreamKey::new(session.app(), name) {
                 Ok(key) => key,

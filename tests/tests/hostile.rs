@@ -1604,3 +1604,101 @@ async fn aggregates_of_tiny_frames_are_batched_and_bounded() -> Result<()> {
     canary.assert_alive("the tiny aggregates");
     Ok(())
 }
+
+/// Sends one HTTP request on a new connection and returns the status (0 when none came).
+async fn http_status(addr: std::net::SocketAddr, path: &str) -> Result<u16> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut head = [0u8; 12];
+    match tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head)).await {
+        Ok(Ok(_)) => Ok(std::str::from_utf8(&head[9..12])?.parse()?),
+        _ => Ok(0),
+    }
+}
+
+/// Play requests cost a lookup each, so they are limited per client address
+/// (`--play-rate-per-ip 20/10s` here), RTMP and HTTP together, before any other work; and a
+/// stream the registry does not know is answered from a short negative cache (2 s), cleared
+/// at once when the stream is published. Of 30 requests for an unknown stream, 20 get 404
+/// and 10 get 429 with `Retry-After`, the control plane is asked at most twice, an RTMP play
+/// from the same address is refused too, and the canary keeps playing.
+#[tokio::test(flavor = "multi_thread")]
+async fn play_requests_are_rate_limited_and_unknown_streams_cached() -> Result<()> {
+    let node = Node::all(&["--play-rate-per-ip", "20/10s"])?;
+    let mut canary = Canary::start(&node).await?;
+    let http = node.addr("edge-http");
+
+    // A stream asked for before it is published plays as soon as it is: the negative cache
+    // is cleared by the registry's announcement.
+    assert_eq!(http_status(http, "/live/late.flv").await?, 404);
+    let _late = Publisher::start(&av_small()?, &node.ingest_url("late"))?;
+    node.wait_live("late").await?;
+    assert_eq!(http_status(http, "/live/late.flv").await?, 200);
+
+    let lookups = |m: &corriente_tests::Metrics| {
+        ["OK", "NOT_FOUND", "NotFound", "ok", "not_found"]
+            .iter()
+            .filter_map(|code| {
+                m.value(
+                    "corriente_control_requests_total",
+                    &[("method", "lookup_stream"), ("code", code)],
+                )
+            })
+            .sum::<f64>()
+    };
+    let before = lookups(&node.metrics().await?);
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(http_status(http, "/live/nope.flv").await?);
+    }
+    let after = lookups(&node.metrics().await?);
+    let count = |code| statuses.iter().filter(|s| **s == code).count();
+    eprintln!(
+        "30 requests for an unknown stream: {} × 404, {} × 429; {} lookups",
+        count(404),
+        count(429),
+        after - before
+    );
+    // The canary's and the late stream's requests spent 3 of the bucket's 20.
+    assert_eq!(count(404) + count(429), 30, "{statuses:?}");
+    assert!(count(429) >= 10, "{statuses:?}");
+    assert!(after - before <= 2.0, "{} registry lookups", after - before);
+    let mut s = TcpStream::connect(http).await?;
+    s.write_all(b"GET /live/nope.flv HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut response)).await;
+    assert!(
+        response.contains("Retry-After:") && response.contains("too many play requests"),
+        "{response}"
+    );
+
+    let refusal = corriente_tests::clients::play_rtmp(
+        node.addr("edge-rtmp"),
+        "live",
+        "late",
+        Duration::from_secs(2),
+    )
+    .await?
+    .refused
+    .unwrap_or_default();
+    assert!(
+        refusal.contains("too many play requests"),
+        "RTMP play: {refusal}"
+    );
+    let m = node.metrics().await?;
+    for protocol in ["http_flv", "rtmp"] {
+        assert!(
+            m.value(
+                "corriente_play_refused_total",
+                &[("protocol", protocol), ("reason", "rate_limited")]
+            )
+            .unwrap_or(0.0)
+                >= 1.0,
+            "{protocol} refusals counted"
+        );
+    }
+    canary.assert_alive("the play request flood");
+    Ok(())
+}
