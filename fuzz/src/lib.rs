@@ -18,7 +18,7 @@ use corriente_media::rtmp::message::Message;
 use corriente_media::rtmp::{
     ChunkDecoder, ChunkLimits, ServerSession, SessionConfig, SessionEvent, SessionState,
 };
-use corriente_media::{Frame, FrameRole};
+use corriente_media::{Frame, FrameRole, Hub, HubConfig, HubWriter, spawn_hub};
 
 /// Counts the bytes the Rust code has allocated, so a target can check that what an input
 /// makes Corriente hold is proportional to the input (libFuzzer's `-malloc_limit_mb` only sees
@@ -164,22 +164,9 @@ pub fn drive_session(role: Role, seed: u8, data: &[u8]) {
         if playing {
             // `RtmpPlayback::input` (edge/src/rtmp.rs): the viewer's messages are fed to the
             // session and only PlayStopped matters; nobody answers requests any more.
-            if session.feed(&mut input, now, &mut events).is_err() {
+            if !feed_playing(&mut session, &mut input, now, &mut events, &mut output, read.len()) {
                 return;
             }
-            if events
-                .iter()
-                .any(|e| matches!(e, SessionEvent::PlayStopped))
-            {
-                return;
-            }
-            events.clear();
-            output.check(session.take_output());
-            assert!(
-                !session.is_waiting(),
-                "a playing session waits for a decision nobody makes: the viewer's input \
-                 would pile up unread"
-            );
             continue;
         }
         loop {
@@ -198,15 +185,57 @@ pub fn drive_session(role: Role, seed: u8, data: &[u8]) {
                 return;
             }
             if session.state() == &SessionState::Playing {
-                // The edge hands the connection to the fan-out (edge/src/viewer.rs), which
-                // reads into a new buffer: what was read after `play` is dropped.
+                // The edge hands the connection to the fan-out (edge/src/viewer.rs): what
+                // came with `play` is fed at once (edge/src/rtmp.rs `setup`), and playback
+                // reads on from what is left (at most the start of an unfinished chunk).
                 playing = true;
-                input.clear();
+                if !feed_playing(&mut session, &mut input, now, &mut events, &mut output, 0) {
+                    return;
+                }
                 break;
             }
         }
         output.check(session.take_output());
     }
+}
+
+/// One read of a playing viewer, as the edge handles it. False when the connection ends.
+/// What the session answers must stay proportional to what the viewer sent (`read` bytes, or
+/// what remained after `play`): the edge reads a viewer's input only while nothing waits to
+/// be written to it, so answers a viewer does not read can never pile up — provided each read
+/// makes a bounded answer.
+fn feed_playing(
+    session: &mut ServerSession,
+    input: &mut BytesMut,
+    now: u64,
+    events: &mut Vec<SessionEvent>,
+    output: &mut OutputCheck,
+    read: usize,
+) -> bool {
+    let before = input.len().max(read);
+    if session.feed(input, now, events).is_err() {
+        return false;
+    }
+    if events
+        .iter()
+        .any(|e| matches!(e, SessionEvent::PlayStopped))
+    {
+        return false;
+    }
+    events.clear();
+    let out = session.take_output();
+    assert!(
+        out.len() <= 4 * before + 4096,
+        "{} bytes of answers to {before} bytes of a viewer's input",
+        out.len()
+    );
+    output.check(out);
+    assert!(
+        !session.is_waiting(),
+        "a playing session waits for a decision nobody makes: the viewer's input would pile \
+         up unread"
+    );
+    true
 }
 
 fn answer(
@@ -296,13 +325,36 @@ impl OutputCheck {
 }
 
 /// What a stream hub does with each frame (`media/src/hub.rs`): track declaration from
-/// metadata, the media description, and muxing once per output format. The muxed bytes must
-/// decode back to the frame.
+/// metadata, the media description, and muxing once per output format (the muxed bytes must
+/// decode back to the frame), and a real hub the frames go through, with bounds small enough
+/// for a fuzz input to reach: what it retains (ring, GOP cache, audio window) must stay within
+/// them whatever the frames' timestamps, sizes and counts.
 pub struct HubStandIn {
     media: MediaInfo,
     outputs: Outputs,
     flv: BytesMut,
     rtmp: BytesMut,
+    hub: Hub,
+    writer: HubWriter,
+    /// The newest batch may exceed the bounds on its own (a frame is never split).
+    largest_batch: usize,
+}
+
+/// The hub bounds of the fuzz harness, small enough for an input of at most 64 KiB to reach.
+pub fn fuzz_hub() -> HubConfig {
+    HubConfig {
+        coalesce_window: std::time::Duration::ZERO,
+        coalesce_max_bytes: 16 << 10,
+        outputs: Outputs::viewers(4096),
+        ring_capacity: 16,
+        ring_max_bytes: 32 << 10,
+        gop_max_bytes: 32 << 10,
+        gop_max_frames: 64,
+        audio_window: std::time::Duration::from_millis(500),
+        audio_window_max_bytes: 16 << 10,
+        audio_window_max_frames: 32,
+        max_config_bytes: 4 << 10,
+    }
 }
 
 impl Default for HubStandIn {
@@ -313,15 +365,47 @@ impl Default for HubStandIn {
 
 impl HubStandIn {
     pub fn new() -> Self {
+        let (hub, writer) = spawn_hub(
+            StreamKey::new("live", "fuzz").expect("a valid name"),
+            fuzz_hub(),
+        );
         Self {
             media: MediaInfo::default(),
             outputs: Outputs::viewers(4096),
             flv: BytesMut::new(),
             rtmp: BytesMut::new(),
+            hub,
+            writer,
+            largest_batch: 0,
         }
     }
 
     pub fn push(&mut self, frame: &Frame) {
+        self.check_mux(frame);
+        // The real hub: what it keeps stays within its bounds (plus the newest batch, and the
+        // configuration block it brought).
+        self.writer.push(frame.clone());
+        let frame_cost = 3 * frame.payload.len() + 1024;
+        self.largest_batch = self.largest_batch.max(frame_cost);
+        let stats = self.hub.stats();
+        let bounds = fuzz_hub();
+        let limit = bounds.ring_max_bytes
+            + bounds.gop_max_bytes.max(bounds.audio_window_max_bytes)
+            + 2 * self.largest_batch
+            + 2 * bounds.max_config_bytes;
+        assert!(
+            stats.retained_bytes <= limit,
+            "the hub retains {} bytes (bounds {limit})",
+            stats.retained_bytes
+        );
+        assert!(
+            stats.gop_frames <= bounds.gop_max_frames.max(bounds.audio_window_max_frames) + 1,
+            "the hub keeps {} GOP frames",
+            stats.gop_frames
+        );
+    }
+
+    fn check_mux(&mut self, frame: &Frame) {
         if frame.role() == FrameRole::Metadata {
             let _ = metadata_tracks(&frame.payload);
         }

@@ -432,23 +432,24 @@ impl HubWriter {
                 }
                 return;
             }
-            if self.init.unchanged_by(&frame) {
-                // A repeated sequence header or metadata: nothing new for viewers.
-                return;
-            }
             // Configuration only ever leads a batch, so `Batch::init` holds for all its media.
             if self.pending.has_media() {
                 self.flush();
             }
-            if frame.role() == FrameRole::Metadata
-                && let Some((audio, video)) = metadata_tracks(&frame.payload)
-            {
-                self.has_video |= video;
-                if audio {
-                    self.shared.has_audio.store(true, Ordering::Relaxed);
+            // A repeat of the configuration in effect (encoders repeat sequence headers; a new
+            // origin after a failover sends the same ones) still reaches live viewers in-band,
+            // but makes no new configuration block for newcomers.
+            if !self.init.unchanged_by(&frame) {
+                if frame.role() == FrameRole::Metadata
+                    && let Some((audio, video)) = metadata_tracks(&frame.payload)
+                {
+                    self.has_video |= video;
+                    if audio {
+                        self.shared.has_audio.store(true, Ordering::Relaxed);
+                    }
                 }
+                self.init = Arc::new(self.init.with(&frame, outputs));
             }
-            self.init = Arc::new(self.init.with(&frame, outputs));
         }
         if frame.kind == FrameKind::Video && !frame.is_config() {
             self.has_video = true;

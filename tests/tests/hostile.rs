@@ -1702,3 +1702,131 @@ async fn play_requests_are_rate_limited_and_unknown_streams_cached() -> Result<(
     canary.assert_alive("the play request flood");
     Ok(())
 }
+
+/// IP rules written in IPv4-mapped form (`::ffff:127.0.0.1`, as an operator copies an address
+/// from a dual-stack log) match the IPv4 clients they name: with `--play-allow
+/// ::ffff:127.0.0.1` the canary (from 127.0.0.1) plays and a client from 127.0.0.2 is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn ipv4_mapped_rules_match_ipv4_clients() -> Result<()> {
+    let node = Node::all(&["--play-allow", "::ffff:127.0.0.1"])?;
+    let mut canary = Canary::start(&node).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("127.0.0.2:0".parse()?)?;
+    let mut s = socket.connect(node.addr("edge-http")).await?;
+    s.write_all(b"GET /live/canary.flv HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut response)).await;
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+    let denied = node
+        .metrics()
+        .await?
+        .value(
+            "corriente_play_refused_total",
+            &[("protocol", "http_flv"), ("reason", "ip_denied")],
+        )
+        .unwrap_or(0.0);
+    assert_eq!(denied, 1.0);
+    canary.assert_alive("the mapped rule");
+    Ok(())
+}
+
+/// `onMetaData` with a `pad` string of `size` bytes (distinct per `n`).
+fn metadata(n: u32, size: usize) -> bytes::Bytes {
+    let pad: String = std::iter::repeat_n(char::from(b'a' + (n % 26) as u8), size).collect();
+    let mut out = BytesMut::new();
+    amf0::encode_all(
+        &[
+            Amf0Value::string("onMetaData"),
+            Amf0Value::object([
+                ("n", Amf0Value::Number(f64::from(n))),
+                ("pad", Amf0Value::string(&pad)),
+            ]),
+        ],
+        &mut out,
+    );
+    out.freeze()
+}
+
+/// Distinct large metadata before every frame: each is a new configuration block for
+/// newcomers, re-muxed once and charged to the batch that brought it in the ring's byte
+/// bound, so 400 distinct 32 KiB metadata frames leave the edge's hub within its 32 MiB ring
+/// and the node within 96 MB of growth; metadata over 64 KiB is dropped and counted; a
+/// newcomer still gets the stream; the canary keeps playing.
+#[tokio::test(flavor = "multi_thread")]
+async fn distinct_large_metadata_is_bounded() -> Result<()> {
+    let node = Node::all(&[])?;
+    let mut canary = Canary::start(&node).await?;
+    let (mut stream, mut session) = try_publish(&node, "meta")
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    session.send_frame(&Frame::new(
+        FrameKind::Video,
+        0,
+        bytes::Bytes::from_static(&[
+            0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 4, 0x67, 0x64, 0, 0x1f, 1, 0, 4,
+            0x68, 0xee, 0x3c, 0x80,
+        ]),
+        0,
+    ));
+    stream.write_all(&session.take_output()).await?;
+    node.wait_live("meta").await?;
+    let viewer = tokio::spawn(drain_flv(
+        node.addr("edge-http"),
+        "meta",
+        Duration::from_secs(10),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = node.rss_kb();
+    let mut i = 0u32;
+    send_paced(&mut stream, &mut session, 810, 40_000_000, |n| {
+        let n = n as u32;
+        if n % 2 == 0 {
+            // Every 80th is over the 64 KiB limit.
+            let size = if n % 80 == 0 { 100 << 10 } else { 32 << 10 };
+            Frame::new(FrameKind::Script, n * 20, metadata(n, size), 0)
+        } else {
+            i += 1;
+            let key = i.is_multiple_of(30);
+            let mut payload = vec![if key { 0x17 } else { 0x27 }, 1, 0, 0, 0];
+            payload.resize(2000, 9);
+            Frame::new(FrameKind::Video, n * 20, payload.into(), 0)
+        }
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = node.rss_kb();
+    let (_, streams) = node.admin_get("/api/v1/edge/streams").await?;
+    let streams: serde_json::Value = serde_json::from_str(&streams)?;
+    let retained = streams["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "meta"))
+        .and_then(|s| s["retained_bytes"].as_u64())
+        .unwrap_or(u64::MAX);
+    let dropped = node
+        .metrics()
+        .await?
+        .value(
+            "corriente_stream_frames_dropped_total",
+            &[("reason", "oversized_config")],
+        )
+        .unwrap_or(0.0);
+    eprintln!(
+        "405 distinct metadata frames: the edge hub retains {retained} bytes, {dropped} oversized dropped, RSS {baseline} kB -> {after} kB"
+    );
+    assert!(
+        retained <= (32 << 20) + (1 << 20),
+        "{retained} bytes retained"
+    );
+    assert!(dropped >= 5.0, "oversized metadata dropped and counted");
+    assert!(
+        after < baseline + 96 * 1024,
+        "RSS grew from {baseline} kB to {after} kB"
+    );
+    let newcomer = drain_flv(node.addr("edge-http"), "meta", Duration::from_secs(1)).await?;
+    assert!(newcomer > 32 << 10, "a newcomer gets the configuration and the stream");
+    drop(stream);
+    assert!(viewer.await?? > 1 << 20, "the viewer received the stream");
+    canary.assert_alive("the metadata flood");
+    Ok(())
+}
