@@ -1781,9 +1781,9 @@ async fn distinct_large_metadata_is_bounded() -> Result<()> {
     let mut i = 0u32;
     send_paced(&mut stream, &mut session, 810, 40_000_000, |n| {
         let n = n as u32;
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             // Every 80th is over the 64 KiB limit.
-            let size = if n % 80 == 0 { 100 << 10 } else { 32 << 10 };
+            let size = if n.is_multiple_of(80) { 100 << 10 } else { 32 << 10 };
             Frame::new(FrameKind::Script, n * 20, metadata(n, size), 0)
         } else {
             i += 1;
