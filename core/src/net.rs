@@ -199,8 +199,9 @@ pub fn count_cut(listener: &'static str, reason: &'static str) {
 }
 
 /// Why a connection is cut: a write made no progress within its deadline (`write_stall`),
-/// the session did not reach playback within its deadline (`setup_timeout`).
-pub const CUT_REASONS: &[&str] = &["write_stall", "setup_timeout"];
+/// the session did not reach playback within its deadline (`setup_timeout`), an HTTP/2
+/// connection had no request in flight for the idle deadline (`idle`).
+pub const CUT_REASONS: &[&str] = &["write_stall", "setup_timeout", "idle"];
 
 /// Writes all of `bytes` within `timeout`: a peer that stops reading cannot hold the task (and
 /// its connection slot) by making a write wait forever. `TimedOut` past the deadline.

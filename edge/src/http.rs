@@ -24,7 +24,9 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::{Bytes, BytesMut};
-use corriente_core::net::{Admission, Admitted, close_gracefully, close_shared, write_within};
+use corriente_core::net::{
+    Admission, Admitted, close_gracefully, close_shared, count_cut, write_within,
+};
 use corriente_media::fanout::{Sink, Wire};
 use corriente_media::io::{Format, StallGuard, segment_bytes};
 use corriente_media::metrics::{self as media_metrics, Protocol};
@@ -467,13 +469,44 @@ async fn serve_hyper<S>(
         .max_send_buf_size(corriente_media::fanout::MAX_BACKLOG)
         .max_pending_accept_reset_streams(MAX_H2_STREAMS as usize)
         .max_local_error_reset_streams(MAX_H2_STREAMS as usize);
-    let conn = builder.serve_connection(io, TowerToHyperService::new(router));
+    // Requests in flight, for the idle deadline: HTTP/1.1's idle keep-alive is bounded by
+    // hyper's header timeout, HTTP/2's by this watch (its pings only prove the peer is alive).
+    let activity = Activity::default();
+    let service = {
+        let activity = activity.clone();
+        let router = TowerToHyperService::new(router);
+        hyper::service::service_fn(move |request| {
+            let guard = activity.begin();
+            let response = hyper::service::Service::call(&router, request);
+            async move {
+                let response = response.await?;
+                Ok::<_, Infallible>(response.map(|body| {
+                    Body::new(Guarded {
+                        body,
+                        _guard: guard,
+                    })
+                }))
+            }
+        })
+    };
+    let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
+    let idle_limit = ctx.config.handshake_timeout;
     let result = tokio::select! {
         result = conn.as_mut() => result,
         _ = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.await
+        }
+        _ = activity.idle_for(idle_limit), if h2 => {
+            count_cut("edge-https", "idle");
+            debug!(timeout = ?idle_limit, "closing an idle HTTP/2 connection");
+            // GOAWAY; HTTP/2's graceful close then waits for a ping answer, which a peer that
+            // went quiet may never give: nothing is in flight, so it gets a second at most.
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(Duration::from_secs(1), conn.as_mut())
+                .await
+                .unwrap_or(Ok(()))
         }
     };
     if let Err(e) = result {
@@ -485,6 +518,82 @@ async fn serve_hyper<S>(
         } else {
             debug!(error = %e, "HTTP connection ended");
         }
+    }
+}
+
+/// The requests in flight on one connection (a response counts until its body ends) and when
+/// the last one ended.
+#[derive(Clone)]
+struct Activity(Arc<std::sync::Mutex<(usize, Instant)>>);
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity(Arc::new(std::sync::Mutex::new((0, Instant::now()))))
+    }
+}
+
+impl Activity {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, Instant)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn begin(&self) -> ActiveGuard {
+        self.lock().0 += 1;
+        ActiveGuard(self.clone())
+    }
+
+    /// Completes once no request has been in flight for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let (active, since) = *self.lock();
+            let due = since + limit;
+            if active == 0 && Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(if active == 0 {
+                due
+            } else {
+                Instant::now() + limit
+            })
+            .await;
+        }
+    }
+}
+
+/// One request in flight; dropping it (when the response body ends) ends it.
+struct ActiveGuard(Activity);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.0 = state.0.saturating_sub(1);
+        state.1 = Instant::now();
+    }
+}
+
+/// A response body that holds its request's [`ActiveGuard`] until it ends.
+struct Guarded {
+    body: Body,
+    _guard: ActiveGuard,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -1223,7 +1223,8 @@ async fn curl(args: &[&str]) -> Result<String> {
 /// prior knowledge gets no HTTP/2 at all; on HTTPS, where HTTP/2 is offered, each playback
 /// stream of one connection counts against `--max-connections-per-ip` like a connection: with
 /// a limit of 6, one connection asking for 12 streams gets 5 (its own slot is the sixth) and
-/// `429` for the rest, counted.
+/// `429` for the rest, counted. An HTTP/2 connection that opens no stream is closed at the
+/// idle deadline.
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_streams_count_like_connections() -> Result<()> {
     let ca = TestCa::new()?;
@@ -1298,6 +1299,29 @@ async fn http2_streams_count_like_connections() -> Result<()> {
         )
         .unwrap_or(0.0);
     assert_eq!(refused, 7.0);
+
+    // An HTTP/2 connection that opens no stream is closed at the idle deadline
+    // (`--handshake-timeout`, 10 s here; its pings alone would keep it for longer).
+    let mut idle =
+        corriente_tests::tls::connect(node.addr("edge-https"), &ca.ca(), None, &[b"h2"]).await?;
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await?;
+    idle.flush().await?;
+    let started = tokio::time::Instant::now();
+    let mut sink = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), idle.read(&mut sink)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => {}
+            Err(_) => anyhow::bail!("an idle HTTP/2 connection was kept past 20 s"),
+        }
+    }
+    let held = started.elapsed();
+    eprintln!("idle HTTP/2 connection closed after {held:?}");
+    assert!(
+        held >= Duration::from_secs(9) && held < Duration::from_secs(14),
+        "closed after {held:?}"
+    );
     canary.assert_alive("the HTTP/2 streams");
     Ok(())
 }
@@ -1783,7 +1807,11 @@ async fn distinct_large_metadata_is_bounded() -> Result<()> {
         let n = n as u32;
         if n.is_multiple_of(2) {
             // Every 80th is over the 64 KiB limit.
-            let size = if n.is_multiple_of(80) { 100 << 10 } else { 32 << 10 };
+            let size = if n.is_multiple_of(80) {
+                100 << 10
+            } else {
+                32 << 10
+            };
             Frame::new(FrameKind::Script, n * 20, metadata(n, size), 0)
         } else {
             i += 1;
@@ -1824,7 +1852,10 @@ async fn distinct_large_metadata_is_bounded() -> Result<()> {
         "RSS grew from {baseline} kB to {after} kB"
     );
     let newcomer = drain_flv(node.addr("edge-http"), "meta", Duration::from_secs(1)).await?;
-    assert!(newcomer > 32 << 10, "a newcomer gets the configuration and the stream");
+    assert!(
+        newcomer > 32 << 10,
+        "a newcomer gets the configuration and the stream"
+    );
     drop(stream);
     assert!(viewer.await?? > 1 << 20, "the viewer received the stream");
     canary.assert_alive("the metadata flood");
