@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use corriente_cluster::{PublishCredential, PublishDecision, PublishDenial};
 use corriente_core::limits::ByteRateCap;
-use corriente_core::net::close_gracefully;
+use corriente_core::net::{close_gracefully, count_cut};
 use corriente_media::frame::unix_micros;
 use corriente_media::metrics::BYTES_IN;
 use corriente_media::rtmp::handshake::{self, HandshakeError};
@@ -32,6 +32,8 @@ enum IngestError {
     Session(#[from] SessionError),
     #[error("no data for {0:?}")]
     Idle(Duration),
+    #[error("no publish request within {0:?}")]
+    NoPublish(Duration),
     #[error("write to the publisher timed out after {0:?}")]
     WriteTimeout(Duration),
     #[error("I/O error: {0}")]
@@ -47,8 +49,24 @@ pub(crate) async fn serve_publisher<S: AsyncRead + AsyncWrite + Unpin>(
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
+    serve_on("origin-rtmp", ctx, &mut stream, peer, shutdown).await
+}
+
+/// [`serve_publisher`] for the connections of `listener` (its name, for the counters).
+async fn serve_on<S: AsyncRead + AsyncWrite + Unpin>(
+    listener: &'static str,
+    ctx: Arc<OriginContext>,
+    stream: &mut S,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
     let mut publication = None;
-    let result = run(&ctx, &mut stream, peer, &shutdown, &mut publication).await;
+    let result = run(&ctx, stream, peer, &shutdown, &mut publication).await;
+    match &result {
+        Err(IngestError::NoPublish(_)) => count_cut(listener, "setup_timeout"),
+        Err(IngestError::WriteTimeout(_)) => count_cut(listener, "write_stall"),
+        _ => {}
+    }
     let reason = match &result {
         Ok(reason) => *reason,
         Err(_) => EndReason::Unpublished,
@@ -65,7 +83,7 @@ pub(crate) async fn serve_publisher<S: AsyncRead + AsyncWrite + Unpin>(
         Err(e @ IngestError::BitrateExceeded(_)) => info!(error = %e, "publisher disconnected"),
         Err(e) => warn!(error = %e, "publisher connection closed"),
     }
-    close_gracefully(&mut stream, Duration::from_secs(2)).await;
+    close_gracefully(stream, Duration::from_secs(2)).await;
 }
 
 fn is_hangup(e: &std::io::Error) -> bool {
@@ -100,7 +118,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     // One timer for the idle limit, pushed back only when it fires: re-arming a timer on every
     // read would cost more than the read.
     let mut last_read = tokio::time::Instant::now();
-    let idle = tokio::time::sleep(config.idle_timeout);
+    // Until a publish is accepted (from the handshake's end, or from an unpublish on a
+    // connection that stays), the connection has `handshake_timeout` to ask for one: a client
+    // that only trickles pings cannot hold it.
+    let mut setup_deadline = Some(last_read + config.handshake_timeout);
+    let mut was_publishing = false;
+    let idle =
+        tokio::time::sleep_until(last_read + config.handshake_timeout.min(config.idle_timeout));
     tokio::pin!(idle);
     let mut bitrate = (config.max_publish_bitrate > 0).then(|| {
         ByteRateCap::new(
@@ -133,6 +157,16 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             if session.state() == &SessionState::Closed {
                 return Ok(EndReason::Unpublished);
             }
+            let publishing = publication.is_some();
+            if publishing != was_publishing {
+                was_publishing = publishing;
+                setup_deadline =
+                    (!publishing).then(|| tokio::time::Instant::now() + config.handshake_timeout);
+                if let Some(deadline) = setup_deadline {
+                    idle.as_mut()
+                        .reset(deadline.min(last_read + config.idle_timeout));
+                }
+            }
         }
         flush(stream, &mut session, config.write_timeout).await?;
 
@@ -144,10 +178,15 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             biased;
             read = stream.read_buf(&mut input) => read,
             _ = &mut idle => {
+                let now = tokio::time::Instant::now();
+                if setup_deadline.is_some_and(|deadline| now >= deadline) {
+                    return Err(IngestError::NoPublish(config.handshake_timeout));
+                }
                 if last_read.elapsed() >= config.idle_timeout {
                     return Err(IngestError::Idle(config.idle_timeout));
                 }
-                idle.as_mut().reset(last_read + config.idle_timeout);
+                let next = last_read + config.idle_timeout;
+                idle.as_mut().reset(setup_deadline.map_or(next, |d| d.min(next)));
                 continue;
             }
             _ = Signal::fired(&mut revoked) => {
@@ -472,7 +511,7 @@ pub(crate) async fn serve_tls_publisher(
     shutdown: CancellationToken,
 ) {
     match tokio::time::timeout(ctx.config.handshake_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve_publisher(ctx, tls, peer, shutdown).await,
+        Ok(Ok(mut tls)) => serve_on("origin-rtmps", ctx, &mut tls, peer, shutdown).await,
         Ok(Err(e)) => info!(error = %e, "TLS handshake failed: not an RTMPS client"),
         Err(_) => info!("TLS handshake timed out"),
     }

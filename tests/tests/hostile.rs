@@ -1087,8 +1087,8 @@ fn play_commands(name: &str) -> BytesMut {
 /// - an RTMP client flooding pings during the setup without reading the answers: closed once
 ///   the answers stop going out for 3 s (stated bound: 15 s from the first ping, which
 ///   includes filling the socket buffers);
-/// - an RTMP client that trickles pings and reads the answers but never plays: closed 3 s
-///   after its handshake;
+/// - an RTMP client that trickles pings and reads the answers but never plays (on the edge)
+///   or never publishes (on the ingest): closed 3 s after its handshake;
 /// - an RTMP viewer and an HTTP-FLV viewer that stop reading but send something every 500 ms:
 ///   cut off at the 3 s write deadline (stated bound: 15 s, buffers included), as if they had
 ///   gone silent.
@@ -1142,6 +1142,27 @@ async fn peers_that_keep_talking_but_never_read_are_cut_off() -> Result<()> {
         started.elapsed() >= Duration::from_secs(2),
         "closed before its deadline"
     );
+    // The same on the ingest: pings and no publish.
+    let mut trickler = rtmp_handshaken(node.addr("origin-rtmp")).await?;
+    let started = tokio::time::Instant::now();
+    let mut closed = false;
+    while started.elapsed() < bound {
+        if trickler.write_all(&ping(1)).await.is_err()
+            || closed_within(&mut trickler, Duration::from_secs(1)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    eprintln!("ingest trickle closed after {:?}", started.elapsed());
+    assert!(
+        closed,
+        "an ingest connection that never publishes was held past {bound:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "closed before its deadline"
+    );
 
     // Playing, not reading, talking: RTMP pings and HTTP-FLV bytes every 500 ms.
     let mut rtmp = small_window(node.addr("edge-rtmp")).await?;
@@ -1178,6 +1199,15 @@ async fn peers_that_keep_talking_but_never_read_are_cut_off() -> Result<()> {
     };
     assert!(cut("write_stall") >= 1.0, "the setup flood is counted");
     assert!(cut("setup_timeout") >= 1.0, "the setup trickle is counted");
+    assert!(
+        m.value(
+            "corriente_connections_cut_total",
+            &[("listener", "origin-rtmp"), ("reason", "setup_timeout")],
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "the ingest trickle is counted"
+    );
     for protocol in ["rtmp", "http_flv"] {
         let dropped = m
             .value(
