@@ -1,8 +1,9 @@
 //! A hub's broadcast ring: the recent batches of one stream, shared by every subscriber (feeds
-//! and fan-out shards), bounded by count **and by bytes**. A bound by count alone lets a
-//! stream of huge frames (8 MiB messages are legal RTMP) pin `count × 8 MiB` per stream; here
-//! the oldest batches go as soon as either bound is passed, and a subscriber that was still
-//! behind them learns it lagged, exactly as with a count-bounded ring.
+//! and fan-out shards). A batch is kept only until every subscriber has read it, as with
+//! `tokio::sync::broadcast`, and what subscribers have not read yet is bounded by count **and by
+//! bytes**: a bound by count alone lets one stalled subscriber of a stream of huge frames (8 MiB
+//! messages are legal RTMP) pin `count × 8 MiB`. Past either bound the oldest batches go, and a
+//! subscriber that was still behind them learns it lagged.
 //!
 //! Subscribers wait on a `watch` of the last sequence number, so a batch costs one lock and one
 //! wake-up per waiting subscriber, like `tokio::sync::broadcast`.
@@ -24,19 +25,65 @@ pub(crate) enum RecvError {
     Closed,
 }
 
-struct State {
-    /// Each batch with the bytes it is counted for.
-    batches: VecDeque<(Arc<Batch>, usize)>,
+/// One sent batch: held until every receiver that existed when it was sent has read it.
+struct Slot {
+    seq: u64,
+    batch: Option<Arc<Batch>>,
+    /// Receivers that have not read it yet.
+    unread: usize,
+    /// What it is counted for in the byte bound.
     bytes: usize,
+}
+
+struct State {
+    /// Slots in sequence order, without gaps.
+    slots: VecDeque<Slot>,
+    /// Bytes of the batches still held.
+    bytes: usize,
+    receivers: usize,
     /// Version of the newest batch's configuration: a batch bringing a new one is also counted
     /// for that configuration block (distinct metadata on every frame would otherwise pin a
     /// block per batch unseen).
     init_version: Option<u64>,
     max_count: usize,
     max_bytes: usize,
-    /// Sequence number the next batch gets when the ring is empty (the receivers' start).
+    /// Sequence number of the next batch (where a new receiver starts).
     next_seq: u64,
     closed: bool,
+}
+
+impl State {
+    /// Frees a slot's batch (read by all, or pushed out by the bounds).
+    fn free(&mut self, index: usize) {
+        if let Some(slot) = self.slots.get_mut(index)
+            && slot.batch.take().is_some()
+        {
+            self.bytes -= slot.bytes;
+        }
+    }
+
+    /// Drops freed slots from the front, and the oldest held ones past the bounds.
+    fn trim(&mut self) {
+        while let Some(front) = self.slots.front() {
+            let held = self.slots.len();
+            let over = held > self.max_count || (self.bytes > self.max_bytes && held > 1);
+            if front.batch.is_some() && !over {
+                break;
+            }
+            self.free(0);
+            self.slots.pop_front();
+        }
+    }
+
+    /// One receiver read (or, leaving, gave up) the slot at `index`.
+    fn read(&mut self, index: usize) {
+        if let Some(slot) = self.slots.get_mut(index) {
+            slot.unread = slot.unread.saturating_sub(1);
+            if slot.unread == 0 {
+                self.free(index);
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -63,12 +110,14 @@ pub(crate) struct RingReceiver {
     next: u64,
 }
 
-/// A ring keeping at most `max_count` batches and, past the newest one, at most `max_bytes`.
+/// A ring holding at most `max_count` unread batches and, past the newest one, at most
+/// `max_bytes` of them.
 pub(crate) fn ring(max_count: usize, max_bytes: usize) -> RingSender {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            batches: VecDeque::new(),
+            slots: VecDeque::new(),
             bytes: 0,
+            receivers: 0,
             init_version: None,
             max_count: max_count.max(1),
             max_bytes,
@@ -83,7 +132,7 @@ pub(crate) fn ring(max_count: usize, max_bytes: usize) -> RingSender {
 }
 
 impl RingSender {
-    /// Adds a batch (its `seq` one past the previous one) and drops the oldest past the bounds.
+    /// Adds a batch (its `seq` one past the previous one) for the receivers there are now.
     pub(crate) fn send(&self, batch: Arc<Batch>) {
         let seq = batch.seq;
         {
@@ -94,31 +143,36 @@ impl RingSender {
                 bytes += batch.init.flv.len() + batch.init.rtmp.len();
                 bytes += batch.init.frames().map(|f| f.payload.len()).sum::<usize>();
             }
-            state.bytes += bytes;
             state.next_seq = seq + 1;
-            state.batches.push_back((batch, bytes));
-            while state.batches.len() > state.max_count
-                || (state.bytes > state.max_bytes && state.batches.len() > 1)
-            {
-                if let Some((_, old)) = state.batches.pop_front() {
-                    state.bytes -= old;
-                }
+            let unread = state.receivers;
+            let held = (unread > 0).then_some(batch);
+            if held.is_some() {
+                state.bytes += bytes;
             }
+            state.slots.push_back(Slot {
+                seq,
+                batch: held,
+                unread,
+                bytes,
+            });
+            state.trim();
         }
         self.seq.send_replace(seq);
     }
 
     /// A receiver that starts with the next batch sent.
     pub(crate) fn subscribe(&self) -> RingReceiver {
-        let next = self.shared.lock().next_seq;
+        let mut state = self.shared.lock();
+        state.receivers += 1;
         RingReceiver {
             shared: self.shared.clone(),
             seq: self.seq.subscribe(),
-            next,
+            next: state.next_seq,
         }
     }
 
-    /// Bytes the ring holds (by [`Batch::memory_bytes`]).
+    /// Bytes of the batches the ring holds (by [`Batch::memory_bytes`]): what subscribers have
+    /// not read yet.
     pub(crate) fn bytes(&self) -> usize {
         self.shared.lock().bytes
     }
@@ -148,34 +202,54 @@ impl RingReceiver {
 
     /// The next batch if there is one; `None` when the subscriber is caught up.
     fn try_recv(&mut self) -> Option<Result<Arc<Batch>, RecvError>> {
-        let state = self.shared.lock();
-        if let Some(first) = state.batches.front().map(|(b, _)| b.seq) {
-            if self.next < first {
-                let missed = first - self.next;
-                self.next = first;
-                return Some(Err(RecvError::Lagged(missed)));
-            }
-            if let Some((batch, _)) = state.batches.get((self.next - first) as usize) {
-                self.next += 1;
-                return Some(Ok(batch.clone()));
-            }
-        } else if self.next < state.next_seq {
-            // Everything it had not read was dropped (one huge batch replaced another).
-            let missed = state.next_seq - self.next;
-            self.next = state.next_seq;
+        let mut state = self.shared.lock();
+        let first = state.slots.front().map_or(state.next_seq, |s| s.seq);
+        if self.next < first {
+            // What it had not read was pushed out by the bounds.
+            let missed = first - self.next;
+            self.next = first;
             return Some(Err(RecvError::Lagged(missed)));
+        }
+        let index = (self.next - first) as usize;
+        if let Some(slot) = state.slots.get(index) {
+            let batch = slot.batch.clone();
+            state.read(index);
+            state.trim();
+            self.next += 1;
+            return Some(match batch {
+                Some(batch) => Ok(batch),
+                // Only a slot it was not counted in (it subscribed later) can be empty, and a
+                // receiver never starts before its subscription: unreachable, but a lag is the
+                // safe answer.
+                None => Err(RecvError::Lagged(1)),
+            });
         }
         state.closed.then_some(Err(RecvError::Closed))
     }
 
     /// A receiver at the live tail: it starts with the next batch sent.
     pub(crate) fn resubscribe(&self) -> RingReceiver {
-        let next = self.shared.lock().next_seq;
+        let mut state = self.shared.lock();
+        state.receivers += 1;
         RingReceiver {
             shared: self.shared.clone(),
             seq: self.seq.clone(),
-            next,
+            next: state.next_seq,
         }
+    }
+}
+
+impl Drop for RingReceiver {
+    fn drop(&mut self) {
+        // What it has not read no longer waits for it.
+        let mut state = self.shared.lock();
+        state.receivers = state.receivers.saturating_sub(1);
+        let first = state.slots.front().map_or(state.next_seq, |s| s.seq);
+        let from = self.next.max(first);
+        for seq in from..state.next_seq {
+            state.read((seq - first) as usize);
+        }
+        state.trim();
     }
 }
 
@@ -208,7 +282,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_ring_is_bounded_by_count_and_by_bytes() {
+    async fn a_batch_is_held_only_until_every_receiver_read_it() {
+        let tx = ring(128, 32 << 20);
+        // Nobody listening: nothing held.
+        tx.send(batch(1, 1000));
+        assert_eq!(tx.bytes(), 0);
+        let mut a = tx.subscribe();
+        let mut b = tx.subscribe();
+        tx.send(batch(2, 1000));
+        tx.send(batch(3, 1000));
+        let one = batch(0, 1000).memory_bytes();
+        assert_eq!(tx.bytes(), 2 * one);
+        assert_eq!(a.recv().await.unwrap().seq, 2);
+        assert_eq!(tx.bytes(), 2 * one, "b has not read it");
+        assert_eq!(b.recv().await.unwrap().seq, 2);
+        assert_eq!(tx.bytes(), one);
+        // A receiver leaving gives up what it had not read.
+        assert_eq!(a.recv().await.unwrap().seq, 3);
+        drop(b);
+        assert_eq!(tx.bytes(), 0);
+        // A late subscriber starts at the tail.
+        let mut late = tx.subscribe();
+        tx.send(batch(4, 10));
+        assert_eq!(late.recv().await.unwrap().seq, 4);
+        assert_eq!(a.recv().await.unwrap().seq, 4);
+        assert_eq!(tx.bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn what_a_laggard_pins_is_bounded_by_count_and_by_bytes() {
         let tx = ring(4, 1 << 20);
         let mut rx = tx.subscribe();
         for seq in 1..=6 {
@@ -217,21 +319,21 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap_err(), RecvError::Lagged(2));
         assert_eq!(rx.recv().await.unwrap().seq, 3);
 
-        // 8 batches of 512 KiB in a 1 MiB ring: at most two stay (the newest always does).
+        // 8 batches of 512 KiB in a 1 MiB ring for a receiver that reads nothing: at most
+        // two stay (the newest always does).
         let tx = ring(128, 1 << 20);
-        let mut rx = tx.subscribe();
+        let mut stalled = tx.subscribe();
         for seq in 1..=8 {
             tx.send(batch(seq, 512 << 10));
             assert!(tx.bytes() <= 2 * batch(0, 512 << 10).memory_bytes());
         }
-        assert!(matches!(rx.recv().await, Err(RecvError::Lagged(n)) if n >= 6));
+        assert!(matches!(stalled.recv().await, Err(RecvError::Lagged(n)) if n >= 6));
         // One batch larger than the whole bound still goes through.
+        let mut caught_up = stalled.resubscribe();
+        drop(stalled);
         tx.send(batch(9, 2 << 20));
-        let mut late = tx.subscribe();
-        assert!(late.recv().now_or_never().is_none());
-        let mut caught_up = tx.subscribe();
-        tx.send(batch(10, 2 << 20));
-        assert_eq!(caught_up.recv().await.unwrap().seq, 10);
-        assert_eq!(late.resubscribe().next, 11);
+        assert_eq!(caught_up.recv().await.unwrap().seq, 9);
+        assert_eq!(tx.bytes(), 0);
+        assert_eq!(caught_up.resubscribe().next, 10);
     }
 }
