@@ -42,7 +42,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 "#;
 
 /// KEYS: streams, stream hash, epoch key.
-/// ARGV: name, node, relay, media, publisher, ttl, channel, takeover node, takeover epoch.
+/// ARGV: name, node, relay, media, publisher, ttl, channel, takeover node, takeover epoch,
+/// epoch floor.
 const CLAIM: &str = r#"
 local exp = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
 local owner = redis.call('HGET', KEYS[2], 'node_id')
@@ -53,15 +54,19 @@ if exp > now then
   end
 end
 if owner then
-  redis.call('PUBLISH', ARGV[7], cjson.encode({type='stream_down', key=ARGV[1], node_id=owner, epoch=tonumber(current) or 0}))
+  redis.call('PUBLISH', ARGV[7], cjson.encode({type='stream_down', key=ARGV[1], node_id=owner, epoch=current or '0'}))
 end
-local epoch = redis.call('INCR', KEYS[3])
-redis.call('PEXPIRE', KEYS[3], 604800000)
+-- Epochs only grow, even when Redis forgot the counter (restarted empty, a replica that
+-- missed the last writes): the next epoch is past the counter, past Redis's clock in
+-- microseconds-ish (ms × 1000, so up to 1000 claims a millisecond still grow by the counter),
+-- and past the highest epoch this control-plane replica has seen (ARGV[10]).
+local epoch = math.max((tonumber(redis.call('GET', KEYS[3]) or '0')) + 1, now * 1000, (tonumber(ARGV[10]) or 0) + 1)
+redis.call('SET', KEYS[3], string.format('%d', epoch), 'PX', 604800000)
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'node_id', ARGV[2], 'relay_addr', ARGV[3], 'epoch', epoch, 'media', ARGV[4], 'publisher_addr', ARGV[5], 'started_at_ms', now)
+redis.call('HSET', KEYS[2], 'node_id', ARGV[2], 'relay_addr', ARGV[3], 'epoch', string.format('%d', epoch), 'media', ARGV[4], 'publisher_addr', ARGV[5], 'started_at_ms', now)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[6]), ARGV[1])
-redis.call('PUBLISH', ARGV[7], cjson.encode({type='stream_up', key=ARGV[1], node_id=ARGV[2], relay_addr=ARGV[3], epoch=epoch, media=ARGV[4], publisher_addr=ARGV[5], started_at_ms=now}))
-return {'1', tostring(epoch), tostring(now)}
+redis.call('PUBLISH', ARGV[7], cjson.encode({type='stream_up', key=ARGV[1], node_id=ARGV[2], relay_addr=ARGV[3], epoch=string.format('%d', epoch), media=ARGV[4], publisher_addr=ARGV[5], started_at_ms=now}))
+return {'1', string.format('%d', epoch), tostring(now)}
 "#;
 
 /// KEYS: streams, nodes, node key, then a hash and an epoch key per stream.
@@ -87,18 +92,21 @@ for i = 0, n - 1 do
     if owner == ARGV[1] and current == epoch then
       redis.call('ZADD', KEYS[1], now + ttl, name)
       redis.call('HSET', hkey, 'media', media)
+      redis.call('PEXPIRE', ekey, 604800000)
     else
       table.insert(lost, name)
     end
   else
     -- The lease lapsed, or Redis forgot it: re-assert it unless a newer owner came since.
+    -- Only the newest epoch handed out for the name may come back: an older owner whose lease
+    -- lapsed after a newer one's never overwrites it.
     local last = tonumber(redis.call('GET', ekey) or '0')
     if tonumber(epoch) >= last then
       redis.call('SET', ekey, epoch, 'PX', 604800000)
       redis.call('DEL', hkey)
       redis.call('HSET', hkey, 'node_id', ARGV[1], 'relay_addr', ARGV[5], 'epoch', epoch, 'media', media, 'publisher_addr', publisher, 'started_at_ms', started)
       redis.call('ZADD', KEYS[1], now + ttl, name)
-      redis.call('PUBLISH', ARGV[4], cjson.encode({type='stream_up', key=name, node_id=ARGV[1], relay_addr=ARGV[5], epoch=tonumber(epoch), media=media, publisher_addr=publisher, started_at_ms=tonumber(started)}))
+      redis.call('PUBLISH', ARGV[4], cjson.encode({type='stream_up', key=name, node_id=ARGV[1], relay_addr=ARGV[5], epoch=epoch, media=media, publisher_addr=publisher, started_at_ms=tonumber(started)}))
     else
       table.insert(lost, name)
     end
@@ -112,7 +120,7 @@ const RELEASE: &str = r#"
 if redis.call('HGET', KEYS[2], 'node_id') == ARGV[2] and redis.call('HGET', KEYS[2], 'epoch') == ARGV[3] then
   redis.call('DEL', KEYS[2])
   redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('PUBLISH', ARGV[4], cjson.encode({type='stream_down', key=ARGV[1], node_id=ARGV[2], epoch=tonumber(ARGV[3])}))
+  redis.call('PUBLISH', ARGV[4], cjson.encode({type='stream_down', key=ARGV[1], node_id=ARGV[2], epoch=ARGV[3]}))
   return 1
 end
 return 0
@@ -154,7 +162,7 @@ local n = 0
 for _, name in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 200)) do
   local hkey = ARGV[1] .. ':stream:' .. name
   local owner = redis.call('HGET', hkey, 'node_id') or ''
-  local epoch = tonumber(redis.call('HGET', hkey, 'epoch') or '0')
+  local epoch = redis.call('HGET', hkey, 'epoch') or '0'
   redis.call('DEL', hkey)
   redis.call('ZREM', KEYS[1], name)
   redis.call('PUBLISH', ARGV[2], cjson.encode({type='stream_down', key=name, node_id=owner, epoch=epoch}))
@@ -237,6 +245,9 @@ pub struct RedisRegistry {
     ttl: Duration,
     scripts: Scripts,
     events: broadcast::Sender<RegistryEvent>,
+    /// The highest epoch this replica has seen (claimed, heartbeated, looked up): new epochs
+    /// start past it, whatever Redis remembers.
+    epoch_floor: std::sync::atomic::AtomicU64,
 }
 
 fn unavailable(e: redis::RedisError) -> RegistryError {
@@ -306,6 +317,7 @@ impl RedisRegistry {
                 revoke_publish_key: script(REVOKE_PUBLISH_KEY),
             },
             events: broadcast::channel(1024).0,
+            epoch_floor: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -452,6 +464,21 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// An epoch in an event: the scripts send it as a decimal string (cjson would print a large
+/// number with 14 significant digits), older ones as a number.
+fn epoch_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Epoch {
+        Number(u64),
+        Text(String),
+    }
+    match Epoch::deserialize(d)? {
+        Epoch::Number(n) => Ok(n),
+        Epoch::Text(t) => t.parse().map_err(serde::de::Error::custom),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum WireEvent {
@@ -459,6 +486,7 @@ enum WireEvent {
         key: String,
         node_id: String,
         relay_addr: String,
+        #[serde(deserialize_with = "epoch_field")]
         epoch: u64,
         media: String,
         publisher_addr: String,
@@ -467,6 +495,7 @@ enum WireEvent {
     StreamDown {
         key: String,
         node_id: String,
+        #[serde(deserialize_with = "epoch_field")]
         epoch: u64,
     },
     NodeUp {
@@ -545,6 +574,16 @@ fn media_json(media: &MediaInfo) -> String {
 }
 
 impl RedisRegistry {
+    fn epoch_floor(&self) -> u64 {
+        self.epoch_floor.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notes an epoch seen anywhere (a claim, a heartbeat, a record read).
+    fn saw_epoch(&self, epoch: u64) {
+        self.epoch_floor
+            .fetch_max(epoch, std::sync::atomic::Ordering::Relaxed);
+    }
+
     async fn claim(
         &self,
         claim: StreamClaim,
@@ -567,9 +606,20 @@ impl RedisRegistry {
             .arg(&self.channel)
             .arg(from_node)
             .arg(from_epoch.to_string())
+            .arg(self.epoch_floor().to_string())
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        if let Some(epoch) = reply
+            .get(if reply.first().map(String::as_str) == Some("1") {
+                1
+            } else {
+                2
+            })
+            .and_then(|e| e.parse().ok())
+        {
+            self.saw_epoch(epoch);
+        }
         match reply.first().map(String::as_str) {
             Some("1") => Ok(StreamRecord {
                 epoch: reply.get(1).and_then(|e| e.parse().ok()).unwrap_or(0),
@@ -618,6 +668,7 @@ impl Registry for RedisRegistry {
             .arg(&self.channel)
             .arg(&node.relay_addr);
         for s in &streams {
+            self.saw_epoch(s.epoch);
             invocation
                 .key(self.stream_key(&s.key))
                 .key(self.epoch_key(&s.key))
@@ -695,6 +746,9 @@ impl Registry for RedisRegistry {
             .await
             .map_err(unavailable)
             .map(|fields| fields.and_then(|f| record_from_fields(key.clone(), &f)));
+        if let Ok(Some(record)) = &result {
+            self.saw_epoch(record.epoch);
+        }
         observe("lookup", started, result)
     }
 
@@ -721,6 +775,11 @@ impl Registry for RedisRegistry {
                 out.sort_by(|a, b| a.key.cmp(&b.key));
                 out
             });
+        if let Ok(records) = &result {
+            for record in records {
+                self.saw_epoch(record.epoch);
+            }
+        }
         observe("list_streams", started, result)
     }
 
@@ -855,6 +914,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Epochs as the scripts send them now: decimal strings, exact past 2^53 / 14 digits.
+        let big =
+            r#"{"type":"stream_down","key":"live/a","node_id":"o1","epoch":"1765000000000123"}"#;
+        assert!(matches!(
+            parse_event(big),
+            Some(RegistryEvent::StreamDown {
+                epoch: 1_765_000_000_000_123,
+                ..
+            })
+        ));
         let down = r#"{"type":"stream_down","key":"live/a","node_id":"o1","epoch":3}"#;
         assert!(matches!(
             parse_event(down),
