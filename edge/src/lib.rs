@@ -552,9 +552,29 @@ async fn serve_tls(
 
 /// Follows the registry's watch stream so a pull switches to a stream's new origin the moment
 /// it is registered there, not when the old relay connection finally breaks.
+///
+/// Events lost while the watch was down (a control-plane restart, a replica failover, a Redis
+/// pub/sub reconnect, `data_loss` when this edge fell behind) are made up for: on every
+/// (re)connect, once the watch is open (so nothing after the listing is missed), the edge
+/// re-lists the streams and corrects every pull that missed a move.
 async fn follow_registry(control: ControlClient, pulls: Arc<Pulls>, stop: CancellationToken) {
+    let mut connects = 0u64;
     loop {
         if let Ok(mut events) = control.watch().await {
+            connects += 1;
+            match control.list_streams().await {
+                Ok(streams) => {
+                    let mut moved = 0;
+                    for record in &streams {
+                        moved += usize::from(pulls.stream_moved(&record.key, record.epoch));
+                    }
+                    metrics::RESYNCS.inc();
+                    if moved > 0 || connects > 1 {
+                        info!(streams = streams.len(), moved, "resynced with the registry after (re)connecting its watch");
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot re-list the streams after (re)connecting the registry watch"),
+            }
             loop {
                 let event = tokio::select! {
                     event = events.next() => event,

@@ -40,3 +40,12 @@ pub static FAILOVER_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Times the edge re-listed the registry's streams after (re)connecting its watch.
+pub static RESYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "corriente_edge_resyncs_total",
+        "Times the edge re-listed the registry after (re)connecting its watch, to make up for missed events"
+    )
+    .expect("metric registers once")
+});

@@ -235,17 +235,18 @@ impl Pulls {
     }
 
     /// The registry announced `key` under `epoch` (a new owner): a pull of an older epoch
-    /// switches to it at once.
-    pub fn stream_moved(&self, key: &StreamKey, epoch: u64) {
+    /// switches to it at once. True when a pull here was behind.
+    pub fn stream_moved(&self, key: &StreamKey, epoch: u64) -> bool {
         self.not_found_map().remove(key);
-        if let Some(entry) = self.lock().get(key) {
-            entry.moved.send_if_modified(|known| {
+        match self.lock().get(key) {
+            Some(entry) => entry.moved.send_if_modified(|known| {
                 let newer = epoch > *known;
                 if newer {
                     *known = epoch;
                 }
                 newer
-            });
+            }),
+            None => false,
         }
     }
 
