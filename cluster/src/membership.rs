@@ -36,6 +36,11 @@ pub trait Member: Send + Sync + 'static {
 
     /// The control plane says these streams are no longer this node's: stop serving them.
     fn lost(&self, _keys: Vec<StreamKey>) {}
+
+    /// A heartbeat sent at `sent_at` renewed the leases of `keys` (those it carried and the
+    /// control plane did not report lost) for `ttl` from when it arrived: what the node's
+    /// self-fencing measures from.
+    fn renewed(&self, _keys: &[StreamKey], _sent_at: tokio::time::Instant, _ttl: Duration) {}
 }
 
 /// Readiness of a node, as `/readyz` reports it.
@@ -160,9 +165,16 @@ pub async fn run_membership(
     let mut interval = Duration::from_secs(1);
     loop {
         let node = member.node();
+        let sent_at = tokio::time::Instant::now();
+        let mut renewed = Vec::new();
         let result = if registered {
             let streams = member.owned_streams();
             client.heartbeat(&node, &streams).await.map(|outcome| {
+                renewed = streams
+                    .into_iter()
+                    .map(|s| s.key)
+                    .filter(|k| !outcome.lost.contains(k))
+                    .collect();
                 if !outcome.lost.is_empty() {
                     member.lost(outcome.lost);
                 }
@@ -173,6 +185,7 @@ pub async fn run_membership(
         };
         match result {
             Ok(lease) => {
+                member.renewed(&renewed, sent_at, lease.ttl);
                 if failing || !registered {
                     info!(node = %node.id, control = client.url(), lease_ttl = ?lease.ttl, "registered with the control plane");
                 }
@@ -186,7 +199,7 @@ pub async fn run_membership(
                     RENEW_FAILURES.inc();
                 }
                 if !failing {
-                    warn!(node = %node.id, control = client.url(), error = %e, "cannot reach the control plane; streams keep flowing, retrying");
+                    warn!(node = %node.id, control = client.url(), error = %e, "cannot reach the control plane; streams keep flowing within their leases, retrying");
                 }
                 failing = true;
                 health.failed(&e);

@@ -1,7 +1,10 @@
 //! Asking a stream's owner whether it still publishes it. A claim that conflicts with a live
-//! lease is only refused when the owner confirms; a dead origin (connection refused) or a
-//! frozen one (no answer in time) loses the stream at once, so a streamer reconnecting to
-//! another origin does not wait out the lease.
+//! lease takes the stream over before the lease runs out only on a definitive answer: the
+//! owner says it no longer has the stream, or nothing listens on its relay address any more
+//! (connection refused: the process is gone, and a restarted one holds no stream). An owner
+//! that does not answer in time — frozen, overloaded or cut off by a partition — keeps the
+//! stream until its lease runs out, by which time it has stopped serving it itself
+//! (self-fencing, `origin::streams::FENCE_FRACTION`): at no instant do two origins serve it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -50,8 +53,8 @@ impl OwnerProbe {
         Some(channel)
     }
 
-    /// True when the owner at `relay_addr` confirms it publishes `key` under `epoch`. False when
-    /// it denies, cannot be reached, or does not answer within the timeout.
+    /// False when the owner at `relay_addr` denies publishing `key` under `epoch`, or nothing
+    /// listens there; true otherwise (it confirms, or gives no definitive answer in time).
     pub async fn owner_alive(&self, relay_addr: &str, key: &StreamKey, epoch: u64) -> bool {
         let Some(channel) = self.channel(relay_addr) else {
             return false;
@@ -79,13 +82,40 @@ impl OwnerProbe {
                 );
                 true
             }
-            Ok(Err(_)) | Err(_) => {
+            Ok(Err(status)) => {
                 self.channels
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(relay_addr);
-                false
+                let refused = refused(&status);
+                if !refused {
+                    tracing::info!(relay = relay_addr, stream = %key, error = %status.message(), "owner probe gave no answer: the owner keeps the stream until its lease runs out");
+                }
+                !refused
+            }
+            Err(_) => {
+                self.channels
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(relay_addr);
+                tracing::info!(relay = relay_addr, stream = %key, timeout = ?self.timeout, "owner probe timed out: the owner keeps the stream until its lease runs out");
+                true
             }
         }
     }
+}
+
+/// True when the call failed because nothing listens at the address (connection refused).
+fn refused(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    // Some transports only keep the message.
+    status.message().contains("Connection refused")
 }

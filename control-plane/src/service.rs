@@ -43,7 +43,8 @@ impl<R: Registry> ControlService<R> {
     }
 
     /// Claims a stream; when another node holds it, asks that node whether it still
-    /// publishes it, and takes the stream over if not (dead or frozen origin).
+    /// publishes it, and takes the stream over if it definitively does not (it denies, or its
+    /// process is gone); otherwise the claim waits for the lease to run out.
     async fn claim(&self, claim: StreamClaim) -> Result<StreamRecord, RegistryError> {
         match self.registry.claim_stream(claim.clone()).await {
             Err(RegistryError::AlreadyOwned {

@@ -570,10 +570,15 @@ async fn follow_registry(control: ControlClient, pulls: Arc<Pulls>, stop: Cancel
                     }
                     metrics::RESYNCS.inc();
                     if moved > 0 || connects > 1 {
-                        info!(streams = streams.len(), moved, "resynced with the registry after (re)connecting its watch");
+                        info!(
+                            streams = streams.len(),
+                            moved, "resynced with the registry after (re)connecting its watch"
+                        );
                     }
                 }
-                Err(e) => warn!(error = %e, "cannot re-list the streams after (re)connecting the registry watch"),
+                Err(e) => {
+                    warn!(error = %e, "cannot re-list the streams after (re)connecting the registry watch")
+                }
             }
             loop {
                 let event = tokio::select! {

@@ -203,7 +203,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
             _ = Signal::fired(&mut fenced) => {
                 let name = publication.as_ref().map(|p| p.key().to_string()).unwrap_or_default();
-                session.stop_publish("NetStream.Publish.BadName", &format!("stream {name} is now published on another origin"));
+                if publication.as_ref().is_some_and(Publication::self_fenced) {
+                    session.stop_publish("NetStream.Publish.Failed", &format!("stream {name} stopped: this origin lost contact with the cluster (its lease was not renewed in time); reconnect to publish through another origin"));
+                } else {
+                    session.stop_publish("NetStream.Publish.BadName", &format!("stream {name} is now published on another origin"));
+                }
                 flush(stream, &mut session, config.write_timeout).await?;
                 return Ok(EndReason::Fenced);
             }

@@ -216,6 +216,10 @@ impl Member for OriginContext {
     fn lost(&self, keys: Vec<StreamKey>) {
         self.streams.fence(&keys);
     }
+
+    fn renewed(&self, keys: &[StreamKey], sent_at: tokio::time::Instant, ttl: Duration) {
+        self.streams.renewed(keys, sent_at, ttl);
+    }
 }
 
 /// A bound, not yet serving, origin.
@@ -354,6 +358,24 @@ impl Origin {
             ctx.health.clone(),
             membership_stop.clone(),
         ));
+
+        // Self-fencing: streams whose lease this origin could not renew in time stop here.
+        tokio::spawn({
+            let streams = ctx.streams.clone();
+            let stop = membership_stop.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            streams.fence_expired();
+                        }
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        });
 
         let relay_stop = CancellationToken::new();
         let relay_server = tokio::spawn(serve_relay(relay, ctx.clone(), relay_stop.clone()));

@@ -31,3 +31,12 @@ pub static PUBLISH_STOPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Streams an origin stopped itself because it could not renew their lease in time.
+pub static SELF_FENCED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "corriente_streams_self_fenced_total",
+        "Streams this origin stopped because it could not renew their lease within the TTL"
+    )
+    .expect("metric registers once")
+});

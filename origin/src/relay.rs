@@ -37,7 +37,7 @@ impl pb::relay_server::Relay for RelayService {
             .ctx
             .streams
             .lookup(&key)
-            .is_some_and(|(_, epoch)| epoch == request.epoch);
+            .is_some_and(|(_, epoch, _)| epoch == request.epoch);
         Ok(Response::new(pb::OwnsResponse { owns }))
     }
 
@@ -51,7 +51,7 @@ impl pb::relay_server::Relay for RelayService {
         let request = request.into_inner();
         let key = StreamKey::new(&request.app, &request.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (hub, epoch) = self.ctx.streams.lookup(&key).ok_or_else(|| {
+        let (hub, epoch, lease) = self.ctx.streams.lookup(&key).ok_or_else(|| {
             Status::not_found(format!("stream {key} is not published on this origin"))
         })?;
         if request.epoch != 0 && request.epoch != epoch {
@@ -75,6 +75,7 @@ impl pb::relay_server::Relay for RelayService {
             done: false,
             key,
             since: Instant::now(),
+            lease,
         }))
     }
 }
@@ -88,6 +89,9 @@ pub struct RelayStream {
     /// When the pull started: frames sent before are replayed from the cache, and carry no
     /// ingest time, so the edge's relay lag only measures live frames.
     since: Instant,
+    /// The stream's lease here: once this origin may no longer serve it, the pull ends (as
+    /// fenced) before another frame goes out, whatever the hub still holds.
+    lease: std::sync::Arc<crate::streams::Lease>,
 }
 
 impl RelayStream {
@@ -128,6 +132,15 @@ impl Stream for RelayStream {
                 return Poll::Ready(None);
             }
             match Pin::new(&mut this.feed).poll_next(cx) {
+                Poll::Ready(Some(_)) if !this.lease.valid() => {
+                    this.done = true;
+                    info!(stream = %this.key, "relay pull ended: this origin no longer holds the stream's lease");
+                    this.queue.push_back(pb::RelayMessage {
+                        body: Some(Body::End(pb::RelayEnd {
+                            reason: pb::EndReason::Fenced as i32,
+                        })),
+                    });
+                }
                 Poll::Ready(Some(segment)) => this.enqueue(segment),
                 Poll::Ready(None) => {
                     this.done = true;

@@ -2,15 +2,74 @@
 //! the relay, renewed by the membership heartbeat, and released when the publisher stops.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use corriente_cluster::{ControlClient, ControlError, OwnedStream, PublishDecision, StreamClaim};
 use corriente_media::frame::unix_micros;
 use corriente_media::{EndReason, Frame, Hub, HubConfig, HubWriter, StreamKey, spawn_hub};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::metrics;
+
+/// What fraction of the lease TTL after sending its last successful renewal an origin keeps
+/// serving a stream. The registry's lease runs a whole TTL from when that renewal *arrived*,
+/// so the origin has stopped before anyone else can claim the name as long as its clock runs
+/// no more than 25% slower than Redis's (real clocks differ by parts per million).
+pub const FENCE_FRACTION: f64 = 0.8;
+
+/// A stream's lease as this origin sees it: when it was last renewed (the send time of the
+/// renewing heartbeat, or of the claim), on a monotonic clock. Shared with the relay streams
+/// serving it, which check it before every segment.
+#[derive(Debug)]
+pub struct Lease {
+    base: Instant,
+    renewed_ms: AtomicU64,
+    ttl_ms: AtomicU64,
+    fenced: AtomicBool,
+}
+
+impl Lease {
+    fn new(renewed: Instant, ttl: Duration) -> Arc<Lease> {
+        Arc::new(Lease {
+            base: renewed,
+            renewed_ms: AtomicU64::new(0),
+            ttl_ms: AtomicU64::new(ttl.as_millis() as u64),
+            fenced: AtomicBool::new(false),
+        })
+    }
+
+    fn renew(&self, sent_at: Instant, ttl: Duration) {
+        if self.fenced.load(Ordering::Relaxed) {
+            return;
+        }
+        let at = sent_at.saturating_duration_since(self.base).as_millis() as u64;
+        self.renewed_ms.fetch_max(at, Ordering::Relaxed);
+        self.ttl_ms.store(ttl.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long after its last renewal the stream is served.
+    pub fn serve_for(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed)).mul_f64(FENCE_FRACTION)
+    }
+
+    /// True while this origin may serve the stream: renewed within [`Self::serve_for`], and
+    /// not fenced.
+    pub fn valid(&self) -> bool {
+        if self.fenced.load(Ordering::Relaxed) {
+            return false;
+        }
+        let renewed = self.base + Duration::from_millis(self.renewed_ms.load(Ordering::Relaxed));
+        Instant::now() < renewed + self.serve_for()
+    }
+
+    fn fence(&self) -> bool {
+        !self.fenced.swap(true, Ordering::Relaxed)
+    }
+}
 
 /// A stream published here.
 struct LiveStream {
@@ -18,8 +77,11 @@ struct LiveStream {
     epoch: u64,
     publisher_addr: String,
     started_at_ms: u64,
-    /// Cancelled when the control plane says another origin owns the stream now.
+    lease: Arc<Lease>,
+    /// Cancelled when the stream must stop here: another origin owns it now, or this origin
+    /// could not renew its lease in time (`self_fenced` says which).
     fenced: CancellationToken,
+    self_fenced: Arc<AtomicBool>,
 }
 
 enum Slot {
@@ -68,6 +130,8 @@ pub struct Streams {
     relay_addr: String,
     hub_config: HubConfig,
     draining: CancellationToken,
+    /// The lease TTL the control plane last granted.
+    lease_ttl_ms: AtomicU64,
 }
 
 impl Streams {
@@ -84,6 +148,7 @@ impl Streams {
             relay_addr,
             hub_config,
             draining: CancellationToken::new(),
+            lease_ttl_ms: AtomicU64::new(6000),
         })
     }
 
@@ -135,6 +200,8 @@ impl Streams {
             media: Default::default(),
             publisher_addr: peer.clone(),
         };
+        // The claim starts the lease when the registry receives it: after this.
+        let claimed_at = Instant::now();
         let record = match self.control.register_stream(&claim).await {
             Ok(record) => record,
             Err(e) => {
@@ -150,6 +217,8 @@ impl Streams {
         };
         let (hub, writer) = spawn_hub(key.clone(), self.hub_config);
         let fenced = CancellationToken::new();
+        let self_fenced = Arc::new(AtomicBool::new(false));
+        let ttl = Duration::from_millis(self.lease_ttl_ms.load(Ordering::Relaxed));
         self.lock().insert(
             key.clone(),
             Slot::Live(LiveStream {
@@ -157,7 +226,9 @@ impl Streams {
                 epoch: record.epoch,
                 publisher_addr: peer,
                 started_at_ms: unix_micros() / 1000,
+                lease: Lease::new(claimed_at, ttl),
                 fenced: fenced.clone(),
+                self_fenced: self_fenced.clone(),
             }),
         );
         metrics::PUBLISHERS.inc();
@@ -169,16 +240,54 @@ impl Streams {
             epoch: record.epoch,
             writer: Some(writer),
             fenced,
+            self_fenced,
             streams: self.clone(),
         })
     }
 
-    /// The hub and epoch of a live stream, for the relay.
-    pub fn lookup(&self, key: &StreamKey) -> Option<(Hub, u64)> {
+    /// The hub, epoch and lease of a stream this origin may serve now (its lease renewed in
+    /// time), for the relay.
+    pub fn lookup(&self, key: &StreamKey) -> Option<(Hub, u64, Arc<Lease>)> {
         match self.lock().get(key) {
-            Some(Slot::Live(s)) => Some((s.hub.clone(), s.epoch)),
+            Some(Slot::Live(s)) if s.lease.valid() => {
+                Some((s.hub.clone(), s.epoch, s.lease.clone()))
+            }
             _ => None,
         }
+    }
+
+    /// Heartbeats sent at `sent_at` renewed `keys` for `ttl`.
+    pub fn renewed(&self, keys: &[StreamKey], sent_at: Instant, ttl: Duration) {
+        self.lease_ttl_ms
+            .store(ttl.as_millis() as u64, Ordering::Relaxed);
+        let map = self.lock();
+        for key in keys {
+            if let Some(Slot::Live(s)) = map.get(key) {
+                s.lease.renew(sent_at, ttl);
+            }
+        }
+    }
+
+    /// Stops every stream whose lease this origin could not renew in time: it is no longer
+    /// served to edges (the relay checks the lease too), its publisher is told to reconnect
+    /// (through the load balancer, to a healthy origin), and it is no longer renewed. Returns
+    /// how many it stopped.
+    pub fn fence_expired(&self) -> usize {
+        let map = self.lock();
+        let mut stopped = 0;
+        for (key, slot) in map.iter() {
+            if let Slot::Live(s) = slot
+                && !s.lease.valid()
+                && s.lease.fence()
+            {
+                warn!(stream = %key, epoch = s.epoch, serve_for = ?s.lease.serve_for(), "self-fenced: the lease was not renewed in time (no contact with the control plane); stopping the stream here so that another origin can take it");
+                metrics::SELF_FENCED.inc();
+                s.self_fenced.store(true, Ordering::Relaxed);
+                s.fenced.cancel();
+                stopped += 1;
+            }
+        }
+        stopped
     }
 
     /// Live streams with their hubs, for stats.
@@ -197,6 +306,8 @@ impl Streams {
         self.lock()
             .iter()
             .filter_map(|(key, slot)| match slot {
+                // A fenced stream is not ours any more: never renewed again.
+                Slot::Live(s) if s.fenced.is_cancelled() => None,
                 Slot::Live(s) => Some(OwnedStream {
                     key: key.clone(),
                     epoch: s.epoch,
@@ -215,6 +326,7 @@ impl Streams {
         for key in keys {
             if let Some(Slot::Live(s)) = map.get(key) {
                 warn!(stream = %key, epoch = s.epoch, "fenced: another origin owns this stream now; stopping it here");
+                s.lease.fence();
                 s.fenced.cancel();
             }
         }
@@ -235,6 +347,7 @@ pub struct Publication {
     epoch: u64,
     writer: Option<HubWriter>,
     fenced: CancellationToken,
+    self_fenced: Arc<AtomicBool>,
     streams: Arc<Streams>,
 }
 
@@ -247,9 +360,15 @@ impl Publication {
         self.epoch
     }
 
-    /// Cancelled when the stream was taken over elsewhere.
+    /// Cancelled when the stream must stop here: taken over elsewhere, or its lease not
+    /// renewed in time.
     pub fn fenced(&self) -> &CancellationToken {
         &self.fenced
+    }
+
+    /// True when this origin stopped the stream itself because it could not renew the lease.
+    pub fn self_fenced(&self) -> bool {
+        self.self_fenced.load(Ordering::Relaxed)
     }
 
     pub fn push(&mut self, frame: Frame) {

@@ -273,6 +273,39 @@ pub struct Publisher {
     url: String,
 }
 
+/// An encoder that reconnects, as OBS does: ffmpeg publishing `file` in a loop, started
+/// again half a second after each time it stops (refused, disconnected). Stops when dropped.
+pub struct RetryingPublisher {
+    task: tokio::task::JoinHandle<()>,
+    /// How many times ffmpeg was started.
+    pub starts: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl RetryingPublisher {
+    pub fn start(file: &std::path::Path, url: &str) -> Result<RetryingPublisher> {
+        let (file, url) = (file.to_owned(), url.to_owned());
+        let starts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = starts.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Ok(publisher) = Publisher::start(&file, &url) {
+                    // Until it exits; the child is killed if this task is aborted.
+                    let _ = publisher.wait(Duration::from_secs(24 * 3600)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        Ok(RetryingPublisher { task, starts })
+    }
+}
+
+impl Drop for RetryingPublisher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl Publisher {
     pub fn start(file: &std::path::Path, url: &str) -> Result<Publisher> {
         Publisher::start_with(file, url, &[])

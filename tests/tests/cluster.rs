@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use corriente_media::FrameRole;
 use corriente_tests::clients::{Playback, play_flv};
-use corriente_tests::media::{Publisher, Viewer, av_small, av_small_b, ffprobe};
+use corriente_tests::media::{Publisher, RetryingPublisher, Viewer, av_small, av_small_b, ffprobe};
 use corriente_tests::{Cluster, Node, wait_for};
 
 fn has_h264_and_aac(streams: &[corriente_tests::media::ProbedStream]) -> bool {
@@ -256,7 +256,9 @@ async fn a_paused_origin_is_fenced_and_its_stale_frames_never_reach_viewers() ->
     // Freeze the origin past its lease; the streamer goes to the other origin.
     cluster.origins[0].signal("STOP");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _new = Publisher::start(&av_small_b()?, &cluster.origins[1].ingest_url("p"))?;
+    // The frozen origin does not answer the owner probe: its lease must run out first, so
+    // the streamer retries (as encoders do) until the other origin may take the name.
+    let _new = RetryingPublisher::start(&av_small_b()?, &cluster.origins[1].ingest_url("p"))?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.origins[0].signal("CONT");
     wait_for(
@@ -302,7 +304,9 @@ async fn a_paused_origin_is_fenced_and_its_stale_frames_never_reach_viewers() ->
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_restarting_empty_does_not_stop_playback() -> Result<()> {
-    let mut cluster = Cluster::start(1, 1, 2, "2s")?;
+    // Redis is down for about two seconds: within the lease (6 s; origins serve for 4.8 s
+    // after their last renewal), so nothing is fenced.
+    let mut cluster = Cluster::start(1, 1, 2, "6s")?;
     let _publisher = Publisher::start(&av_small()?, &cluster.origins[0].ingest_url("r"))?;
     cluster.wait_live("r").await?;
     let viewer = Viewer::start(&cluster.edges[0].flv_url("r"))?;
@@ -428,9 +432,12 @@ async fn redis_over_tls_with_a_password() -> Result<()> {
     Ok(())
 }
 
+/// Within the lease (12 s here: origins serve for 9.6 s after their last renewal), a control
+/// plane outage changes nothing for streams that flow; new viewers are refused at once; once it
+/// is back, they join again.
 #[tokio::test(flavor = "multi_thread")]
 async fn without_the_control_plane_streams_flow_and_new_viewers_fail_fast() -> Result<()> {
-    let mut cluster = Cluster::start(1, 1, 1, "3s")?;
+    let mut cluster = Cluster::start(1, 1, 1, "12s")?;
     let _publisher = Publisher::start(&av_small()?, &cluster.origins[0].ingest_url("k"))?;
     cluster.wait_live("k").await?;
     let viewer = Viewer::start(&cluster.edges[0].flv_url("k"))?;
@@ -588,5 +595,74 @@ async fn epochs_never_go_back_when_redis_restarts_empty_and_a_claim_races() -> R
     )
     .await?;
     assert!(viewer.is_running(), "the viewer was dropped");
+    Ok(())
+}
+
+/// An origin that cannot renew its streams' leases stops serving them itself before the lease
+/// can run out in the registry (self-fencing): with the control plane gone for good past the
+/// lease (3 s here), the origin stops the stream within 0.8 × TTL of its last renewal (at most
+/// 3 s after the control plane went), tells the encoder to reconnect, refuses relay pulls, and
+/// counts it. When the control plane is back the reconnecting encoder publishes again and the
+/// edge's viewer, which kept its connection, resumes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_origin_that_cannot_renew_its_lease_fences_itself() -> Result<()> {
+    let mut cluster = Cluster::start(1, 1, 1, "3s")?;
+    let publisher = RetryingPublisher::start(&av_small()?, &cluster.origins[0].ingest_url("f"))?;
+    cluster.wait_live("f").await?;
+    let mut viewer = Viewer::start(&cluster.edges[0].flv_url("f"))?;
+    keeps_decoding(&viewer, 30, Duration::from_secs(10), "viewer decoding").await?;
+    let grpc = cluster.control[0].addr("control-grpc").to_string();
+    let redis = cluster.redis.url();
+    cluster.control[0].signal("KILL");
+    drop(cluster.control.remove(0));
+    let gone = Instant::now();
+    wait_for(
+        Duration::from_secs(4),
+        "the origin to fence itself",
+        || async { cluster.origins[0].logged("self-fenced").then_some(()) },
+    )
+    .await?;
+    let fenced_after = gone.elapsed();
+    eprintln!("self-fenced {fenced_after:?} after the control plane went");
+    assert!(fenced_after <= Duration::from_secs(3));
+    let fenced = cluster.origins[0]
+        .metrics()
+        .await?
+        .value("corriente_streams_self_fenced_total", &[])
+        .unwrap_or(0.0);
+    assert_eq!(fenced, 1.0);
+    wait_for(
+        Duration::from_secs(5),
+        "the encoder told to reconnect",
+        || async {
+            (publisher.starts.load(std::sync::atomic::Ordering::Relaxed) >= 2).then_some(())
+        },
+    )
+    .await?;
+    // No frame from the fenced origin: the viewer's frames stop.
+    let (stalled_at, _) = viewer.frames();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (still, _) = viewer.frames();
+    assert!(
+        still <= stalled_at + 30,
+        "frames kept coming from a fenced origin ({stalled_at} → {still})"
+    );
+
+    cluster
+        .control
+        .push(Node::control_plane(&redis, &["--grpc", &grpc])?);
+    let back = Instant::now();
+    keeps_decoding(
+        &viewer,
+        30,
+        Duration::from_secs(15),
+        "the viewer after the encoder republished",
+    )
+    .await?;
+    eprintln!(
+        "viewer playing again {:?} after the control plane came back",
+        back.elapsed()
+    );
+    assert!(viewer.is_running(), "the viewer lost its connection");
     Ok(())
 }
