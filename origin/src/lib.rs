@@ -325,6 +325,8 @@ impl Origin {
                             "retained_bytes": stats.retained_bytes,
                             "gop_frames": stats.gop_frames,
                             "started_at_ms": stats.started_at_ms,
+                            // Within its lease: relay pulls are served.
+                            "serving": ctx.streams.serving(&stats.key),
                         });
                         // Personal data: for trusted readers only (the admin token).
                         if trusted {

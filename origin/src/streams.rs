@@ -301,6 +301,11 @@ impl Streams {
             .collect()
     }
 
+    /// Whether this origin may serve `key` to edges now (its lease renewed in time).
+    pub fn serving(&self, key: &StreamKey) -> bool {
+        matches!(self.lock().get(key), Some(Slot::Live(s)) if s.lease.valid())
+    }
+
     /// What the heartbeat renews.
     pub fn owned(&self) -> Vec<OwnedStream> {
         self.lock()

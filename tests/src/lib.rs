@@ -6,6 +6,7 @@
 pub mod clients;
 pub mod hook;
 pub mod media;
+pub mod netns;
 pub mod otlp;
 pub mod tls;
 
@@ -64,6 +65,13 @@ impl Node {
         Node::start_with_env(name, args, expect, &[])
     }
 
+    /// [`Node::start`] inside network namespace `ns` (see [`netns`]).
+    pub fn start_in(ns: &str, name: &str, args: &[&str], expect: &[&str]) -> Result<Node> {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns]).arg(corriente_bin());
+        Node::spawn(command, name, args, expect, &[])
+    }
+
     /// [`Node::start`] with extra environment variables.
     pub fn start_with_env(
         name: &str,
@@ -71,7 +79,17 @@ impl Node {
         expect: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Node> {
-        let mut child = Command::new(corriente_bin())
+        Node::spawn(Command::new(corriente_bin()), name, args, expect, env)
+    }
+
+    fn spawn(
+        mut command: Command,
+        name: &str,
+        args: &[&str],
+        expect: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Node> {
+        let mut child = command
             .envs(env.iter().copied())
             .args(args)
             .args(["--log-format", "json"])

@@ -469,6 +469,8 @@ pub fn last_frame_count(stderr: &str) -> u64 {
 pub struct Viewer {
     child: Child,
     progress: std::sync::Arc<std::sync::Mutex<(u64, std::time::Instant)>>,
+    /// The longest wait between two progress reports that counted new frames.
+    gap: std::sync::Arc<std::sync::Mutex<Duration>>,
 }
 
 impl Viewer {
@@ -508,6 +510,8 @@ impl Viewer {
         let progress =
             std::sync::Arc::new(std::sync::Mutex::new((0u64, std::time::Instant::now())));
         let sink = progress.clone();
+        let gap = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
+        let longest = gap.clone();
         tokio::spawn(async move {
             use tokio::io::AsyncBufReadExt;
             let mut lines = tokio::io::BufReader::new(stdout).lines();
@@ -518,12 +522,27 @@ impl Viewer {
                 {
                     let mut p = sink.lock().unwrap();
                     if n > p.0 {
-                        *p = (n, std::time::Instant::now());
+                        let now = std::time::Instant::now();
+                        if p.0 > 0 {
+                            let mut longest = longest.lock().unwrap();
+                            *longest = (*longest).max(now - p.1);
+                        }
+                        *p = (n, now);
                     }
                 }
             }
         });
-        Ok(Viewer { child, progress })
+        Ok(Viewer {
+            child,
+            progress,
+            gap,
+        })
+    }
+
+    /// The longest pause between decoded frames so far (to about 0.1 s: ffmpeg reports
+    /// progress ten times a second).
+    pub fn longest_gap(&self) -> Duration {
+        *self.gap.lock().unwrap()
     }
 
     /// Video frames decoded so far, and when the count last grew.
