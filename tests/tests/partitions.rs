@@ -366,3 +366,76 @@ async fn a_slow_lossy_link_between_edge_and_origin_still_plays() -> Result<()> {
     assert!(decoded >= 200, "{decoded} frames in 10 s");
     Ok(())
 }
+
+/// An edge cut off from the control plane keeps serving the streams it has (its pulls do not
+/// need the control plane). While it is cut off the stream moves (its origin loses the control
+/// plane too and fences itself; the encoder lands on the other origin through HAProxy): the
+/// edge misses the move, and once the partition heals it catches up (its watch reconnects and
+/// re-lists, or its pull looks the stream up again) and its viewer, still connected, resumes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_cut_off_from_the_control_plane_keeps_serving_and_resyncs() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let net = Net::start().await?;
+    let _publisher = RetryingPublisher::start(&av_small()?, &net.ingest_url("m"))?;
+    let admins = net.origin_admins();
+    let (first, _) = wait_for(Duration::from_secs(20), "live/m registered", || async {
+        net.owner("m").await
+    })
+    .await?;
+    let owner = wait_for(
+        Duration::from_secs(10),
+        "an origin serving live/m",
+        || async { serving(&admins, "m").await.first().copied() },
+    )
+    .await?;
+    let mut viewer = Viewer::start(&format!(
+        "http://{}/live/m.flv",
+        net.edges[0].addr("edge-http")
+    ))?;
+    wait_for(Duration::from_secs(15), "the viewer decoding", || async {
+        (viewer.frames().0 > 30).then_some(())
+    })
+    .await?;
+
+    // The edge loses the control plane: it keeps serving.
+    net.lab.partition(&net.hosts.edges[0], &net.hosts.control)?;
+    let before = viewer.frames().0;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = viewer.frames().0;
+    assert!(
+        during >= before + 40,
+        "the cut-off edge stopped serving ({before} → {during} frames in 2 s)"
+    );
+    // The stream moves while the edge cannot hear of it.
+    net.lab
+        .partition(&net.hosts.origins[owner], &net.hosts.control)?;
+    let (moved_to, _) = wait_for(Duration::from_secs(20), "the stream to move", || async {
+        net.owner("m").await.filter(|(node, _)| *node != first)
+    })
+    .await?;
+    // Heal the edge's partition only (both sides' rules go; the origin's are put back).
+    let healed = Instant::now();
+    net.lab.heal(&[&net.hosts.edges[0], &net.hosts.control])?;
+    net.lab
+        .partition(&net.hosts.origins[owner], &net.hosts.control)?;
+    let stalled = viewer.frames().0;
+    wait_for(Duration::from_secs(15), "the viewer to resume", || async {
+        (viewer.frames().0 > stalled + 50).then_some(())
+    })
+    .await?;
+    let resumed = healed.elapsed();
+    let resyncs = net.edges[0]
+        .metrics()
+        .await?
+        .value("corriente_edge_resyncs_total", &[])
+        .unwrap_or(0.0);
+    eprintln!(
+        "the cut-off edge served {} frames in 2 s; live/m moved to {moved_to}; after healing, the viewer resumed in {resumed:?} (edge resyncs: {resyncs}), longest gap {:?}",
+        during - before,
+        viewer.longest_gap()
+    );
+    assert!(viewer.is_running(), "the viewer lost its connection");
+    Ok(())
+}
