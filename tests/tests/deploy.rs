@@ -1057,3 +1057,28 @@ fn helm_chart_extra_args_and_env_reach_the_binary() -> Result<()> {
     );
     Ok(())
 }
+
+/// The Compose cluster's ingest load balancer configuration is one HAProxy accepts (Debian's
+/// `haproxy`, the version of the `haproxy:2.6` image), with a health check on every origin.
+#[test]
+fn the_ingest_load_balancer_configuration_is_valid() -> Result<()> {
+    let path = "deploy/haproxy/haproxy.cfg";
+    let output = Command::new("haproxy")
+        .args(["-c", "-f", path])
+        .current_dir(repo_root())
+        .output()
+        .context("run haproxy -c (tests/run installs haproxy)")?;
+    ensure!(
+        output.status.success(),
+        "haproxy -c {path}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let config = read(path)?;
+    for origin in ["origin-1", "origin-2"] {
+        ensure!(
+            config.contains(&format!("server {origin} {origin}:1935 check port 9090")),
+            "{path}: no health-checked server for {origin}"
+        );
+    }
+    Ok(())
+}
