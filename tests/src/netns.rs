@@ -334,6 +334,66 @@ impl Drop for Lab {
     }
 }
 
+/// A process started inside a namespace of the lab; killed when dropped.
+pub struct Spawned(std::process::Child);
+
+impl Lab {
+    /// Starts `program args` inside `host`'s namespace, its output discarded.
+    pub fn spawn(&self, host: &Host, program: &str, args: &[&str]) -> Result<Spawned> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &host.ns, program])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {program} in {}", host.ns))?;
+        Ok(Spawned(child))
+    }
+
+    /// `redis-server` listening on `host`'s address, port 6379, nothing persisted; returns
+    /// once it accepts connections. Its URL is `redis://ADDR:6379`.
+    pub fn redis(&self, host: &Host) -> Result<Spawned> {
+        let bind = host.addr.to_string();
+        let redis = self.spawn(
+            host,
+            "redis-server",
+            &[
+                "--port",
+                "6379",
+                "--bind",
+                &bind,
+                "--protected-mode",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+        )?;
+        let addr = std::net::SocketAddr::new(host.addr.into(), 6379);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+            .is_err()
+        {
+            if std::time::Instant::now() > deadline {
+                bail!("redis-server in {} did not listen on {addr}", host.ns);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(redis)
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// HAProxy (Debian's `haproxy`) in TCP mode in front of the origins: the load-balanced ingest
 /// hostname of a real deployment. An origin is taken out of rotation when its `/readyz` fails
 /// (it cannot reach the control plane, or drains) and put back when it passes again.

@@ -1,5 +1,5 @@
-//! The cluster under real network faults: every node (control plane, origins, edges, the
-//! ingest load balancer) in its own network namespace on a private bridge, links cut with
+//! The cluster under real network faults: every node (Redis, the control plane, origins,
+//! edges, the ingest load balancer) in its own network namespace on a private bridge, links cut with
 //! `nft` and degraded with `tc netem` (see `corriente_tests::netns`). Needs root, as CI runs;
 //! elsewhere each test says it was skipped.
 
@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use corriente_tests::clients::http_get;
 use corriente_tests::media::{RetryingPublisher, Viewer, av_small};
-use corriente_tests::netns::{DelayProxy, HaProxy, Host, Lab};
-use corriente_tests::{Node, Redis, wait_for};
+use corriente_tests::netns::{DelayProxy, HaProxy, Host, Lab, Spawned};
+use corriente_tests::{Node, wait_for};
 
 /// The lease of these tests: origins serve a stream 0.8 × 3 s = 2.4 s after their last renewal.
 const TTL: &str = "3s";
@@ -33,12 +33,13 @@ struct Net {
     edges: Vec<Node>,
     origins: Vec<Node>,
     control: Node,
-    _redis: Redis,
+    _redis: Spawned,
     hosts: Hosts,
     lab: Lab,
 }
 
 struct Hosts {
+    redis: Host,
     control: Host,
     origins: Vec<Host>,
     edges: Vec<Host>,
@@ -55,18 +56,17 @@ impl Net {
     async fn start_with(relay_delay: Option<Duration>) -> Result<Net> {
         let mut lab = Lab::new()?;
         let hosts = Hosts {
+            redis: lab.host("rd")?,
             control: lab.host("cp")?,
             origins: vec![lab.host("o1")?, lab.host("o2")?],
             edges: vec![lab.host("e1")?, lab.host("e2")?],
             lb: lab.host("lb")?,
         };
-        // Redis listens on a Unix socket, which the control plane's namespace reaches through
-        // the file system: only the control plane talks to Redis.
-        let redis = Redis::start()?;
+        let redis = lab.redis(&hosts.redis)?;
+        let redis_url = format!("redis://{}:6379", hosts.redis.addr);
         let cp = hosts.control.addr;
         let grpc = format!("{cp}:50051");
         let admin = format!("{cp}:9090");
-        let redis_url = redis.url();
         let control = Node::start_in(
             &hosts.control.ns,
             "control-plane",
