@@ -200,6 +200,10 @@ pub enum Wire {
     /// Chunks of audio messages interleaved between the chunks of video messages, with a
     /// 128-byte chunk size (legal RTMP that rml_rtmp's deserializer mishandles).
     Interleaved,
+    /// One message per frame, every timestamp (metadata and sequence headers included) this
+    /// many milliseconds late, as encoders that start their clock early do (GStreamer's
+    /// `flvmux`, a publisher that reconnects mid-session).
+    Offset(u32),
 }
 
 /// Publishes an FLV file to `rtmp://ADDR/APP/NAME` in real time, looping, for `duration`.
@@ -262,19 +266,23 @@ pub async fn publish_flv_file(
             let Some(kind) = FrameKind::from_tag_type(tag.tag_type) else {
                 continue;
             };
-            let ts = tag.timestamp + round * file_duration;
+            let offset = match wire {
+                Wire::Offset(ms) => ms,
+                _ => 0,
+            };
+            let ts = tag.timestamp + round * file_duration + offset;
             let config = Frame::new(kind, ts, tag.body.clone(), 0).is_config();
             if round > 0 && config {
                 continue;
             }
-            let due = started + Duration::from_millis(u64::from(ts));
+            let due = started + Duration::from_millis(u64::from(ts - offset));
             if started.elapsed() >= duration {
                 break 'outer;
             }
             tokio::time::sleep_until(due).await;
             let mut out = BytesMut::new();
             match wire {
-                Wire::Plain => {
+                Wire::Plain | Wire::Offset(_) => {
                     session.send_frame(&Frame::new(kind, ts, tag.body.clone(), 0));
                 }
                 Wire::Aggregate if config => {

@@ -421,3 +421,39 @@ async fn sigterm_ends_viewers_cleanly_and_exits() -> Result<()> {
     assert!(stderr.contains("shutting down"), "ffmpeg said: {stderr}");
     Ok(())
 }
+
+/// A publisher whose clock starts late (GStreamer's `flvmux` stamps the first tags 5 s and
+/// more in, metadata included): a viewer joining on the edge gets the metadata at timestamp
+/// 0, as nginx-rtmp sends it, so ffprobe sees exactly the two streams, H.264 and AAC, over
+/// HTTP-FLV and RTMP, and no phantom data ("text") stream that ffmpeg's FLV demuxer makes of
+/// a script tag with a later timestamp.
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_reaches_joining_viewers_at_timestamp_zero() -> Result<()> {
+    let node = Node::all(&[])?;
+    let media = av_small()?;
+    let addr = node.addr("origin-rtmp");
+    let publisher = tokio::spawn(async move {
+        corriente_tests::clients::publish_flv_file(
+            addr,
+            "live",
+            "late",
+            &media,
+            corriente_tests::clients::Wire::Offset(5740),
+            Duration::from_secs(20),
+        )
+        .await
+    });
+    node.wait_live("late").await?;
+    for url in [node.flv_url("late"), node.rtmp_url("late")] {
+        let streams = ffprobe(&url).await?;
+        let kinds: Vec<(&str, &str)> = streams
+            .iter()
+            .map(|s| (s.codec_type.as_str(), s.codec_name.as_str()))
+            .collect();
+        assert_eq!(streams.len(), 2, "{url}: {kinds:?}");
+        assert!(kinds.contains(&("video", "h264")), "{url}: {kinds:?}");
+        assert!(kinds.contains(&("audio", "aac")), "{url}: {kinds:?}");
+    }
+    publisher.abort();
+    Ok(())
+}
