@@ -160,6 +160,7 @@ pub async fn run_membership(
     health: Health,
     shutdown: CancellationToken,
 ) {
+    LazyLock::force(&RENEW_FAILURES);
     let mut registered = false;
     let mut failing = false;
     let mut interval = Duration::from_secs(1);

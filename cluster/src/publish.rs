@@ -27,7 +27,8 @@ pub enum PublishDenial {
 }
 
 impl PublishDenial {
-    const ALL: [PublishDenial; 9] = [
+    /// Every reason, for initializing metrics.
+    pub const ALL: [PublishDenial; 9] = [
         PublishDenial::NoKey,
         PublishDenial::UnknownKey,
         PublishDenial::RevokedKey,

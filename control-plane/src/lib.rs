@@ -143,6 +143,7 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Binds the gRPC port.
     pub async fn bind(config: ControlPlaneConfig) -> Result<Self, ControlPlaneError> {
+        metrics::init();
         config.validate()?;
         let listener = TcpListener::bind(config.grpc_addr)
             .await

@@ -86,3 +86,26 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         Unauthenticated => "unauthenticated",
     }
 }
+
+/// Creates the control plane's series at zero: every method's requests with code `ok`, the
+/// takeovers, the key actions.
+pub fn init() {
+    for method in [
+        "register_node",
+        "heartbeat",
+        "register_stream",
+        "unregister_stream",
+        "lookup_stream",
+        "list_streams",
+        "list_nodes",
+        "watch",
+        "authorize_publish",
+    ] {
+        REQUESTS.with_label_values(&[method, "ok"]);
+        REQUEST_SECONDS.with_label_values(&[method]);
+    }
+    LazyLock::force(&TAKEOVERS);
+    for action in ["create", "revoke"] {
+        PUBLISH_KEY_ACTIONS.with_label_values(&[action]);
+    }
+}

@@ -146,6 +146,13 @@ pub async fn accept_admitted<F, Fut>(
 {
     let name = admission.name;
     let limits = admission.limits;
+    // This listener's series exist from its start, at zero.
+    for reason in ["connection_limit", "per_ip_limit"] {
+        CONNECTIONS_REFUSED.with_label_values(&[name, reason]);
+    }
+    for reason in CUT_REASONS {
+        CONNECTIONS_CUT.with_label_values(&[name, reason]);
+    }
     let mut refusal_log = LogThrottle::new(REFUSAL_LOG_EVERY);
     let mut refuse = |reason: &'static str, peer: SocketAddr| {
         CONNECTIONS_REFUSED.with_label_values(&[name, reason]).inc();

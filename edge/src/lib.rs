@@ -299,6 +299,7 @@ fn bind(what: &'static str, addr: SocketAddr, send_buffer: u32) -> Result<TcpLis
 impl Edge {
     /// Binds the RTMP and HTTP ports.
     pub async fn bind(mut config: EdgeConfig) -> Result<Self, EdgeError> {
+        metrics::init();
         config.validate()?;
         let control = ControlClient::with_auth(&config.control_url, &config.pull.cluster_auth)?;
         let rtmp = bind("RTMP playback", config.rtmp_addr, config.viewer_send_buffer)?;

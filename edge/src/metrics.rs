@@ -49,3 +49,36 @@ pub static RESYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Every play refusal reason (the `reason` label of `corriente_play_refused_total`).
+pub const PLAY_REFUSAL_REASONS: &[&str] = &[
+    "bad_name",
+    "ip_denied",
+    "token_missing",
+    "token_malformed",
+    "token_expired",
+    "token_bad_signature",
+    "webhook_refused",
+    "webhook_unavailable",
+    "draining",
+    "not_found",
+    "unavailable",
+    "rate_limited",
+    "per_ip_limit",
+    "connection_limit",
+];
+
+/// Creates the edge's series at zero (see `corriente_media::metrics::init`).
+pub fn init() {
+    corriente_media::metrics::init();
+    LazyLock::force(&RELAY_PULLS);
+    LazyLock::force(&FAILOVERS);
+    LazyLock::force(&FAILOVER_SECONDS);
+    LazyLock::force(&RESYNCS);
+    crate::pulls::init_metrics();
+    for protocol in ["rtmp", "http_flv"] {
+        for reason in PLAY_REFUSAL_REASONS {
+            PLAY_REFUSED.with_label_values(&[protocol, reason]);
+        }
+    }
+}

@@ -31,6 +31,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::metrics;
 
+/// Registers the pulls' series (see `crate::metrics::init`).
+pub(crate) fn init_metrics() {
+    LazyLock::force(&RELAY_LAG);
+}
+
 static RELAY_LAG: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "corriente_relay_lag_seconds",

@@ -145,3 +145,33 @@ pub static STREAMS_ACTIVE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Creates every series of this module whose label values are known (protocols, reasons), at
+/// zero, so that dashboards and alerts see 0 rather than "no data" before the first event.
+pub fn init() {
+    let viewers = [Protocol::Rtmp, Protocol::HttpFlv];
+    let all = [Protocol::Rtmp, Protocol::HttpFlv, Protocol::Relay];
+    for p in all.map(Protocol::as_str) {
+        FRAMES_DROPPED.with_label_values(&[p, "lagging"]);
+        LAG_SKIPS.with_label_values(&[p]);
+        for reason in ["too_slow", "write_stall"] {
+            VIEWERS_DROPPED.with_label_values(&[p, reason]);
+        }
+        VIEWERS.with_label_values(&[p]);
+        BYTES_OUT.with_label_values(&[p]);
+        FANOUT_BACKLOGS.with_label_values(&[p]);
+    }
+    for p in viewers.map(Protocol::as_str) {
+        TIME_TO_FIRST_FRAME.with_label_values(&[p]);
+    }
+    for p in ["rtmp", "relay"] {
+        BYTES_IN.with_label_values(&[p]);
+    }
+    for outputs in ["raw", "muxed"] {
+        BATCHES.with_label_values(&[outputs]);
+    }
+    for role in ["origin", "edge"] {
+        STREAMS_ACTIVE.with_label_values(&[role]);
+    }
+    STREAM_FRAMES_DROPPED.with_label_values(&["oversized_config"]);
+}

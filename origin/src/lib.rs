@@ -241,6 +241,7 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Origi
 impl Origin {
     /// Binds the RTMP and relay ports.
     pub async fn bind(config: OriginConfig) -> Result<Self, OriginError> {
+        metrics::init();
         config.validate()?;
         let control = ControlClient::with_auth(&config.control_url, &config.cluster_auth)?;
         let rtmp = bind("RTMP ingest", config.rtmp_addr).await?;

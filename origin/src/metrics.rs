@@ -40,3 +40,24 @@ pub static SELF_FENCED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Creates the origin's series at zero (see `corriente_media::metrics::init`).
+pub fn init() {
+    corriente_media::metrics::init();
+    LazyLock::force(&PUBLISHERS);
+    LazyLock::force(&SELF_FENCED);
+    let denials = corriente_cluster::PublishDenial::ALL.map(|d| d.as_str());
+    let local = [
+        "rate_limited",
+        "bitrate_exceeded",
+        "already_publishing",
+        "control_plane_unavailable",
+        "draining",
+    ];
+    for reason in denials.iter().chain(local.iter()) {
+        PUBLISH_REFUSED.with_label_values(&[reason]);
+    }
+    for reason in ["revoked_key", "expired"] {
+        PUBLISH_STOPPED.with_label_values(&[reason]);
+    }
+}

@@ -413,3 +413,73 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A fresh all-in-one node, before any stream or viewer, lists every metric family the README
+/// documents (but the Redis registry's, which needs Redis), and its labelled series with known
+/// label values exist at 0: refusal reasons, protocols, listeners.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_node_lists_every_documented_family_at_zero() -> Result<()> {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )?;
+    let section = readme
+        .split("## Observability")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap_or_default();
+    let mut documented = BTreeSet::new();
+    for line in section
+        .lines()
+        .filter(|l| l.trim_start().starts_with("| `"))
+    {
+        for part in line.split('`') {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if (name.starts_with("corriente_") || name.starts_with("process_"))
+                && name != "corriente_registry_operation_duration_seconds"
+            {
+                documented.insert(name);
+            }
+        }
+    }
+    assert!(documented.len() > 20, "README families: {documented:?}");
+    let node = Node::all(&[])?;
+    let text = node.metrics().await?.0;
+    let missing: Vec<&String> = documented
+        .iter()
+        .filter(|name| {
+            !text
+                .lines()
+                .any(|l| l.starts_with(&format!("# TYPE {name} ")))
+        })
+        .collect();
+    assert!(missing.is_empty(), "not on a fresh node: {missing:?}");
+    let m = node.metrics().await?;
+    for (name, labels) in [
+        (
+            "corriente_play_refused_total",
+            vec![("protocol", "http_flv"), ("reason", "rate_limited")],
+        ),
+        (
+            "corriente_publish_refused_total",
+            vec![("reason", "bitrate_exceeded")],
+        ),
+        (
+            "corriente_viewers_dropped_total",
+            vec![("protocol", "rtmp"), ("reason", "write_stall")],
+        ),
+        (
+            "corriente_connections_refused_total",
+            vec![("listener", "edge-http"), ("reason", "per_ip_limit")],
+        ),
+        (
+            "corriente_connections_cut_total",
+            vec![("listener", "edge-rtmp"), ("reason", "setup_timeout")],
+        ),
+    ] {
+        assert_eq!(m.value(name, &labels), Some(0.0), "{name}{labels:?} at 0");
+    }
+    Ok(())
+}
