@@ -80,15 +80,6 @@ impl Admission {
         }
     }
 
-    /// The listener's name, as in logs and metrics.
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
-    pub fn limits(&self) -> AcceptLimits {
-        self.limits
-    }
-
     /// Admits one more connection from `ip`, or names the limit it is over
     /// (`connection_limit`, `per_ip_limit`).
     pub fn try_admit(&self, ip: IpAddr) -> Result<Admitted, &'static str> {

@@ -162,13 +162,7 @@ impl RingSender {
 
     /// A receiver that starts with the next batch sent.
     pub(crate) fn subscribe(&self) -> RingReceiver {
-        let mut state = self.shared.lock();
-        state.receivers += 1;
-        RingReceiver {
-            shared: self.shared.clone(),
-            seq: self.seq.subscribe(),
-            next: state.next_seq,
-        }
+        RingReceiver::at_tail(&self.shared, self.seq.subscribe())
     }
 
     /// Bytes of the batches the ring holds (by [`Batch::memory_bytes`]): what subscribers have
@@ -229,11 +223,16 @@ impl RingReceiver {
 
     /// A receiver at the live tail: it starts with the next batch sent.
     pub(crate) fn resubscribe(&self) -> RingReceiver {
-        let mut state = self.shared.lock();
+        RingReceiver::at_tail(&self.shared, self.seq.clone())
+    }
+
+    /// A new receiver, counted in every batch sent from now on.
+    fn at_tail(shared: &Arc<Shared>, seq: watch::Receiver<u64>) -> RingReceiver {
+        let mut state = shared.lock();
         state.receivers += 1;
         RingReceiver {
-            shared: self.shared.clone(),
-            seq: self.seq.clone(),
+            shared: shared.clone(),
+            seq,
             next: state.next_seq,
         }
     }

@@ -580,6 +580,21 @@ impl Node {
         format!("http://{}", self.addr("control-grpc"))
     }
 
+    /// `live/NAME`'s owner (node id) and epoch, as this control plane's stats say.
+    pub async fn stream_owner(&self, name: &str) -> Option<(String, u64)> {
+        let (_, body) = self.admin_get("/api/v1/streams").await.ok()?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let stream = json["streams"]
+            .as_array()?
+            .iter()
+            .find(|s| s["path"] == format!("live/{name}"))?
+            .clone();
+        Some((
+            stream["origin"].as_str()?.to_owned(),
+            stream["epoch"].as_u64()?,
+        ))
+    }
+
     /// True when a log line contains `text`.
     pub fn logged(&self, text: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(text))

@@ -398,7 +398,7 @@ impl Drop for Spawned {
 /// hostname of a real deployment. An origin is taken out of rotation when its `/readyz` fails
 /// (it cannot reach the control plane, or drains) and put back when it passes again.
 pub struct HaProxy {
-    child: std::process::Child,
+    _process: Spawned,
     dir: std::path::PathBuf,
 }
 
@@ -410,8 +410,7 @@ impl HaProxy {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let mut config = format!(
-            "global\n  log stderr format raw local0 info\n\
-             defaults\n  mode tcp\n  log global\n  option tcplog\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
+            "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
              frontend ingest\n  bind {}:{port}\n  default_backend origins\n\
              backend origins\n  balance roundrobin\n  option httpchk GET /readyz\n  http-check expect status 200\n  default-server inter 300ms fall 2 rise 2\n",
             host.addr
@@ -423,23 +422,19 @@ impl HaProxy {
         }
         let file = dir.join("haproxy.cfg");
         std::fs::write(&file, config)?;
-        let _ = lab;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &host.ns, "haproxy", "-db", "-f"])
-            .arg(&file)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
+        let file = file.to_string_lossy().into_owned();
+        let process = lab
+            .spawn(host, "haproxy", &["-db", "-f", &file])
             .context("start haproxy (is it installed? tests/run installs it)")?;
-        Ok(HaProxy { child, dir })
+        Ok(HaProxy {
+            _process: process,
+            dir,
+        })
     }
 }
 
 impl Drop for HaProxy {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

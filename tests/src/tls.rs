@@ -159,3 +159,24 @@ pub async fn connect(
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
     Ok(connector.connect(name, tcp).await?)
 }
+
+/// `corriente all` with every plain and TLS listener (origin RTMPS, edge RTMPS and HTTPS) on a
+/// free loopback port, serving `ca`'s server certificate.
+pub fn all_node(ca: &TestCa, extra: &[&str]) -> Result<crate::Node> {
+    let cert = ca.cert().display().to_string();
+    let key = ca.key().display().to_string();
+    let mut args = vec![
+        "--origin-rtmps",
+        "127.0.0.1:0",
+        "--edge-rtmps",
+        "127.0.0.1:0",
+        "--edge-https",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ];
+    args.extend_from_slice(extra);
+    crate::Node::all_expecting(&args, &["origin-rtmps", "edge-rtmps", "edge-https"])
+}

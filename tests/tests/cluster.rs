@@ -521,21 +521,6 @@ async fn viewers_get_a_clean_end_when_the_origin_is_gone_for_good() -> Result<()
     Ok(())
 }
 
-/// `live/NAME`'s owner and epoch in the control plane's stats.
-async fn owner_of(cluster: &Cluster, name: &str) -> Option<(String, u64)> {
-    let (_, body) = cluster.control[0].admin_get("/api/v1/streams").await.ok()?;
-    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
-    let stream = json["streams"]
-        .as_array()?
-        .iter()
-        .find(|s| s["path"] == format!("live/{name}"))?
-        .clone();
-    Some((
-        stream["origin"].as_str()?.to_owned(),
-        stream["epoch"].as_u64()?,
-    ))
-}
-
 /// Redis restarted empty while a competing claim races the owner's re-assertion, after the name
 /// has had two epochs already. Epochs derive from Redis's clock as well as its counter (and the
 /// highest epoch the control plane has seen), so the competing claim still gets an epoch above
@@ -546,17 +531,29 @@ async fn epochs_never_go_back_when_redis_restarts_empty_and_a_claim_races() -> R
     let mut cluster = Cluster::start(1, 2, 1, "2s")?;
     let first = Publisher::start(&av_small()?, &cluster.origins[0].ingest_url("e"))?;
     cluster.wait_live("e").await?;
-    let (_, first_epoch) = owner_of(&cluster, "e").await.unwrap_or_default();
+    let (_, first_epoch) = cluster.control[0]
+        .stream_owner("e")
+        .await
+        .unwrap_or_default();
     drop(first);
     wait_for(
         Duration::from_secs(10),
         "the first publication to end",
-        || async { owner_of(&cluster, "e").await.is_none().then_some(()) },
+        || async {
+            cluster.control[0]
+                .stream_owner("e")
+                .await
+                .is_none()
+                .then_some(())
+        },
     )
     .await?;
     let _owner = Publisher::start(&av_small()?, &cluster.origins[0].ingest_url("e"))?;
     cluster.wait_live("e").await?;
-    let (owner, before) = owner_of(&cluster, "e").await.unwrap_or_default();
+    let (owner, before) = cluster.control[0]
+        .stream_owner("e")
+        .await
+        .unwrap_or_default();
     assert!(
         before > first_epoch,
         "epochs grow: {first_epoch} then {before}"
@@ -570,7 +567,10 @@ async fn epochs_never_go_back_when_redis_restarts_empty_and_a_claim_races() -> R
     cluster.redis.restart_empty()?;
     let _rival = Publisher::start(&av_small_b()?, &cluster.origins[1].ingest_url("e"))?;
     let (rival, after) = wait_for(Duration::from_secs(15), "the rival's claim", || async {
-        owner_of(&cluster, "e").await.filter(|(o, _)| *o != owner)
+        cluster.control[0]
+            .stream_owner("e")
+            .await
+            .filter(|(o, _)| *o != owner)
     })
     .await?;
     eprintln!(

@@ -55,11 +55,10 @@ async fn connect(node: &Node, listener: &str) -> Result<TcpStream> {
     Ok(TcpStream::connect(node.addr(listener)).await?)
 }
 
-/// `connect` then `createStream` and `publish NAME`, as raw chunks.
-fn publish_commands(name: &str) -> BytesMut {
-    let mut out = BytesMut::new();
+/// A client's `connect` to the `live` application, as a raw chunk.
+fn connect_command(out: &mut BytesMut) {
     message::write_command(
-        &mut out,
+        out,
         128,
         0,
         "connect",
@@ -70,6 +69,12 @@ fn publish_commands(name: &str) -> BytesMut {
         ]),
         vec![],
     );
+}
+
+/// `connect`, `createStream` and then `VERB ARGS…` on the new stream, as raw chunks.
+fn stream_commands(verb: &str, args: Vec<Amf0Value>) -> BytesMut {
+    let mut out = BytesMut::new();
+    connect_command(&mut out);
     message::write_command(
         &mut out,
         128,
@@ -79,16 +84,21 @@ fn publish_commands(name: &str) -> BytesMut {
         Amf0Value::Null,
         vec![],
     );
-    message::write_command(
-        &mut out,
-        128,
-        1,
-        "publish",
-        3.0,
-        Amf0Value::Null,
-        vec![Amf0Value::string(name), Amf0Value::string("live")],
-    );
+    message::write_command(&mut out, 128, 1, verb, 3.0, Amf0Value::Null, args);
     out
+}
+
+/// `connect` then `createStream` and `publish NAME`, as raw chunks.
+fn publish_commands(name: &str) -> BytesMut {
+    stream_commands(
+        "publish",
+        vec![Amf0Value::string(name), Amf0Value::string("live")],
+    )
+}
+
+/// `connect`, `createStream` and `play NAME` as raw chunks.
+fn play_commands(name: &str) -> BytesMut {
+    stream_commands("play", vec![Amf0Value::string(name)])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -372,35 +382,7 @@ async fn viewers_that_stop_reading_do_not_grow_memory() -> Result<()> {
         } else {
             let mut s = socket.connect(node.addr("edge-rtmp")).await?;
             corriente_media::rtmp::handshake::connect(&mut s, Duration::from_secs(5)).await?;
-            let mut out = BytesMut::new();
-            message::write_command(
-                &mut out,
-                128,
-                0,
-                "connect",
-                1.0,
-                Amf0Value::object([("app", Amf0Value::string("live"))]),
-                vec![],
-            );
-            message::write_command(
-                &mut out,
-                128,
-                0,
-                "createStream",
-                2.0,
-                Amf0Value::Null,
-                vec![],
-            );
-            message::write_command(
-                &mut out,
-                128,
-                1,
-                "play",
-                3.0,
-                Amf0Value::Null,
-                vec![Amf0Value::string("big")],
-            );
-            s.write_all(&out).await?;
+            s.write_all(&play_commands("big")).await?;
             stalled.push(s);
         }
     }
@@ -1048,39 +1030,6 @@ async fn talks_until_closed<S: tokio::io::AsyncWrite + Unpin>(
     }
 }
 
-/// `connect`, `createStream` and `play NAME` as raw chunks.
-fn play_commands(name: &str) -> BytesMut {
-    let mut out = BytesMut::new();
-    message::write_command(
-        &mut out,
-        128,
-        0,
-        "connect",
-        1.0,
-        Amf0Value::object([("app", Amf0Value::string("live"))]),
-        vec![],
-    );
-    message::write_command(
-        &mut out,
-        128,
-        0,
-        "createStream",
-        2.0,
-        Amf0Value::Null,
-        vec![],
-    );
-    message::write_command(
-        &mut out,
-        128,
-        1,
-        "play",
-        3.0,
-        Amf0Value::Null,
-        vec![Amf0Value::string(name)],
-    );
-    out
-}
-
 /// Clients that keep talking but never read, against `--viewer-write-timeout 3s` and
 /// `--handshake-timeout 3s`: each is cut off within its deadline, counted, and the canary
 /// keeps decoding.
@@ -1102,15 +1051,7 @@ async fn peers_that_keep_talking_but_never_read_are_cut_off() -> Result<()> {
     let mut flooder = small_window(node.addr("edge-rtmp")).await?;
     handshake::connect(&mut flooder, Duration::from_secs(5)).await?;
     let mut connect = BytesMut::new();
-    message::write_command(
-        &mut connect,
-        128,
-        0,
-        "connect",
-        1.0,
-        Amf0Value::object([("app", Amf0Value::string("live"))]),
-        vec![],
-    );
+    connect_command(&mut connect);
     flooder.write_all(&connect).await?;
     let mut burst = BytesMut::new();
     for i in 0..2000 {
@@ -1220,24 +1161,6 @@ async fn peers_that_keep_talking_but_never_read_are_cut_off() -> Result<()> {
     Ok(())
 }
 
-/// `corriente all` with its TLS listeners (edge RTMPS and HTTPS) on free loopback ports.
-fn tls_node(ca: &TestCa, extra: &[&str]) -> Result<Node> {
-    let cert = ca.cert().display().to_string();
-    let key = ca.key().display().to_string();
-    let mut args = vec![
-        "--edge-rtmps",
-        "127.0.0.1:0",
-        "--edge-https",
-        "127.0.0.1:0",
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-    ];
-    args.extend_from_slice(extra);
-    Node::all_expecting(&args, &["edge-rtmps", "edge-https"])
-}
-
 /// Runs curl with `args`; returns what it printed on stdout.
 async fn curl(args: &[&str]) -> Result<String> {
     let output = tokio::process::Command::new("curl")
@@ -1258,7 +1181,7 @@ async fn curl(args: &[&str]) -> Result<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_streams_count_like_connections() -> Result<()> {
     let ca = TestCa::new()?;
-    let node = tls_node(&ca, &["--max-connections-per-ip", "6"])?;
+    let node = corriente_tests::tls::all_node(&ca, &["--max-connections-per-ip", "6"])?;
     let mut canary = Canary::start(&node).await?;
 
     let plain = format!("http://{}/live/canary.flv", node.addr("edge-http"));
@@ -1364,7 +1287,7 @@ async fn http2_streams_count_like_connections() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tls_viewer_that_stops_reading_gives_its_slot_back() -> Result<()> {
     let ca = TestCa::new()?;
-    let node = tls_node(
+    let node = corriente_tests::tls::all_node(
         &ca,
         &[
             "--max-connections-per-ip",

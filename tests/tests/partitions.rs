@@ -181,17 +181,7 @@ impl Net {
 
     /// `live/NAME`'s owner (node id) and epoch, as the control plane says.
     async fn owner(&self, name: &str) -> Option<(String, u64)> {
-        let (_, body) = self.control.admin_get("/api/v1/streams").await.ok()?;
-        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let stream = json["streams"]
-            .as_array()?
-            .iter()
-            .find(|s| s["path"] == format!("live/{name}"))?
-            .clone();
-        Some((
-            stream["origin"].as_str()?.to_owned(),
-            stream["epoch"].as_u64()?,
-        ))
+        self.control.stream_owner(name).await
     }
 
     fn origin_admins(&self) -> Vec<SocketAddr> {

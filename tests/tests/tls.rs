@@ -16,26 +16,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;
 
-/// `corriente all` with every plain and TLS listener on a free loopback port.
-fn tls_node(ca: &TestCa, extra: &[&str]) -> Result<Node> {
-    let cert = ca.cert().display().to_string();
-    let key = ca.key().display().to_string();
-    let mut args = vec![
-        "--origin-rtmps",
-        "127.0.0.1:0",
-        "--edge-rtmps",
-        "127.0.0.1:0",
-        "--edge-https",
-        "127.0.0.1:0",
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-    ];
-    args.extend_from_slice(extra);
-    Node::all_expecting(&args, &["origin-rtmps", "edge-rtmps", "edge-https"])
-}
-
 /// `SCHEME://localhost:PORT/live/NAME` on a listener: the certificate names localhost.
 fn url(node: &Node, scheme: &str, listener: &str, path: &str) -> String {
     format!(
@@ -135,7 +115,7 @@ async fn plain_client_refused(node: &Node, listener: &str, hello: &[u8]) -> Resu
 #[tokio::test(flavor = "multi_thread")]
 async fn rtmps_ingest_and_https_and_rtmps_playback_verify_the_chain() -> Result<()> {
     let ca = TestCa::new()?;
-    let mut node = tls_node(&ca, &["--https-redirect"])?;
+    let mut node = corriente_tests::tls::all_node(&ca, &["--https-redirect"])?;
     let ca_file = ca.ca().display().to_string();
     let verify = ["-tls_verify", "1", "-ca_file", ca_file.as_str()];
 
@@ -249,7 +229,7 @@ async fn rtmps_ingest_and_https_and_rtmps_playback_verify_the_chain() -> Result<
 #[tokio::test(flavor = "multi_thread")]
 async fn replaced_certificate_files_reach_new_connections_and_viewers_keep_playing() -> Result<()> {
     let ca = TestCa::new()?;
-    let mut node = tls_node(&ca, &[])?;
+    let mut node = corriente_tests::tls::all_node(&ca, &[])?;
     let ca_file = ca.ca().display().to_string();
     let verify = ["-tls_verify", "1", "-ca_file", ca_file.as_str()];
     let _publisher = Publisher::start(&av_small()?, &node.ingest_url("rotate"))?;
