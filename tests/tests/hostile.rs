@@ -982,6 +982,35 @@ async fn a_publisher_flooding_data_is_bounded_and_cut_off() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Peers that look alive: they keep sending, so no read deadline fires, but they never read.
 
+/// An H.264 sequence header (SPS and PPS of a 1-macroblock stream), for hand-made publishers.
+fn avc_config() -> Frame {
+    Frame::new(
+        FrameKind::Video,
+        0,
+        bytes::Bytes::from_static(&[
+            0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 4, 0x67, 0x64, 0, 0x1f, 1, 0, 4,
+            0x68, 0xee, 0x3c, 0x80,
+        ]),
+        0,
+    )
+}
+
+/// What the edge's hub of `live/NAME` reports in `/api/v1/edge/streams`: `retained_bytes`
+/// and `gop_frames` (`u64::MAX` when the stream is not listed).
+async fn edge_hub(node: &Node, name: &str) -> Result<(u64, u64)> {
+    let (_, streams) = node.admin_get("/api/v1/edge/streams").await?;
+    let streams: serde_json::Value = serde_json::from_str(&streams)?;
+    let hub = streams["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .cloned()
+        .unwrap_or_default();
+    Ok((
+        hub["retained_bytes"].as_u64().unwrap_or(u64::MAX),
+        hub["gop_frames"].as_u64().unwrap_or(u64::MAX),
+    ))
+}
+
 /// A connection whose receive buffer is as small as the kernel allows, so that the server's
 /// writes to a client that does not read block after a few kilobytes.
 async fn small_window(addr: std::net::SocketAddr) -> Result<TcpStream> {
@@ -1400,13 +1429,7 @@ async fn audio_with_frozen_timestamps_does_not_grow_memory() -> Result<()> {
     let baseline = node.rss_kb();
     let sent = send_paced(&mut stream, &mut session, 6144, 60_000_000, frame).await?;
     let after = node.rss_kb();
-    let (_, streams) = node.admin_get("/api/v1/edge/streams").await?;
-    let streams: serde_json::Value = serde_json::from_str(&streams)?;
-    let retained = streams["streams"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == "frozen"))
-        .and_then(|s| s["retained_bytes"].as_u64())
-        .unwrap_or(u64::MAX);
+    let (retained, _) = edge_hub(&node, "frozen").await?;
     drop(stream);
     let read = viewer.await??;
     eprintln!(
@@ -1442,15 +1465,7 @@ async fn huge_frames_are_bounded_by_bytes_in_the_rings() -> Result<()> {
     let (mut stream, mut session) = try_publish(&node, "huge")
         .await?
         .map_err(anyhow::Error::msg)?;
-    session.send_frame(&Frame::new(
-        FrameKind::Video,
-        0,
-        bytes::Bytes::from_static(&[
-            0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 4, 0x67, 0x64, 0, 0x1f, 1, 0, 4,
-            0x68, 0xee, 0x3c, 0x80,
-        ]),
-        0,
-    ));
+    session.send_frame(&avc_config());
     stream.write_all(&session.take_output()).await?;
     node.wait_live("huge").await?;
     let viewer = tokio::spawn(drain_flv(
@@ -1481,13 +1496,7 @@ async fn huge_frames_are_bounded_by_bytes_in_the_rings() -> Result<()> {
     .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = node.rss_kb();
-    let (_, streams) = node.admin_get("/api/v1/edge/streams").await?;
-    let streams: serde_json::Value = serde_json::from_str(&streams)?;
-    let retained = streams["streams"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == "huge"))
-        .and_then(|s| s["retained_bytes"].as_u64())
-        .unwrap_or(u64::MAX);
+    let (retained, _) = edge_hub(&node, "huge").await?;
     eprintln!(
         "sent {} MB of 2 MiB keyframes, one viewer stalled: the edge hub retains {retained} bytes; RSS {baseline} kB -> {after} kB",
         sent >> 20
@@ -1526,15 +1535,7 @@ async fn aggregates_of_tiny_frames_are_batched_and_bounded() -> Result<()> {
     let (mut stream, mut session) = try_publish(&node, "tiny")
         .await?
         .map_err(anyhow::Error::msg)?;
-    session.send_frame(&Frame::new(
-        FrameKind::Video,
-        0,
-        bytes::Bytes::from_static(&[
-            0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 4, 0x67, 0x64, 0, 0x1f, 1, 0, 4,
-            0x68, 0xee, 0x3c, 0x80,
-        ]),
-        0,
-    ));
+    session.send_frame(&avc_config());
     session.send_frame(&Frame::new(
         FrameKind::Video,
         0,
@@ -1574,17 +1575,7 @@ async fn aggregates_of_tiny_frames_are_batched_and_bounded() -> Result<()> {
     let after = node.rss_kb();
     let m = node.metrics().await?;
     let batches = raw_batches(&m) - batches_before;
-    let (_, streams) = node.admin_get("/api/v1/edge/streams").await?;
-    let streams: serde_json::Value = serde_json::from_str(&streams)?;
-    let hub = streams["streams"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == "tiny"))
-        .cloned()
-        .unwrap_or_default();
-    let (retained, gop_frames) = (
-        hub["retained_bytes"].as_u64().unwrap_or(u64::MAX),
-        hub["gop_frames"].as_u64().unwrap_or(u64::MAX),
-    );
+    let (retained, gop_frames) = edge_hub(&node, "tiny").await?;
     eprintln!(
         "256 000 tiny frames in 256 aggregates: {batches} origin batches; the edge hub keeps {gop_frames} GOP frames, {retained} bytes; RSS {baseline} kB -> {after} kB"
     );
@@ -1766,15 +1757,7 @@ async fn distinct_large_metadata_is_bounded() -> Result<()> {
     let (mut stream, mut session) = try_publish(&node, "meta")
         .await?
         .map_err(anyhow::Error::msg)?;
-    session.send_frame(&Frame::new(
-        FrameKind::Video,
-        0,
-        bytes::Bytes::from_static(&[
-            0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 4, 0x67, 0x64, 0, 0x1f, 1, 0, 4,
-            0x68, 0xee, 0x3c, 0x80,
-        ]),
-        0,
-    ));
+    session.send_frame(&avc_config());
     stream.write_all(&session.take_output()).await?;
     node.wait_live("meta").await?;
     let viewer = tokio::spawn(drain_flv(
@@ -1806,13 +1789,7 @@ async fn distinct_large_metadata_is_bounded() -> Result<()> {
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = node.rss_kb();
-    let (_, streams) = node.admin_get("/api/v1/edge/streams").await?;
-    let streams: serde_json::Value = serde_json::from_str(&streams)?;
-    let retained = streams["streams"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == "meta"))
-        .and_then(|s| s["retained_bytes"].as_u64())
-        .unwrap_or(u64::MAX);
+    let (retained, _) = edge_hub(&node, "meta").await?;
     let dropped = node
         .metrics()
         .await?
