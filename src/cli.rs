@@ -772,10 +772,18 @@ pub struct ControlArgs {
     pub lease_ttl: Duration,
 
     /// Redis holding the registry, shared by every control-plane replica:
-    /// redis://[:PASSWORD@]HOST:PORT[/DB], rediss:// for TLS, or unix:///PATH. Without it the
-    /// registry lives in this process (a single replica).
+    /// redis://[:PASSWORD@]HOST:PORT[/DB], rediss:// for TLS, unix:///PATH, or
+    /// redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB] to follow the primary
+    /// Redis Sentinel names (rediss+sentinel:// for TLS; ?sentinel_password=... when the
+    /// sentinels have a password of their own). Without it the registry lives in this process
+    /// (a single replica).
     #[arg(long, env = "CORRIENTE_REDIS", value_name = "URL")]
     pub redis: Option<String>,
+
+    /// Redis replicas that must acknowledge a stream claim (WAIT) before it is granted, so a
+    /// failover cannot lose it: default 1 with Sentinel, 0 with one Redis server.
+    #[arg(long, env = "CORRIENTE_REDIS_CLAIM_REPLICAS", value_name = "N")]
+    pub redis_claim_replicas: Option<u32>,
 
     /// File holding the Redis password (a Kubernetes or Swarm secret), added to --redis.
     #[arg(long, env = "CORRIENTE_REDIS_PASSWORD_FILE", value_name = "PATH")]
@@ -1110,6 +1118,7 @@ impl ControlArgs {
             grpc_addr: self.grpc,
             lease_ttl: self.lease_ttl,
             redis_url,
+            redis_claim_replicas: self.redis_claim_replicas,
             redis_prefix: self.redis_prefix.clone(),
             redis_ca_pem,
             node_id: self

@@ -11,6 +11,7 @@ pub mod memory;
 mod metrics;
 mod probe;
 pub mod publish_auth;
+mod redis_primary;
 pub mod redis_registry;
 pub mod registry;
 mod service;
@@ -31,6 +32,7 @@ use tracing::info;
 
 pub use memory::MemoryRegistry;
 pub use publish_auth::PublishAuthConfig;
+pub use redis_primary::SentinelUrl;
 pub use redis_registry::{RedisConfig, RedisRegistry};
 pub use registry::{PublishKey, Registry, RegistryError};
 pub use service::ControlService;
@@ -45,8 +47,12 @@ pub struct ControlPlaneConfig {
     /// Lease duration of streams and nodes. A dead origin's streams are released at most this
     /// long after its last heartbeat; nodes heartbeat three times per lease.
     pub lease_ttl: Duration,
-    /// Redis URL; without it the registry lives in this process (one replica only).
+    /// Redis URL (one server, or `redis+sentinel://` to follow Sentinel's primary); without it
+    /// the registry lives in this process (one replica only).
     pub redis_url: Option<String>,
+    /// Redis replicas that must acknowledge a stream claim before it is granted (`None`: 1
+    /// with Sentinel, 0 for one server).
+    pub redis_claim_replicas: Option<u32>,
     /// Key prefix in Redis, so several clusters can share one.
     pub redis_prefix: String,
     /// PEM certificate authority for `rediss://` (default: the system's roots).
@@ -66,6 +72,7 @@ impl Default for ControlPlaneConfig {
             node_id: "control-plane".to_owned(),
             lease_ttl: Duration::from_secs(6),
             redis_url: None,
+            redis_claim_replicas: None,
             redis_prefix: "corriente".to_owned(),
             redis_ca_pem: None,
             owner_probe_timeout: Duration::from_millis(800),
@@ -87,12 +94,15 @@ impl ControlPlaneConfig {
         if !Self::LEASE_TTLS.contains(&self.lease_ttl) {
             return Err(ConfigError::LeaseTtl(self.lease_ttl));
         }
-        if let Some(url) = &self.redis_url
-            && !["redis://", "rediss://", "unix://", "redis+unix://"]
+        if let Some(url) = &self.redis_url {
+            if SentinelUrl::is_sentinel(url) {
+                SentinelUrl::parse(url).map_err(ConfigError::SentinelUrl)?;
+            } else if !["redis://", "rediss://", "unix://", "redis+unix://"]
                 .iter()
                 .any(|scheme| url.starts_with(scheme))
-        {
-            return Err(ConfigError::RedisUrl);
+            {
+                return Err(ConfigError::RedisUrl);
+            }
         }
         Ok(())
     }
@@ -103,8 +113,12 @@ impl ControlPlaneConfig {
 pub enum ConfigError {
     #[error("--lease-ttl must be between 1s and 5m, not {0:?}")]
     LeaseTtl(Duration),
-    #[error("--redis must be a redis://, rediss:// or unix:// URL")]
+    #[error(
+        "--redis must be a redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel:// URL"
+    )]
     RedisUrl,
+    #[error("--redis: {0}")]
+    SentinelUrl(String),
 }
 
 /// Why the control plane could not run.
@@ -157,6 +171,7 @@ impl ControlPlane {
                 prefix: config.redis_prefix.clone(),
                 lease_ttl: config.lease_ttl,
                 ca_pem: config.redis_ca_pem.clone(),
+                claim_replicas: config.redis_claim_replicas,
             })?)),
             None => Backend::Memory(Arc::new(MemoryRegistry::new(config.lease_ttl))),
         };

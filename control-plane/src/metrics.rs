@@ -63,6 +63,22 @@ pub static PUBLISH_KEY_ACTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static REDIS_PRIMARY_SWITCHES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "corriente_redis_primary_switches_total",
+        "Times this replica moved to another Redis primary (a Sentinel failover followed)"
+    )
+    .expect("metric registers once")
+});
+
+pub static CLAIMS_UNREPLICATED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "corriente_redis_claims_unreplicated_total",
+        "Stream claims refused (and undone) because too few Redis replicas acknowledged them in time"
+    )
+    .expect("metric registers once")
+});
+
 /// The lowercase name of a gRPC status code, for the `code` label.
 pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
@@ -105,6 +121,8 @@ pub fn init() {
         REQUEST_SECONDS.with_label_values(&[method]);
     }
     LazyLock::force(&TAKEOVERS);
+    LazyLock::force(&REDIS_PRIMARY_SWITCHES);
+    LazyLock::force(&CLAIMS_UNREPLICATED);
     for action in ["create", "revoke"] {
         PUBLISH_KEY_ACTIONS.with_label_values(&[action]);
     }

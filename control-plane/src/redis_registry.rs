@@ -28,6 +28,8 @@ use corriente_core::{MediaInfo, StreamKey};
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::{Client, Script};
+
+use crate::redis_primary::{Primary, SentinelUrl};
 use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -217,7 +219,9 @@ struct Scripts {
 /// Settings of the Redis registry.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`, `rediss://` for TLS, or `unix:///PATH`.
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`, `rediss://` for TLS, `unix:///PATH`, or
+    /// `redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT…]/SERVICE[/DB]` (`rediss+sentinel://`
+    /// for TLS) to follow the primary that Redis Sentinel names.
     pub url: String,
     /// Key prefix, so several clusters can share one Redis.
     pub prefix: String,
@@ -225,7 +229,13 @@ pub struct RedisConfig {
     pub lease_ttl: Duration,
     /// PEM certificate authority to trust for `rediss://` instead of the system's roots.
     pub ca_pem: Option<Vec<u8>>,
+    /// Replicas that must acknowledge a claim (`WAIT`) before it is granted; `None`: 1 with
+    /// Sentinel (there are replicas to fail over to), 0 for a single address.
+    pub claim_replicas: Option<u32>,
 }
+
+/// How long a claim waits for its replicas' acknowledgement.
+const CLAIM_WAIT: Duration = Duration::from_secs(1);
 
 /// Why the Redis registry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -238,13 +248,15 @@ pub enum RedisSetupError {
 
 /// A registry in Redis.
 pub struct RedisRegistry {
-    conn: ConnectionManager,
-    client: Client,
+    primary: Arc<Primary>,
+    claim_replicas: u32,
     keys: String,
     channel: String,
     ttl: Duration,
     scripts: Scripts,
-    events: broadcast::Sender<RegistryEvent>,
+    /// Replaced (closing every watcher's receiver, so watchers reconnect and re-list) when
+    /// the subscription to Redis's event channel restarts and may have missed events.
+    events: std::sync::RwLock<broadcast::Sender<RegistryEvent>>,
     /// The highest epoch this replica has seen (claimed, heartbeated, looked up): new epochs
     /// start past it, whatever Redis remembers.
     epoch_floor: std::sync::atomic::AtomicU64,
@@ -279,29 +291,31 @@ impl RedisRegistry {
         if prefix.is_empty() || prefix.len() > 64 || prefix.contains(['{', '}', ' ']) {
             return Err(RedisSetupError::Prefix(prefix.clone()));
         }
-        let client = match &config.ca_pem {
-            Some(ca) => Client::build_with_tls(
-                config.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.clone()),
-                },
-            ),
-            None => Client::open(config.url.as_str()),
+        let bad_url = |e: String| RedisSetupError::Url(redact(&config.url), e);
+        let sentinel = SentinelUrl::is_sentinel(&config.url);
+        let primary = if sentinel {
+            let url = SentinelUrl::parse(&config.url).map_err(bad_url)?;
+            Primary::sentinel(&url, config.ca_pem.as_deref())
+        } else {
+            match &config.ca_pem {
+                Some(ca) => Client::build_with_tls(
+                    config.url.as_str(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca.clone()),
+                    },
+                ),
+                None => Client::open(config.url.as_str()),
+            }
+            .and_then(Primary::fixed)
         }
-        .map_err(|e| RedisSetupError::Url(redact(&config.url), e.to_string()))?;
-        let manager = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_max_delay(Duration::from_secs(2))
-            // Fail a request fast (the caller retries); the manager keeps reconnecting.
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)
-            .map_err(|e| RedisSetupError::Url(redact(&config.url), e.to_string()))?;
+        .map_err(|e| bad_url(e.to_string()))?;
         let keys = format!("{{{prefix}}}");
         Ok(Self {
-            conn,
-            client,
+            primary: Arc::new(primary),
+            claim_replicas: config
+                .claim_replicas
+                .unwrap_or(if sentinel { 1 } else { 0 }),
             channel: format!("{keys}:events"),
             keys,
             ttl: config.lease_ttl,
@@ -316,9 +330,37 @@ impl RedisRegistry {
                 create_publish_key: script(CREATE_PUBLISH_KEY),
                 revoke_publish_key: script(REVOKE_PUBLISH_KEY),
             },
-            events: broadcast::channel(1024).0,
+            events: std::sync::RwLock::new(broadcast::channel(1024).0),
             epoch_floor: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The general connection to the current primary.
+    async fn conn(&self) -> Result<ConnectionManager, RegistryError> {
+        self.primary
+            .link()
+            .await
+            .map(|link| link.conn.clone())
+            .map_err(RegistryError::Unavailable)
+    }
+
+    /// A failed request: tells the primary's follower, then reports it.
+    fn failed(&self, e: redis::RedisError) -> RegistryError {
+        self.primary.failed(&e);
+        unavailable(e)
+    }
+
+    fn publish(&self, event: RegistryEvent) {
+        if let Ok(events) = self.events.read() {
+            let _ = events.send(event);
+        }
+    }
+
+    /// Closes every watcher's feed: they reconnect and re-list what they may have missed.
+    fn restart_feed(&self) {
+        if let Ok(mut events) = self.events.write() {
+            *events = broadcast::channel(1024).0;
+        }
     }
 
     fn streams_key(&self) -> String {
@@ -353,10 +395,23 @@ impl RedisRegistry {
         self.ttl.as_millis() as u64
     }
 
-    /// Removes and announces expired leases. Any replica may run it at any time.
+    /// Removes and announces expired leases. Any replica may run it at any time. Also keeps
+    /// the claims' connection checked, so that a broken one is replaced before a claim needs
+    /// it rather than failing that claim.
     pub async fn sweep(&self) -> Result<u64, RegistryError> {
         let started = Instant::now();
-        let mut conn = self.conn.clone();
+        if self.claim_replicas > 0
+            && let Ok(link) = self.primary.link().await
+        {
+            let mut claims = link.claims.clone();
+            if let Err(e) = redis::cmd("PING").query_async::<String>(&mut claims).await {
+                self.primary.failed(&e);
+            }
+        }
+        let mut conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(e) => return observe("sweep", started, Err(e)),
+        };
         let result = self
             .scripts
             .sweep
@@ -366,7 +421,7 @@ impl RedisRegistry {
             .arg(&self.channel)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable);
+            .map_err(|e| self.failed(e));
         observe("sweep", started, result)
     }
 
@@ -408,10 +463,16 @@ impl RedisRegistry {
                 }
             })
         };
+        tokio::spawn(self.primary.clone().follow(shutdown.clone()));
+        let mut changes = self.primary.changes();
         let mut backoff = Duration::from_millis(100);
+        let mut subscriptions = 0u64;
         loop {
             let subscribed = async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
+                let link = self.primary.link().await.map_err(|e| {
+                    redis::RedisError::from((redis::ErrorKind::Io, "no primary", e))
+                })?;
+                let mut pubsub = link.client.get_async_pubsub().await?;
                 pubsub.subscribe(&self.channel).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
@@ -420,29 +481,35 @@ impl RedisRegistry {
                 _ = shutdown.cancelled() => break,
             };
             if let Ok(Ok(pubsub)) = pubsub {
-                {
-                    backoff = Duration::from_millis(100);
-                    let mut messages = pubsub.into_on_message();
-                    loop {
-                        let message = tokio::select! {
-                            message = messages.next() => message,
-                            _ = shutdown.cancelled() => {
-                                sweeper.abort();
-                                return;
-                            }
-                        };
-                        let Some(message) = message else { break };
-                        let Ok(payload) = message.get_payload::<String>() else {
-                            continue;
-                        };
-                        match parse_event(&payload) {
-                            Some(event) => {
-                                let _ = self.events.send(event);
-                            }
-                            None => warn!(payload, "unreadable registry event"),
+                backoff = Duration::from_millis(100);
+                subscriptions += 1;
+                if subscriptions > 1 {
+                    // Events published while there was no subscription are lost: watchers
+                    // reconnect and re-list.
+                    self.restart_feed();
+                }
+                changes.borrow_and_update();
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    let message = tokio::select! {
+                        message = messages.next() => message,
+                        // Another primary: its events are published there.
+                        _ = changes.changed() => break,
+                        _ = shutdown.cancelled() => {
+                            sweeper.abort();
+                            return;
                         }
+                    };
+                    let Some(message) = message else { break };
+                    let Ok(payload) = message.get_payload::<String>() else {
+                        continue;
+                    };
+                    match parse_event(&payload) {
+                        Some(event) => self.publish(event),
+                        None => warn!(payload, "unreadable registry event"),
                     }
                 }
+                continue;
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -589,7 +656,17 @@ impl RedisRegistry {
         claim: StreamClaim,
         takeover: Option<(&str, u64)>,
     ) -> Result<StreamRecord, RegistryError> {
-        let mut conn = self.conn.clone();
+        let link = self
+            .primary
+            .link()
+            .await
+            .map_err(RegistryError::Unavailable)?;
+        // A claim that waits for replicas has a connection of its own (`WAIT` blocks it).
+        let mut conn = if self.claim_replicas > 0 {
+            link.claims.clone()
+        } else {
+            link.conn.clone()
+        };
         let (from_node, from_epoch) = takeover.unwrap_or(("", 0));
         let reply: Vec<String> = self
             .scripts
@@ -609,7 +686,7 @@ impl RedisRegistry {
             .arg(self.epoch_floor().to_string())
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         if let Some(epoch) = reply
             .get(if reply.first().map(String::as_str) == Some("1") {
                 1
@@ -620,8 +697,8 @@ impl RedisRegistry {
         {
             self.saw_epoch(epoch);
         }
-        match reply.first().map(String::as_str) {
-            Some("1") => Ok(StreamRecord {
+        let record = match reply.first().map(String::as_str) {
+            Some("1") => StreamRecord {
                 epoch: reply.get(1).and_then(|e| e.parse().ok()).unwrap_or(0),
                 started_at_ms: reply.get(2).and_then(|e| e.parse().ok()).unwrap_or(0),
                 key: claim.key,
@@ -629,14 +706,54 @@ impl RedisRegistry {
                 relay_addr: claim.relay_addr,
                 media: claim.media,
                 publisher_addr: claim.publisher_addr,
-            }),
-            _ => Err(RegistryError::AlreadyOwned {
-                owner: reply.get(1).cloned().unwrap_or_default(),
-                owner_epoch: reply.get(2).and_then(|e| e.parse().ok()).unwrap_or(0),
-                owner_relay: reply.get(3).cloned().unwrap_or_default(),
-                key: claim.key,
-            }),
+            },
+            _ => {
+                return Err(RegistryError::AlreadyOwned {
+                    owner: reply.get(1).cloned().unwrap_or_default(),
+                    owner_epoch: reply.get(2).and_then(|e| e.parse().ok()).unwrap_or(0),
+                    owner_relay: reply.get(3).cloned().unwrap_or_default(),
+                    key: claim.key,
+                });
+            }
+        };
+        if self.claim_replicas > 0 {
+            self.replicated(&mut conn, &record).await?;
         }
+        Ok(record)
+    }
+
+    /// Waits until `claim_replicas` replicas hold the claim just written on `conn` (`WAIT`
+    /// covers every earlier write of the connection). Short of that, undoes the claim and
+    /// refuses it: a failover to a replica without it would hand the stream out again while
+    /// its owner publishes.
+    async fn replicated(
+        &self,
+        conn: &mut ConnectionManager,
+        record: &StreamRecord,
+    ) -> Result<(), RegistryError> {
+        let acked = redis::cmd("WAIT")
+            .arg(self.claim_replicas)
+            .arg(CLAIM_WAIT.as_millis() as u64)
+            .query_async::<i64>(conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        if acked >= i64::from(self.claim_replicas) {
+            return Ok(());
+        }
+        metrics::CLAIMS_UNREPLICATED.inc();
+        let _ = self
+            .release_stream(&record.key, &record.node_id, record.epoch)
+            .await;
+        warn!(
+            stream = %record.key,
+            acked,
+            wanted = self.claim_replicas,
+            "claim refused: too few Redis replicas acknowledged it"
+        );
+        Err(RegistryError::Unavailable(format!(
+            "the claim of {} reached {acked} of {} Redis replicas within {CLAIM_WAIT:?}; refused, so a failover cannot lose it",
+            record.key, self.claim_replicas
+        )))
     }
 }
 
@@ -655,7 +772,10 @@ impl Registry for RedisRegistry {
         streams: Vec<OwnedStream>,
     ) -> Result<Vec<StreamKey>, RegistryError> {
         let started = Instant::now();
-        let mut conn = self.conn.clone();
+        let mut conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(e) => return observe("heartbeat", started, Err(e)),
+        };
         let node_json = serde_json::to_string(&node).unwrap_or_default();
         let mut invocation = self.scripts.heartbeat.prepare_invoke();
         invocation
@@ -681,7 +801,7 @@ impl Registry for RedisRegistry {
         let result = invocation
             .invoke_async::<Vec<String>>(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
             .map(|lost| {
                 lost.iter()
                     .filter_map(|name| StreamKey::parse(name).ok())
@@ -716,7 +836,10 @@ impl Registry for RedisRegistry {
         epoch: u64,
     ) -> Result<bool, RegistryError> {
         let started = Instant::now();
-        let mut conn = self.conn.clone();
+        let mut conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(e) => return observe("release", started, Err(e)),
+        };
         let result = self
             .scripts
             .release
@@ -729,13 +852,16 @@ impl Registry for RedisRegistry {
             .invoke_async::<i64>(&mut conn)
             .await
             .map(|n| n == 1)
-            .map_err(unavailable);
+            .map_err(|e| self.failed(e));
         observe("release", started, result)
     }
 
     async fn lookup_stream(&self, key: &StreamKey) -> Result<Option<StreamRecord>, RegistryError> {
         let started = Instant::now();
-        let mut conn = self.conn.clone();
+        let mut conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(e) => return observe("lookup", started, Err(e)),
+        };
         let result = self
             .scripts
             .lookup
@@ -744,7 +870,7 @@ impl Registry for RedisRegistry {
             .arg(key.to_string())
             .invoke_async::<Option<Vec<String>>>(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
             .map(|fields| fields.and_then(|f| record_from_fields(key.clone(), &f)));
         if let Ok(Some(record)) = &result {
             self.saw_epoch(record.epoch);
@@ -754,7 +880,10 @@ impl Registry for RedisRegistry {
 
     async fn list_streams(&self) -> Result<Vec<StreamRecord>, RegistryError> {
         let started = Instant::now();
-        let mut conn = self.conn.clone();
+        let mut conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(e) => return observe("list_streams", started, Err(e)),
+        };
         let result = self
             .scripts
             .list_streams
@@ -762,7 +891,7 @@ impl Registry for RedisRegistry {
             .arg(&self.keys)
             .invoke_async::<Vec<String>>(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
             .map(|flat| {
                 let mut out: Vec<StreamRecord> = flat
                     .chunks(2)
@@ -785,7 +914,10 @@ impl Registry for RedisRegistry {
 
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, RegistryError> {
         let started = Instant::now();
-        let mut conn = self.conn.clone();
+        let mut conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(e) => return observe("list_nodes", started, Err(e)),
+        };
         let result = self
             .scripts
             .list_nodes
@@ -793,7 +925,7 @@ impl Registry for RedisRegistry {
             .arg(&self.keys)
             .invoke_async::<Vec<String>>(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
             .map(|jsons| {
                 let mut nodes: Vec<NodeRecord> = jsons
                     .iter()
@@ -806,12 +938,20 @@ impl Registry for RedisRegistry {
     }
 
     fn watch(&self) -> broadcast::Receiver<RegistryEvent> {
-        self.events.subscribe()
+        match self.events.read() {
+            Ok(events) => events.subscribe(),
+            // Never poisoned (nothing panics while holding it); a closed feed makes the
+            // watcher reconnect.
+            Err(_) => broadcast::channel(1).1,
+        }
     }
 
     async fn create_publish_key(&self, key: PublishKey) -> Result<(), RegistryError> {
         let started = Instant::now();
-        let mut conn = self.conn.clone();
+        let mut conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(e) => return observe("create_publish_key", started, Err(e)),
+        };
         let json = serde_json::to_string(&PublishKey {
             revoked_ms: None,
             ..key.clone()
@@ -827,7 +967,7 @@ impl Registry for RedisRegistry {
             .arg(json)
             .invoke_async::<i64>(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
             .and_then(|created| match created {
                 1 => Ok(()),
                 // 192 random bits collided: the caller's randomness is broken.
@@ -840,14 +980,17 @@ impl Registry for RedisRegistry {
 
     async fn publish_key(&self, secret_sha256: &str) -> Result<Option<PublishKey>, RegistryError> {
         let started = Instant::now();
-        let mut conn = self.conn.clone();
+        let mut conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(e) => return observe("publish_key", started, Err(e)),
+        };
         let result = redis::pipe()
             .atomic()
             .hget(self.publish_keys_key(), secret_sha256)
             .hget(self.publish_keys_revoked_key(), secret_sha256)
             .query_async::<(Option<String>, Option<String>)>(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
             .map(|(json, revoked)| {
                 json.and_then(|json| publish_key_from(&json, revoked.as_deref()))
             });
@@ -856,7 +999,10 @@ impl Registry for RedisRegistry {
 
     async fn list_publish_keys(&self) -> Result<Vec<PublishKey>, RegistryError> {
         let started = Instant::now();
-        let mut conn = self.conn.clone();
+        let mut conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(e) => return observe("list_publish_keys", started, Err(e)),
+        };
         let result = redis::pipe()
             .atomic()
             .hgetall(self.publish_keys_key())
@@ -866,7 +1012,7 @@ impl Registry for RedisRegistry {
                 std::collections::HashMap<String, String>,
             )>(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
             .map(|(keys, revoked)| {
                 let mut keys: Vec<PublishKey> = keys
                     .iter()
@@ -882,7 +1028,10 @@ impl Registry for RedisRegistry {
 
     async fn revoke_publish_key(&self, id: &str) -> Result<Option<PublishKey>, RegistryError> {
         let started = Instant::now();
-        let mut conn = self.conn.clone();
+        let mut conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(e) => return observe("revoke_publish_key", started, Err(e)),
+        };
         let result = self
             .scripts
             .revoke_publish_key
@@ -892,7 +1041,7 @@ impl Registry for RedisRegistry {
             .arg(id)
             .invoke_async::<Option<(String, String)>>(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
             .map(|reply| reply.and_then(|(json, revoked)| publish_key_from(&json, Some(&revoked))));
         observe("revoke_publish_key", started, result)
     }

@@ -319,7 +319,16 @@ impl<R: Registry> pb::control_server::Control for ControlService<R> {
                             .await;
                         return;
                     }
-                    Err(RecvError::Closed) => return,
+                    Err(RecvError::Closed) => {
+                        // The registry restarted its event feed (a new Redis subscription,
+                        // perhaps on a new primary): events may be missing.
+                        let _ = tx
+                            .send(Err(Status::unavailable(
+                                "registry event feed restarted; reconnect and re-list",
+                            )))
+                            .await;
+                        return;
+                    }
                 }
             }
         });

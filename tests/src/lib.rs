@@ -8,6 +8,7 @@ pub mod hook;
 pub mod media;
 pub mod netns;
 pub mod otlp;
+pub mod sentinel;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -312,7 +313,9 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if std::thread::panicking() {
+        // A failing test's nodes tell their last lines; CORRIENTE_TEST_LOGS=1 makes every
+        // node tell them (a test returning an error does not panic).
+        if std::thread::panicking() || std::env::var_os("CORRIENTE_TEST_LOGS").is_some() {
             let lines = self.log_lines();
             let tail = &lines[lines.len().saturating_sub(80)..];
             eprintln!(
