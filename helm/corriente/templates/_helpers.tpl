@@ -184,8 +184,15 @@ topologySpreadConstraints:
 {{- define "corriente.redisUrl" -}}
 {{- if and .Values.redis.bundled.enabled .Values.redis.external.url -}}
 {{- fail "redis: set either redis.bundled.enabled or redis.external.url, not both" -}}
+{{- else if and .Values.redis.bundled.enabled .Values.redis.external.sentinel.addresses -}}
+{{- fail "redis: set either redis.bundled.enabled or redis.external.sentinel, not both" -}}
 {{- else if .Values.redis.bundled.enabled -}}
 {{- printf "redis://%s-redis:6379" (include "corriente.fullname" .) -}}
+{{- else if and .Values.redis.external.url .Values.redis.external.sentinel.addresses -}}
+{{- fail "redis: set either redis.external.url or redis.external.sentinel, not both" -}}
+{{- else if .Values.redis.external.sentinel.addresses -}}
+{{- $s := .Values.redis.external.sentinel -}}
+{{- printf "%s://%s/%s/%d" (ternary "rediss+sentinel" "redis+sentinel" (eq $s.tls true)) (join "," $s.addresses) (required "redis.external.sentinel.service is required with sentinel addresses" $s.service) (int $s.db) -}}
 {{- else -}}
 {{- required "redis.external.url is required when redis.bundled.enabled is false" .Values.redis.external.url -}}
 {{- end -}}
