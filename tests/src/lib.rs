@@ -578,6 +578,32 @@ impl Node {
         Node::start("edge", &args, &["edge-rtmp", "edge-http", "admin"])
     }
 
+    /// `control` control-plane replicas over `redis` (lease `ttl`), then `origins` origins and
+    /// `edges` edges that know every replica.
+    pub fn roles(
+        redis: &str,
+        control: usize,
+        origins: usize,
+        edges: usize,
+        ttl: &str,
+    ) -> Result<(Vec<Node>, Vec<Node>, Vec<Node>)> {
+        let control = (0..control)
+            .map(|_| Node::control_plane(redis, &["--lease-ttl", ttl]))
+            .collect::<Result<Vec<_>>>()?;
+        let urls = control
+            .iter()
+            .map(Node::grpc_url)
+            .collect::<Vec<_>>()
+            .join(",");
+        let origins = (0..origins)
+            .map(|_| Node::origin(&urls, &[]))
+            .collect::<Result<Vec<_>>>()?;
+        let edges = (0..edges)
+            .map(|_| Node::edge(&urls, &[]))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((control, origins, edges))
+    }
+
     /// The `http://ADDR` of a control plane's gRPC port.
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.addr("control-grpc"))
@@ -617,21 +643,7 @@ impl Cluster {
     /// origins and edges know every replica.
     pub fn start(control: usize, origins: usize, edges: usize, ttl: &str) -> Result<Cluster> {
         let redis = Redis::start()?;
-        let url = redis.url();
-        let control = (0..control)
-            .map(|_| Node::control_plane(&url, &["--lease-ttl", ttl]))
-            .collect::<Result<Vec<_>>>()?;
-        let urls = control
-            .iter()
-            .map(Node::grpc_url)
-            .collect::<Vec<_>>()
-            .join(",");
-        let origins = (0..origins)
-            .map(|_| Node::origin(&urls, &[]))
-            .collect::<Result<Vec<_>>>()?;
-        let edges = (0..edges)
-            .map(|_| Node::edge(&urls, &[]))
-            .collect::<Result<Vec<_>>>()?;
+        let (control, origins, edges) = Node::roles(&redis.url(), control, origins, edges, ttl)?;
         Ok(Cluster {
             redis,
             control,

@@ -27,27 +27,22 @@ struct Cluster {
 impl Cluster {
     fn start() -> Result<Cluster> {
         let set = SentinelSet::start(2, 3)?;
-        let url = set.url();
-        let control = (0..2)
-            .map(|_| Node::control_plane(&url, &["--lease-ttl", TTL]))
-            .collect::<Result<Vec<_>>>()?;
-        let urls = control
-            .iter()
-            .map(Node::grpc_url)
-            .collect::<Vec<_>>()
-            .join(",");
-        let origins = (0..2)
-            .map(|_| Node::origin(&urls, &[]))
-            .collect::<Result<Vec<_>>>()?;
-        let edges = (0..2)
-            .map(|_| Node::edge(&urls, &[]))
-            .collect::<Result<Vec<_>>>()?;
+        let (control, origins, edges) = Node::roles(&set.url(), 2, 2, 2, TTL)?;
         Ok(Cluster {
             edges,
             origins,
             control,
             set,
         })
+    }
+
+    /// The sum of a counter over both control planes.
+    async fn control_total(&self, metric: &str) -> Result<f64> {
+        let mut total = 0.0;
+        for cp in &self.control {
+            total += cp.metrics().await?.value(metric, &[]).unwrap_or(0.0);
+        }
+        Ok(total)
     }
 
     /// Every stream the control plane `cp` lists, as (name, owner, epoch).
@@ -244,17 +239,9 @@ async fn failover(comeback: bool) -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = joining.await;
 
-    let switches: f64 = {
-        let mut total = 0.0;
-        for cp in &cluster.control {
-            total += cp
-                .metrics()
-                .await?
-                .value("corriente_redis_primary_switches_total", &[])
-                .unwrap_or(0.0);
-        }
-        total
-    };
+    let switches = cluster
+        .control_total("corriente_redis_primary_switches_total")
+        .await?;
     println!(
         "primary :{old} killed; :{new} promoted after {:.1} s; a new stream published and \
          looked up through another edge {:.1} s after the kill ({:.1} s after the promotion); \
@@ -358,17 +345,9 @@ async fn a_claim_lost_in_a_failover_gives_the_stream_to_one_origin() -> Result<(
     let lost = Publisher::start(&media, &cluster.origins[1].ingest_url("x"))?;
     let (code, _) = lost.wait(Duration::from_secs(20)).await?;
     let refused = refused.elapsed();
-    let unreplicated: f64 = {
-        let mut total = 0.0;
-        for cp in &cluster.control {
-            total += cp
-                .metrics()
-                .await?
-                .value("corriente_redis_claims_unreplicated_total", &[])
-                .unwrap_or(0.0);
-        }
-        total
-    };
+    let unreplicated = cluster
+        .control_total("corriente_redis_claims_unreplicated_total")
+        .await?;
     ensure!(code != Some(0), "the publish of live/x was not refused");
     ensure!(unreplicated >= 1.0, "no claim was counted as unreplicated");
     ensure!(
