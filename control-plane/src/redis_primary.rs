@@ -159,8 +159,8 @@ impl Primary {
         self.changes.subscribe()
     }
 
-    /// A request on `link` failed with `error`: when that says the primary is gone or no
-    /// longer a primary, asks the sentinels again now rather than at the next poll.
+    /// A request failed with `error`: when that says the primary is gone or no longer a
+    /// primary, asks the sentinels again now rather than at the next poll.
     pub fn failed(&self, error: &RedisError) {
         if matches!(self.source, Source::Sentinel { .. }) && points_elsewhere(error) {
             self.nudge.notify_one();

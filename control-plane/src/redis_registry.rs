@@ -28,14 +28,13 @@ use corriente_core::{MediaInfo, StreamKey};
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::{Client, Script};
-
-use crate::redis_primary::{Primary, SentinelUrl};
 use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::metrics;
+use crate::redis_primary::{Primary, SentinelUrl};
 use crate::registry::{PublishKey, Registry, RegistryError};
 
 const NOW: &str = r#"
@@ -266,6 +265,15 @@ fn unavailable(e: redis::RedisError) -> RegistryError {
     RegistryError::Unavailable(e.to_string())
 }
 
+/// Runs a registry operation, counting it and its latency.
+async fn observed<T>(
+    op: &'static str,
+    operation: impl std::future::Future<Output = Result<T, RegistryError>>,
+) -> Result<T, RegistryError> {
+    let started = Instant::now();
+    observe(op, started, operation.await)
+}
+
 /// Counts a registry operation and its latency.
 fn observe<T>(
     op: &'static str,
@@ -399,30 +407,27 @@ impl RedisRegistry {
     /// the claims' connection checked, so that a broken one is replaced before a claim needs
     /// it rather than failing that claim.
     pub async fn sweep(&self) -> Result<u64, RegistryError> {
-        let started = Instant::now();
-        if self.claim_replicas > 0
-            && let Ok(link) = self.primary.link().await
-        {
-            let mut claims = link.claims.clone();
-            if let Err(e) = redis::cmd("PING").query_async::<String>(&mut claims).await {
-                self.primary.failed(&e);
+        observed("sweep", async {
+            if self.claim_replicas > 0
+                && let Ok(link) = self.primary.link().await
+            {
+                let mut claims = link.claims.clone();
+                if let Err(e) = redis::cmd("PING").query_async::<String>(&mut claims).await {
+                    self.primary.failed(&e);
+                }
             }
-        }
-        let mut conn = match self.conn().await {
-            Ok(conn) => conn,
-            Err(e) => return observe("sweep", started, Err(e)),
-        };
-        let result = self
-            .scripts
-            .sweep
-            .key(self.streams_key())
-            .key(self.nodes_key())
-            .arg(&self.keys)
-            .arg(&self.channel)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(e));
-        observe("sweep", started, result)
+            let mut conn = self.conn().await?;
+            self.scripts
+                .sweep
+                .key(self.streams_key())
+                .key(self.nodes_key())
+                .arg(&self.keys)
+                .arg(&self.channel)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))
+        })
+        .await
     }
 
     /// Relays the Redis event channel to this replica's watchers until `shutdown`, and sweeps
@@ -466,24 +471,22 @@ impl RedisRegistry {
         tokio::spawn(self.primary.clone().follow(shutdown.clone()));
         let mut changes = self.primary.changes();
         let mut backoff = Duration::from_millis(100);
-        let mut subscriptions = 0u64;
+        let mut subscribed_before = false;
         loop {
+            // Any failure (no primary known, a refused connection) just means "try again".
             let subscribed = async {
-                let link = self.primary.link().await.map_err(|e| {
-                    redis::RedisError::from((redis::ErrorKind::Io, "no primary", e))
-                })?;
-                let mut pubsub = link.client.get_async_pubsub().await?;
-                pubsub.subscribe(&self.channel).await?;
-                Ok::<_, redis::RedisError>(pubsub)
+                let link = self.primary.link().await.ok()?;
+                let mut pubsub = link.client.get_async_pubsub().await.ok()?;
+                pubsub.subscribe(&self.channel).await.ok()?;
+                Some(pubsub)
             };
             let pubsub = tokio::select! {
                 result = tokio::time::timeout(Duration::from_secs(3), subscribed) => result,
                 _ = shutdown.cancelled() => break,
             };
-            if let Ok(Ok(pubsub)) = pubsub {
+            if let Ok(Some(pubsub)) = pubsub {
                 backoff = Duration::from_millis(100);
-                subscriptions += 1;
-                if subscriptions > 1 {
+                if std::mem::replace(&mut subscribed_before, true) {
                     // Events published while there was no subscription are lost: watchers
                     // reconnect and re-list.
                     self.restart_feed();
@@ -771,48 +774,45 @@ impl Registry for RedisRegistry {
         node: NodeRecord,
         streams: Vec<OwnedStream>,
     ) -> Result<Vec<StreamKey>, RegistryError> {
-        let started = Instant::now();
-        let mut conn = match self.conn().await {
-            Ok(conn) => conn,
-            Err(e) => return observe("heartbeat", started, Err(e)),
-        };
-        let node_json = serde_json::to_string(&node).unwrap_or_default();
-        let mut invocation = self.scripts.heartbeat.prepare_invoke();
-        invocation
-            .key(self.streams_key())
-            .key(self.nodes_key())
-            .key(format!("{}:node:{}", self.keys, node.id))
-            .arg(&node.id)
-            .arg(&node_json)
-            .arg(self.ttl_ms())
-            .arg(&self.channel)
-            .arg(&node.relay_addr);
-        for s in &streams {
-            self.saw_epoch(s.epoch);
+        observed("heartbeat", async {
+            let mut conn = self.conn().await?;
+            let node_json = serde_json::to_string(&node).unwrap_or_default();
+            let mut invocation = self.scripts.heartbeat.prepare_invoke();
             invocation
-                .key(self.stream_key(&s.key))
-                .key(self.epoch_key(&s.key))
-                .arg(s.key.to_string())
-                .arg(s.epoch.to_string())
-                .arg(media_json(&s.media))
-                .arg(&s.publisher_addr)
-                .arg(s.started_at_ms.to_string());
-        }
-        let result = invocation
-            .invoke_async::<Vec<String>>(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))
-            .map(|lost| {
-                lost.iter()
-                    .filter_map(|name| StreamKey::parse(name).ok())
-                    .collect()
-            });
-        observe("heartbeat", started, result)
+                .key(self.streams_key())
+                .key(self.nodes_key())
+                .key(format!("{}:node:{}", self.keys, node.id))
+                .arg(&node.id)
+                .arg(&node_json)
+                .arg(self.ttl_ms())
+                .arg(&self.channel)
+                .arg(&node.relay_addr);
+            for s in &streams {
+                self.saw_epoch(s.epoch);
+                invocation
+                    .key(self.stream_key(&s.key))
+                    .key(self.epoch_key(&s.key))
+                    .arg(s.key.to_string())
+                    .arg(s.epoch.to_string())
+                    .arg(media_json(&s.media))
+                    .arg(&s.publisher_addr)
+                    .arg(s.started_at_ms.to_string());
+            }
+            invocation
+                .invoke_async::<Vec<String>>(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))
+                .map(|lost| {
+                    lost.iter()
+                        .filter_map(|name| StreamKey::parse(name).ok())
+                        .collect()
+                })
+        })
+        .await
     }
 
     async fn claim_stream(&self, claim: StreamClaim) -> Result<StreamRecord, RegistryError> {
-        let started = Instant::now();
-        observe("claim", started, self.claim(claim, None).await)
+        observed("claim", self.claim(claim, None)).await
     }
 
     async fn takeover_stream(
@@ -821,12 +821,7 @@ impl Registry for RedisRegistry {
         from_node: &str,
         from_epoch: u64,
     ) -> Result<StreamRecord, RegistryError> {
-        let started = Instant::now();
-        observe(
-            "takeover",
-            started,
-            self.claim(claim, Some((from_node, from_epoch))).await,
-        )
+        observed("takeover", self.claim(claim, Some((from_node, from_epoch)))).await
     }
 
     async fn release_stream(
@@ -835,106 +830,98 @@ impl Registry for RedisRegistry {
         node_id: &str,
         epoch: u64,
     ) -> Result<bool, RegistryError> {
-        let started = Instant::now();
-        let mut conn = match self.conn().await {
-            Ok(conn) => conn,
-            Err(e) => return observe("release", started, Err(e)),
-        };
-        let result = self
-            .scripts
-            .release
-            .key(self.streams_key())
-            .key(self.stream_key(key))
-            .arg(key.to_string())
-            .arg(node_id)
-            .arg(epoch.to_string())
-            .arg(&self.channel)
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map(|n| n == 1)
-            .map_err(|e| self.failed(e));
-        observe("release", started, result)
+        observed("release", async {
+            let mut conn = self.conn().await?;
+            self.scripts
+                .release
+                .key(self.streams_key())
+                .key(self.stream_key(key))
+                .arg(key.to_string())
+                .arg(node_id)
+                .arg(epoch.to_string())
+                .arg(&self.channel)
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map(|n| n == 1)
+                .map_err(|e| self.failed(e))
+        })
+        .await
     }
 
     async fn lookup_stream(&self, key: &StreamKey) -> Result<Option<StreamRecord>, RegistryError> {
-        let started = Instant::now();
-        let mut conn = match self.conn().await {
-            Ok(conn) => conn,
-            Err(e) => return observe("lookup", started, Err(e)),
-        };
-        let result = self
-            .scripts
-            .lookup
-            .key(self.streams_key())
-            .key(self.stream_key(key))
-            .arg(key.to_string())
-            .invoke_async::<Option<Vec<String>>>(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))
-            .map(|fields| fields.and_then(|f| record_from_fields(key.clone(), &f)));
-        if let Ok(Some(record)) = &result {
-            self.saw_epoch(record.epoch);
-        }
-        observe("lookup", started, result)
+        observed("lookup", async {
+            let mut conn = self.conn().await?;
+            let result = self
+                .scripts
+                .lookup
+                .key(self.streams_key())
+                .key(self.stream_key(key))
+                .arg(key.to_string())
+                .invoke_async::<Option<Vec<String>>>(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))
+                .map(|fields| fields.and_then(|f| record_from_fields(key.clone(), &f)));
+            if let Ok(Some(record)) = &result {
+                self.saw_epoch(record.epoch);
+            }
+            result
+        })
+        .await
     }
 
     async fn list_streams(&self) -> Result<Vec<StreamRecord>, RegistryError> {
-        let started = Instant::now();
-        let mut conn = match self.conn().await {
-            Ok(conn) => conn,
-            Err(e) => return observe("list_streams", started, Err(e)),
-        };
-        let result = self
-            .scripts
-            .list_streams
-            .key(self.streams_key())
-            .arg(&self.keys)
-            .invoke_async::<Vec<String>>(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))
-            .map(|flat| {
-                let mut out: Vec<StreamRecord> = flat
-                    .chunks(2)
-                    .filter_map(|pair| {
-                        let key = StreamKey::parse(pair.first()?).ok()?;
-                        let fields: Vec<String> = serde_json::from_str(pair.get(1)?).ok()?;
-                        record_from_fields(key, &fields)
-                    })
-                    .collect();
-                out.sort_by(|a, b| a.key.cmp(&b.key));
-                out
-            });
-        if let Ok(records) = &result {
-            for record in records {
-                self.saw_epoch(record.epoch);
+        observed("list_streams", async {
+            let mut conn = self.conn().await?;
+            let result = self
+                .scripts
+                .list_streams
+                .key(self.streams_key())
+                .arg(&self.keys)
+                .invoke_async::<Vec<String>>(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))
+                .map(|flat| {
+                    let mut out: Vec<StreamRecord> = flat
+                        .chunks(2)
+                        .filter_map(|pair| {
+                            let key = StreamKey::parse(pair.first()?).ok()?;
+                            let fields: Vec<String> = serde_json::from_str(pair.get(1)?).ok()?;
+                            record_from_fields(key, &fields)
+                        })
+                        .collect();
+                    out.sort_by(|a, b| a.key.cmp(&b.key));
+                    out
+                });
+            if let Ok(records) = &result {
+                for record in records {
+                    self.saw_epoch(record.epoch);
+                }
             }
-        }
-        observe("list_streams", started, result)
+            result
+        })
+        .await
     }
 
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, RegistryError> {
-        let started = Instant::now();
-        let mut conn = match self.conn().await {
-            Ok(conn) => conn,
-            Err(e) => return observe("list_nodes", started, Err(e)),
-        };
-        let result = self
-            .scripts
-            .list_nodes
-            .key(self.nodes_key())
-            .arg(&self.keys)
-            .invoke_async::<Vec<String>>(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))
-            .map(|jsons| {
-                let mut nodes: Vec<NodeRecord> = jsons
-                    .iter()
-                    .filter_map(|j| serde_json::from_str(j).ok())
-                    .collect();
-                nodes.sort_by(|a, b| a.id.cmp(&b.id));
-                nodes
-            });
-        observe("list_nodes", started, result)
+        observed("list_nodes", async {
+            let mut conn = self.conn().await?;
+            self.scripts
+                .list_nodes
+                .key(self.nodes_key())
+                .arg(&self.keys)
+                .invoke_async::<Vec<String>>(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))
+                .map(|jsons| {
+                    let mut nodes: Vec<NodeRecord> = jsons
+                        .iter()
+                        .filter_map(|j| serde_json::from_str(j).ok())
+                        .collect();
+                    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+                    nodes
+                })
+        })
+        .await
     }
 
     fn watch(&self) -> broadcast::Receiver<RegistryEvent> {
@@ -947,103 +934,95 @@ impl Registry for RedisRegistry {
     }
 
     async fn create_publish_key(&self, key: PublishKey) -> Result<(), RegistryError> {
-        let started = Instant::now();
-        let mut conn = match self.conn().await {
-            Ok(conn) => conn,
-            Err(e) => return observe("create_publish_key", started, Err(e)),
-        };
-        let json = serde_json::to_string(&PublishKey {
-            revoked_ms: None,
-            ..key.clone()
+        observed("create_publish_key", async {
+            let mut conn = self.conn().await?;
+            let json = serde_json::to_string(&PublishKey {
+                revoked_ms: None,
+                ..key.clone()
+            })
+            .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+            self.scripts
+                .create_publish_key
+                .key(self.publish_keys_key())
+                .key(self.publish_key_ids_key())
+                .arg(&key.secret_sha256)
+                .arg(&key.id)
+                .arg(json)
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))
+                .and_then(|created| match created {
+                    1 => Ok(()),
+                    // 192 random bits collided: the caller's randomness is broken.
+                    _ => Err(RegistryError::Unavailable(
+                        "a publish key with this id or secret exists".to_owned(),
+                    )),
+                })
         })
-        .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-        let result = self
-            .scripts
-            .create_publish_key
-            .key(self.publish_keys_key())
-            .key(self.publish_key_ids_key())
-            .arg(&key.secret_sha256)
-            .arg(&key.id)
-            .arg(json)
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))
-            .and_then(|created| match created {
-                1 => Ok(()),
-                // 192 random bits collided: the caller's randomness is broken.
-                _ => Err(RegistryError::Unavailable(
-                    "a publish key with this id or secret exists".to_owned(),
-                )),
-            });
-        observe("create_publish_key", started, result)
+        .await
     }
 
     async fn publish_key(&self, secret_sha256: &str) -> Result<Option<PublishKey>, RegistryError> {
-        let started = Instant::now();
-        let mut conn = match self.conn().await {
-            Ok(conn) => conn,
-            Err(e) => return observe("publish_key", started, Err(e)),
-        };
-        let result = redis::pipe()
-            .atomic()
-            .hget(self.publish_keys_key(), secret_sha256)
-            .hget(self.publish_keys_revoked_key(), secret_sha256)
-            .query_async::<(Option<String>, Option<String>)>(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))
-            .map(|(json, revoked)| {
-                json.and_then(|json| publish_key_from(&json, revoked.as_deref()))
-            });
-        observe("publish_key", started, result)
+        observed("publish_key", async {
+            let mut conn = self.conn().await?;
+            redis::pipe()
+                .atomic()
+                .hget(self.publish_keys_key(), secret_sha256)
+                .hget(self.publish_keys_revoked_key(), secret_sha256)
+                .query_async::<(Option<String>, Option<String>)>(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))
+                .map(|(json, revoked)| {
+                    json.and_then(|json| publish_key_from(&json, revoked.as_deref()))
+                })
+        })
+        .await
     }
 
     async fn list_publish_keys(&self) -> Result<Vec<PublishKey>, RegistryError> {
-        let started = Instant::now();
-        let mut conn = match self.conn().await {
-            Ok(conn) => conn,
-            Err(e) => return observe("list_publish_keys", started, Err(e)),
-        };
-        let result = redis::pipe()
-            .atomic()
-            .hgetall(self.publish_keys_key())
-            .hgetall(self.publish_keys_revoked_key())
-            .query_async::<(
-                std::collections::HashMap<String, String>,
-                std::collections::HashMap<String, String>,
-            )>(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))
-            .map(|(keys, revoked)| {
-                let mut keys: Vec<PublishKey> = keys
-                    .iter()
-                    .filter_map(|(sha, json)| {
-                        publish_key_from(json, revoked.get(sha).map(String::as_str))
-                    })
-                    .collect();
-                keys.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
-                keys
-            });
-        observe("list_publish_keys", started, result)
+        observed("list_publish_keys", async {
+            let mut conn = self.conn().await?;
+            redis::pipe()
+                .atomic()
+                .hgetall(self.publish_keys_key())
+                .hgetall(self.publish_keys_revoked_key())
+                .query_async::<(
+                    std::collections::HashMap<String, String>,
+                    std::collections::HashMap<String, String>,
+                )>(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))
+                .map(|(keys, revoked)| {
+                    let mut keys: Vec<PublishKey> = keys
+                        .iter()
+                        .filter_map(|(sha, json)| {
+                            publish_key_from(json, revoked.get(sha).map(String::as_str))
+                        })
+                        .collect();
+                    keys.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+                    keys
+                })
+        })
+        .await
     }
 
     async fn revoke_publish_key(&self, id: &str) -> Result<Option<PublishKey>, RegistryError> {
-        let started = Instant::now();
-        let mut conn = match self.conn().await {
-            Ok(conn) => conn,
-            Err(e) => return observe("revoke_publish_key", started, Err(e)),
-        };
-        let result = self
-            .scripts
-            .revoke_publish_key
-            .key(self.publish_keys_key())
-            .key(self.publish_key_ids_key())
-            .key(self.publish_keys_revoked_key())
-            .arg(id)
-            .invoke_async::<Option<(String, String)>>(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))
-            .map(|reply| reply.and_then(|(json, revoked)| publish_key_from(&json, Some(&revoked))));
-        observe("revoke_publish_key", started, result)
+        observed("revoke_publish_key", async {
+            let mut conn = self.conn().await?;
+            self.scripts
+                .revoke_publish_key
+                .key(self.publish_keys_key())
+                .key(self.publish_key_ids_key())
+                .key(self.publish_keys_revoked_key())
+                .arg(id)
+                .invoke_async::<Option<(String, String)>>(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))
+                .map(|reply| {
+                    reply.and_then(|(json, revoked)| publish_key_from(&json, Some(&revoked)))
+                })
+        })
+        .await
     }
 }
 

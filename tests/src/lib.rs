@@ -630,6 +630,27 @@ impl Node {
     }
 }
 
+/// Which of the origins at `admins` serve `live/NAME` to edges now (their lease is valid).
+pub async fn serving(admins: &[SocketAddr], name: &str) -> Vec<usize> {
+    let mut serving = Vec::new();
+    for (i, admin) in admins.iter().enumerate() {
+        let Ok((_, body)) = clients::http_get(*admin, "/api/v1/origin/streams").await else {
+            continue;
+        };
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) else {
+            continue;
+        };
+        let serves = json["streams"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["name"] == name && s["serving"].as_bool() == Some(true))
+        });
+        if serves {
+            serving.push(i);
+        }
+    }
+    serving
+}
+
 /// A cluster of separate processes over one Redis.
 pub struct Cluster {
     pub redis: Redis,

@@ -225,6 +225,16 @@ impl SentinelSet {
         })
     }
 
+    /// Waits until the sentinels name a primary other than the one on `old`; its port.
+    pub async fn promoted(&self, old: u16) -> Result<u16> {
+        crate::wait_for(
+            Duration::from_secs(30),
+            "the sentinels to promote a replica",
+            || async { self.primary_port().filter(|p| *p != old) },
+        )
+        .await
+    }
+
     /// The data node on `port`.
     pub fn node(&mut self, port: u16) -> Result<&mut DataNode> {
         self.nodes

@@ -9,10 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use corriente_tests::clients::http_get;
 use corriente_tests::media::{RetryingPublisher, Viewer, av_small};
 use corriente_tests::netns::{DelayProxy, HaProxy, Host, Lab, Spawned};
-use corriente_tests::{Node, wait_for};
+use corriente_tests::{Node, serving, wait_for};
 
 /// The lease of these tests: origins serve a stream 0.8 × 3 s = 2.4 s after their last renewal.
 const TTL: &str = "3s";
@@ -187,27 +186,6 @@ impl Net {
     fn origin_admins(&self) -> Vec<SocketAddr> {
         self.origins.iter().map(|o| o.addr("admin")).collect()
     }
-}
-
-/// Which of the origins at `admins` serve `live/NAME` to edges now (their lease is valid).
-async fn serving(admins: &[SocketAddr], name: &str) -> Vec<usize> {
-    let mut serving = Vec::new();
-    for (i, admin) in admins.iter().enumerate() {
-        let Ok((_, body)) = http_get(*admin, "/api/v1/origin/streams").await else {
-            continue;
-        };
-        let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) else {
-            continue;
-        };
-        let serves = json["streams"].as_array().is_some_and(|s| {
-            s.iter()
-                .any(|s| s["name"] == name && s["serving"].as_bool() == Some(true))
-        });
-        if serves {
-            serving.push(i);
-        }
-    }
-    serving
 }
 
 /// Samples every 50 ms, until stopped, how many origins serve `live/NAME`; returns the most at

@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use corriente_tests::clients::http_get;
 use corriente_tests::media::{Publisher, RetryingPublisher, Viewer, av_small};
 use corriente_tests::sentinel::SentinelSet;
-use corriente_tests::{Node, wait_for};
+use corriente_tests::{Node, serving, wait_for};
 
 /// Leases long enough to ride out a failover (down after 1 s, then the election and the
 /// promotion): origins keep serving for 0.8 × 10 s after their last renewal.
@@ -69,23 +68,8 @@ impl Cluster {
 
     /// Which origins serve `name` to edges now (their lease valid).
     async fn serving(&self, name: &str) -> Vec<usize> {
-        let mut serving = Vec::new();
-        for (i, origin) in self.origins.iter().enumerate() {
-            let Ok((_, body)) = http_get(origin.addr("admin"), "/api/v1/origin/streams").await
-            else {
-                continue;
-            };
-            let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) else {
-                continue;
-            };
-            if json["streams"].as_array().is_some_and(|s| {
-                s.iter()
-                    .any(|s| s["name"] == name && s["serving"].as_bool() == Some(true))
-            }) {
-                serving.push(i);
-            }
-        }
-        serving
+        let admins: Vec<_> = self.origins.iter().map(|o| o.addr("admin")).collect();
+        serving(&admins, name).await
     }
 
     /// Both control planes list exactly `names`, each once, with the same owner and epoch,
@@ -184,12 +168,7 @@ async fn failover(comeback: bool) -> Result<()> {
     cluster.set.node(old)?.kill();
     // A publisher that starts right away, and keeps trying, on a stream no one had.
     let _c = RetryingPublisher::start(&media, &cluster.origins[0].ingest_url("c"))?;
-    let new = wait_for(
-        Duration::from_secs(30),
-        "the sentinels to promote a replica",
-        || async { cluster.set.primary_port().filter(|p| *p != old) },
-    )
-    .await?;
+    let new = cluster.set.promoted(old).await?;
     let promoted = killed.elapsed();
     if comeback {
         cluster.set.node(old)?.restart()?;
@@ -355,12 +334,7 @@ async fn a_claim_lost_in_a_failover_gives_the_stream_to_one_origin() -> Result<(
         "an origin serves live/x from a claim no replica has"
     );
     cluster.set.node(old)?.kill();
-    let new = wait_for(
-        Duration::from_secs(30),
-        "the sentinels to promote a replica",
-        || async { cluster.set.primary_port().filter(|p| *p != old) },
-    )
-    .await?;
+    let new = cluster.set.promoted(old).await?;
     let promoted = cluster
         .set
         .nodes
