@@ -16,7 +16,7 @@ use corriente_edge::{EdgeConfig, PlayAuthConfig, PullConfig};
 use corriente_media::rtmp::SessionConfig;
 use corriente_media::rtmp::chunk::ChunkLimits;
 use corriente_media::{HubConfig, LagPolicy};
-use corriente_origin::OriginConfig;
+use corriente_origin::{AppForward, OriginConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -506,6 +506,23 @@ pub struct OriginTuning {
     /// is disconnected and counted (reason `bitrate_exceeded`). 0: no cap.
     #[arg(long, env = "CORRIENTE_MAX_PUBLISH_BITRATE", value_name = "BITS/S", default_value = shown(Bitrate(OriginConfig::default().max_publish_bitrate)), value_parser = parse_bitrate)]
     pub max_publish_bitrate: u64,
+
+    /// Restreaming: forward every stream of application APP (`*`: every application) to
+    /// URL, `rtmp://HOST[:PORT]/APP/STREAM-KEY` or `rtmps://…`; `{name}` and `{app}` in URL
+    /// stand for the stream's. Repeat the flag (or separate with spaces in the variable) for
+    /// several destinations. The origin owning the stream forwards it, reconnecting with
+    /// backoff; a slow or dead destination never holds the live stream back.
+    #[arg(long = "forward", env = "CORRIENTE_FORWARD", value_name = "APP=URL", value_delimiter = ' ', value_parser = parse_forward)]
+    pub forwards: Vec<AppForward>,
+
+    /// PEM file of certificate authorities trusted for `rtmps://` forward destinations, besides
+    /// the web's public roots.
+    #[arg(long, env = "CORRIENTE_FORWARD_CA_FILE", value_name = "PATH")]
+    pub forward_ca_file: Option<std::path::PathBuf>,
+}
+
+fn parse_forward(s: &str) -> Result<AppForward, String> {
+    AppForward::parse(s)
 }
 
 /// Edge tuning.
@@ -1010,6 +1027,8 @@ fn origin_config(
         max_connections_per_ip: rtmp_args.max_connections_per_ip,
         publish_rate_per_ip: tuning.publish_rate_per_ip.0,
         max_publish_bitrate: tuning.max_publish_bitrate,
+        forwards: tuning.forwards.clone(),
+        forward_ca_file: tuning.forward_ca_file.clone(),
         drain_timeout,
         ..OriginConfig::default()
     }

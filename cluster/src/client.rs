@@ -16,6 +16,7 @@ use tonic::{Code, Status};
 
 use crate::auth::{ClientCredentials, ClusterAuth};
 use crate::convert;
+use crate::forward::ForwardTarget;
 use crate::publish::{PublishCredential, PublishDecision, PublishDenial};
 use crate::records::{NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord};
 
@@ -66,6 +67,8 @@ pub struct HeartbeatOutcome {
     /// Streams the node no longer owns: stop serving them at once.
     pub lost: Vec<StreamKey>,
     pub lease: Lease,
+    /// For each renewed stream, the destinations the admin API set for it (the whole set).
+    pub forwards: Vec<(StreamKey, Vec<ForwardTarget>)>,
 }
 
 type Client = pb::control_client::ControlClient<InterceptedService<Channel, ClientCredentials>>;
@@ -211,15 +214,33 @@ impl ControlClient {
             .into_iter()
             .map(|k| convert::key_from_pb(Some(k)))
             .collect::<Result<Vec<_>, _>>()?;
+        let forwards = response
+            .forwards
+            .into_iter()
+            .filter_map(|f| {
+                let key = convert::key_from_pb(f.key).ok()?;
+                let targets = f
+                    .targets
+                    .into_iter()
+                    .filter_map(convert::forward_target_from_pb)
+                    .collect();
+                Some((key, targets))
+            })
+            .collect();
         Ok(HeartbeatOutcome {
             lost,
             lease: Lease::from_ms(response.lease_ttl_ms, response.heartbeat_interval_ms),
+            forwards,
         })
     }
 
-    /// Claims a stream. `ControlError::AlreadyPublished` when another node owns it.
+    /// Claims a stream: its record and the destinations the admin API set for it.
+    /// `ControlError::AlreadyPublished` when another node owns it.
     #[tracing::instrument(name = "control.register_stream", skip_all, fields(stream = %claim.key))]
-    pub async fn register_stream(&self, claim: &StreamClaim) -> Result<StreamRecord, ControlError> {
+    pub async fn register_stream(
+        &self,
+        claim: &StreamClaim,
+    ) -> Result<(StreamRecord, Vec<ForwardTarget>), ControlError> {
         let request = convert::claim_to_pb(claim);
         let response = self
             .call(|mut c| {
@@ -228,7 +249,12 @@ impl ControlClient {
             })
             .await?
             .into_inner();
-        Ok(convert::stream_from_pb(response.stream)?)
+        let forwards = response
+            .forwards
+            .into_iter()
+            .filter_map(convert::forward_target_from_pb)
+            .collect();
+        Ok((convert::stream_from_pb(response.stream)?, forwards))
     }
 
     #[tracing::instrument(name = "control.unregister_stream", skip_all, fields(stream = %key))]
@@ -335,6 +361,7 @@ impl ControlClient {
             Ok(PublishDecision::Allowed {
                 stream: convert::key_from_pb(response.stream)?,
                 credential: PublishCredential::parse(&response.credential),
+                forwards: response.forwards,
             })
         } else {
             Ok(PublishDecision::Refused {

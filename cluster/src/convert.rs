@@ -5,6 +5,7 @@ use corriente_core::{MediaInfo, StreamKey};
 use corriente_proto::control as pb;
 use tonic::Status;
 
+use crate::forward::{ForwardSource, ForwardState, ForwardStatus, ForwardTarget};
 use crate::records::{
     NodeLoad, NodeRecord, NodeRole, OwnedStream, RegistryEvent, StreamClaim, StreamRecord,
 };
@@ -129,6 +130,7 @@ pub fn stream_to_pb(s: &StreamRecord) -> pb::StreamRecord {
         media: Some(media_to_pb(&s.media)),
         publisher_addr: s.publisher_addr.clone(),
         started_at_ms: s.started_at_ms as i64,
+        forwards: s.forwards.iter().map(forward_status_to_pb).collect(),
     }
 }
 
@@ -142,6 +144,7 @@ pub fn stream_from_pb(s: Option<pb::StreamRecord>) -> Result<StreamRecord, Statu
         media: media_from_pb(s.media),
         publisher_addr: s.publisher_addr,
         started_at_ms: s.started_at_ms.max(0) as u64,
+        forwards: s.forwards.into_iter().map(forward_status_from_pb).collect(),
     })
 }
 
@@ -175,6 +178,7 @@ pub fn owned_to_pb(o: &OwnedStream) -> pb::OwnedStream {
         media: Some(media_to_pb(&o.media)),
         publisher_addr: o.publisher_addr.clone(),
         started_at_ms: o.started_at_ms as i64,
+        forwards: o.forwards.iter().map(forward_status_to_pb).collect(),
     }
 }
 
@@ -185,6 +189,70 @@ pub fn owned_from_pb(o: pb::OwnedStream) -> Result<OwnedStream, Status> {
         media: media_from_pb(o.media),
         publisher_addr: o.publisher_addr,
         started_at_ms: o.started_at_ms.max(0) as u64,
+        forwards: o
+            .forwards
+            .into_iter()
+            .take(crate::forward::MAX_FORWARDS_PER_STREAM)
+            .map(forward_status_from_pb)
+            .collect(),
+    })
+}
+
+fn source_to_pb(source: ForwardSource) -> pb::ForwardSource {
+    match source {
+        ForwardSource::Config => pb::ForwardSource::Config,
+        ForwardSource::Webhook => pb::ForwardSource::Webhook,
+        ForwardSource::Api => pb::ForwardSource::Api,
+    }
+}
+
+fn source_from_pb(source: i32) -> Option<ForwardSource> {
+    match pb::ForwardSource::try_from(source) {
+        Ok(pb::ForwardSource::Config) => Some(ForwardSource::Config),
+        Ok(pb::ForwardSource::Webhook) => Some(ForwardSource::Webhook),
+        Ok(pb::ForwardSource::Api) => Some(ForwardSource::Api),
+        _ => None,
+    }
+}
+
+pub fn forward_status_to_pb(f: &ForwardStatus) -> pb::ForwardStatus {
+    pb::ForwardStatus {
+        id: f.id.clone(),
+        source: f.source.map(source_to_pb).unwrap_or_default() as i32,
+        destination: f.destination.clone(),
+        state: f.state.as_str().to_owned(),
+        bytes: f.bytes,
+        reconnects: f.reconnects,
+        last_error: f.last_error.clone(),
+    }
+}
+
+pub fn forward_status_from_pb(f: pb::ForwardStatus) -> ForwardStatus {
+    ForwardStatus {
+        id: f.id,
+        source: source_from_pb(f.source),
+        destination: f.destination,
+        state: ForwardState::parse(&f.state),
+        bytes: f.bytes,
+        reconnects: f.reconnects,
+        last_error: f.last_error,
+    }
+}
+
+pub fn forward_target_to_pb(t: &ForwardTarget) -> pb::ForwardTarget {
+    pb::ForwardTarget {
+        id: t.id.clone(),
+        source: source_to_pb(t.source) as i32,
+        url: t.url.clone(),
+    }
+}
+
+/// A destination as the control plane sent it; `None` for one this build cannot use.
+pub fn forward_target_from_pb(t: pb::ForwardTarget) -> Option<ForwardTarget> {
+    Some(ForwardTarget {
+        id: t.id,
+        source: source_from_pb(t.source)?,
+        url: t.url,
     })
 }
 

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod client;
 pub mod convert;
+pub mod forward;
 pub mod membership;
 pub mod publish;
 pub mod records;
@@ -18,6 +19,7 @@ pub mod serve;
 pub mod webhook;
 
 pub use client::{ControlClient, ControlError, HeartbeatOutcome, Lease};
+pub use forward::{ForwardSource, ForwardState, ForwardStatus, ForwardTarget, ForwardUrl};
 pub use membership::{Health, Member, Readiness, run_membership};
 pub use publish::{PublishCredential, PublishDecision, PublishDenial};
 pub use records::{

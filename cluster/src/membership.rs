@@ -41,6 +41,9 @@ pub trait Member: Send + Sync + 'static {
     /// control plane did not report lost) for `ttl` from when it arrived: what the node's
     /// self-fencing measures from.
     fn renewed(&self, _keys: &[StreamKey], _sent_at: tokio::time::Instant, _ttl: Duration) {}
+
+    /// The destinations the admin API set for each renewed stream (the whole set, per stream).
+    fn api_forwards(&self, _forwards: Vec<(StreamKey, Vec<crate::ForwardTarget>)>) {}
 }
 
 /// Readiness of a node, as `/readyz` reports it.
@@ -179,6 +182,7 @@ pub async fn run_membership(
                 if !outcome.lost.is_empty() {
                     member.lost(outcome.lost);
                 }
+                member.api_forwards(outcome.forwards);
                 outcome.lease
             })
         } else {

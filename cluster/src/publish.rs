@@ -98,6 +98,8 @@ pub enum PublishDecision {
     Allowed {
         stream: StreamKey,
         credential: PublishCredential,
+        /// Destinations the `on_publish` webhook's answer asked to forward the stream to.
+        forwards: Vec<String>,
     },
     /// Refused; `message` is for the encoder's operator and never holds a secret.
     Refused {

@@ -3,6 +3,8 @@
 //! reports, and the changes the watch announces.
 
 use corriente_core::{MediaInfo, StreamKey};
+
+use crate::forward::ForwardStatus;
 use serde::{Deserialize, Serialize};
 
 /// A node's role.
@@ -59,6 +61,8 @@ pub struct StreamRecord {
     pub media: MediaInfo,
     pub publisher_addr: String,
     pub started_at_ms: u64,
+    /// Its forwards (restreaming), as the owner last reported them.
+    pub forwards: Vec<ForwardStatus>,
 }
 
 /// A request to own a stream.
@@ -79,6 +83,8 @@ pub struct OwnedStream {
     pub media: MediaInfo,
     pub publisher_addr: String,
     pub started_at_ms: u64,
+    /// Its forwards, as the node runs them.
+    pub forwards: Vec<ForwardStatus>,
 }
 
 /// A change in the registry.

@@ -73,19 +73,28 @@ impl Webhook {
 
     /// Posts `body`; `Ok` on a 2xx answer.
     pub async fn ask(&self, body: &serde_json::Value) -> Result<(), WebhookError> {
+        self.ask_for_answer(body).await.map(|_| ())
+    }
+
+    /// Posts `body`; on a 2xx answer, the answer's body (at most [`Self::MAX_ANSWER`] bytes,
+    /// read within the same deadline).
+    pub async fn ask_for_answer(&self, body: &serde_json::Value) -> Result<Bytes, WebhookError> {
         let body = Bytes::from(body.to_string());
-        let status = tokio::time::timeout(self.timeout, self.post(body))
+        let (status, answer) = tokio::time::timeout(self.timeout, self.post(body))
             .await
             .map_err(|_| WebhookError::Timeout(self.timeout))?
             .map_err(WebhookError::Unavailable)?;
         if status.is_success() {
-            Ok(())
+            Ok(answer)
         } else {
             Err(WebhookError::Refused(status.as_u16()))
         }
     }
 
-    async fn post(&self, body: Bytes) -> Result<http::StatusCode, String> {
+    /// The largest answer body read; a longer one is an unavailable hook.
+    pub const MAX_ANSWER: usize = 64 << 10;
+
+    async fn post(&self, body: Bytes) -> Result<(http::StatusCode, Bytes), String> {
         let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| format!("cannot connect to {}: {e}", self.uri))?;
@@ -109,7 +118,7 @@ impl Webhook {
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
         // The connection is driven here rather than spawned, so a timeout drops it with the
-        // request. The answer's status is all that counts; its body is never read.
+        // request (and with the answer's body).
         let response = sender.send_request(request);
         tokio::pin!(connection, response);
         let response = tokio::select! {
@@ -121,9 +130,24 @@ impl Webhook {
                 Err(e) => return Err(e.to_string()),
             },
         };
-        response
-            .map(|r| r.status())
-            .map_err(|e| format!("no answer: {e}"))
+        let response = response.map_err(|e| format!("no answer: {e}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Ok((status, Bytes::new()));
+        }
+        let limited = http_body_util::Limited::new(response.into_body(), Self::MAX_ANSWER);
+        let read = http_body_util::BodyExt::collect(limited);
+        tokio::pin!(read);
+        let body = tokio::select! {
+            biased;
+            body = &mut read => body,
+            ended = &mut connection => match ended {
+                Ok(()) => read.await,
+                Err(e) => return Err(e.to_string()),
+            },
+        };
+        let body = body.map_err(|e| format!("cannot read the answer: {e}"))?;
+        Ok((status, body.to_bytes()))
     }
 }
 

@@ -6,6 +6,7 @@
 //! Redis in a cluster; only this crate knows which, and neither origins nor edges link it.
 
 mod dashboard;
+mod forwards;
 mod keys;
 pub mod memory;
 mod metrics;
@@ -215,13 +216,18 @@ impl ControlPlane {
         stats.merge(dashboard::routes())
     }
 
-    /// Admin actions: publish key management (`/api/v1/keys`). The admin server must guard
+    /// Admin actions: publish key management (`/api/v1/keys`) and restreaming destinations
+    /// (`/api/v1/streams/{app}/{name}/forwards`). The admin server must guard
     /// them (admin token, or loopback clients only).
     pub fn admin_actions(&self) -> Router {
         let required = self.publish_auth.required;
         match &self.backend {
-            Backend::Memory(r) => keys::routes(r.clone(), required),
-            Backend::Redis(r) => keys::routes(r.clone(), required),
+            Backend::Memory(r) => {
+                keys::routes(r.clone(), required).merge(forwards::routes(r.clone()))
+            }
+            Backend::Redis(r) => {
+                keys::routes(r.clone(), required).merge(forwards::routes(r.clone()))
+            }
         }
     }
 

@@ -5,10 +5,14 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use corriente_cluster::{NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord};
+use corriente_cluster::{
+    ForwardTarget, NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord,
+};
 use corriente_core::StreamKey;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
+
+use corriente_cluster::forward::MAX_FORWARDS_PER_STREAM;
 
 use crate::registry::{PublishKey, Registry, RegistryError};
 
@@ -38,6 +42,8 @@ struct State {
     nodes: HashMap<String, Leased<NodeRecord>>,
     /// Publish keys by the SHA-256 of their secret.
     publish_keys: HashMap<String, PublishKey>,
+    /// Destinations the admin API set, per stream (live or not), in the order added.
+    forwards: HashMap<StreamKey, Vec<ForwardTarget>>,
 }
 
 /// A registry held in this process.
@@ -177,6 +183,7 @@ impl MemoryRegistry {
                 media: claim.media,
                 publisher_addr: claim.publisher_addr,
                 started_at_ms: unix_ms(),
+                forwards: Vec::new(),
             };
             state.streams.insert(
                 claim.key,
@@ -247,6 +254,7 @@ impl Registry for MemoryRegistry {
                     Some(record) if record.node_id == node.id && record.epoch == owned.epoch => {
                         let mut record = record;
                         record.media = owned.media;
+                        record.forwards = owned.forwards;
                         state.streams.insert(
                             owned.key,
                             Leased {
@@ -269,6 +277,7 @@ impl Registry for MemoryRegistry {
                                 media: owned.media,
                                 publisher_addr: owned.publisher_addr,
                                 started_at_ms: owned.started_at_ms,
+                                forwards: owned.forwards,
                             };
                             state.last_epoch = state.last_epoch.max(owned.epoch);
                             state.retired.remove(&owned.key);
@@ -392,6 +401,49 @@ impl Registry for MemoryRegistry {
             k.clone()
         }))
     }
+
+    async fn stream_forwards(
+        &self,
+        keys: &[StreamKey],
+    ) -> Result<Vec<Vec<ForwardTarget>>, RegistryError> {
+        let state = self.lock();
+        Ok(keys
+            .iter()
+            .map(|k| state.forwards.get(k).cloned().unwrap_or_default())
+            .collect())
+    }
+
+    async fn add_stream_forward(
+        &self,
+        key: &StreamKey,
+        target: ForwardTarget,
+    ) -> Result<bool, RegistryError> {
+        let mut state = self.lock();
+        let targets = state.forwards.entry(key.clone()).or_default();
+        if targets.len() >= MAX_FORWARDS_PER_STREAM {
+            return Ok(false);
+        }
+        targets.push(target);
+        Ok(true)
+    }
+
+    async fn remove_stream_forward(
+        &self,
+        key: &StreamKey,
+        id: &str,
+    ) -> Result<bool, RegistryError> {
+        let mut state = self.lock();
+        let Some(targets) = state.forwards.get_mut(key) else {
+            return Ok(false);
+        };
+        let before = targets.len();
+        targets.retain(|t| t.id != id);
+        let removed = targets.len() < before;
+        if targets.is_empty() {
+            state.forwards.remove(key);
+        }
+        Ok(removed)
+    }
 }
 
 #[cfg(test)]
@@ -438,6 +490,7 @@ mod tests {
             media: MediaInfo::default(),
             publisher_addr: String::new(),
             started_at_ms: 0,
+            forwards: Vec::new(),
         }
     }
 

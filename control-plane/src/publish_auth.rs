@@ -19,6 +19,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use corriente_cluster::forward::{ForwardUrl, MAX_FORWARDS_PER_STREAM};
 use corriente_cluster::{PublishCredential, PublishDecision, PublishDenial, Webhook, WebhookError};
 use corriente_core::StreamKey;
 use corriente_core::access::{self, TokenError};
@@ -104,7 +105,9 @@ impl<R: Registry> PublishAuthorizer<R> {
             return Ok(decision);
         }
         match &decision {
-            PublishDecision::Allowed { stream, credential } => {
+            PublishDecision::Allowed {
+                stream, credential, ..
+            } => {
                 metrics::PUBLISH_AUTHORIZATIONS
                     .with_label_values(&["allowed", credential.as_str()])
                     .inc();
@@ -126,7 +129,11 @@ impl<R: Registry> PublishAuthorizer<R> {
         let app = request.app.as_str();
         let (name, query) = split_query(&request.name);
         let public = |credential| match StreamKey::new(app, name) {
-            Ok(stream) => PublishDecision::Allowed { stream, credential },
+            Ok(stream) => PublishDecision::Allowed {
+                stream,
+                credential,
+                forwards: Vec::new(),
+            },
             Err(e) => refused(PublishDenial::BadName, e.to_string()),
         };
         if !self.config.required {
@@ -159,6 +166,7 @@ impl<R: Registry> PublishAuthorizer<R> {
             return Ok(PublishDecision::Allowed {
                 stream: key.stream,
                 credential: PublishCredential::ManagedKey,
+                forwards: Vec::new(),
             });
         }
 
@@ -179,6 +187,7 @@ impl<R: Registry> PublishAuthorizer<R> {
                 Ok(()) => PublishDecision::Allowed {
                     stream,
                     credential: PublishCredential::SignedToken,
+                    forwards: Vec::new(),
                 },
                 Err(TokenError::Expired) => refused(
                     PublishDenial::Expired,
@@ -206,8 +215,12 @@ impl<R: Registry> PublishAuthorizer<R> {
                 "query": query,
                 "node": request.node_id,
             });
-            return Ok(match webhook.ask(&body).await {
-                Ok(()) => public(PublishCredential::Webhook),
+            return Ok(match webhook.ask_for_answer(&body).await {
+                Ok(answer) => PublishDecision::Allowed {
+                    forwards: hook_forwards(&stream, &answer),
+                    stream,
+                    credential: PublishCredential::Webhook,
+                },
                 Err(WebhookError::Refused(status)) => refused(
                     PublishDenial::WebhookRefused,
                     format!("the publish hook refused {stream} (HTTP {status})"),
@@ -236,6 +249,38 @@ impl<R: Registry> PublishAuthorizer<R> {
             )
         })
     }
+}
+
+/// The destinations an `on_publish` answer asks for: `{"forward": ["rtmp://…", …]}`. An empty
+/// or non-JSON answer asks for none; a destination that is not a valid RTMP(S) URL is left out
+/// with a log line (the publish itself was allowed), and so is any past
+/// [`MAX_FORWARDS_PER_STREAM`].
+fn hook_forwards(stream: &StreamKey, answer: &[u8]) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        forward: Vec<String>,
+    }
+    if answer.iter().all(u8::is_ascii_whitespace) {
+        return Vec::new();
+    }
+    let Ok(answer) = serde_json::from_slice::<Answer>(answer) else {
+        debug!(%stream, "the publish hook's answer is not {{\"forward\": [URL, ...]}}; no forwards");
+        return Vec::new();
+    };
+    let mut forwards = Vec::new();
+    for url in answer.forward {
+        match ForwardUrl::parse(&url) {
+            Ok(_) if forwards.len() < MAX_FORWARDS_PER_STREAM => forwards.push(url),
+            Ok(parsed) => {
+                warn!(%stream, destination = %parsed.redacted(), limit = MAX_FORWARDS_PER_STREAM, "the publish hook asked for too many forwards; ignoring the rest")
+            }
+            Err(e) => {
+                warn!(%stream, "the publish hook asked for a forward that is not valid, ignoring it: {e}")
+            }
+        }
+    }
+    forwards
 }
 
 #[cfg(test)]
@@ -310,7 +355,8 @@ mod tests {
                 auth.authorize(&request("live", name)).await.unwrap(),
                 PublishDecision::Allowed {
                     stream: cam.clone(),
-                    credential: PublishCredential::ManagedKey
+                    credential: PublishCredential::ManagedKey,
+                    forwards: Vec::new(),
                 },
                 "{name}"
             );
@@ -373,7 +419,8 @@ mod tests {
             auth.authorize(&request("live", "test?x=1")).await.unwrap(),
             PublishDecision::Allowed {
                 stream: StreamKey::new("live", "test").unwrap(),
-                credential: PublishCredential::Open
+                credential: PublishCredential::Open,
+                forwards: Vec::new(),
             }
         );
     }

@@ -14,6 +14,7 @@
 //! | `{P}:publish_keys` | hash | SHA-256 of a publish key's secret → the key (JSON, no secret) |
 //! | `{P}:publish_key_ids` | hash | key id → SHA-256 of its secret |
 //! | `{P}:publish_keys_revoked` | hash | SHA-256 of a revoked key's secret → revocation time (ms) |
+//! | `{P}:forwards:NAME` | hash | forward id → destination set by the admin API (JSON) |
 //!
 //! A lease is live while its score is in the future by Redis's own clock (`TIME`), so replicas'
 //! clocks never matter. Every operation that touches more than one key is one Lua script, so
@@ -21,9 +22,12 @@
 //! removes each entry once, so each expiry is announced once.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use corriente_cluster::{NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord};
+use corriente_cluster::forward::MAX_FORWARDS_PER_STREAM;
+use corriente_cluster::{
+    ForwardTarget, NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord,
+};
 use corriente_core::{MediaInfo, StreamKey};
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
@@ -71,8 +75,8 @@ return {'1', string.format('%d', epoch), tostring(now)}
 "#;
 
 /// KEYS: streams, nodes, node key, then a hash and an epoch key per stream.
-/// ARGV: node id, node JSON, ttl, channel, relay, then name, epoch, media, publisher, started
-/// per stream.
+/// ARGV: node id, node JSON, ttl, channel, relay, then name, epoch, media, publisher, started,
+/// forwards (JSON) per stream.
 const HEARTBEAT: &str = r#"
 local ttl = tonumber(ARGV[3])
 local nexp = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0')
@@ -82,9 +86,9 @@ if nexp <= now then
   redis.call('PUBLISH', ARGV[4], cjson.encode({type='node_up', node=ARGV[2]}))
 end
 local lost = {}
-local n = (#ARGV - 5) / 5
+local n = (#ARGV - 5) / 6
 for i = 0, n - 1 do
-  local name, epoch, media, publisher, started = ARGV[6 + i*5], ARGV[7 + i*5], ARGV[8 + i*5], ARGV[9 + i*5], ARGV[10 + i*5]
+  local name, epoch, media, publisher, started, forwards = ARGV[6 + i*6], ARGV[7 + i*6], ARGV[8 + i*6], ARGV[9 + i*6], ARGV[10 + i*6], ARGV[11 + i*6]
   local hkey, ekey = KEYS[4 + i*2], KEYS[5 + i*2]
   local exp = tonumber(redis.call('ZSCORE', KEYS[1], name) or '0')
   local owner = redis.call('HGET', hkey, 'node_id')
@@ -92,7 +96,7 @@ for i = 0, n - 1 do
   if exp > now then
     if owner == ARGV[1] and current == epoch then
       redis.call('ZADD', KEYS[1], now + ttl, name)
-      redis.call('HSET', hkey, 'media', media)
+      redis.call('HSET', hkey, 'media', media, 'forwards', forwards)
       redis.call('PEXPIRE', ekey, 604800000)
     else
       table.insert(lost, name)
@@ -105,7 +109,7 @@ for i = 0, n - 1 do
     if tonumber(epoch) >= last then
       redis.call('SET', ekey, epoch, 'PX', 604800000)
       redis.call('DEL', hkey)
-      redis.call('HSET', hkey, 'node_id', ARGV[1], 'relay_addr', ARGV[5], 'epoch', epoch, 'media', media, 'publisher_addr', publisher, 'started_at_ms', started)
+      redis.call('HSET', hkey, 'node_id', ARGV[1], 'relay_addr', ARGV[5], 'epoch', epoch, 'media', media, 'publisher_addr', publisher, 'started_at_ms', started, 'forwards', forwards)
       redis.call('ZADD', KEYS[1], now + ttl, name)
       redis.call('PUBLISH', ARGV[4], cjson.encode({type='stream_up', key=name, node_id=ARGV[1], relay_addr=ARGV[5], epoch=epoch, media=media, publisher_addr=publisher, started_at_ms=tonumber(started)}))
     else
@@ -199,6 +203,13 @@ redis.call('HSETNX', KEYS[3], sha, tostring(now))
 return {json, redis.call('HGET', KEYS[3], sha)}
 "#;
 
+/// KEYS: the stream's forwards hash. ARGV: id, target JSON, most targets.
+const ADD_FORWARD: &str = r#"
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
+
 fn script(body: &str) -> Script {
     Script::new(&format!("{NOW}{body}"))
 }
@@ -213,6 +224,7 @@ struct Scripts {
     sweep: Script,
     create_publish_key: Script,
     revoke_publish_key: Script,
+    add_forward: Script,
 }
 
 /// Settings of the Redis registry.
@@ -337,6 +349,7 @@ impl RedisRegistry {
                 sweep: script(SWEEP),
                 create_publish_key: script(CREATE_PUBLISH_KEY),
                 revoke_publish_key: script(REVOKE_PUBLISH_KEY),
+                add_forward: Script::new(ADD_FORWARD),
             },
             events: std::sync::RwLock::new(broadcast::channel(1024).0),
             epoch_floor: std::sync::atomic::AtomicU64::new(0),
@@ -393,6 +406,10 @@ impl RedisRegistry {
 
     fn publish_key_ids_key(&self) -> String {
         format!("{}:publish_key_ids", self.keys)
+    }
+
+    fn forwards_key(&self, key: &StreamKey) -> String {
+        format!("{}:forwards:{key}", self.keys)
     }
 
     fn publish_keys_revoked_key(&self) -> String {
@@ -594,6 +611,7 @@ fn parse_event(payload: &str) -> Option<RegistryEvent> {
             media: serde_json::from_str(&media).unwrap_or_default(),
             publisher_addr,
             started_at_ms,
+            forwards: Vec::new(),
         }),
         WireEvent::StreamDown {
             key,
@@ -629,6 +647,9 @@ fn record_from_fields(key: StreamKey, fields: &[String]) -> Option<StreamRecord>
         started_at_ms: get("started_at_ms")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0),
+        forwards: get("forwards")
+            .and_then(|f| serde_json::from_str(f).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -709,6 +730,7 @@ impl RedisRegistry {
                 relay_addr: claim.relay_addr,
                 media: claim.media,
                 publisher_addr: claim.publisher_addr,
+                forwards: Vec::new(),
             },
             _ => {
                 return Err(RegistryError::AlreadyOwned {
@@ -796,7 +818,8 @@ impl Registry for RedisRegistry {
                     .arg(s.epoch.to_string())
                     .arg(media_json(&s.media))
                     .arg(&s.publisher_addr)
-                    .arg(s.started_at_ms.to_string());
+                    .arg(s.started_at_ms.to_string())
+                    .arg(serde_json::to_string(&s.forwards).unwrap_or_else(|_| "[]".to_owned()));
             }
             invocation
                 .invoke_async::<Vec<String>>(&mut conn)
@@ -1024,6 +1047,93 @@ impl Registry for RedisRegistry {
         })
         .await
     }
+
+    async fn stream_forwards(
+        &self,
+        keys: &[StreamKey],
+    ) -> Result<Vec<Vec<ForwardTarget>>, RegistryError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        observed("stream_forwards", async {
+            let mut conn = self.conn().await?;
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.hgetall(self.forwards_key(key));
+            }
+            let replies: Vec<Vec<(String, String)>> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(replies
+                .into_iter()
+                .map(|pairs| {
+                    let mut targets: Vec<(u64, ForwardTarget)> = pairs
+                        .iter()
+                        .filter_map(|(_, json)| serde_json::from_str::<StoredForward>(json).ok())
+                        .map(|s| (s.added_ms, s.target))
+                        .collect();
+                    targets.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+                    targets.into_iter().map(|(_, t)| t).collect()
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn add_stream_forward(
+        &self,
+        key: &StreamKey,
+        target: ForwardTarget,
+    ) -> Result<bool, RegistryError> {
+        observed("add_stream_forward", async {
+            let mut conn = self.conn().await?;
+            let id = target.id.clone();
+            let stored = StoredForward {
+                target,
+                added_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            };
+            self.scripts
+                .add_forward
+                .key(self.forwards_key(key))
+                .arg(id)
+                .arg(serde_json::to_string(&stored).unwrap_or_default())
+                .arg(MAX_FORWARDS_PER_STREAM)
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))
+                .map(|added| added == 1)
+        })
+        .await
+    }
+
+    async fn remove_stream_forward(
+        &self,
+        key: &StreamKey,
+        id: &str,
+    ) -> Result<bool, RegistryError> {
+        observed("remove_stream_forward", async {
+            let mut conn = self.conn().await?;
+            redis::cmd("HDEL")
+                .arg(self.forwards_key(key))
+                .arg(id)
+                .query_async::<i64>(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))
+                .map(|removed| removed > 0)
+        })
+        .await
+    }
+}
+
+/// A destination as the forwards hash keeps it: when it was added orders the list.
+#[derive(serde::Serialize, Deserialize)]
+struct StoredForward {
+    #[serde(flatten)]
+    target: ForwardTarget,
+    added_ms: u64,
 }
 
 #[cfg(test)]

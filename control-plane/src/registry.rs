@@ -14,7 +14,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use corriente_cluster::{NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord};
+use corriente_cluster::{
+    ForwardTarget, NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord,
+};
 use corriente_core::StreamKey;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -139,4 +141,27 @@ pub trait Registry: Send + Sync + 'static {
         &self,
         id: &str,
     ) -> impl Future<Output = Result<Option<PublishKey>, RegistryError>> + Send;
+
+    /// The destinations the admin API set for each of `keys` (in order; empty when none).
+    fn stream_forwards(
+        &self,
+        keys: &[StreamKey],
+    ) -> impl Future<Output = Result<Vec<Vec<ForwardTarget>>, RegistryError>> + Send;
+
+    /// Adds a destination for `key` (live or not: it applies whenever the stream is live).
+    /// `false` when the stream has [`MAX_FORWARDS_PER_STREAM`] already.
+    ///
+    /// [`MAX_FORWARDS_PER_STREAM`]: corriente_cluster::forward::MAX_FORWARDS_PER_STREAM
+    fn add_stream_forward(
+        &self,
+        key: &StreamKey,
+        target: ForwardTarget,
+    ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
+
+    /// Removes the destination `id` of `key`. Returns whether there was one.
+    fn remove_stream_forward(
+        &self,
+        key: &StreamKey,
+        id: &str,
+    ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use corriente_cluster::{PublishDecision, StreamClaim, StreamRecord, convert};
+use corriente_core::StreamKey;
 use corriente_proto::control as pb;
 use corriente_proto::trace;
 use futures_util::Stream;
@@ -136,6 +137,7 @@ impl<R: Registry> pb::control_server::Control for ControlService<R> {
                 .map(convert::owned_from_pb)
                 .collect::<Result<Vec<_>, _>>()?;
             let node_id = node.id.clone();
+            let keys: Vec<StreamKey> = streams.iter().map(|s| s.key.clone()).collect();
             let lost = self
                 .registry
                 .heartbeat(node, streams)
@@ -144,11 +146,29 @@ impl<R: Registry> pb::control_server::Control for ControlService<R> {
             for key in &lost {
                 warn!(node = %node_id, stream = %key, "node lost a stream it still claims: fenced");
             }
+            let renewed: Vec<StreamKey> = keys.into_iter().filter(|k| !lost.contains(k)).collect();
+            // The heartbeat renewed the leases; destinations it cannot read now are sent with
+            // the next one (the origin keeps what it runs meanwhile).
+            let forwards = match self.registry.stream_forwards(&renewed).await {
+                Ok(forwards) => renewed
+                    .iter()
+                    .zip(forwards)
+                    .map(|(key, targets)| pb::StreamForwards {
+                        key: Some(convert::key_to_pb(key)),
+                        targets: targets.iter().map(convert::forward_target_to_pb).collect(),
+                    })
+                    .collect(),
+                Err(e) => {
+                    debug!(node = %node_id, error = %e, "cannot read the streams' forwards for this heartbeat");
+                    Vec::new()
+                }
+            };
             let (lease_ttl_ms, heartbeat_interval_ms) = self.lease();
             Ok(Response::new(pb::HeartbeatResponse {
                 lost: lost.iter().map(convert::key_to_pb).collect(),
                 lease_ttl_ms,
                 heartbeat_interval_ms,
+                forwards,
             }))
         }
         .await;
@@ -166,9 +186,18 @@ impl<R: Registry> pb::control_server::Control for ControlService<R> {
             match self.claim(claim.clone()).await {
                 Ok(record) => {
                     info!(stream = %record.key, node = %record.node_id, epoch = record.epoch, "stream registered");
+                    // The claim stands; its destinations also come with every heartbeat.
+                    let forwards = self
+                        .registry
+                        .stream_forwards(std::slice::from_ref(&record.key))
+                        .await
+                        .ok()
+                        .and_then(|mut f| f.pop())
+                        .unwrap_or_default();
                     Ok(Response::new(pb::RegisterStreamResponse {
                         stream: Some(convert::stream_to_pb(&record)),
                         lease_ttl_ms: self.lease().0,
+                        forwards: forwards.iter().map(convert::forward_target_to_pb).collect(),
                     }))
                 }
                 Err(e) => {
@@ -275,10 +304,15 @@ impl<R: Registry> pb::control_server::Control for ControlService<R> {
                 .await
                 .map_err(status)?;
             Ok(Response::new(match decision {
-                PublishDecision::Allowed { stream, credential } => pb::AuthorizePublishResponse {
+                PublishDecision::Allowed {
+                    stream,
+                    credential,
+                    forwards,
+                } => pb::AuthorizePublishResponse {
                     allowed: true,
                     stream: Some(convert::key_to_pb(&stream)),
                     credential: credential.as_str().to_owned(),
+                    forwards,
                     ..Default::default()
                 },
                 PublishDecision::Refused { reason, message } => pb::AuthorizePublishResponse {

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use corriente_cluster::{NodeRecord, NodeRole, StreamRecord};
+use corriente_cluster::{ForwardStatus, NodeRecord, NodeRole, StreamRecord};
 use corriente_core::access::AdminReader;
 use corriente_core::{MediaInfo, StreamKey};
 use serde::Serialize;
@@ -42,6 +42,9 @@ struct StreamView {
     media: MediaInfo,
     viewers: u32,
     viewers_by_edge: Vec<EdgeViewers>,
+    /// Restreaming: each forward's destination (stream key hidden), state and bytes, as the
+    /// owning origin last reported them.
+    forwards: Vec<ForwardStatus>,
 }
 
 fn now_ms() -> u64 {
@@ -82,6 +85,7 @@ fn streams_view(
                 publisher_addr: reader.trusted.then_some(s.publisher_addr),
                 started_at_ms: s.started_at_ms,
                 media: s.media,
+                forwards: s.forwards,
             }
         })
         .collect()
@@ -139,6 +143,7 @@ mod tests {
             media: MediaInfo::default(),
             publisher_addr: "203.0.113.1:4000".into(),
             started_at_ms: now_ms() - 5000,
+            forwards: Vec::new(),
         };
         let edge = |id: &str, n: u32| NodeRecord {
             id: id.into(),

@@ -16,6 +16,8 @@ pub enum Protocol {
     HttpFlv,
     /// An edge pulling from an origin.
     Relay,
+    /// An origin forwarding (restreaming) a stream to another server.
+    Forward,
 }
 
 impl Protocol {
@@ -24,6 +26,7 @@ impl Protocol {
             Protocol::Rtmp => "rtmp",
             Protocol::HttpFlv => "http_flv",
             Protocol::Relay => "relay",
+            Protocol::Forward => "forward",
         }
     }
 }
@@ -150,7 +153,12 @@ pub static STREAMS_ACTIVE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 /// zero, so that dashboards and alerts see 0 rather than "no data" before the first event.
 pub fn init() {
     let viewers = [Protocol::Rtmp, Protocol::HttpFlv];
-    let all = [Protocol::Rtmp, Protocol::HttpFlv, Protocol::Relay];
+    let all = [
+        Protocol::Rtmp,
+        Protocol::HttpFlv,
+        Protocol::Relay,
+        Protocol::Forward,
+    ];
     for p in all.map(Protocol::as_str) {
         FRAMES_DROPPED.with_label_values(&[p, "lagging"]);
         LAG_SKIPS.with_label_values(&[p]);

@@ -300,15 +300,19 @@ async fn authorize(
     app: &str,
     name: &str,
     peer: SocketAddr,
-) -> Result<(StreamKey, PublishCredential), AuthRefusal> {
+) -> Result<(StreamKey, PublishCredential, Vec<String>), AuthRefusal> {
     match ctx
         .streams
         .authorize_publish(app, name, peer.ip(), false)
         .await
     {
-        Ok(PublishDecision::Allowed { stream, credential }) => {
+        Ok(PublishDecision::Allowed {
+            stream,
+            credential,
+            forwards,
+        }) => {
             debug!(%stream, credential = credential.as_str(), "publish authorized");
-            Ok((stream, credential))
+            Ok((stream, credential, forwards))
         }
         Ok(PublishDecision::Refused { reason, message }) => {
             info!(%app, client_ip = %peer.ip(), reason = reason.as_str(), "publish refused: {message}");
@@ -449,7 +453,8 @@ async fn handle(
                 );
                 return;
             }
-            let (key, credential) = match authorize(ctx, session.app(), &name, peer).await {
+            let (key, credential, forwards) = match authorize(ctx, session.app(), &name, peer).await
+            {
                 Ok(allowed) => allowed,
                 Err(refusal) => {
                     PUBLISH_REFUSED.with_label_values(&[refusal.reason]).inc();
@@ -460,7 +465,7 @@ async fn handle(
             Span::current().record("stream", tracing::field::display(&key));
             match ctx
                 .streams
-                .start_publish(key.clone(), peer.to_string())
+                .start_publish(key.clone(), peer.to_string(), forwards)
                 .await
             {
                 Ok(p) => {

@@ -4,6 +4,7 @@
 //!
 //! The origin never talks to Redis and never serves viewers: edges do.
 
+mod forward;
 mod ingest;
 mod metrics;
 mod relay;
@@ -35,9 +36,11 @@ use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
+use crate::forward::ForwardSettings;
 use crate::relay::RelayService;
 use crate::streams::Streams;
 
+pub use crate::forward::AppForward;
 pub use crate::relay::frame_to_pb;
 
 impl OriginConfig {
@@ -47,6 +50,11 @@ impl OriginConfig {
         if self.rtmps_addr.is_some() && self.tls.is_none() {
             return Err(OriginError::TlsFilesMissing);
         }
+        for forward in &self.forwards {
+            corriente_cluster::forward::check_template(&forward.url)
+                .map_err(OriginError::Forward)?;
+        }
+        forward::tls_config(self.forward_ca_file.as_deref()).map_err(OriginError::Forward)?;
         Ok(())
     }
 }
@@ -102,6 +110,12 @@ pub struct OriginConfig {
     pub drain_timeout: Duration,
     /// Cluster credentials: presented to the control plane, required of relay callers.
     pub cluster_auth: ClusterAuth,
+    /// Destinations every stream of an application is forwarded to (`--forward APP=URL`).
+    pub forwards: Vec<AppForward>,
+    /// A PEM file of certificates trusted for `rtmps://` destinations besides the web's roots.
+    pub forward_ca_file: Option<std::path::PathBuf>,
+    /// Deadline of a forward's connection, handshakes and `publish` answer.
+    pub forward_connect_timeout: Duration,
 }
 
 impl OriginConfig {
@@ -142,6 +156,9 @@ impl Default for OriginConfig {
             relay_lag: LagPolicy::default(),
             drain_timeout: Duration::from_secs(10),
             cluster_auth: ClusterAuth::open(),
+            forwards: Vec::new(),
+            forward_ca_file: None,
+            forward_connect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -167,6 +184,8 @@ pub enum OriginError {
     Tls(#[from] TlsError),
     #[error("--rtmps needs a certificate and key (--tls-cert, --tls-key)")]
     TlsFilesMissing,
+    #[error("forward: {0}")]
+    Forward(String),
 }
 
 /// What every connection of this origin shares.
@@ -220,6 +239,10 @@ impl Member for OriginContext {
     fn renewed(&self, keys: &[StreamKey], sent_at: tokio::time::Instant, ttl: Duration) {
         self.streams.renewed(keys, sent_at, ttl);
     }
+
+    fn api_forwards(&self, forwards: Vec<(StreamKey, Vec<corriente_cluster::ForwardTarget>)>) {
+        self.streams.api_forwards(forwards);
+    }
 }
 
 /// A bound, not yet serving, origin.
@@ -256,11 +279,22 @@ impl Origin {
         let relay = bind("relay", config.relay_addr).await?;
         let relay_local = relay.local_addr().unwrap_or(config.relay_addr);
         let relay_advertised = advertised_relay(&config, relay_local);
+        let forward = ForwardSettings {
+            per_app: config.forwards.clone(),
+            tls: Arc::new(
+                forward::tls_config(config.forward_ca_file.as_deref())
+                    .map_err(OriginError::Forward)?,
+            ),
+            lag: config.relay_lag,
+            connect_timeout: config.forward_connect_timeout,
+            write_timeout: config.write_timeout,
+        };
         let streams = Streams::new(
             control.clone(),
             config.node_id.clone(),
             relay_advertised.clone(),
             config.hub,
+            Arc::new(forward),
         );
         let ctx = Arc::new(OriginContext {
             node_id: config.node_id.clone(),

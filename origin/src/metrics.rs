@@ -41,6 +41,38 @@ pub static SELF_FENCED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Forwards (restreaming) running on this origin, by state.
+pub static FORWARDS: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    prometheus::register_int_gauge_vec!(
+        "corriente_forwards",
+        "Forwards (restreaming to other servers) of streams owned here, by state: connecting, publishing, retrying",
+        &["state"]
+    )
+    .expect("metric registers once")
+});
+
+/// Forward sessions that failed, by reason.
+pub static FORWARD_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "corriente_forward_failures_total",
+        "Forward sessions that failed or could not start, by reason (each is retried with backoff)",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+/// Every reason of [`FORWARD_FAILURES`].
+pub const FORWARD_FAILURE_REASONS: [&str; 8] = [
+    "unreachable",
+    "tls",
+    "handshake",
+    "refused",
+    "closed",
+    "protocol",
+    "write_timeout",
+    "too_slow",
+];
+
 /// Creates the origin's series at zero (see `corriente_media::metrics::init`).
 pub fn init() {
     corriente_media::metrics::init();
@@ -59,5 +91,11 @@ pub fn init() {
     }
     for reason in ["revoked_key", "expired"] {
         PUBLISH_STOPPED.with_label_values(&[reason]);
+    }
+    for state in corriente_cluster::ForwardState::ALL {
+        FORWARDS.with_label_values(&[state.as_str()]);
+    }
+    for reason in FORWARD_FAILURE_REASONS {
+        FORWARD_FAILURES.with_label_values(&[reason]);
     }
 }

@@ -6,13 +6,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use corriente_cluster::{ControlClient, ControlError, OwnedStream, PublishDecision, StreamClaim};
+use corriente_cluster::{
+    ControlClient, ControlError, ForwardSource, ForwardTarget, OwnedStream, PublishDecision,
+    StreamClaim,
+};
 use corriente_media::frame::unix_micros;
 use corriente_media::{EndReason, Frame, Hub, HubConfig, HubWriter, StreamKey, spawn_hub};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::forward::{ForwardSettings, StreamForwards};
 use crate::metrics;
 
 /// What fraction of the lease TTL after sending its last successful renewal an origin keeps
@@ -82,6 +86,8 @@ struct LiveStream {
     /// could not renew its lease in time (`self_fenced` says which).
     fenced: CancellationToken,
     self_fenced: Arc<AtomicBool>,
+    /// Its forwards (restreaming); they stop when this is dropped or the stream is fenced.
+    forwards: StreamForwards,
 }
 
 enum Slot {
@@ -129,6 +135,7 @@ pub struct Streams {
     node_id: String,
     relay_addr: String,
     hub_config: HubConfig,
+    forward: Arc<ForwardSettings>,
     draining: CancellationToken,
     /// The lease TTL the control plane last granted.
     lease_ttl_ms: AtomicU64,
@@ -140,6 +147,7 @@ impl Streams {
         node_id: String,
         relay_addr: String,
         hub_config: HubConfig,
+        forward: Arc<ForwardSettings>,
     ) -> Arc<Self> {
         Arc::new(Self {
             map: Mutex::new(HashMap::new()),
@@ -147,6 +155,7 @@ impl Streams {
             node_id,
             relay_addr,
             hub_config,
+            forward,
             draining: CancellationToken::new(),
             lease_ttl_ms: AtomicU64::new(6000),
         })
@@ -177,11 +186,13 @@ impl Streams {
     }
 
     /// Claims `key` for a publisher at `peer`: locally first (one publisher per name on this
-    /// node), then cluster-wide through the control plane.
+    /// node), then cluster-wide through the control plane. Once it is ours, its forwards start:
+    /// the configured ones, `hook_forwards` (the `on_publish` answer's) and the admin API's.
     pub async fn start_publish(
         self: &Arc<Self>,
         key: StreamKey,
         peer: String,
+        hook_forwards: Vec<String>,
     ) -> Result<Publication, PublishRefusal> {
         if self.draining.is_cancelled() {
             return Err(PublishRefusal::Draining);
@@ -202,8 +213,8 @@ impl Streams {
         };
         // The claim starts the lease when the registry receives it: after this.
         let claimed_at = Instant::now();
-        let record = match self.control.register_stream(&claim).await {
-            Ok(record) => record,
+        let (record, api_forwards) = match self.control.register_stream(&claim).await {
+            Ok(claimed) => claimed,
             Err(e) => {
                 self.lock().remove(&key);
                 return Err(match e {
@@ -216,6 +227,16 @@ impl Streams {
             }
         };
         let (hub, writer) = spawn_hub(key.clone(), self.hub_config);
+        let forwards = StreamForwards::new(key.clone(), hub.clone(), self.forward.clone());
+        forwards.set(ForwardSource::Config, self.forward.configured(&key));
+        forwards.set(
+            ForwardSource::Webhook,
+            hook_forwards
+                .into_iter()
+                .map(|url| ForwardTarget::derived(ForwardSource::Webhook, url))
+                .collect(),
+        );
+        forwards.set(ForwardSource::Api, api_forwards);
         let fenced = CancellationToken::new();
         let self_fenced = Arc::new(AtomicBool::new(false));
         let ttl = Duration::from_millis(self.lease_ttl_ms.load(Ordering::Relaxed));
@@ -229,6 +250,7 @@ impl Streams {
                 lease: Lease::new(claimed_at, ttl),
                 fenced: fenced.clone(),
                 self_fenced: self_fenced.clone(),
+                forwards,
             }),
         );
         metrics::PUBLISHERS.inc();
@@ -284,6 +306,7 @@ impl Streams {
                 metrics::SELF_FENCED.inc();
                 s.self_fenced.store(true, Ordering::Relaxed);
                 s.fenced.cancel();
+                s.forwards.stop();
                 stopped += 1;
             }
         }
@@ -319,10 +342,23 @@ impl Streams {
                     media: s.hub.media(),
                     publisher_addr: s.publisher_addr.clone(),
                     started_at_ms: s.started_at_ms,
+                    forwards: s.forwards.statuses(),
                 }),
                 Slot::Claiming => None,
             })
             .collect()
+    }
+
+    /// The destinations the admin API set for streams this origin owns (each list whole).
+    pub fn api_forwards(&self, forwards: Vec<(StreamKey, Vec<ForwardTarget>)>) {
+        let map = self.lock();
+        for (key, targets) in forwards {
+            if let Some(Slot::Live(s)) = map.get(&key)
+                && !s.fenced.is_cancelled()
+            {
+                s.forwards.set(ForwardSource::Api, targets);
+            }
+        }
     }
 
     /// The control plane says these streams belong to another origin now.
@@ -333,6 +369,7 @@ impl Streams {
                 warn!(stream = %key, epoch = s.epoch, "fenced: another origin owns this stream now; stopping it here");
                 s.lease.fence();
                 s.fenced.cancel();
+                s.forwards.stop();
             }
         }
     }
