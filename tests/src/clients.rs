@@ -21,11 +21,27 @@ use tokio::time::Instant;
 
 /// Minimal HTTP/1.0 GET: status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_request(addr, "GET", path, "").await
+}
+
+/// Minimal HTTP/1.0 request with a JSON body (none when empty): status and body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String)> {
     let mut stream =
         tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await??;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
+    let head = if body.is_empty() {
+        format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
+    } else {
+        format!(
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    stream.write_all(head.as_bytes()).await?;
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await??;
     let text = String::from_utf8_lossy(&response).into_owned();

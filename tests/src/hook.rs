@@ -16,6 +16,8 @@ pub enum Answer {
     Status(&'static str),
     /// Nothing, ever: the caller's timeout decides.
     Hang,
+    /// `200 OK` with this JSON body.
+    Json(&'static str),
 }
 
 /// A running hook.
@@ -52,6 +54,17 @@ impl Hook {
                                 .write_all(
                                     format!(
                                         "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                                    )
+                                    .as_bytes(),
+                                )
+                                .await;
+                        }
+                        Answer::Json(body) => {
+                            let _ = socket
+                                .write_all(
+                                    format!(
+                                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                        body.len()
                                     )
                                     .as_bytes(),
                                 )

@@ -7,6 +7,7 @@ pub mod clients;
 pub mod hook;
 pub mod media;
 pub mod netns;
+pub mod nginx;
 pub mod otlp;
 pub mod sentinel;
 pub mod tls;
