@@ -428,3 +428,48 @@ async fn after_a_failover_the_new_owner_forwards() -> Result<()> {
     drop(cluster.origins.remove(0));
     Ok(())
 }
+
+/// An `rtmps://` destination (a second Corriente's RTMPS ingest, its certificate from a test
+/// CA) gets the stream when `--forward-ca-file` trusts that CA, and is refused by the TLS
+/// verification (counted as `tls`, the error shown) when nothing does.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_rtmps_destination_is_verified() -> Result<()> {
+    let ca = corriente_tests::tls::TestCa::new()?;
+    let dest = corriente_tests::tls::all_node(&ca, &[])?;
+    let forward = format!(
+        "live=rtmps://localhost:{}/live/{{name}}",
+        dest.addr("origin-rtmps").port()
+    );
+    let ca_file = ca.ca().display().to_string();
+    let trusted = Node::all(&["--forward", &forward, "--forward-ca-file", &ca_file])?;
+    let untrusted = Node::all(&["--forward", &forward.replace("{name}", "{name}-x")])?;
+    let _a = Publisher::start(&av_small()?, &trusted.ingest_url("cam"))?;
+    let _b = Publisher::start(&av_small()?, &untrusted.ingest_url("cam"))?;
+    dest.wait_live("cam").await?;
+    h264_aac_240p(&ffprobe(&dest.rtmp_url("cam")).await?, "RTMPS destination");
+    let refused = forward_where(
+        &untrusted,
+        "cam",
+        Duration::from_secs(20),
+        "the untrusted RTMPS forward refused",
+        |f| f["state"] != "publishing" && f["last_error"] != "",
+    )
+    .await?;
+    eprintln!("untrusted destination: {}", refused["last_error"]);
+    assert!(
+        refused["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("certificate")),
+        "{refused}"
+    );
+    assert!(
+        metric(
+            &untrusted,
+            "corriente_forward_failures_total",
+            &[("reason", "tls")]
+        )
+        .await
+            >= 1.0
+    );
+    Ok(())
+}
