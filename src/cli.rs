@@ -512,8 +512,8 @@ pub struct OriginTuning {
     /// stand for the stream's. Repeat the flag (or separate with spaces in the variable) for
     /// several destinations. The origin owning the stream forwards it, reconnecting with
     /// backoff; a slow or dead destination never holds the live stream back.
-    #[arg(long = "forward", env = "CORRIENTE_FORWARD", value_name = "APP=URL", value_delimiter = ' ', value_parser = parse_forward)]
-    pub forwards: Vec<AppForward>,
+    #[arg(long = "forward", env = "CORRIENTE_FORWARD", value_name = "APP=URL", value_parser = parse_forwards)]
+    pub forwards: Vec<Forwards>,
 
     /// PEM file of certificate authorities trusted for `rtmps://` forward destinations, besides
     /// the web's public roots.
@@ -521,8 +521,16 @@ pub struct OriginTuning {
     pub forward_ca_file: Option<std::path::PathBuf>,
 }
 
-fn parse_forward(s: &str) -> Result<AppForward, String> {
-    AppForward::parse(s)
+/// One `--forward` value: `APP=URL`, or several separated by spaces (the environment's form);
+/// empty for none.
+#[derive(Debug, Clone)]
+pub struct Forwards(Vec<AppForward>);
+
+fn parse_forwards(s: &str) -> Result<Forwards, String> {
+    s.split_whitespace()
+        .map(AppForward::parse)
+        .collect::<Result<_, _>>()
+        .map(Forwards)
 }
 
 /// Edge tuning.
@@ -1027,7 +1035,11 @@ fn origin_config(
         max_connections_per_ip: rtmp_args.max_connections_per_ip,
         publish_rate_per_ip: tuning.publish_rate_per_ip.0,
         max_publish_bitrate: tuning.max_publish_bitrate,
-        forwards: tuning.forwards.clone(),
+        forwards: tuning
+            .forwards
+            .iter()
+            .flat_map(|f| f.0.iter().cloned())
+            .collect(),
         forward_ca_file: tuning.forward_ca_file.clone(),
         drain_timeout,
         ..OriginConfig::default()

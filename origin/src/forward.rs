@@ -38,7 +38,7 @@ use crate::metrics::{FORWARD_FAILURES, FORWARDS};
 
 /// A destination for every stream of an application, from the configuration
 /// (`--forward APP=URL`); `{app}` and `{name}` in the URL stand for the stream's.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct AppForward {
     /// The application, or `*` for every application.
     pub app: String,
@@ -62,6 +62,19 @@ impl AppForward {
             app: app.to_owned(),
             url: url.trim().to_owned(),
         })
+    }
+}
+
+impl std::fmt::Debug for AppForward {
+    /// The URL's stream key hidden (`--check-config` prints the configuration), unless it is
+    /// a `{name}` template.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = match ForwardUrl::parse(&self.url) {
+            Ok(u) if u.name.contains('{') => self.url.clone(),
+            Ok(u) => u.redacted(),
+            Err(_) => "(invalid)".to_owned(),
+        };
+        write!(f, "{}={url}", self.app)
     }
 }
 
@@ -625,6 +638,8 @@ mod tests {
         assert!(AppForward::parse("live").is_err());
         assert!(AppForward::parse("live=http://b/x/y").is_err());
         assert!(AppForward::parse("bad app=rtmp://b/x/y").is_err());
+        let secret = AppForward::parse("live=rtmp://yt/live2/abcd-SECRET").unwrap();
+        assert_eq!(format!("{secret:?}"), "live=rtmp://yt:1935/live2/abcd…");
         let settings = ForwardSettings {
             per_app: vec![
                 f,

@@ -362,6 +362,7 @@ impl Origin {
                             "started_at_ms": stats.started_at_ms,
                             // Within its lease: relay pulls are served.
                             "serving": ctx.streams.serving(&stats.key),
+                            "forwards": ctx.streams.forwards(&stats.key),
                         });
                         // Personal data: for trusted readers only (the admin token).
                         if trusted {

@@ -324,6 +324,14 @@ impl Streams {
             .collect()
     }
 
+    /// The forwards of a stream published here, as they run now.
+    pub fn forwards(&self, key: &StreamKey) -> Vec<corriente_cluster::ForwardStatus> {
+        match self.lock().get(key) {
+            Some(Slot::Live(s)) => s.forwards.statuses(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Whether this origin may serve `key` to edges now (its lease renewed in time).
     pub fn serving(&self, key: &StreamKey) -> bool {
         matches!(self.lock().get(key), Some(Slot::Live(s)) if s.lease.valid())
