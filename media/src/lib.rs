@@ -14,6 +14,7 @@ pub mod hub;
 pub mod info;
 pub mod io;
 pub mod metrics;
+pub mod mp4;
 pub mod mux;
 pub mod output;
 mod ring;

@@ -1,0 +1,168 @@
+//! The CMAF (fragmented MP4) muxer that HLS and recordings build on, checked with real
+//! decoders: the test media (FLV, as publishers send it) muxed GOP by GOP into an
+//! initialization segment and fragments; ffprobe must see the same codecs, size and length,
+//! and ffmpeg must decode every video frame.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use bytes::BytesMut;
+use corriente_media::flv::TagReader;
+use corriente_media::mp4::{Fragmenter, TrackKind, Tracks, sample};
+use corriente_media::{Frame, FrameKind, FrameRole, MediaInfo};
+use corriente_tests::media::{audio_aac, av_720p, av_small, ffprobe, video_only};
+use tokio::process::Command;
+
+/// Frames of an FLV file.
+fn frames(path: &Path) -> Result<Vec<Frame>> {
+    let mut buf = BytesMut::from(&std::fs::read(path)?[..]);
+    let mut reader = TagReader::new(16 << 20);
+    let mut frames = Vec::new();
+    while let Some(tag) = reader.next_tag(&mut buf)? {
+        if let Some(kind) = FrameKind::from_tag_type(tag.tag_type) {
+            frames.push(Frame::new(kind, tag.timestamp, tag.body, 0));
+        }
+    }
+    Ok(frames)
+}
+
+/// Muxes `frames` into `out` with one fragment per GOP (per second for audio only); returns
+/// the video samples written.
+fn mux(frames: &[Frame], out: &Path) -> Result<(usize, Vec<String>)> {
+    let mut info = MediaInfo::default();
+    for f in frames {
+        corriente_media::info::observe(&mut info, f);
+    }
+    let config = |role| frames.iter().find(|f| f.role() == role);
+    let tracks = Tracks::new(
+        config(FrameRole::VideoConfig),
+        config(FrameRole::AudioConfig),
+        info.width,
+        info.height,
+    )?;
+    let codecs = tracks.codecs();
+    let mut file = tracks.init_segment()?;
+    let mut fragmenter = Fragmenter::new(tracks);
+    let (mut sequence, mut video, mut last_cut) = (1, 0, 0);
+    for frame in frames {
+        let Some(s) = sample(frame) else { continue };
+        let cut = match s.track {
+            TrackKind::Video => s.keyframe,
+            TrackKind::Audio => {
+                fragmenter.tracks().track_id(TrackKind::Video).is_none()
+                    && s.dts_ms >= last_cut + 1000
+            }
+        };
+        if cut && fragmenter.pending() {
+            file.extend(fragmenter.flush(sequence)?.context("a fragment")?);
+            sequence += 1;
+            last_cut = s.dts_ms;
+        }
+        if s.track == TrackKind::Video {
+            video += 1;
+        }
+        fragmenter.push(s);
+    }
+    if let Some(last) = fragmenter.finish(sequence)? {
+        file.extend(last);
+    }
+    std::fs::write(out, file)?;
+    Ok((video, codecs))
+}
+
+async fn decoded_frames(path: &Path) -> Result<(u64, f64)> {
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=nb_read_frames:format=duration",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .await?;
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let frames = json["streams"][0]["nb_read_frames"]
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let duration = json["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0);
+    Ok((frames, duration))
+}
+
+async fn decodes_cleanly(path: &Path) -> Result<String> {
+    let output = Command::new("ffmpeg")
+        .args(["-hide_banner", "-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .await?;
+    Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+fn out(name: &str) -> std::path::PathBuf {
+    corriente_tests::work_dir().join(format!("cmaf-{}-{name}.mp4", std::process::id()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h264_and_aac_mux_into_fragments_ffmpeg_decodes_whole() -> Result<()> {
+    for (media, width, height) in [(av_small()?, 320, 240), (av_720p()?, 1280, 720)] {
+        let path = out(&format!("{width}p"));
+        let (video, codecs) = mux(&frames(&media)?, &path)?;
+        let streams = ffprobe(path.to_str().context("path")?).await?;
+        eprintln!("{width}x{height}: {codecs:?}, {video} video samples, ffprobe {streams:?}");
+        assert_eq!(streams.len(), 2, "{streams:?}");
+        assert!(
+            streams
+                .iter()
+                .any(|s| s.codec_name == "h264" && (s.width, s.height) == (width, height))
+        );
+        assert!(streams.iter().any(|s| s.codec_name == "aac"));
+        let (decoded, duration) = decoded_frames(&path).await?;
+        eprintln!("{width}x{height}: decoded {decoded} of {video} frames, {duration} s");
+        assert_eq!(decoded, video as u64, "every video frame decodes");
+        assert!((9.5..=10.5).contains(&duration), "duration {duration}");
+        let errors = decodes_cleanly(&path).await?;
+        assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
+        assert!(
+            codecs[0].starts_with("avc1.") && codecs[1] == "mp4a.40.2",
+            "{codecs:?}"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audio_only_and_video_only_streams_mux_too() -> Result<()> {
+    let radio = out("radio");
+    let (video, codecs) = mux(&frames(&audio_aac()?)?, &radio)?;
+    assert_eq!(
+        (video, codecs.as_slice()),
+        (0, &["mp4a.40.2".to_owned()][..])
+    );
+    let streams = ffprobe(radio.to_str().context("path")?).await?;
+    assert!(
+        streams.len() == 1 && streams[0].codec_name == "aac",
+        "{streams:?}"
+    );
+    let errors = decodes_cleanly(&radio).await?;
+    assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
+
+    let silent = out("video-only");
+    let (video, _) = mux(&frames(&video_only()?)?, &silent)?;
+    let streams = ffprobe(silent.to_str().context("path")?).await?;
+    assert!(
+        streams.len() == 1 && streams[0].codec_name == "h264",
+        "{streams:?}"
+    );
+    let (decoded, _) = decoded_frames(&silent).await?;
+    assert_eq!(decoded, video as u64);
+    let _ = std::fs::remove_file(&radio);
+    let _ = std::fs::remove_file(&silent);
+    Ok(())
+}
