@@ -519,6 +519,55 @@ pub struct OriginTuning {
     /// the web's public roots.
     #[arg(long, env = "CORRIENTE_FORWARD_CA_FILE", value_name = "PATH")]
     pub forward_ca_file: Option<std::path::PathBuf>,
+
+    /// Recording: write every publication of the recorded applications as a fragmented MP4
+    /// file under this directory (DIR/APP/NAME/START-EEPOCH.mp4), while it is live. Default:
+    /// nothing is recorded.
+    #[arg(long, env = "CORRIENTE_RECORD_DIR", value_name = "PATH")]
+    pub record_dir: Option<std::path::PathBuf>,
+
+    /// Applications whose streams are recorded when --record-dir is set (comma-separated; `*`:
+    /// all).
+    #[arg(long, env = "CORRIENTE_RECORD_APPS", value_name = "APP,...", value_delimiter = ',', default_value = shown(OriginConfig::default().record_apps.join(",")))]
+    pub record_apps: Vec<String>,
+
+    /// Free space the recording disk must keep (bytes, with an optional K, M or G suffix, powers
+    /// of 1024): below it a recording stops (logged and counted); the live stream goes on.
+    #[arg(long, env = "CORRIENTE_RECORD_MIN_FREE", value_name = "BYTES", default_value = shown(Bytes(OriginConfig::default().record_min_free)), value_parser = parse_bytes)]
+    pub record_min_free: u64,
+}
+
+/// Parses a size in bytes: `1048576`, `512K`, `100M`, `1G` (powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (number, shift) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    let value: u64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size in bytes (examples: 512M, 1G, 0)"))?;
+    value
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is out of range"))
+}
+
+/// A size as `--help` shows it.
+struct Bytes(u64);
+
+impl std::fmt::Display for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => f.write_str("0"),
+            b if b.is_multiple_of(1 << 30) => write!(f, "{}G", b >> 30),
+            b if b.is_multiple_of(1 << 20) => write!(f, "{}M", b >> 20),
+            b if b.is_multiple_of(1 << 10) => write!(f, "{}K", b >> 10),
+            b => write!(f, "{b}"),
+        }
+    }
 }
 
 /// One `--forward` value: `APP=URL`, or several separated by spaces (the environment's form);
@@ -1041,6 +1090,9 @@ fn origin_config(
             .flat_map(|f| f.0.iter().cloned())
             .collect(),
         forward_ca_file: tuning.forward_ca_file.clone(),
+        record_dir: tuning.record_dir.clone(),
+        record_apps: tuning.record_apps.clone(),
+        record_min_free: tuning.record_min_free,
         drain_timeout,
         ..OriginConfig::default()
     }

@@ -18,6 +18,8 @@ pub enum Protocol {
     Relay,
     /// An origin forwarding (restreaming) a stream to another server.
     Forward,
+    /// An origin recording a stream to disk.
+    Record,
 }
 
 impl Protocol {
@@ -27,6 +29,7 @@ impl Protocol {
             Protocol::HttpFlv => "http_flv",
             Protocol::Relay => "relay",
             Protocol::Forward => "forward",
+            Protocol::Record => "record",
         }
     }
 }
@@ -158,6 +161,7 @@ pub fn init() {
         Protocol::HttpFlv,
         Protocol::Relay,
         Protocol::Forward,
+        Protocol::Record,
     ];
     for p in all.map(Protocol::as_str) {
         FRAMES_DROPPED.with_label_values(&[p, "lagging"]);

@@ -7,6 +7,7 @@
 mod forward;
 mod ingest;
 mod metrics;
+mod record;
 mod relay;
 mod streams;
 
@@ -37,6 +38,7 @@ use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
 use crate::forward::ForwardSettings;
+use crate::record::RecordSettings;
 use crate::relay::RelayService;
 use crate::streams::Streams;
 
@@ -55,6 +57,12 @@ impl OriginConfig {
                 .map_err(OriginError::Forward)?;
         }
         forward::tls_config(self.forward_ca_file.as_deref()).map_err(OriginError::Forward)?;
+        for app in &self.record_apps {
+            if app != "*" {
+                StreamKey::new(app, "name")
+                    .map_err(|e| OriginError::Record(format!("--record-apps {app:?}: {e}")))?;
+            }
+        }
         Ok(())
     }
 }
@@ -116,6 +124,12 @@ pub struct OriginConfig {
     pub forward_ca_file: Option<std::path::PathBuf>,
     /// Deadline of a forward's connection, handshakes and `publish` answer.
     pub forward_connect_timeout: Duration,
+    /// Where recordings are written (`--record-dir`); none: nothing is recorded.
+    pub record_dir: Option<std::path::PathBuf>,
+    /// Applications whose streams are recorded (`*`: all).
+    pub record_apps: Vec<String>,
+    /// Free space a recording disk must keep (bytes); below it recording stops.
+    pub record_min_free: u64,
 }
 
 impl OriginConfig {
@@ -159,6 +173,9 @@ impl Default for OriginConfig {
             forwards: Vec::new(),
             forward_ca_file: None,
             forward_connect_timeout: Duration::from_secs(5),
+            record_dir: None,
+            record_apps: vec!["*".to_owned()],
+            record_min_free: 1 << 30,
         }
     }
 }
@@ -186,6 +203,8 @@ pub enum OriginError {
     TlsFilesMissing,
     #[error("forward: {0}")]
     Forward(String),
+    #[error("recording: {0}")]
+    Record(String),
 }
 
 /// What every connection of this origin shares.
@@ -289,12 +308,29 @@ impl Origin {
             connect_timeout: config.forward_connect_timeout,
             write_timeout: config.write_timeout,
         };
+        let record = config.record_dir.as_ref().map(|dir| {
+            Arc::new(RecordSettings {
+                dir: dir.clone(),
+                apps: config.record_apps.clone(),
+                min_free: config.record_min_free,
+            })
+        });
+        if let Some(settings) = &record {
+            std::fs::create_dir_all(&settings.dir).map_err(|e| {
+                OriginError::Record(format!(
+                    "cannot create the recording directory {}: {e}",
+                    settings.dir.display()
+                ))
+            })?;
+            record::recover(&settings.dir).await;
+        }
         let streams = Streams::new(
             control.clone(),
             config.node_id.clone(),
             relay_advertised.clone(),
             config.hub,
             Arc::new(forward),
+            record,
         );
         let ctx = Arc::new(OriginContext {
             node_id: config.node_id.clone(),

@@ -61,6 +61,34 @@ pub static FORWARD_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Recordings being written on this origin.
+pub static RECORDINGS_ACTIVE: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "corriente_recordings_active",
+        "Recordings being written on this origin"
+    )
+    .expect("metric registers once")
+});
+
+/// Bytes written to recordings.
+pub static RECORDING_BYTES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "corriente_recording_bytes_total",
+        "Bytes written to recordings on this origin"
+    )
+    .expect("metric registers once")
+});
+
+/// Recordings stopped before their stream ended, by reason.
+pub static RECORDINGS_STOPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "corriente_recordings_stopped_total",
+        "Recordings stopped while their stream went on, by reason: disk_full, write_error, unsupported",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
 /// Every reason of [`FORWARD_FAILURES`].
 pub const FORWARD_FAILURE_REASONS: [&str; 8] = [
     "unreachable",
@@ -97,5 +125,10 @@ pub fn init() {
     }
     for reason in FORWARD_FAILURE_REASONS {
         FORWARD_FAILURES.with_label_values(&[reason]);
+    }
+    LazyLock::force(&RECORDINGS_ACTIVE);
+    LazyLock::force(&RECORDING_BYTES);
+    for reason in ["disk_full", "write_error", "unsupported", "ended"] {
+        RECORDINGS_STOPPED.with_label_values(&[reason]);
     }
 }

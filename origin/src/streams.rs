@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::forward::{ForwardSettings, StreamForwards};
 use crate::metrics;
+use crate::record::{self, RecordSettings};
 
 /// What fraction of the lease TTL after sending its last successful renewal an origin keeps
 /// serving a stream. The registry's lease runs a whole TTL from when that renewal *arrived*,
@@ -136,6 +137,7 @@ pub struct Streams {
     relay_addr: String,
     hub_config: HubConfig,
     forward: Arc<ForwardSettings>,
+    record: Option<Arc<RecordSettings>>,
     draining: CancellationToken,
     /// The lease TTL the control plane last granted.
     lease_ttl_ms: AtomicU64,
@@ -148,6 +150,7 @@ impl Streams {
         relay_addr: String,
         hub_config: HubConfig,
         forward: Arc<ForwardSettings>,
+        record: Option<Arc<RecordSettings>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             map: Mutex::new(HashMap::new()),
@@ -156,6 +159,7 @@ impl Streams {
             relay_addr,
             hub_config,
             forward,
+            record,
             draining: CancellationToken::new(),
             lease_ttl_ms: AtomicU64::new(6000),
         })
@@ -237,6 +241,16 @@ impl Streams {
                 .collect(),
         );
         forwards.set(ForwardSource::Api, api_forwards);
+        let started_at_ms = unix_micros() / 1000;
+        if let Some(settings) = self.record.as_ref().filter(|s| s.records(&key)) {
+            record::spawn(
+                settings.clone(),
+                key.clone(),
+                record.epoch,
+                started_at_ms,
+                hub.clone(),
+            );
+        }
         let fenced = CancellationToken::new();
         let self_fenced = Arc::new(AtomicBool::new(false));
         let ttl = Duration::from_millis(self.lease_ttl_ms.load(Ordering::Relaxed));
@@ -246,7 +260,7 @@ impl Streams {
                 hub,
                 epoch: record.epoch,
                 publisher_addr: peer,
-                started_at_ms: unix_micros() / 1000,
+                started_at_ms,
                 lease: Lease::new(claimed_at, ttl),
                 fenced: fenced.clone(),
                 self_fenced: self_fenced.clone(),

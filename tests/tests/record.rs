@@ -1,0 +1,206 @@
+//! Recording at the origin: every publication written while live as a fragmented MP4 file;
+//! complete and playable when it ends, playable up to its last fragment after a SIGKILL, and
+//! a full disk stops the recording, never the stream.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use corriente_tests::media::{Publisher, Viewer, av_small, ffprobe};
+use corriente_tests::{Node, wait_for};
+use tokio::process::Command;
+
+fn record_dir(name: &str) -> PathBuf {
+    let dir = corriente_tests::work_dir().join(format!("rec-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Every file under `dir`.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Video frames ffprobe decodes and the duration it reports.
+async fn probe(path: &Path) -> Result<(u64, f64)> {
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=nb_read_frames:format=duration",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .await?;
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let frames = json["streams"][0]["nb_read_frames"]
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let duration = json["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0);
+    Ok((frames, duration))
+}
+
+/// A 20 s publication is recorded whole: one `.mp4` named by stream, start and epoch, with
+/// H.264 320x240 and AAC, 20 s long within a GOP, every one of its 600 frames decoding.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publication_is_recorded_whole() -> Result<()> {
+    let dir = record_dir("whole");
+    let dir_arg = dir.display().to_string();
+    let node = Node::all(&["--record-dir", &dir_arg])?;
+    let publisher = Publisher::start_with(&av_small()?, &node.ingest_url("cam"), &["-t", "20"])?;
+    node.wait_live("cam").await?;
+    let (code, stderr) = publisher.wait(Duration::from_secs(60)).await?;
+    assert_eq!(code, Some(0), "publisher: {stderr}");
+    let file = wait_for(
+        Duration::from_secs(10),
+        "the recording to be complete",
+        || async {
+            files(&dir)
+                .into_iter()
+                .find(|p| p.extension().is_some_and(|e| e == "mp4"))
+        },
+    )
+    .await?;
+    let name = file.file_name().and_then(|n| n.to_str()).context("name")?;
+    eprintln!("recording {}", file.display());
+    assert!(file.starts_with(dir.join("live/cam")), "{}", file.display());
+    assert!(
+        name.len() == "20261207T105031Z-e1.mp4".len() && name.contains("Z-e"),
+        "{name}"
+    );
+    let streams = ffprobe(file.to_str().context("path")?).await?;
+    assert_eq!(streams.len(), 2, "{streams:?}");
+    assert!(
+        streams
+            .iter()
+            .any(|s| s.codec_name == "h264" && (s.width, s.height) == (320, 240))
+    );
+    assert!(streams.iter().any(|s| s.codec_name == "aac"));
+    let (frames, duration) = probe(&file).await?;
+    eprintln!("recorded {frames} frames, {duration} s");
+    assert!((18.0..=22.0).contains(&duration), "duration {duration}");
+    assert!(frames >= 590, "{frames} frames");
+    let written = node
+        .metrics()
+        .await?
+        .value("corriente_recording_bytes_total", &[])
+        .unwrap_or(0.0);
+    assert_eq!(written as u64, std::fs::metadata(&file)?.len());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// SIGKILL mid-recording leaves a `.part` file; the restarted origin finishes it, and it
+/// plays up to at most one fragment (a 2 s GOP) before the kill.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recording_cut_by_sigkill_plays_up_to_its_last_fragment() -> Result<()> {
+    let dir = record_dir("kill");
+    let dir_arg = dir.display().to_string();
+    let node = Node::all(&["--record-dir", &dir_arg])?;
+    let _publisher = Publisher::start(&av_small()?, &node.ingest_url("cam"))?;
+    node.wait_live("cam").await?;
+    let live = Instant::now();
+    wait_for(Duration::from_secs(30), "7 s of recording", || async {
+        (live.elapsed() >= Duration::from_secs(7)
+            && files(&dir)
+                .iter()
+                .any(|p| p.to_string_lossy().ends_with(".part")))
+        .then_some(())
+    })
+    .await?;
+    node.signal("KILL");
+    let recorded_for = live.elapsed().as_secs_f64();
+    drop(node);
+    let part = files(&dir).into_iter().next().context("a .part file")?;
+    assert!(
+        part.to_string_lossy().ends_with(".part"),
+        "{}",
+        part.display()
+    );
+
+    let _restarted = Node::all(&["--record-dir", &dir_arg])?;
+    let file = wait_for(
+        Duration::from_secs(10),
+        "the interrupted recording finished",
+        || async {
+            files(&dir)
+                .into_iter()
+                .find(|p| p.extension().is_some_and(|e| e == "mp4"))
+        },
+    )
+    .await?;
+    let (frames, duration) = probe(&file).await?;
+    eprintln!(
+        "killed after {recorded_for:.1} s live: the recovered file has {frames} frames, {duration} s"
+    );
+    assert!(
+        duration >= recorded_for - 2.0 - 1.5 && duration <= recorded_for + 0.5,
+        "{duration} s recorded of {recorded_for:.1} s"
+    );
+    assert!(
+        frames as f64 >= (duration - 0.2) * 29.0,
+        "{frames} frames in {duration} s"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// A disk short of `--record-min-free` stops the recording (logged, counted as `disk_full`);
+/// the stream and its viewer go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_stops_the_recording_not_the_stream() -> Result<()> {
+    let dir = record_dir("full");
+    let dir_arg = dir.display().to_string();
+    let node = Node::all(&["--record-dir", &dir_arg, "--record-min-free", "1000000G"])?;
+    let _publisher = Publisher::start(&av_small()?, &node.ingest_url("cam"))?;
+    node.wait_live("cam").await?;
+    let viewer = Viewer::start(&node.flv_url("cam"))?;
+    wait_for(
+        Duration::from_secs(10),
+        "the recording stopped for lack of space",
+        || async {
+            let m = node.metrics().await.ok()?;
+            (m.value(
+                "corriente_recordings_stopped_total",
+                &[("reason", "disk_full")],
+            )? >= 1.0)
+                .then_some(())
+        },
+    )
+    .await?;
+    assert!(node.logged("recording stopped"));
+    let before = viewer.frames().0;
+    wait_for(
+        Duration::from_secs(10),
+        "the viewer still playing",
+        || async { (viewer.frames().0 >= before + 60).then_some(()) },
+    )
+    .await?;
+    assert!(
+        files(&dir)
+            .iter()
+            .all(|p| !p.to_string_lossy().contains(".mp4")),
+        "{:?}",
+        files(&dir)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
