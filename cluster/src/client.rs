@@ -361,6 +361,11 @@ impl ControlClient {
             Ok(PublishDecision::Allowed {
                 stream: convert::key_from_pb(response.stream)?,
                 credential: PublishCredential::parse(&response.credential),
+                record: match pb::RecordChoice::try_from(response.record) {
+                    Ok(pb::RecordChoice::On) => Some(true),
+                    Ok(pb::RecordChoice::Off) => Some(false),
+                    _ => None,
+                },
                 forwards: response.forwards,
             })
         } else {

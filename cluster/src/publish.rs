@@ -100,6 +100,9 @@ pub enum PublishDecision {
         credential: PublishCredential,
         /// Destinations the `on_publish` webhook's answer asked to forward the stream to.
         forwards: Vec<String>,
+        /// Whether the webhook's answer turned recording on or off; `None`: the origin's
+        /// configuration decides.
+        record: Option<bool>,
     },
     /// Refused; `message` is for the encoder's operator and never holds a secret.
     Refused {

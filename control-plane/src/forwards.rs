@@ -197,7 +197,10 @@ mod tests {
         assert!(!listed.to_string().contains("SECRET"), "{listed}");
         assert_eq!(listed["targets"].as_array().map(Vec::len), Some(1));
         assert_eq!(listed["live"], false);
-        let stored = registry.stream_forwards(std::slice::from_ref(&key)).await.unwrap();
+        let stored = registry
+            .stream_forwards(std::slice::from_ref(&key))
+            .await
+            .unwrap();
         assert_eq!(
             stored[0][0].url,
             "rtmp://a.rtmp.youtube.com/live2/abcd-SECRET"

@@ -133,6 +133,7 @@ impl<R: Registry> PublishAuthorizer<R> {
                 stream,
                 credential,
                 forwards: Vec::new(),
+                record: None,
             },
             Err(e) => refused(PublishDenial::BadName, e.to_string()),
         };
@@ -167,6 +168,7 @@ impl<R: Registry> PublishAuthorizer<R> {
                 stream: key.stream,
                 credential: PublishCredential::ManagedKey,
                 forwards: Vec::new(),
+                record: None,
             });
         }
 
@@ -188,6 +190,7 @@ impl<R: Registry> PublishAuthorizer<R> {
                     stream,
                     credential: PublishCredential::SignedToken,
                     forwards: Vec::new(),
+                    record: None,
                 },
                 Err(TokenError::Expired) => refused(
                     PublishDenial::Expired,
@@ -216,11 +219,15 @@ impl<R: Registry> PublishAuthorizer<R> {
                 "node": request.node_id,
             });
             return Ok(match webhook.ask_for_answer(&body).await {
-                Ok(answer) => PublishDecision::Allowed {
-                    forwards: hook_forwards(&stream, &answer),
-                    stream,
-                    credential: PublishCredential::Webhook,
-                },
+                Ok(answer) => {
+                    let (forwards, record) = hook_answer(&stream, &answer);
+                    PublishDecision::Allowed {
+                        stream,
+                        credential: PublishCredential::Webhook,
+                        forwards,
+                        record,
+                    }
+                }
                 Err(WebhookError::Refused(status)) => refused(
                     PublishDenial::WebhookRefused,
                     format!("the publish hook refused {stream} (HTTP {status})"),
@@ -251,22 +258,24 @@ impl<R: Registry> PublishAuthorizer<R> {
     }
 }
 
-/// The destinations an `on_publish` answer asks for: `{"forward": ["rtmp://…", …]}`. An empty
-/// or non-JSON answer asks for none; a destination that is not a valid RTMP(S) URL is left out
-/// with a log line (the publish itself was allowed), and so is any past
+/// What an `on_publish` answer asks for: `{"forward": ["rtmp://…", …], "record": true}`, both
+/// optional. An empty or non-JSON answer asks for nothing; a destination that is not a valid
+/// RTMP(S) URL is left out with a log line (the publish itself was allowed), and so is any past
 /// [`MAX_FORWARDS_PER_STREAM`].
-fn hook_forwards(stream: &StreamKey, answer: &[u8]) -> Vec<String> {
+fn hook_answer(stream: &StreamKey, answer: &[u8]) -> (Vec<String>, Option<bool>) {
     #[derive(serde::Deserialize)]
     struct Answer {
         #[serde(default)]
         forward: Vec<String>,
+        #[serde(default)]
+        record: Option<bool>,
     }
     if answer.iter().all(u8::is_ascii_whitespace) {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let Ok(answer) = serde_json::from_slice::<Answer>(answer) else {
-        debug!(%stream, "the publish hook's answer is not {{\"forward\": [URL, ...]}}; no forwards");
-        return Vec::new();
+        debug!(%stream, "the publish hook's answer is not {{\"forward\": [URL, ...], \"record\": BOOL}}; nothing asked");
+        return (Vec::new(), None);
     };
     let mut forwards = Vec::new();
     for url in answer.forward {
@@ -280,7 +289,7 @@ fn hook_forwards(stream: &StreamKey, answer: &[u8]) -> Vec<String> {
             }
         }
     }
-    forwards
+    (forwards, answer.record)
 }
 
 #[cfg(test)]
@@ -357,6 +366,7 @@ mod tests {
                     stream: cam.clone(),
                     credential: PublishCredential::ManagedKey,
                     forwards: Vec::new(),
+                    record: None,
                 },
                 "{name}"
             );
@@ -421,6 +431,7 @@ mod tests {
                 stream: StreamKey::new("live", "test").unwrap(),
                 credential: PublishCredential::Open,
                 forwards: Vec::new(),
+                record: None,
             }
         );
     }

@@ -308,11 +308,17 @@ impl<R: Registry> pb::control_server::Control for ControlService<R> {
                     stream,
                     credential,
                     forwards,
+                    record,
                 } => pb::AuthorizePublishResponse {
                     allowed: true,
                     stream: Some(convert::key_to_pb(&stream)),
                     credential: credential.as_str().to_owned(),
                     forwards,
+                    record: match record {
+                        Some(true) => pb::RecordChoice::On,
+                        Some(false) => pb::RecordChoice::Off,
+                        None => pb::RecordChoice::Unspecified,
+                    } as i32,
                     ..Default::default()
                 },
                 PublishDecision::Refused { reason, message } => pb::AuthorizePublishResponse {

@@ -300,7 +300,7 @@ async fn authorize(
     app: &str,
     name: &str,
     peer: SocketAddr,
-) -> Result<(StreamKey, PublishCredential, Vec<String>), AuthRefusal> {
+) -> Result<(StreamKey, PublishCredential, Vec<String>, Option<bool>), AuthRefusal> {
     match ctx
         .streams
         .authorize_publish(app, name, peer.ip(), false)
@@ -310,9 +310,10 @@ async fn authorize(
             stream,
             credential,
             forwards,
+            record,
         }) => {
             debug!(%stream, credential = credential.as_str(), "publish authorized");
-            Ok((stream, credential, forwards))
+            Ok((stream, credential, forwards, record))
         }
         Ok(PublishDecision::Refused { reason, message }) => {
             info!(%app, client_ip = %peer.ip(), reason = reason.as_str(), "publish refused: {message}");
@@ -453,19 +454,19 @@ async fn handle(
                 );
                 return;
             }
-            let (key, credential, forwards) = match authorize(ctx, session.app(), &name, peer).await
-            {
-                Ok(allowed) => allowed,
-                Err(refusal) => {
-                    PUBLISH_REFUSED.with_label_values(&[refusal.reason]).inc();
-                    session.reject_publish(refusal.code, &refusal.message);
-                    return;
-                }
-            };
+            let (key, credential, forwards, record) =
+                match authorize(ctx, session.app(), &name, peer).await {
+                    Ok(allowed) => allowed,
+                    Err(refusal) => {
+                        PUBLISH_REFUSED.with_label_values(&[refusal.reason]).inc();
+                        session.reject_publish(refusal.code, &refusal.message);
+                        return;
+                    }
+                };
             Span::current().record("stream", tracing::field::display(&key));
             match ctx
                 .streams
-                .start_publish(key.clone(), peer.to_string(), forwards)
+                .start_publish(key.clone(), peer.to_string(), forwards, record)
                 .await
             {
                 Ok(p) => {

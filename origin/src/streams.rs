@@ -191,12 +191,14 @@ impl Streams {
 
     /// Claims `key` for a publisher at `peer`: locally first (one publisher per name on this
     /// node), then cluster-wide through the control plane. Once it is ours, its forwards start:
-    /// the configured ones, `hook_forwards` (the `on_publish` answer's) and the admin API's.
+    /// the configured ones, `hook_forwards` (the `on_publish` answer's) and the admin API's;
+    /// and its recording, when its application is recorded or `hook_record` says so.
     pub async fn start_publish(
         self: &Arc<Self>,
         key: StreamKey,
         peer: String,
         hook_forwards: Vec<String>,
+        hook_record: Option<bool>,
     ) -> Result<Publication, PublishRefusal> {
         if self.draining.is_cancelled() {
             return Err(PublishRefusal::Draining);
@@ -242,7 +244,15 @@ impl Streams {
         );
         forwards.set(ForwardSource::Api, api_forwards);
         let started_at_ms = unix_micros() / 1000;
-        if let Some(settings) = self.record.as_ref().filter(|s| s.records(&key)) {
+        let recorded = match (&self.record, hook_record) {
+            (Some(settings), choice) => choice.unwrap_or_else(|| settings.records(&key)),
+            (None, Some(true)) => {
+                warn!(stream = %key, "the publish hook asked to record this stream, but this origin has no --record-dir");
+                false
+            }
+            (None, _) => false,
+        };
+        if let Some(settings) = self.record.as_ref().filter(|_| recorded) {
             record::spawn(
                 settings.clone(),
                 key.clone(),

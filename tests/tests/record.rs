@@ -204,3 +204,46 @@ async fn a_full_disk_stops_the_recording_not_the_stream() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// The `on_publish` answer turns recording on (`{"record": true}`) or off (`false`) for one
+/// publication, whatever `--record-apps` says.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_publish_hook_decides_recording_per_publication() -> Result<()> {
+    use corriente_tests::hook::{Answer, Hook};
+    let dir = record_dir("hook");
+    let dir_arg = dir.display().to_string();
+    let hook = Hook::start(|body| match body["name"].as_str() {
+        Some("yes") => Answer::Json(r#"{"record": true}"#),
+        Some("no") => Answer::Json(r#"{"record": false}"#),
+        _ => Answer::Status("200 OK"),
+    })
+    .await?;
+    let node = Node::all(&[
+        "--record-dir",
+        &dir_arg,
+        "--record-apps",
+        "live",
+        "--on-publish",
+        &hook.url("/publish"),
+    ])?;
+    let _yes = Publisher::start(&av_small()?, &node.ingest_url("yes"))?;
+    let _no = Publisher::start(&av_small()?, &node.ingest_url("no"))?;
+    let _default = Publisher::start(&av_small()?, &node.ingest_url("default"))?;
+    for name in ["yes", "no", "default"] {
+        node.wait_live(name).await?;
+    }
+    let recorded = wait_for(Duration::from_secs(10), "two recordings", || async {
+        let mut names: Vec<String> = files(&dir)
+            .iter()
+            .filter_map(|p| Some(p.parent()?.file_name()?.to_str()?.to_owned()))
+            .collect();
+        names.sort();
+        (names.len() == 2).then_some(names)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(recorded, ["default", "yes"], "{:?}", files(&dir));
+    assert_eq!(files(&dir).len(), 2, "{:?}", files(&dir));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
