@@ -112,7 +112,8 @@ render production -f "$chart/values-production.yaml"
 # What neither file turns on: every autoscaler, NodePort/ClusterIP Services, no
 # NetworkPolicy, external Redis without a password, the ServiceMonitor found by API
 # discovery, a preStop hook on origins, TLS on unprivileged ports (no sysctl) without the
-# HTTPS redirect.
+# HTTPS redirect; recording origins (a StatefulSet with volume claims), restreaming from a
+# Secret.
 render variants \
   --api-versions monitoring.coreos.com/v1 \
   --set controlPlane.autoscaling.enabled=true,origin.autoscaling.enabled=true \
@@ -120,7 +121,9 @@ render variants \
   --set redis.bundled.enabled=false,redis.external.url=redis://redis.example:6379 \
   --set origin.preStopSleep=2s,serviceAccount.create=false \
   --set tls.enabled=true,tls.secretName=corriente-tls,origin.rtmps.port=1936 \
-  --set edge.https.port=8443,edge.rtmps.port=1937
+  --set edge.https.port=8443,edge.rtmps.port=1937 \
+  --set origin.recording.enabled=true,origin.recording.storageClassName=fast \
+  --set origin.forwards.existingSecret=corriente-forwards
 
 step "helm template must refuse invalid values"
 if "$helm" template corriente "$chart" --set edge.drainDelay=5 >/dev/null 2>&1; then

@@ -523,7 +523,7 @@ pub struct OriginTuning {
     /// Recording: write every publication of the recorded applications as a fragmented MP4
     /// file under this directory (DIR/APP/NAME/START-EEPOCH.mp4), while it is live. Default:
     /// nothing is recorded.
-    #[arg(long, env = "CORRIENTE_RECORD_DIR", value_name = "PATH")]
+    #[arg(long, env = "CORRIENTE_RECORD_DIR", value_name = "PATH", value_parser = parse_path_or_empty)]
     pub record_dir: Option<std::path::PathBuf>,
 
     /// Applications whose streams are recorded when --record-dir is set (comma-separated; `*`:
@@ -535,6 +535,11 @@ pub struct OriginTuning {
     /// of 1024): below it a recording stops (logged and counted); the live stream goes on.
     #[arg(long, env = "CORRIENTE_RECORD_MIN_FREE", value_name = "BYTES", default_value = shown(Bytes(OriginConfig::default().record_min_free)), value_parser = parse_bytes)]
     pub record_min_free: u64,
+}
+
+/// A path, where an empty value (an unset compose variable) stands for none.
+fn parse_path_or_empty(s: &str) -> Result<std::path::PathBuf, String> {
+    Ok(std::path::PathBuf::from(s))
 }
 
 /// Parses a size in bytes: `1048576`, `512K`, `100M`, `1G` (powers of 1024).
@@ -1090,7 +1095,11 @@ fn origin_config(
             .flat_map(|f| f.0.iter().cloned())
             .collect(),
         forward_ca_file: tuning.forward_ca_file.clone(),
-        record_dir: tuning.record_dir.clone(),
+        // An empty variable (compose's `${CORRIENTE_RECORD_DIR:-}`) records nothing.
+        record_dir: tuning
+            .record_dir
+            .clone()
+            .filter(|d| !d.as_os_str().is_empty()),
         record_apps: tuning.record_apps.clone(),
         record_min_free: tuning.record_min_free,
         drain_timeout,
