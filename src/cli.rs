@@ -535,6 +535,16 @@ pub struct OriginTuning {
     /// of 1024): below it a recording stops (logged and counted); the live stream goes on.
     #[arg(long, env = "CORRIENTE_RECORD_MIN_FREE", value_name = "BYTES", default_value = shown(Bytes(OriginConfig::default().record_min_free)), value_parser = parse_bytes)]
     pub record_min_free: u64,
+
+    /// Retention: finished recordings older than this are deleted (checked every minute and
+    /// whenever a recording ends). Default: kept.
+    #[arg(long, env = "CORRIENTE_RECORD_MAX_AGE", value_name = "DURATION", value_parser = parse_duration)]
+    pub record_max_age: Option<Duration>,
+
+    /// Retention: finished recordings are deleted, oldest first, while together they take more
+    /// than this on this origin (K, M, G: powers of 1024). Default: no limit.
+    #[arg(long, env = "CORRIENTE_RECORD_MAX_BYTES", value_name = "BYTES", value_parser = parse_bytes)]
+    pub record_max_bytes: Option<u64>,
 }
 
 /// A path, where an empty value (an unset compose variable) stands for none.
@@ -1102,6 +1112,8 @@ fn origin_config(
             .filter(|d| !d.as_os_str().is_empty()),
         record_apps: tuning.record_apps.clone(),
         record_min_free: tuning.record_min_free,
+        record_max_age: tuning.record_max_age,
+        record_max_bytes: tuning.record_max_bytes,
         drain_timeout,
         ..OriginConfig::default()
     }

@@ -130,6 +130,10 @@ pub struct OriginConfig {
     pub record_apps: Vec<String>,
     /// Free space a recording disk must keep (bytes); below it recording stops.
     pub record_min_free: u64,
+    /// Finished recordings older than this are deleted.
+    pub record_max_age: Option<Duration>,
+    /// Finished recordings are deleted, oldest first, while they take more than this (bytes).
+    pub record_max_bytes: Option<u64>,
 }
 
 impl OriginConfig {
@@ -176,6 +180,8 @@ impl Default for OriginConfig {
             record_dir: None,
             record_apps: vec!["*".to_owned()],
             record_min_free: 1 << 30,
+            record_max_age: None,
+            record_max_bytes: None,
         }
     }
 }
@@ -313,6 +319,9 @@ impl Origin {
                 dir: dir.clone(),
                 apps: config.record_apps.clone(),
                 min_free: config.record_min_free,
+                max_age: config.record_max_age,
+                max_bytes: config.record_max_bytes,
+                ended: Arc::new(tokio::sync::Notify::new()),
             })
         });
         if let Some(settings) = &record {
@@ -323,6 +332,7 @@ impl Origin {
                 ))
             })?;
             record::recover(&settings.dir).await;
+            tokio::spawn(record::run_retention(settings.clone()));
         }
         let streams = Streams::new(
             control.clone(),

@@ -89,6 +89,15 @@ pub static RECORDINGS_STOPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Recordings deleted by retention.
+pub static RECORDINGS_DELETED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "corriente_recordings_deleted_total",
+        "Finished recordings this origin deleted by retention (--record-max-age, --record-max-bytes)"
+    )
+    .expect("metric registers once")
+});
+
 /// Every reason of [`FORWARD_FAILURES`].
 pub const FORWARD_FAILURE_REASONS: [&str; 8] = [
     "unreachable",
@@ -128,6 +137,7 @@ pub fn init() {
     }
     LazyLock::force(&RECORDINGS_ACTIVE);
     LazyLock::force(&RECORDING_BYTES);
+    LazyLock::force(&RECORDINGS_DELETED);
     for reason in ["disk_full", "write_error", "unsupported", "ended"] {
         RECORDINGS_STOPPED.with_label_values(&[reason]);
     }

@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::metrics::{RECORDING_BYTES, RECORDINGS_ACTIVE, RECORDINGS_STOPPED};
+use crate::metrics::{RECORDING_BYTES, RECORDINGS_ACTIVE, RECORDINGS_DELETED, RECORDINGS_STOPPED};
 
 /// What is recorded, and where.
 #[derive(Debug, Clone)]
@@ -35,6 +35,12 @@ pub struct RecordSettings {
     pub apps: Vec<String>,
     /// Free space the disk must keep; below it recording stops.
     pub min_free: u64,
+    /// Finished recordings older than this are deleted.
+    pub max_age: Option<Duration>,
+    /// Finished recordings are deleted, oldest first, while all of them together take more.
+    pub max_bytes: Option<u64>,
+    /// Notified when a recording ends, so retention runs at once.
+    pub ended: Arc<tokio::sync::Notify>,
 }
 
 impl RecordSettings {
@@ -98,6 +104,7 @@ pub fn spawn(settings: Arc<RecordSettings>, key: StreamKey, epoch: u64, started_
             }
             // Whatever was written is a playable file: finish its name.
             finalize(&path).await;
+            settings.ended.notify_one();
         }
         .instrument(span),
     );
@@ -311,6 +318,74 @@ fn complete_boxes(path: &Path) -> std::io::Result<u64> {
         file.sync_all()?;
     }
     Ok(at)
+}
+
+/// Every finished recording under `dir`: path, size, modification time.
+fn finished(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "mp4") {
+                let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                out.push((p, meta.len(), modified));
+            }
+        }
+    }
+    out
+}
+
+/// Applies the retention limits: deletes finished recordings past `max_age`, then the oldest
+/// while they take more than `max_bytes`. Returns the paths deleted. Recordings still being
+/// written (`.part`) are never touched.
+pub fn apply_retention(settings: &RecordSettings) -> Vec<PathBuf> {
+    let mut files = finished(&settings.dir);
+    // Oldest first: by modification time (when the file was last written), then name.
+    files.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
+    let now = std::time::SystemTime::now();
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    let mut deleted = Vec::new();
+    for (path, size, modified) in files {
+        let too_old = settings
+            .max_age
+            .is_some_and(|age| now.duration_since(modified).unwrap_or_default() > age);
+        let too_big = settings.max_bytes.is_some_and(|max| total > max);
+        if !(too_old || too_big) {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                total -= size;
+                RECORDINGS_DELETED.inc();
+                info!(path = %path.display(), size, reason = if too_old { "max_age" } else { "max_bytes" }, "recording deleted by retention");
+                deleted.push(path);
+            }
+            Err(e) => warn!(path = %path.display(), error = %e, "cannot delete a recording"),
+        }
+    }
+    deleted
+}
+
+/// How often retention runs (also after every recording ends).
+pub const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs retention every [`RETENTION_EVERY`] and whenever a recording ends.
+pub async fn run_retention(settings: Arc<RecordSettings>) {
+    if settings.max_age.is_none() && settings.max_bytes.is_none() {
+        return;
+    }
+    loop {
+        let s = settings.clone();
+        let _ = tokio::task::spawn_blocking(move || apply_retention(&s)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(RETENTION_EVERY) => {}
+            _ = settings.ended.notified() => {}
+        }
+    }
 }
 
 /// Finishes the `.part` files a crash left under `dir` (at start-up).

@@ -247,3 +247,45 @@ async fn the_publish_hook_decides_recording_per_publication() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Retention by size: past `--record-max-bytes` the oldest finished recording is deleted as
+/// soon as the next one ends, and counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_deletes_the_oldest_recordings_past_the_size_limit() -> Result<()> {
+    let dir = record_dir("retention");
+    let dir_arg = dir.display().to_string();
+    let node = Node::all(&["--record-dir", &dir_arg, "--record-max-bytes", "400K"])?;
+    let mut sizes = Vec::new();
+    for name in ["first", "second"] {
+        let publisher = Publisher::start_with(&av_small()?, &node.ingest_url(name), &["-t", "4"])?;
+        let (code, stderr) = publisher.wait(Duration::from_secs(30)).await?;
+        assert_eq!(code, Some(0), "publisher: {stderr}");
+        let file = wait_for(
+            Duration::from_secs(10),
+            "the recording finished",
+            || async {
+                files(&dir).into_iter().find(|p| {
+                    p.extension().is_some_and(|e| e == "mp4") && p.to_string_lossy().contains(name)
+                })
+            },
+        )
+        .await?;
+        sizes.push(std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0));
+    }
+    eprintln!("recording sizes {sizes:?} against a 400 KiB limit");
+    assert!(sizes.iter().sum::<u64>() > 400 << 10, "{sizes:?}");
+    wait_for(Duration::from_secs(10), "the oldest deleted", || async {
+        let left = files(&dir);
+        (left.len() == 1 && left[0].to_string_lossy().contains("second")).then_some(())
+    })
+    .await?;
+    let deleted = node
+        .metrics()
+        .await?
+        .value("corriente_recordings_deleted_total", &[])
+        .unwrap_or(0.0);
+    assert_eq!(deleted, 1.0);
+    assert!(node.logged("recording deleted by retention"));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
