@@ -4,6 +4,7 @@
 //! with ffprobe, ffmpeg, and the RTMP and HTTP-FLV clients in [`clients`].
 
 pub mod clients;
+pub mod gst;
 pub mod hook;
 pub mod media;
 pub mod netns;
