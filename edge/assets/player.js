@@ -175,7 +175,6 @@
       if (current()) lost(['Connection lost', 'The stream ended.']);
     });
     p.on(mpegts.Events.MEDIA_INFO, (info) => { if (current()) showMediaInfo(info); });
-    p.on(mpegts.Events.STATISTICS_INFO, (stats) => { if (current()) showStatistics(stats); });
     p.attachMediaElement(video);
     p.load();
     const played = p.play();
@@ -313,12 +312,107 @@
     }
   }
 
-  function showStatistics(stats) {
-    if (typeof stats.speed === 'number' && stats.speed > 0) {
-      const bps = stats.speed * 1024 * 8;
-      $('fact-bitrate').textContent = bps >= 1e6 ? (bps / 1e6).toFixed(1) + ' Mbit/s' : Math.round(bps / 1e3) + ' kbit/s';
-    }
+  // --- Bitrate --------------------------------------------------------------------------
+  // Measured from media timestamps, as ffprobe would: the sizes of the FLV audio and video tag
+  // bodies whose timestamps fall in the last BITRATE_WINDOW_S seconds of media time, divided by
+  // the media time they span. The bytes are counted as the stream arrives (a pass-through on
+  // the body of this page's own .flv request). Not mpegts.js's `speed`: that is bytes per
+  // wall-clock second, and a new viewer gets the edge's GOP cache (up to a GOP of backlog) in
+  // one burst, so a 2.5 Mbit/s stream read 6.5 Mbit/s for its first seconds.
+  const BITRATE_WINDOW_S = 5;
+  /** Below this much media time (one 2 s GOP and its keyframe dominate) show nothing yet. */
+  const BITRATE_MIN_SPAN_S = 3;
+  /** A timestamp jump larger than this (sequence headers at 0, a republish) restarts the window. */
+  const BITRATE_JUMP_MS = 10000;
+  const meter = { samples: [], first: -1, newest: -1 };
+
+  function resetMeter() {
+    meter.samples = [];
+    meter.first = -1;
+    meter.newest = -1;
   }
+
+  function meterTag(ts, bytes) {
+    if (meter.newest >= 0 && Math.abs(ts - meter.newest) > BITRATE_JUMP_MS) resetMeter();
+    if (meter.first < 0) meter.first = ts;
+    if (ts > meter.newest) meter.newest = ts;
+    meter.samples.push([ts, bytes]);
+    const from = meter.newest - BITRATE_WINDOW_S * 1000;
+    while (meter.samples.length && meter.samples[0][0] <= from) meter.samples.shift();
+  }
+
+  /** Bits per second over the last BITRATE_WINDOW_S s of media time (less at the start), or null. */
+  function bitrate() {
+    if (meter.newest < 0) return null;
+    const start = Math.max(meter.newest - BITRATE_WINDOW_S * 1000, meter.first);
+    const span = (meter.newest - start) / 1000;
+    if (span < BITRATE_MIN_SPAN_S) return null;
+    let bytes = 0;
+    for (const [ts, b] of meter.samples) if (ts > start) bytes += b;
+    return (bytes * 8) / span;
+  }
+
+  /** A parser of FLV tag headers that skips the tag bodies: feed it the body's chunks. */
+  function flvTagMeter() {
+    let skip = 13; // FLV header, then PreviousTagSize0
+    const head = new Uint8Array(11);
+    let have = 0;
+    return (chunk) => {
+      let i = 0;
+      while (i < chunk.length) {
+        if (skip > 0) {
+          const n = Math.min(skip, chunk.length - i);
+          skip -= n;
+          i += n;
+          continue;
+        }
+        const n = Math.min(11 - have, chunk.length - i);
+        head.set(chunk.subarray(i, i + n), have);
+        have += n;
+        i += n;
+        if (have < 11) break;
+        have = 0;
+        const type = head[0] & 0x1f;
+        const size = (head[1] << 16) | (head[2] << 8) | head[3];
+        const ts = ((head[7] << 24) | (head[4] << 16) | (head[5] << 8) | head[6]) >>> 0;
+        if (type === 8 || type === 9) meterTag(ts, size);
+        skip = size + 4; // the body, then PreviousTagSize
+      }
+    };
+  }
+
+  // mpegts.js reads the stream with fetch(): its GETs of this page's .flv pass through the meter.
+  if (typeof window.fetch === 'function' && typeof TransformStream === 'function') {
+    const realFetch = window.fetch.bind(window);
+    const streamUrl = location.origin + path + '.flv';
+    window.fetch = function (input, init) {
+      const url = String(typeof input === 'string' ? input : (input && input.url) || '');
+      const method = String((init && init.method) || (input && input.method) || 'GET').toUpperCase();
+      const response = realFetch(input, init);
+      if (method !== 'GET' || url.split('?')[0] !== streamUrl) return response;
+      return response.then((res) => {
+        if (!res.ok || !res.body) return res;
+        resetMeter();
+        const feed = flvTagMeter();
+        const metered = res.body.pipeThrough(new TransformStream({
+          transform(chunk, controller) {
+            try { feed(chunk); } catch (_) { /* metering never breaks playback */ }
+            controller.enqueue(chunk);
+          },
+        }));
+        Object.defineProperty(res, 'body', { value: metered });
+        return res;
+      });
+    };
+  }
+
+  function showBitrate() {
+    const bps = body.dataset.state === 'playing' ? bitrate() : null;
+    const el = $('fact-bitrate');
+    el.textContent = bps === null ? '–' : bps >= 1e6 ? (bps / 1e6).toFixed(1) + ' Mbit/s' : Math.round(bps / 1e3) + ' kbit/s';
+    el.dataset.bps = bps === null ? '' : String(Math.round(bps));
+  }
+  setInterval(showBitrate, 1000);
 
   // --- Overlays and controls ------------------------------------------------------------
   function updateOverlays() {
@@ -439,10 +533,11 @@
     body.classList.add('embedded');
   }
 
-  // For tests and the curious: `corriente.state`, `corriente.latency()`.
+  // For tests and the curious: `corriente.state`, `corriente.latency()`, `corriente.bitrate()`.
   window.corriente = {
     get state() { return body.dataset.state; },
     latency,
+    bitrate,
     flvUrl,
     get player() { return player; },
   };

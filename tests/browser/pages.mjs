@@ -64,6 +64,7 @@ const playerSnapshot = (page) => page.evaluate(() => {
     dropped: q.droppedVideoFrames,
     latency: end === null ? null : end - v.currentTime,
     indicator: Number.isFinite(indicator) ? indicator : null,
+    bitrate: Number(document.getElementById('fact-bitrate').dataset.bps) || null,
     muted: v.muted,
     paused: v.paused,
     videoWidth: v.videoWidth,
@@ -178,6 +179,13 @@ async function main() {
     const published = Date.now();
     await waitState(player, 'playing');
     result.timeToPlayingAfterPublish = seconds(Date.now() - published);
+    // The first bitrate the page shows (right after the join's GOP-cache burst).
+    await player.waitForFunction(() => document.getElementById('fact-bitrate').dataset.bps, null, { timeout: T.state, polling: 100 });
+    result.bitrateFirst = {
+      bps: await player.evaluate(() => Number(document.getElementById('fact-bitrate').dataset.bps)),
+      text: await player.locator('#fact-bitrate').innerText(),
+      afterPublish: seconds(Date.now() - published),
+    };
     log(`playing ${result.timeToPlayingAfterPublish} s after the publisher started`);
     await player.waitForFunction(() => document.getElementById('video').currentTime > 3, null, { timeout: T.state, polling: 100 });
     result.timeToThreeSecondsAfterPublish = seconds(Date.now() - published);
@@ -203,6 +211,7 @@ async function main() {
       latencyMax: Math.max(...latencies),
       latencyMean: latencies.reduce((a, b) => a + b, 0) / Math.max(1, latencies.length),
       indicatorMax: indicators.length ? Math.max(...indicators) : null,
+      bitrates: samples.map((s) => s.bitrate),
       indicatorText: await player.locator('#latency').innerText(),
       samples: latencies.length,
       videoWidth: last.videoWidth,

@@ -35,6 +35,37 @@ fn chromium() -> String {
     std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
 }
 
+/// The bitrate of a media file as ffprobe measures it: the bytes of all its packets over its
+/// duration, in bits per second.
+async fn media_bitrate(file: &Path) -> Result<f64> {
+    let output = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "packet=size:format=duration",
+        ])
+        .args(["-of", "default=noprint_wrappers=1:nokey=0"])
+        .arg(file)
+        .output()
+        .await
+        .context("run ffprobe")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut bytes = 0.0;
+    let mut duration = 0.0;
+    for line in text.lines() {
+        if let Some(size) = line.strip_prefix("size=") {
+            bytes += size.trim().parse::<f64>().unwrap_or(0.0);
+        } else if let Some(d) = line.strip_prefix("duration=") {
+            duration = d.trim().parse().unwrap_or(0.0);
+        }
+    }
+    if duration <= 0.0 {
+        bail!("ffprobe gave no duration for {}", file.display());
+    }
+    Ok(bytes * 8.0 / duration)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn player_page_and_dashboard_in_headless_chromium() -> Result<()> {
     if !Path::new(&chromium()).exists() {
@@ -158,6 +189,26 @@ async fn player_page_and_dashboard_in_headless_chromium() -> Result<()> {
         (&playback["videoWidth"], &playback["videoHeight"]),
         (&serde_json::json!(1280), &serde_json::json!(720))
     );
+    // The bitrate shown agrees with the media's (ffprobe: packet bytes over its duration) within
+    // 25 %, from the first figure shown (right after the join's GOP-cache burst) on.
+    let media_bps = media_bitrate(&video_file).await?;
+    let first_bps = result["bitrateFirst"]["bps"].as_f64().unwrap_or(0.0);
+    let shown: Vec<f64> = std::iter::once(first_bps)
+        .chain(
+            playback["bitrates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| b.as_f64().unwrap_or(0.0)),
+        )
+        .collect();
+    eprintln!("media bitrate {media_bps:.0} bit/s (ffprobe); page showed {shown:?}");
+    for bps in &shown {
+        assert!(
+            (bps / media_bps - 1.0).abs() <= 0.25,
+            "page showed {bps} bit/s for a {media_bps:.0} bit/s stream (all shown: {shown:?})"
+        );
+    }
     let latency = playback["latencyMax"].as_f64().unwrap_or(f64::MAX);
     assert!(latency < 3.0, "behind live by up to {latency} s");
     let indicator = playback["indicatorMax"].as_f64().unwrap_or(f64::MAX);
