@@ -242,7 +242,9 @@ async fn fifty_viewers_share_one_relay_pull() -> Result<()> {
     let _publisher = Publisher::start(&av_small()?, &node.ingest_url("crowd"))?;
     node.wait_live("crowd").await?;
 
-    let watch = Duration::from_secs(5);
+    // Long enough that all fifty are still watching once the last has connected, on a loaded
+    // two-core machine too.
+    let watch = Duration::from_secs(10);
     let mut viewers = Vec::new();
     for i in 0..50 {
         let (http, rtmp) = (node.addr("edge-http"), node.addr("edge-rtmp"));
@@ -255,7 +257,7 @@ async fn fifty_viewers_share_one_relay_pull() -> Result<()> {
         }));
     }
     // While all fifty watch: one relay pull, fifty viewers.
-    let metrics = wait_for(Duration::from_secs(4), "50 viewers connected", || async {
+    let metrics = wait_for(Duration::from_secs(9), "50 viewers connected", || async {
         let m = node.metrics().await.ok()?;
         let viewers = m.value("corriente_viewers", &[("protocol", "rtmp")])?
             + m.value("corriente_viewers", &[("protocol", "http_flv")])?;
@@ -286,8 +288,8 @@ async fn fifty_viewers_share_one_relay_pull() -> Result<()> {
         let playback = playback?;
         assert!(playback.refused.is_none(), "{what}: refused");
         let video = playback.video().count();
-        // 5 s at 30 fps, less what it takes all fifty to connect.
-        assert!(video >= 100, "{what}: only {video} video frames in 5 s");
+        // 10 s at 30 fps, less what it takes all fifty to connect.
+        assert!(video >= 150, "{what}: only {video} video frames in 10 s");
         assert_eq!(
             playback.video().next().map(|f| f.role),
             Some(FrameRole::Keyframe),
