@@ -563,3 +563,44 @@ impl Viewer {
             .and_then(|s| s.code())
     }
 }
+
+/// The frames of an FLV byte stream, in order (a capture may end mid-tag: the partial tag is
+/// left out).
+pub fn flv_frames(bytes: &[u8]) -> Result<Vec<corriente_media::Frame>> {
+    use corriente_media::{Frame, FrameKind};
+    let mut buf = bytes::BytesMut::from(bytes);
+    let mut reader = corriente_media::flv::TagReader::new(16 << 20);
+    let mut frames = Vec::new();
+    while let Some(tag) = reader.next_tag(&mut buf)? {
+        if let Some(kind) = FrameKind::from_tag_type(tag.tag_type) {
+            frames.push(Frame::new(kind, tag.timestamp, tag.body, 0));
+        }
+    }
+    Ok(frames)
+}
+
+/// The video frames ffprobe decodes from a file (`-count_frames`) and the duration it reports.
+pub async fn count_frames(path: &std::path::Path) -> Result<(u64, f64)> {
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=nb_read_frames:format=duration",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .await
+        .context("run ffprobe")?;
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let frames = json["streams"][0]["nb_read_frames"]
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let duration = json["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0);
+    Ok((frames, duration))
+}

@@ -6,24 +6,16 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use bytes::BytesMut;
-use corriente_media::flv::TagReader;
 use corriente_media::mp4::{Fragmenter, TrackKind, Tracks, sample};
-use corriente_media::{Frame, FrameKind, FrameRole, MediaInfo};
-use corriente_tests::media::{audio_aac, av_720p, av_small, ffprobe, video_only};
+use corriente_media::{Frame, FrameRole, MediaInfo};
+use corriente_tests::media::{
+    audio_aac, av_720p, av_small, count_frames, ffprobe, flv_frames, video_only,
+};
 use tokio::process::Command;
 
 /// Frames of an FLV file.
 fn frames(path: &Path) -> Result<Vec<Frame>> {
-    let mut buf = BytesMut::from(&std::fs::read(path)?[..]);
-    let mut reader = TagReader::new(16 << 20);
-    let mut frames = Vec::new();
-    while let Some(tag) = reader.next_tag(&mut buf)? {
-        if let Some(kind) = FrameKind::from_tag_type(tag.tag_type) {
-            frames.push(Frame::new(kind, tag.timestamp, tag.body, 0));
-        }
-    }
-    Ok(frames)
+    flv_frames(&std::fs::read(path)?)
 }
 
 /// Muxes `frames` into `out` with one fragment per GOP (per second for audio only); returns
@@ -70,30 +62,6 @@ fn mux(frames: &[Frame], out: &Path) -> Result<(usize, Vec<String>)> {
     Ok((video, codecs))
 }
 
-async fn decoded_frames(path: &Path) -> Result<(u64, f64)> {
-    let output = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args([
-            "-show_entries",
-            "stream=nb_read_frames:format=duration",
-            "-of",
-            "json",
-        ])
-        .arg(path)
-        .output()
-        .await?;
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let frames = json["streams"][0]["nb_read_frames"]
-        .as_str()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    let duration = json["format"]["duration"]
-        .as_str()
-        .and_then(|d| d.parse().ok())
-        .unwrap_or(0.0);
-    Ok((frames, duration))
-}
-
 async fn decodes_cleanly(path: &Path) -> Result<String> {
     let output = Command::new("ffmpeg")
         .args(["-hide_banner", "-v", "error", "-i"])
@@ -122,7 +90,7 @@ async fn h264_and_aac_mux_into_fragments_ffmpeg_decodes_whole() -> Result<()> {
                 .any(|s| s.codec_name == "h264" && (s.width, s.height) == (width, height))
         );
         assert!(streams.iter().any(|s| s.codec_name == "aac"));
-        let (decoded, duration) = decoded_frames(&path).await?;
+        let (decoded, duration) = count_frames(&path).await?;
         eprintln!("{width}x{height}: decoded {decoded} of {video} frames, {duration} s");
         assert_eq!(decoded, video as u64, "every video frame decodes");
         assert!((9.5..=10.5).contains(&duration), "duration {duration}");
@@ -160,7 +128,7 @@ async fn audio_only_and_video_only_streams_mux_too() -> Result<()> {
         streams.len() == 1 && streams[0].codec_name == "h264",
         "{streams:?}"
     );
-    let (decoded, _) = decoded_frames(&silent).await?;
+    let (decoded, _) = count_frames(&silent).await?;
     assert_eq!(decoded, video as u64);
     let _ = std::fs::remove_file(&radio);
     let _ = std::fs::remove_file(&silent);

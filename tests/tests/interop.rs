@@ -14,12 +14,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use bytes::BytesMut;
-use corriente_media::flv::TagReader;
-use corriente_media::{Frame, FrameKind, FrameRole};
+use corriente_media::{FrameKind, FrameRole};
 use corriente_tests::clients::{Playback, play_flv, play_rtmp};
 use corriente_tests::gst::{self, GstPublisher, av_small_long};
-use corriente_tests::media::{ProbedStream, Publisher, Viewer, av_small, decode, ffprobe};
+use corriente_tests::media::{
+    ProbedStream, Publisher, Viewer, av_small, decode, ffprobe, flv_frames,
+};
 use corriente_tests::{Node, wait_for, work_dir};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
@@ -104,19 +104,6 @@ fn playback_tags(playback: &Playback) -> impl Iterator<Item = (FrameKind, FrameR
         .frames
         .iter()
         .map(|f| (f.kind, f.role, f.timestamp, &f.payload[..]))
-}
-
-/// The tags of an FLV byte stream (a capture may end mid-tag).
-fn flv_frames(bytes: &[u8]) -> Result<Vec<Frame>> {
-    let mut buf = BytesMut::from(bytes);
-    let mut reader = TagReader::new(16 << 20);
-    let mut frames = Vec::new();
-    while let Some(tag) = reader.next_tag(&mut buf)? {
-        if let Some(kind) = FrameKind::from_tag_type(tag.tag_type) {
-            frames.push(Frame::new(kind, tag.timestamp, tag.body, 0));
-        }
-    }
-    Ok(frames)
 }
 
 /// Checks a captured FLV file: ffprobe's streams, its script tags, and that ffmpeg decodes

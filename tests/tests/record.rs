@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use corriente_tests::media::{Publisher, Viewer, av_small, ffprobe};
+use corriente_tests::media::{Publisher, Viewer, av_small, count_frames, ffprobe};
 use corriente_tests::{Node, wait_for};
-use tokio::process::Command;
 
 fn record_dir(name: &str) -> PathBuf {
     let dir = corriente_tests::work_dir().join(format!("rec-{}-{name}", std::process::id()));
@@ -31,31 +30,6 @@ fn files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
-}
-
-/// Video frames ffprobe decodes and the duration it reports.
-async fn probe(path: &Path) -> Result<(u64, f64)> {
-    let output = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args([
-            "-show_entries",
-            "stream=nb_read_frames:format=duration",
-            "-of",
-            "json",
-        ])
-        .arg(path)
-        .output()
-        .await?;
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let frames = json["streams"][0]["nb_read_frames"]
-        .as_str()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    let duration = json["format"]["duration"]
-        .as_str()
-        .and_then(|d| d.parse().ok())
-        .unwrap_or(0.0);
-    Ok((frames, duration))
 }
 
 /// A 20 s publication is recorded whole: one `.mp4` named by stream, start and epoch, with
@@ -94,7 +68,7 @@ async fn a_publication_is_recorded_whole() -> Result<()> {
             .any(|s| s.codec_name == "h264" && (s.width, s.height) == (320, 240))
     );
     assert!(streams.iter().any(|s| s.codec_name == "aac"));
-    let (frames, duration) = probe(&file).await?;
+    let (frames, duration) = count_frames(&file).await?;
     eprintln!("recorded {frames} frames, {duration} s");
     assert!((18.0..=22.0).contains(&duration), "duration {duration}");
     assert!(frames >= 590, "{frames} frames");
@@ -147,7 +121,7 @@ async fn a_recording_cut_by_sigkill_plays_up_to_its_last_fragment() -> Result<()
         },
     )
     .await?;
-    let (frames, duration) = probe(&file).await?;
+    let (frames, duration) = count_frames(&file).await?;
     eprintln!(
         "killed after {recorded_for:.1} s live: the recovered file has {frames} frames, {duration} s"
     );
