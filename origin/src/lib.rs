@@ -381,45 +381,59 @@ impl Origin {
         &self.ctx.config.node_id
     }
 
-    /// Admin routes: the streams published here.
+    /// Admin routes: the streams published here, and the recordings on this origin's disk.
     pub fn admin_routes(&self) -> Router {
         let ctx = self.ctx.clone();
-        Router::new().route(
-            "/api/v1/origin/streams",
-            get(move |reader: Option<Extension<AdminReader>>| async move {
-                let trusted = reader.is_some_and(|Extension(r)| r.trusted);
-                let streams: Vec<serde_json::Value> = ctx
-                    .streams
-                    .live()
-                    .into_iter()
-                    .map(|(hub, epoch, publisher)| {
-                        let stats = hub.stats();
-                        let mut stream = serde_json::json!({
-                            "key": stats.key.to_string(),
-                            "app": stats.key.app(),
-                            "name": stats.key.name(),
-                            "epoch": epoch,
-                            "media": stats.media,
-                            "relay_subscribers": stats.subscribers,
-                            "frames_in": stats.frames_in,
-                            "bytes_in": stats.bytes_in,
-                            "retained_bytes": stats.retained_bytes,
-                            "gop_frames": stats.gop_frames,
-                            "started_at_ms": stats.started_at_ms,
-                            // Within its lease: relay pulls are served.
-                            "serving": ctx.streams.serving(&stats.key),
-                            "forwards": ctx.streams.forwards(&stats.key),
-                        });
-                        // Personal data: for trusted readers only (the admin token).
-                        if trusted {
-                            stream["publisher_addr"] = publisher.into();
-                        }
-                        stream
-                    })
-                    .collect();
-                Json(serde_json::json!({ "node": ctx.node_id, "streams": streams }))
-            }),
-        )
+        let record_dir = self.ctx.config.record_dir.clone();
+        Router::new()
+            .route(
+                "/api/v1/origin/recordings",
+                get(move || async move {
+                    let Some(dir) = record_dir else {
+                        return Json(serde_json::json!({ "recording": false, "recordings": [] }));
+                    };
+                    let listed = tokio::task::spawn_blocking(move || record::list(&dir))
+                        .await
+                        .unwrap_or_default();
+                    Json(serde_json::json!({ "recording": true, "recordings": listed }))
+                }),
+            )
+            .route(
+                "/api/v1/origin/streams",
+                get(move |reader: Option<Extension<AdminReader>>| async move {
+                    let trusted = reader.is_some_and(|Extension(r)| r.trusted);
+                    let streams: Vec<serde_json::Value> = ctx
+                        .streams
+                        .live()
+                        .into_iter()
+                        .map(|(hub, epoch, publisher)| {
+                            let stats = hub.stats();
+                            let mut stream = serde_json::json!({
+                                "key": stats.key.to_string(),
+                                "app": stats.key.app(),
+                                "name": stats.key.name(),
+                                "epoch": epoch,
+                                "media": stats.media,
+                                "relay_subscribers": stats.subscribers,
+                                "frames_in": stats.frames_in,
+                                "bytes_in": stats.bytes_in,
+                                "retained_bytes": stats.retained_bytes,
+                                "gop_frames": stats.gop_frames,
+                                "started_at_ms": stats.started_at_ms,
+                                // Within its lease: relay pulls are served.
+                                "serving": ctx.streams.serving(&stats.key),
+                                "forwards": ctx.streams.forwards(&stats.key),
+                            });
+                            // Personal data: for trusted readers only (the admin token).
+                            if trusted {
+                                stream["publisher_addr"] = publisher.into();
+                            }
+                            stream
+                        })
+                        .collect();
+                    Json(serde_json::json!({ "node": ctx.node_id, "streams": streams }))
+                }),
+            )
     }
 
     /// Serves until `shutdown`, then drains: publishers are told to go, their streams end

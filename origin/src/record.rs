@@ -320,6 +320,67 @@ fn complete_boxes(path: &Path) -> std::io::Result<u64> {
     Ok(at)
 }
 
+/// A recording on this origin's disk, as its admin API lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecordingFile {
+    /// `APP/NAME`.
+    pub stream: String,
+    /// The file's name without `.mp4`: `START-eEPOCH`, unique for the stream.
+    pub id: String,
+    /// `recording` (being written) or `complete`.
+    pub state: &'static str,
+    pub size: u64,
+    /// When it was last written, Unix milliseconds.
+    pub modified_ms: u64,
+}
+
+/// Every recording under `dir` (finished and being written), newest first.
+pub fn list(dir: &Path) -> Vec<RecordingFile> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let (id, state) = match name.strip_suffix(".mp4.part") {
+                Some(id) => (id, "recording"),
+                None => match name.strip_suffix(".mp4") {
+                    Some(id) => (id, "complete"),
+                    None => continue,
+                },
+            };
+            // DIR/APP/NAME/ID.mp4
+            let stream = p
+                .parent()
+                .and_then(|n| n.strip_prefix(dir).ok())
+                .and_then(|rel| rel.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            let modified_ms = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as u64);
+            out.push(RecordingFile {
+                stream,
+                id: id.to_owned(),
+                state,
+                size: meta.len(),
+                modified_ms,
+            });
+        }
+    }
+    out.sort_by(|a, b| b.modified_ms.cmp(&a.modified_ms).then(a.id.cmp(&b.id)));
+    out
+}
+
 /// Every finished recording under `dir`: path, size, modification time.
 fn finished(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
     let mut out = Vec::new();

@@ -78,6 +78,20 @@ async fn a_publication_is_recorded_whole() -> Result<()> {
         .value("corriente_recording_bytes_total", &[])
         .unwrap_or(0.0);
     assert_eq!(written as u64, std::fs::metadata(&file)?.len());
+    let (status, listed) = node.admin_get("/api/v1/origin/recordings").await?;
+    assert_eq!(status, 200);
+    let listed: serde_json::Value = serde_json::from_str(&listed)?;
+    let entry = &listed["recordings"][0];
+    assert_eq!(entry["stream"], "live/cam", "{listed}");
+    assert_eq!(entry["state"], "complete", "{listed}");
+    assert_eq!(entry["size"], std::fs::metadata(&file)?.len(), "{listed}");
+    assert_eq!(
+        entry["id"]
+            .as_str()
+            .map(|id| format!("{id}.mp4"))
+            .as_deref(),
+        Some(name)
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
