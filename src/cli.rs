@@ -16,7 +16,7 @@ use corriente_edge::{EdgeConfig, PlayAuthConfig, PullConfig};
 use corriente_media::rtmp::SessionConfig;
 use corriente_media::rtmp::chunk::ChunkLimits;
 use corriente_media::{HubConfig, LagPolicy};
-use corriente_origin::{AppForward, OriginConfig};
+use corriente_origin::{ForwardSpec, OriginConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -512,7 +512,7 @@ pub struct OriginTuning {
     /// stand for the stream's. Repeat the flag (or separate with spaces in the variable) for
     /// several destinations. The origin owning the stream forwards it, reconnecting with
     /// backoff; a slow or dead destination never holds the live stream back.
-    #[arg(long = "forward", env = "CORRIENTE_FORWARD", value_name = "APP=URL", value_parser = parse_forwards)]
+    #[arg(long = "forward", env = "CORRIENTE_FORWARD", hide_env_values = true, value_name = "APP=URL", value_parser = parse_forwards)]
     pub forwards: Vec<Forwards>,
 
     /// PEM file of certificate authorities trusted for `rtmps://` forward destinations, besides
@@ -586,15 +586,17 @@ impl std::fmt::Display for Bytes {
 }
 
 /// One `--forward` value: `APP=URL`, or several separated by spaces (the environment's form);
-/// empty for none.
+/// empty for none. Checked by the origin's validation, whose messages never repeat a URL
+/// (clap's would: it quotes the value).
 #[derive(Debug, Clone)]
-pub struct Forwards(Vec<AppForward>);
+pub struct Forwards(Vec<ForwardSpec>);
 
 fn parse_forwards(s: &str) -> Result<Forwards, String> {
-    s.split_whitespace()
-        .map(AppForward::parse)
-        .collect::<Result<_, _>>()
-        .map(Forwards)
+    Ok(Forwards(
+        s.split_whitespace()
+            .map(|spec| ForwardSpec(spec.to_owned()))
+            .collect(),
+    ))
 }
 
 /// Edge tuning.

@@ -2,9 +2,10 @@
 //! ingest, another Corriente), where each comes from, and what its owner reports about it.
 //!
 //! A destination is a URL `rtmp[s]://HOST[:PORT]/APP/STREAM`: the first path segment is the
-//! application, the rest (query included) is the stream key field, as OBS and ffmpeg split
-//! them. The stream key is a secret on every platform, so a destination is only ever shown
-//! [`redacted`](ForwardUrl::redacted).
+//! application, the rest (query included) is the stream key field, as OBS's "server" and
+//! "stream key" fields split them (ffmpeg splits `rtmp://h/a/b/c` as `a/b` and `c`; write such
+//! a destination as the platform documents it for OBS). The stream key is a secret on every
+//! platform, so a destination is only ever shown [`redacted`](ForwardUrl::redacted).
 
 use std::fmt;
 
@@ -87,17 +88,18 @@ impl ForwardUrl {
         }
     }
 
-    /// The URL with its stream key hidden: the name up to its query (`cam?…`), or its first
-    /// four characters (`abcd…`) when it has no query; short names stay.
+    /// The URL with its stream key hidden: at most the first four characters of the stream
+    /// key field (before any query), then `…` (`live2/abcd…`, `app/live…`).
     pub fn redacted(&self) -> String {
-        let name = match self.name.split_once('?') {
-            Some((name, _)) => format!("{name}?…"),
-            None if self.name.chars().count() > 4 => {
-                format!("{}…", self.name.chars().take(4).collect::<String>())
-            }
-            None => self.name.clone(),
-        };
-        format!("{}/{}/{name}", self.base(), self.app)
+        let name: String = self
+            .name
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(4)
+            .collect();
+        format!("{}/{}/{name}…", self.base(), self.app)
     }
 }
 
@@ -287,7 +289,9 @@ mod tests {
         assert!(ours.tls);
         assert_eq!((ours.host.as_str(), ours.port), ("::1", 8443));
         assert_eq!(ours.name, "cam?key=SECRET");
-        assert_eq!(ours.redacted(), "rtmps://[::1]:8443/live/cam?…");
+        assert_eq!(ours.redacted(), "rtmps://[::1]:8443/live/cam…");
+        let twitch = ForwardUrl::parse("rtmp://h/app/live_123_SECRET?bandwidthtest=true").unwrap();
+        assert_eq!(twitch.redacted(), "rtmp://h:1935/app/live…");
         assert!(!format!("{ours:?}").contains("SECRET"));
         assert_eq!(ForwardUrl::parse("rtmps://h/a/b").unwrap().port, 443);
         assert_eq!(ForwardUrl::parse("rtmp://h/a/b/c").unwrap().name, "b/c");

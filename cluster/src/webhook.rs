@@ -71,30 +71,45 @@ impl Webhook {
         self.uri.to_string()
     }
 
-    /// Posts `body`; `Ok` on a 2xx answer.
+    /// Posts `body`; `Ok` on a 2xx answer (its body is not read).
     pub async fn ask(&self, body: &serde_json::Value) -> Result<(), WebhookError> {
-        self.ask_for_answer(body).await.map(|_| ())
+        self.exchange(body, false).await.map(|_| ())
     }
 
-    /// Posts `body`; on a 2xx answer, the answer's body (at most [`Self::MAX_ANSWER`] bytes,
-    /// read within the same deadline).
+    /// Posts `body`; on a 2xx answer, the answer's body: at most [`Self::MAX_ANSWER`] bytes,
+    /// read within the same deadline. A body that is longer, or cannot be read in time, is no
+    /// reason to refuse: it counts as an empty answer (logged).
     pub async fn ask_for_answer(&self, body: &serde_json::Value) -> Result<Bytes, WebhookError> {
+        self.exchange(body, true).await
+    }
+
+    async fn exchange(&self, body: &serde_json::Value, read: bool) -> Result<Bytes, WebhookError> {
         let body = Bytes::from(body.to_string());
-        let (status, answer) = tokio::time::timeout(self.timeout, self.post(body))
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let (status, answer) = tokio::time::timeout_at(deadline, self.post(body, read, deadline))
             .await
             .map_err(|_| WebhookError::Timeout(self.timeout))?
             .map_err(WebhookError::Unavailable)?;
-        if status.is_success() {
-            Ok(answer)
-        } else {
-            Err(WebhookError::Refused(status.as_u16()))
+        if !status.is_success() {
+            return Err(WebhookError::Refused(status.as_u16()));
         }
+        Ok(answer.unwrap_or_else(|e| {
+            tracing::warn!(hook = %self.url(), "the hook's answer was allowed but its body is ignored: {e}");
+            Bytes::new()
+        }))
     }
 
     /// The largest answer body read; a longer one is an unavailable hook.
     pub const MAX_ANSWER: usize = 64 << 10;
 
-    async fn post(&self, body: Bytes) -> Result<(http::StatusCode, Bytes), String> {
+    /// The answer's status and, when `read`, its body (or why it could not be read before
+    /// `deadline`).
+    async fn post(
+        &self,
+        body: Bytes,
+        read: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<(http::StatusCode, Result<Bytes, String>), String> {
         let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| format!("cannot connect to {}: {e}", self.uri))?;
@@ -132,22 +147,33 @@ impl Webhook {
         };
         let response = response.map_err(|e| format!("no answer: {e}"))?;
         let status = response.status();
-        if !status.is_success() {
-            return Ok((status, Bytes::new()));
+        if !status.is_success() || !read {
+            return Ok((status, Ok(Bytes::new())));
         }
         let limited = http_body_util::Limited::new(response.into_body(), Self::MAX_ANSWER);
-        let read = http_body_util::BodyExt::collect(limited);
-        tokio::pin!(read);
-        let body = tokio::select! {
-            biased;
-            body = &mut read => body,
-            ended = &mut connection => match ended {
-                Ok(()) => read.await,
-                Err(e) => return Err(e.to_string()),
-            },
+        let collect = http_body_util::BodyExt::collect(limited);
+        // Leave a little of the deadline for the answer's status to count.
+        let body_deadline = deadline - Duration::from_millis(20).min(self.timeout / 10);
+        let reading = async {
+            tokio::pin!(collect);
+            tokio::select! {
+                biased;
+                body = &mut collect => body.map_err(|e| e.to_string()),
+                ended = &mut connection => match ended {
+                    Ok(()) => collect.await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+            }
         };
-        let body = body.map_err(|e| format!("cannot read the answer: {e}"))?;
-        Ok((status, body.to_bytes()))
+        let body = match tokio::time::timeout_at(body_deadline, reading).await {
+            Ok(Ok(body)) => Ok(body.to_bytes()),
+            Ok(Err(e)) => Err(format!(
+                "cannot read it ({e}; at most {} bytes)",
+                Self::MAX_ANSWER
+            )),
+            Err(_) => Err("it did not arrive in time".to_owned()),
+        };
+        Ok((status, body))
     }
 }
 

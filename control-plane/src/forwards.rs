@@ -90,6 +90,16 @@ async fn add<R: Registry>(registry: &R, key: StreamKey, body: &[u8]) -> Response
         Ok(url) => url,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("url: {e}")),
     };
+    match registry.stream_forwards(std::slice::from_ref(&key)).await {
+        Ok(existing) if existing.iter().flatten().any(|t| t.url == request.url) => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("{key} is forwarded to {} already", url.redacted()),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return unavailable(e),
+    }
     let mut id = [0u8; 6];
     if SystemRandom::new().fill(&mut id).is_err() {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "no randomness available");
@@ -224,13 +234,28 @@ mod tests {
             assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
             assert!(e["error"].as_str().is_some_and(|m| !m.is_empty()));
         }
-        for _ in 0..MAX_FORWARDS_PER_STREAM {
-            let (status, _) =
-                answer(add(&registry, key.clone(), br#"{"url":"rtmp://x/a/b"}"#).await).await;
+        for i in 0..MAX_FORWARDS_PER_STREAM {
+            let body = format!(r#"{{"url":"rtmp://x/a/b{i}"}}"#);
+            let (status, _) = answer(add(&registry, key.clone(), body.as_bytes()).await).await;
             assert_eq!(status, StatusCode::CREATED);
         }
-        let (status, _) =
+        let (status, e) =
             answer(add(&registry, key.clone(), br#"{"url":"rtmp://x/a/b"}"#).await).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{e}");
+        assert!(
+            e["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("16 forwards")),
+            "{e}"
+        );
+        let (status, e) =
+            answer(add(&registry, key.clone(), br#"{"url":"rtmp://x/a/b3"}"#).await).await;
         assert_eq!(status, StatusCode::CONFLICT);
+        assert!(
+            e["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("is forwarded to")),
+            "{e}"
+        );
     }
 }

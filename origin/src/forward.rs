@@ -22,10 +22,9 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use corriente_cluster::{ForwardSource, ForwardState, ForwardStatus, ForwardTarget, ForwardUrl};
 use corriente_core::limits::LogThrottle;
-use corriente_core::net::write_within;
 use corriente_media::frame::unix_micros;
 use corriente_media::metrics::{BYTES_OUT, Protocol};
-use corriente_media::rtmp::{ClientEvent, ClientMode, ClientSession, handshake};
+use corriente_media::rtmp::{ChunkLimits, ClientEvent, ClientMode, ClientSession, handshake};
 use corriente_media::{FeedEnd, Frame, FrameRole, Hub, LagPolicy, Segment, StreamKey};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -47,17 +46,16 @@ pub struct AppForward {
 }
 
 impl AppForward {
-    /// Parses `APP=URL`.
+    /// Parses `APP=URL`. The message never repeats the text (its URL holds a stream key).
     pub fn parse(s: &str) -> Result<Self, String> {
         let (app, url) = s
             .split_once('=')
             .ok_or("a forward is APP=rtmp://HOST/APP/STREAM ({name} is the stream's name)")?;
         let app = app.trim();
-        if app != "*" {
-            StreamKey::new(app, "name").map_err(|e| format!("forward {app:?}: {e}"))?;
+        if app != "*" && StreamKey::new(app, "name").is_err() {
+            return Err("the application before = is not a valid application name (or *)".into());
         }
-        corriente_cluster::forward::check_template(url.trim())
-            .map_err(|e| format!("forward for {app:?}: {e}"))?;
+        corriente_cluster::forward::check_template(url.trim())?;
         Ok(Self {
             app: app.to_owned(),
             url: url.trim().to_owned(),
@@ -66,15 +64,26 @@ impl AppForward {
 }
 
 impl std::fmt::Debug for AppForward {
-    /// The URL's stream key hidden (`--check-config` prints the configuration), unless it is
-    /// a `{name}` template.
+    /// The URL's stream key hidden (`--check-config` prints the configuration).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let url = match ForwardUrl::parse(&self.url) {
-            Ok(u) if u.name.contains('{') => self.url.clone(),
-            Ok(u) => u.redacted(),
-            Err(_) => "(invalid)".to_owned(),
-        };
+        let url = ForwardUrl::parse(&self.url)
+            .map(|u| u.redacted())
+            .unwrap_or_else(|_| "(invalid)".to_owned());
         write!(f, "{}={url}", self.app)
+    }
+}
+
+/// One `--forward` entry as given (`APP=URL`): text until the configuration is validated
+/// (so that no parse error repeats it), shown redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ForwardSpec(pub String);
+
+impl std::fmt::Debug for ForwardSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match AppForward::parse(&self.0) {
+            Ok(forward) => write!(f, "{forward:?}"),
+            Err(_) => f.write_str("(invalid forward)"),
+        }
     }
 }
 
@@ -163,8 +172,9 @@ impl Report {
         }
     }
 
+    /// Notes why the last session ended; what a destination said is cut to 200 characters.
     fn failed(&self, error: &str) {
-        self.lock().1 = error.to_owned();
+        self.lock().1 = error.chars().take(200).collect();
     }
 
     fn status(&self) -> ForwardStatus {
@@ -202,9 +212,24 @@ pub struct StreamForwards {
     running: Mutex<HashMap<String, Running>>,
 }
 
+/// How long forwards of a stream that ended get to tell their destinations (`FCUnpublish`,
+/// `deleteStream`) before they are stopped.
+const UNPUBLISH_GRACE: Duration = Duration::from_secs(2);
+
 impl Drop for StreamForwards {
     fn drop(&mut self) {
-        self.stop.cancel();
+        // Fenced streams were stopped at once already; an ended one ends its sessions itself
+        // (its feed ends), and is stopped after a grace for sessions that cannot.
+        let stop = self.stop.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if !stop.is_cancelled() => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(UNPUBLISH_GRACE).await;
+                    stop.cancel();
+                });
+            }
+            _ => stop.cancel(),
+        }
     }
 }
 
@@ -250,8 +275,14 @@ impl StreamForwards {
             }
             keep
         });
+        let mut wanted: Vec<(String, ForwardTarget)> = wanted.into_iter().collect();
+        wanted.sort_by(|a, b| a.0.cmp(&b.0));
         for (id, target) in wanted {
             if running.contains_key(&id) {
+                continue;
+            }
+            if running.values().any(|r| r.report.target.url == target.url) {
+                warn!(stream = %self.key, %id, source = source.as_str(), destination = %target.redacted(), "forward not started: the stream is forwarded to this destination already");
                 continue;
             }
             let url = match ForwardUrl::parse(&target.url) {
@@ -349,8 +380,11 @@ async fn run(
             }
         }
         report.set(ForwardState::Retrying);
+        // Up to a quarter more, so forwards of many streams to one destination that restarted
+        // do not all come back at the same instant.
+        let jitter = backoff.mul_f64(f64::from(unix_micros() as u32 % 1000) / 4000.0);
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff + jitter) => {}
             _ = stop.cancelled() => return,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -432,12 +466,20 @@ async fn publish<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(rest) => rest,
         Err(e) => return Ended::Failed("handshake", format!("RTMP handshake: {e}")),
     };
-    let mut session = ClientSession::new(
+    // A destination sends acknowledgements, pings and status messages: small bounds.
+    let limits = ChunkLimits {
+        max_chunk_size: 1 << 20,
+        max_message_size: 64 << 10,
+        max_buffered: 256 << 10,
+        max_chunk_streams: 16,
+    };
+    let mut session = ClientSession::with_limits(
         ClientMode::Publish,
         &url.app,
         &url.tc_url(),
         &url.name,
         CHUNK_SIZE,
+        limits,
     );
     let mut events = Vec::new();
     let mut buf = vec![0u8; 16 << 10];
@@ -586,8 +628,21 @@ async fn flush<S: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     if session.has_output() {
         let out = session.take_output();
-        write_within(io, &out, timeout).await?;
-        tokio::io::AsyncWriteExt::flush(io).await?;
+        // One deadline for both: over TLS the write is done once rustls holds the bytes, and
+        // it is the flush that waits for the destination to take them.
+        let written = async {
+            tokio::io::AsyncWriteExt::write_all(io, &out).await?;
+            tokio::io::AsyncWriteExt::flush(io).await
+        };
+        match tokio::time::timeout(timeout, written).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the destination took nothing for {timeout:?}"),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -598,6 +653,9 @@ async fn flush<S: AsyncWrite + Unpin>(
 #[derive(Default)]
 struct Rebase {
     base: Option<u32>,
+    /// The last timestamp sent: configuration that comes again mid-session (a new sequence
+    /// header, or the feed's resend after a skip) goes out at it, never back at 0.
+    last: u32,
 }
 
 impl Rebase {
@@ -610,14 +668,15 @@ impl Rebase {
                 wrapped.put_slice(SET_DATA_FRAME);
                 wrapped.put_slice(&frame.payload);
                 out.payload = Bytes::from(wrapped);
-                out.timestamp = 0;
+                out.timestamp = self.last;
             }
-            FrameRole::VideoConfig | FrameRole::AudioConfig => out.timestamp = 0,
+            FrameRole::VideoConfig | FrameRole::AudioConfig => out.timestamp = self.last,
             _ => {
                 let base = *self.base.get_or_insert(frame.timestamp);
                 let t = frame.timestamp.wrapping_sub(base);
                 // A frame a little before the first (audio interleaved ahead of the keyframe).
                 out.timestamp = if t > u32::MAX / 2 { 0 } else { t };
+                self.last = self.last.max(out.timestamp);
             }
         }
         out
@@ -640,6 +699,12 @@ mod tests {
         assert!(AppForward::parse("bad app=rtmp://b/x/y").is_err());
         let secret = AppForward::parse("live=rtmp://yt/live2/abcd-SECRET").unwrap();
         assert_eq!(format!("{secret:?}"), "live=rtmp://yt:1935/live2/abcd…");
+        let spec = ForwardSpec("live=rtmp://h/live/{name}?token=SECRET".into());
+        assert!(!format!("{spec:?}").contains("SECRET"));
+        let err = AppForward::parse("rtmp://h/app/SECRET").unwrap_err();
+        assert!(!err.contains("SECRET"), "{err}");
+        let err = AppForward::parse("live=rtmp://h/SECRET").unwrap_err();
+        assert!(!err.contains("SECRET"), "{err}");
         let settings = ForwardSettings {
             per_app: vec![
                 f,
@@ -699,5 +764,7 @@ mod tests {
             0,
         );
         assert_eq!(clock.frame(&next).timestamp, 33);
+        // A sequence header again mid-session: at the last timestamp, not back at 0.
+        assert_eq!(clock.frame(&config).timestamp, 33);
     }
 }

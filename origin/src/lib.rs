@@ -42,7 +42,7 @@ use crate::record::RecordSettings;
 use crate::relay::RelayService;
 use crate::streams::Streams;
 
-pub use crate::forward::AppForward;
+pub use crate::forward::{AppForward, ForwardSpec};
 pub use crate::relay::frame_to_pb;
 
 impl OriginConfig {
@@ -52,9 +52,9 @@ impl OriginConfig {
         if self.rtmps_addr.is_some() && self.tls.is_none() {
             return Err(OriginError::TlsFilesMissing);
         }
-        for forward in &self.forwards {
-            corriente_cluster::forward::check_template(&forward.url)
-                .map_err(OriginError::Forward)?;
+        for (i, spec) in self.forwards.iter().enumerate() {
+            AppForward::parse(&spec.0)
+                .map_err(|e| OriginError::Forward(format!("--forward entry {}: {e}", i + 1)))?;
         }
         forward::tls_config(self.forward_ca_file.as_deref()).map_err(OriginError::Forward)?;
         for app in &self.record_apps {
@@ -119,7 +119,7 @@ pub struct OriginConfig {
     /// Cluster credentials: presented to the control plane, required of relay callers.
     pub cluster_auth: ClusterAuth,
     /// Destinations every stream of an application is forwarded to (`--forward APP=URL`).
-    pub forwards: Vec<AppForward>,
+    pub forwards: Vec<ForwardSpec>,
     /// A PEM file of certificates trusted for `rtmps://` destinations besides the web's roots.
     pub forward_ca_file: Option<std::path::PathBuf>,
     /// Deadline of a forward's connection, handshakes and `publish` answer.
@@ -305,7 +305,11 @@ impl Origin {
         let relay_local = relay.local_addr().unwrap_or(config.relay_addr);
         let relay_advertised = advertised_relay(&config, relay_local);
         let forward = ForwardSettings {
-            per_app: config.forwards.clone(),
+            per_app: config
+                .forwards
+                .iter()
+                .filter_map(|spec| AppForward::parse(&spec.0).ok())
+                .collect(),
             tls: Arc::new(
                 forward::tls_config(config.forward_ca_file.as_deref())
                     .map_err(OriginError::Forward)?,

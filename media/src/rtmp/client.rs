@@ -66,6 +66,18 @@ pub struct ClientSession {
 impl ClientSession {
     /// Starts a session: queues SetChunkSize and `connect` to `app`.
     pub fn new(mode: ClientMode, app: &str, tc_url: &str, name: &str, chunk_size: u32) -> Self {
+        Self::with_limits(mode, app, tc_url, name, chunk_size, ChunkLimits::default())
+    }
+
+    /// [`Self::new`] with the bounds on what the server may make this session buffer.
+    pub fn with_limits(
+        mode: ClientMode,
+        app: &str,
+        tc_url: &str,
+        name: &str,
+        chunk_size: u32,
+        limits: ChunkLimits,
+    ) -> Self {
         let mut out = BytesMut::with_capacity(512);
         message::write_set_chunk_size(&mut out, chunk_size);
         message::write_command(
@@ -88,7 +100,7 @@ impl ClientSession {
         Self {
             mode,
             name: name.to_owned(),
-            decoder: ChunkDecoder::new(ChunkLimits::default()),
+            decoder: ChunkDecoder::new(limits),
             out,
             chunk_size: chunk_size as usize,
             step: Step::Connecting,
@@ -222,6 +234,9 @@ impl ClientSession {
                 }
                 self.step = Step::Starting;
             }
+            // Some servers answer releaseStream (2) and FCPublish (3) with _error, and mean
+            // nothing by it (ffmpeg ignores those too): only the other requests can be refused.
+            "_error" if c.transaction_id == 2.0 || c.transaction_id == 3.0 => {}
             "_error" => {
                 let (code, description) = status_fields(&c);
                 self.step = Step::Ended;
