@@ -186,7 +186,8 @@ fn known_env(role: &str) -> Result<BTreeSet<String>> {
     Ok(help
         .split("[env: ")
         .skip(1)
-        .filter_map(|rest| rest.split('=').next())
+        // `[env: NAME=VALUE]`, or `[env: NAME]` for a variable whose value is hidden.
+        .filter_map(|rest| rest.split(['=', ']']).next())
         .map(str::to_owned)
         .collect())
 }
