@@ -334,70 +334,63 @@ pub struct RecordingFile {
     pub modified_ms: u64,
 }
 
-/// Every recording under `dir` (finished and being written), newest first.
-pub fn list(dir: &Path) -> Vec<RecordingFile> {
+/// Every file under `dir`, with its metadata.
+fn walk(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
             let Ok(meta) = entry.metadata() else { continue };
             if meta.is_dir() {
-                stack.push(p);
-                continue;
+                stack.push(entry.path());
+            } else {
+                out.push((entry.path(), meta));
             }
-            let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
-                continue;
-            };
+        }
+    }
+    out
+}
+
+/// Every recording under `dir` (finished and being written), newest first.
+pub fn list(dir: &Path) -> Vec<RecordingFile> {
+    let mut out: Vec<RecordingFile> = walk(dir)
+        .into_iter()
+        .filter_map(|(p, meta)| {
+            let name = p.file_name()?.to_str()?;
             let (id, state) = match name.strip_suffix(".mp4.part") {
                 Some(id) => (id, "recording"),
-                None => match name.strip_suffix(".mp4") {
-                    Some(id) => (id, "complete"),
-                    None => continue,
-                },
+                None => (name.strip_suffix(".mp4")?, "complete"),
             };
             // DIR/APP/NAME/ID.mp4
-            let stream = p
-                .parent()
-                .and_then(|n| n.strip_prefix(dir).ok())
-                .and_then(|rel| rel.to_str())
-                .unwrap_or_default()
-                .to_owned();
+            let stream = p.parent()?.strip_prefix(dir).ok()?.to_str()?.to_owned();
             let modified_ms = meta
                 .modified()
                 .ok()
                 .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_millis() as u64);
-            out.push(RecordingFile {
+            Some(RecordingFile {
                 stream,
                 id: id.to_owned(),
                 state,
                 size: meta.len(),
                 modified_ms,
-            });
-        }
-    }
+            })
+        })
+        .collect();
     out.sort_by(|a, b| b.modified_ms.cmp(&a.modified_ms).then(a.id.cmp(&b.id)));
     out
 }
 
 /// Every finished recording under `dir`: path, size, modification time.
 fn finished(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|e| e == "mp4") {
-                let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-                out.push((p, meta.len(), modified));
-            }
-        }
-    }
-    out
+    walk(dir)
+        .into_iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "mp4"))
+        .map(|(p, meta)| {
+            let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+            (p, meta.len(), modified)
+        })
+        .collect()
 }
 
 /// Applies the retention limits: deletes finished recordings past `max_age`, then the oldest
