@@ -472,15 +472,7 @@ impl HubWriter {
         if sync {
             p.sync_points.push(p.frames.len() as u32);
         }
-        if frame.role() == FrameRole::Metadata && frame.timestamp != 0 {
-            // Metadata updates (GStreamer's flvmux re-sends onMetaData every few hundred ms)
-            // go out at timestamp 0, as for joining viewers (`Init::with`) and as nginx-rtmp
-            // sends them: ffmpeg's FLV demuxer turns a metadata tag at any other timestamp into
-            // a data stream, a phantom subtitle track. The frame itself keeps its timestamp.
-            mux_frame(&frame.with_timestamp(0), outputs, &mut p.flv, &mut p.rtmp);
-        } else {
-            mux_frame(&frame, outputs, &mut p.flv, &mut p.rtmp);
-        }
+        mux_frame(&frame, outputs, &mut p.flv, &mut p.rtmp);
         p.payload_bytes += frame.payload.len();
         if p.frames.capacity() == 0 && self.shared.config.coalesce_window.is_zero() {
             // One frame per batch: no room for more.

@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 
 use crate::flv;
-use crate::frame::{Frame, FrameKind};
+use crate::frame::{Frame, FrameKind, FrameRole};
 use crate::rtmp::chunk::encode_message;
 use crate::rtmp::message::{MEDIA_STREAM_ID, csid, type_id};
 
@@ -38,14 +38,19 @@ impl Outputs {
 }
 
 /// Appends `frame` in every enabled format.
+///
+/// Metadata goes out at timestamp 0, whatever its own: for a joining viewer and for the
+/// updates some publishers send every few hundred ms (GStreamer's flvmux), as nginx-rtmp sends
+/// it. ffmpeg's FLV demuxer (and so ffplay, VLC, OBS media sources) reads a metadata tag at any
+/// other timestamp as a data stream, a phantom subtitle track.
 pub fn mux_frame(frame: &Frame, outputs: Outputs, flv_out: &mut BytesMut, rtmp_out: &mut BytesMut) {
+    let timestamp = if frame.role() == FrameRole::Metadata {
+        0
+    } else {
+        frame.timestamp
+    };
     if outputs.flv {
-        flv::write_tag(
-            flv_out,
-            frame.kind.tag_type(),
-            frame.timestamp,
-            &frame.payload,
-        );
+        flv::write_tag(flv_out, frame.kind.tag_type(), timestamp, &frame.payload);
     }
     if outputs.rtmp {
         let (cs, type_id) = match frame.kind {
@@ -56,7 +61,7 @@ pub fn mux_frame(frame: &Frame, outputs: Outputs, flv_out: &mut BytesMut, rtmp_o
         encode_message(
             rtmp_out,
             cs,
-            frame.timestamp,
+            timestamp,
             type_id,
             MEDIA_STREAM_ID,
             &frame.payload,

@@ -96,14 +96,7 @@ impl Init {
         }
         let (mut flv, mut rtmp) = (BytesMut::new(), BytesMut::new());
         for f in next.frames() {
-            // A joining viewer gets the metadata at timestamp 0, as nginx-rtmp sends it:
-            // ffmpeg's FLV demuxer (and so ffplay, VLC, OBS media sources) reads a script tag
-            // with any other timestamp as a data stream (a phantom subtitle track).
-            if f.role() == FrameRole::Metadata && f.timestamp != 0 {
-                mux_frame(&f.with_timestamp(0), outputs, &mut flv, &mut rtmp);
-            } else {
-                mux_frame(f, outputs, &mut flv, &mut rtmp);
-            }
+            mux_frame(f, outputs, &mut flv, &mut rtmp);
         }
         next.flv = flv.freeze();
         next.rtmp = rtmp.freeze();
