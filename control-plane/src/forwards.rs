@@ -23,26 +23,17 @@ use bytes::Bytes;
 use corriente_cluster::forward::MAX_FORWARDS_PER_STREAM;
 use corriente_cluster::{ForwardSource, ForwardTarget, ForwardUrl};
 use corriente_core::StreamKey;
-use ring::rand::{SecureRandom, SystemRandom};
+use ring::rand::SystemRandom;
 use serde::Deserialize;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::publish_auth::hex;
-use crate::registry::{Registry, RegistryError};
+use crate::api::{error, random_hex, unavailable};
+use crate::registry::Registry;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AddForward {
     url: String,
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
-}
-
-fn unavailable(e: RegistryError) -> Response {
-    warn!(error = %e, "forward request failed");
-    error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
 fn bad_name(e: impl std::fmt::Display) -> Response {
@@ -100,12 +91,11 @@ async fn add<R: Registry>(registry: &R, key: StreamKey, body: &[u8]) -> Response
         Ok(_) => {}
         Err(e) => return unavailable(e),
     }
-    let mut id = [0u8; 6];
-    if SystemRandom::new().fill(&mut id).is_err() {
+    let Some(id) = random_hex(&SystemRandom::new(), 6) else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "no randomness available");
-    }
+    };
     let target = ForwardTarget {
-        id: format!("api-{}", hex(&id)),
+        id: format!("api-{id}"),
         source: ForwardSource::Api,
         url: request.url,
     };
@@ -176,14 +166,7 @@ mod tests {
 
     use super::*;
     use crate::MemoryRegistry;
-
-    async fn answer(response: Response) -> (StatusCode, serde_json::Value) {
-        let status = response.status();
-        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap_or_default();
-        (status, serde_json::from_slice(&body).unwrap_or_default())
-    }
+    use crate::api::answer;
 
     #[tokio::test]
     async fn adds_lists_and_removes_hiding_the_key() {

@@ -18,13 +18,14 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use bytes::Bytes;
 use corriente_core::StreamKey;
-use ring::rand::{SecureRandom, SystemRandom};
+use ring::rand::SystemRandom;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::info;
 
+use crate::api::{error, random_hex, unavailable};
 use crate::metrics;
-use crate::publish_auth::{hex, secret_sha256};
-use crate::registry::{PublishKey, Registry, RegistryError};
+use crate::publish_auth::secret_sha256;
+use crate::registry::{PublishKey, Registry};
 
 /// Random bytes in a secret (hex-encoded: 48 characters, URL- and stream-name-safe).
 const SECRET_BYTES: usize = 24;
@@ -85,21 +86,6 @@ impl KeyView {
             state,
         }
     }
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
-}
-
-fn unavailable(e: RegistryError) -> Response {
-    warn!(error = %e, "publish key request failed");
-    error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-}
-
-fn random_hex(rng: &SystemRandom, n: usize) -> Option<String> {
-    let mut bytes = vec![0u8; n];
-    rng.fill(&mut bytes).ok()?;
-    Some(hex(&bytes))
 }
 
 async fn create<R: Registry>(registry: &R, required: bool, body: &[u8]) -> Response {
@@ -215,14 +201,7 @@ mod tests {
 
     use super::*;
     use crate::MemoryRegistry;
-
-    async fn answer(response: Response) -> (StatusCode, serde_json::Value) {
-        let status = response.status();
-        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap_or_default();
-        (status, serde_json::from_slice(&body).unwrap_or_default())
-    }
+    use crate::api::answer;
 
     #[tokio::test]
     async fn creates_keys_storing_only_the_hash() {

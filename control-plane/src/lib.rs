@@ -5,6 +5,7 @@
 //! mode, so there is one code path. The registry is held in memory in the all-in-one mode and in
 //! Redis in a cluster; only this crate knows which, and neither origins nor edges link it.
 
+mod api;
 mod dashboard;
 mod forwards;
 mod keys;

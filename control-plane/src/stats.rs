@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use corriente_cluster::{ForwardStatus, NodeRecord, NodeRole, StreamRecord};
@@ -18,7 +18,8 @@ use corriente_core::access::AdminReader;
 use corriente_core::{MediaInfo, StreamKey};
 use serde::Serialize;
 
-use crate::registry::{Registry, RegistryError};
+use crate::api::unavailable;
+use crate::registry::Registry;
 
 #[derive(Serialize)]
 struct EdgeViewers {
@@ -89,14 +90,6 @@ fn streams_view(
             }
         })
         .collect()
-}
-
-fn unavailable(e: RegistryError) -> Response {
-    (
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        Json(serde_json::json!({ "error": e.to_string() })),
-    )
-        .into_response()
 }
 
 /// The stats routes over a registry.
