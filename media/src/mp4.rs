@@ -549,6 +549,8 @@ pub struct Fragmenter {
     tracks: Tracks,
     /// Samples whose duration is known, per track (video, audio), not yet in a fragment.
     ready: [Vec<(u64, FragmentSample)>; 2],
+    /// Their data's bytes.
+    ready_bytes: usize,
     /// Each track's latest sample: its decode time in the track's timescale, and the sample.
     held: [Option<(u64, SampleData)>; 2],
     last_duration: [u32; 2],
@@ -566,6 +568,7 @@ impl Fragmenter {
         Self {
             tracks,
             ready: [Vec::new(), Vec::new()],
+            ready_bytes: 0,
             held: [None, None],
             last_duration: [0, 0],
         }
@@ -588,6 +591,7 @@ impl Fragmenter {
             // Non-increasing timestamps (a publisher's glitch) still give a playable length.
             let duration = dts.saturating_sub(prev_dts).clamp(1, u64::from(u32::MAX)) as u32;
             self.last_duration[i] = duration;
+            self.ready_bytes += prev.data.len();
             self.ready[i].push((prev_dts, self.entry(&prev, duration)));
         }
         self.held[i] = Some((dts, sample));
@@ -610,10 +614,16 @@ impl Fragmenter {
         self.ready.iter().any(|r| !r.is_empty())
     }
 
+    /// Bytes of the samples waiting for a fragment.
+    pub fn pending_bytes(&self) -> usize {
+        self.ready_bytes
+    }
+
     /// A fragment (numbered `sequence`) of every sample whose duration is known; `None` when
     /// there is none.
     pub fn flush(&mut self, sequence: u32) -> Result<Option<Vec<u8>>, Mp4Error> {
         let mut runs = Vec::new();
+        self.ready_bytes = 0;
         for kind in [TrackKind::Video, TrackKind::Audio] {
             let ready = std::mem::take(&mut self.ready[slot(kind)]);
             let (Some(track_id), Some((base, _))) = (self.tracks.track_id(kind), ready.first())
@@ -738,6 +748,34 @@ mod tests {
             0,
         );
         assert_eq!(sample(&negative).unwrap().cts_ms, -33);
+    }
+
+    #[test]
+    fn the_fragmenter_holds_each_tracks_latest_sample_and_counts_what_waits() {
+        let tracks = Tracks::new(Some(&avc_config()), None, 320, 240).unwrap();
+        let mut f = Fragmenter::new(tracks);
+        for (i, ts) in [0u32, 33, 66].into_iter().enumerate() {
+            f.push(SampleData {
+                track: TrackKind::Video,
+                dts_ms: ts,
+                cts_ms: 0,
+                keyframe: i == 0,
+                data: Bytes::from_static(b"abc"),
+            });
+        }
+        // The latest waits for the next to know its duration.
+        assert_eq!(f.pending_bytes(), 6);
+        let fragment = f.flush(1).unwrap().unwrap();
+        assert_eq!(f.pending_bytes(), 0);
+        let moof = Moof::decode(&mut &fragment[..]).unwrap();
+        assert_eq!(moof.traf[0].trun[0].samples.len(), 2);
+        assert_eq!(
+            moof.traf[0].trun[0].samples.get(0).unwrap().duration,
+            Some(2970)
+        );
+        let last = f.finish(2).unwrap().unwrap();
+        let moof = Moof::decode(&mut &last[..]).unwrap();
+        assert_eq!(moof.traf[0].trun[0].samples.len(), 1);
     }
 
     #[test]

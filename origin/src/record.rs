@@ -112,6 +112,11 @@ pub fn spawn(settings: Arc<RecordSettings>, key: StreamKey, epoch: u64, started_
 
 type Failure = (&'static str, String);
 
+/// Longest fragment, in media time, when keyframes are further apart.
+const MAX_FRAGMENT_MS: u32 = 10_000;
+/// Largest fragment, in sample bytes.
+const MAX_FRAGMENT_BYTES: usize = 32 << 20;
+
 /// How often free space is checked while recording.
 const SPACE_CHECK: Duration = Duration::from_secs(5);
 
@@ -188,10 +193,15 @@ async fn record(settings: &RecordSettings, path: &Path, hub: &Hub) -> Result<(),
                 r.started = true;
                 r.last_cut = s.dts_ms;
             }
+            // A fragment per GOP (per second of audio-only streams), and never more than
+            // MAX_FRAGMENT of media or bytes whatever the publisher's keyframe interval: what
+            // the recorder holds is bounded, and so is what a crash can lose.
+            let since_cut = s.dts_ms.wrapping_sub(r.last_cut);
             let cut = match s.track {
                 TrackKind::Video => s.keyframe,
-                TrackKind::Audio => !r.has_video && s.dts_ms.wrapping_sub(r.last_cut) >= 1000,
-            };
+                TrackKind::Audio => !r.has_video && since_cut >= 1000,
+            } || since_cut >= MAX_FRAGMENT_MS
+                || r.fragmenter.pending_bytes() >= MAX_FRAGMENT_BYTES;
             if cut && r.fragmenter.pending() {
                 if let Some(bytes) = r
                     .fragmenter
