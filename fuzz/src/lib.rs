@@ -447,7 +447,13 @@ impl HubStandIn {
             .expect("muxed RTMP does not decode")
             .expect("muxed RTMP message is incomplete");
         assert_eq!(raw.type_id, frame.kind.tag_type());
-        assert_eq!(raw.timestamp, frame.timestamp);
+        // Metadata goes out at timestamp 0 (`mux_frame`'s rule), everything else at its own.
+        let timestamp = if frame.role() == FrameRole::Metadata {
+            0
+        } else {
+            frame.timestamp
+        };
+        assert_eq!(raw.timestamp, timestamp);
         assert_eq!(raw.payload, frame.payload);
         assert!(self.rtmp.is_empty());
     }
