@@ -193,8 +193,11 @@ async fn failover(comeback: bool) -> Result<()> {
     let c_plays = killed.elapsed();
     drop(c_viewer);
     if comeback {
+        // Sentinels poll a node's INFO every 10 s outside a failover and convert the old
+        // primary on the poll that finds it up as a primary: on a loaded box that took over
+        // 40 s once.
         wait_for(
-            Duration::from_secs(40),
+            Duration::from_secs(90),
             "the old primary to rejoin as a replica",
             || async {
                 let node = cluster.set.nodes.iter().find(|n| n.port == old)?;
