@@ -650,6 +650,11 @@ pub struct EdgeTuning {
     /// elsewhere, before they get a clean end.
     #[arg(long, env = "CORRIENTE_UPSTREAM_GRACE", value_name = "DURATION", default_value = shown(Dur(EdgeConfig::default().pull.upstream_grace)), value_parser = parse_duration)]
     pub upstream_grace: Duration,
+
+    /// Bytes of recordings the edge keeps in memory for on-demand playback (`/vod/...`, read
+    /// from origins in 1 MiB blocks; least recently used out first).
+    #[arg(long, env = "CORRIENTE_VOD_CACHE_SIZE", value_name = "BYTES", default_value = shown(Bytes(EdgeConfig::default().vod_cache_bytes)), value_parser = parse_bytes)]
+    pub vod_cache_size: u64,
 }
 
 /// `corriente all`.
@@ -1197,6 +1202,7 @@ fn edge_config(
         },
         drain_timeout,
         drain_delay: tuning.drain_delay,
+        vod_cache_bytes: tuning.vod_cache_size,
         ..defaults
     }
 }

@@ -18,7 +18,9 @@ use crate::auth::{ClientCredentials, ClusterAuth};
 use crate::convert;
 use crate::forward::ForwardTarget;
 use crate::publish::{PublishCredential, PublishDecision, PublishDenial};
-use crate::records::{NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord};
+use crate::records::{
+    NodeRecord, OwnedStream, RecordingRecord, RegistryEvent, StreamClaim, StreamRecord,
+};
 
 /// Why a control-plane call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -313,6 +315,51 @@ impl ControlClient {
             .streams
             .into_iter()
             .map(|s| convert::stream_from_pb(Some(s)).map_err(ControlError::from))
+            .collect()
+    }
+
+    /// Replaces this origin's entries in the recordings index with `recordings`.
+    #[tracing::instrument(name = "control.sync_recordings", skip_all, fields(recordings = recordings.len()))]
+    pub async fn sync_recordings(
+        &self,
+        node_id: &str,
+        recordings: &[RecordingRecord],
+    ) -> Result<(), ControlError> {
+        let request = pb::SyncRecordingsRequest {
+            node_id: node_id.to_owned(),
+            recordings: recordings.iter().map(convert::recording_to_pb).collect(),
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.sync_recordings(trace::request(request)).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Recordings in the index: every stream's (`None`), one stream's, or one (`Some(id)`);
+    /// newest first, each with its origin's relay address (empty while it is down).
+    #[tracing::instrument(name = "control.list_recordings", skip_all)]
+    pub async fn list_recordings(
+        &self,
+        key: Option<&StreamKey>,
+        id: Option<&str>,
+    ) -> Result<Vec<RecordingRecord>, ControlError> {
+        let request = pb::ListRecordingsRequest {
+            key: key.map(convert::key_to_pb),
+            id: id.unwrap_or_default().to_owned(),
+        };
+        let response = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.list_recordings(trace::request(request)).await }
+            })
+            .await?
+            .into_inner();
+        response
+            .recordings
+            .into_iter()
+            .map(|r| convert::recording_from_pb(r).map_err(ControlError::from))
             .collect()
     }
 

@@ -7,7 +7,8 @@ use tonic::Status;
 
 use crate::forward::{ForwardSource, ForwardState, ForwardStatus, ForwardTarget};
 use crate::records::{
-    NodeLoad, NodeRecord, NodeRole, OwnedStream, RegistryEvent, StreamClaim, StreamRecord,
+    NodeLoad, NodeRecord, NodeRole, OwnedStream, RecordingRecord, RecordingState, RegistryEvent,
+    StreamClaim, StreamRecord,
 };
 
 pub fn key_to_pb(key: &StreamKey) -> pb::StreamKey {
@@ -288,4 +289,61 @@ pub fn event_from_pb(e: pb::WatchEvent) -> Result<RegistryEvent, Status> {
         Some(Event::NodeDown(d)) => RegistryEvent::NodeDown(d.id),
         None => return Err(Status::internal("empty watch event")),
     })
+}
+
+pub fn recording_to_pb(r: &RecordingRecord) -> pb::Recording {
+    pb::Recording {
+        key: Some(key_to_pb(&r.stream)),
+        id: r.id.clone(),
+        node_id: r.node_id.clone(),
+        epoch: r.epoch,
+        started_at_ms: r.started_at_ms as i64,
+        duration_ms: r.duration_ms,
+        size: r.size,
+        state: match r.state {
+            RecordingState::Recording => pb::RecordingState::Recording,
+            RecordingState::Complete => pb::RecordingState::Complete,
+            RecordingState::Failed => pb::RecordingState::Failed,
+        } as i32,
+        reason: r.reason.clone(),
+        etag: r.etag.clone(),
+        relay_addr: r.relay_addr.clone(),
+    }
+}
+
+/// Validates a recording received over gRPC (its key, and an id that is a plain file name).
+pub fn recording_from_pb(r: pb::Recording) -> Result<RecordingRecord, Status> {
+    if !valid_recording_id(&r.id) {
+        return Err(Status::invalid_argument(format!(
+            "bad recording id {:?}",
+            r.id
+        )));
+    }
+    Ok(RecordingRecord {
+        stream: key_from_pb(r.key)?,
+        id: r.id,
+        node_id: r.node_id,
+        epoch: r.epoch,
+        started_at_ms: r.started_at_ms.max(0) as u64,
+        duration_ms: r.duration_ms,
+        size: r.size,
+        state: match pb::RecordingState::try_from(r.state) {
+            Ok(pb::RecordingState::Recording) => RecordingState::Recording,
+            Ok(pb::RecordingState::Failed) => RecordingState::Failed,
+            _ => RecordingState::Complete,
+        },
+        reason: r.reason,
+        etag: r.etag,
+        relay_addr: r.relay_addr,
+    })
+}
+
+/// A recording id is a file name stem: 1 to 64 ASCII letters, digits, `-`, `_` and `.`, not
+/// starting with `.` (so it can never name a path outside the stream's directory).
+pub fn valid_recording_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }

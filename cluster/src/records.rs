@@ -99,3 +99,49 @@ pub enum RegistryEvent {
     NodeUp(NodeRecord),
     NodeDown(String),
 }
+
+/// Where a recording stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingState {
+    /// Being written, while the publication is live.
+    Recording,
+    /// Finished: the publication ended, or a restarted origin recovered the file.
+    Complete,
+    /// Stopped by an error (disk full, write error); the file holds what was written before.
+    Failed,
+}
+
+impl RecordingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingState::Recording => "recording",
+            RecordingState::Complete => "complete",
+            RecordingState::Failed => "failed",
+        }
+    }
+}
+
+/// A recording in the cluster's index: a file on the origin that recorded a publication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingRecord {
+    /// The stream recorded (`APP/NAME`).
+    pub stream: StreamKey,
+    /// `YYYYMMDDTHHMMSSZ-eEPOCH`: unique for the stream.
+    pub id: String,
+    /// The origin whose disk holds it.
+    pub node_id: String,
+    pub epoch: u64,
+    pub started_at_ms: u64,
+    pub duration_ms: u64,
+    pub size: u64,
+    pub state: RecordingState,
+    /// How it ended or why it stopped: `unpublished`, `recovered`, `disk_full`, ...
+    pub reason: String,
+    /// Changes whenever the file's bytes may have.
+    pub etag: String,
+    /// The holding origin's relay address, filled in by the control plane when listing
+    /// (empty while that origin is down); never stored.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub relay_addr: String,
+}

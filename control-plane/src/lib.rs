@@ -13,6 +13,7 @@ pub mod memory;
 mod metrics;
 mod probe;
 pub mod publish_auth;
+mod recordings;
 mod redis_primary;
 pub mod redis_registry;
 pub mod registry;
@@ -214,21 +215,26 @@ impl ControlPlane {
             Backend::Memory(r) => stats::routes(r.clone()),
             Backend::Redis(r) => stats::routes(r.clone()),
         };
-        stats.merge(dashboard::routes())
+        let recordings = match &self.backend {
+            Backend::Memory(r) => recordings::routes(r.clone()),
+            Backend::Redis(r) => recordings::routes(r.clone()),
+        };
+        stats.merge(recordings).merge(dashboard::routes())
     }
 
-    /// Admin actions: publish key management (`/api/v1/keys`) and restreaming destinations
-    /// (`/api/v1/streams/{app}/{name}/forwards`). The admin server must guard
+    /// Admin actions: publish key management (`/api/v1/keys`), restreaming destinations
+    /// (`/api/v1/streams/{app}/{name}/forwards`) and deleting recordings
+    /// (`/api/v1/recordings/{app}/{name}/{id}`). The admin server must guard
     /// them (admin token, or loopback clients only).
     pub fn admin_actions(&self) -> Router {
         let required = self.publish_auth.required;
         match &self.backend {
-            Backend::Memory(r) => {
-                keys::routes(r.clone(), required).merge(forwards::routes(r.clone()))
-            }
-            Backend::Redis(r) => {
-                keys::routes(r.clone(), required).merge(forwards::routes(r.clone()))
-            }
+            Backend::Memory(r) => keys::routes(r.clone(), required)
+                .merge(forwards::routes(r.clone()))
+                .merge(recordings::actions(r.clone(), self.probe.clone())),
+            Backend::Redis(r) => keys::routes(r.clone(), required)
+                .merge(forwards::routes(r.clone()))
+                .merge(recordings::actions(r.clone(), self.probe.clone())),
         }
     }
 

@@ -6,8 +6,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use corriente_cluster::{
-    ForwardTarget, NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord,
+    ForwardTarget, NodeRecord, OwnedStream, RecordingRecord, RegistryEvent, StreamClaim,
+    StreamRecord,
 };
+
 use corriente_core::StreamKey;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -44,6 +46,8 @@ struct State {
     publish_keys: HashMap<String, PublishKey>,
     /// Destinations the admin API set, per stream (live or not), in the order added.
     forwards: HashMap<StreamKey, Vec<ForwardTarget>>,
+    /// The recordings index, per origin.
+    recordings: HashMap<String, Vec<RecordingRecord>>,
 }
 
 /// A registry held in this process.
@@ -443,6 +447,39 @@ impl Registry for MemoryRegistry {
             state.forwards.remove(key);
         }
         Ok(removed)
+    }
+
+    async fn sync_recordings(
+        &self,
+        node_id: &str,
+        recordings: Vec<RecordingRecord>,
+    ) -> Result<(), RegistryError> {
+        let mut state = self.lock();
+        if recordings.is_empty() {
+            state.recordings.remove(node_id);
+        } else {
+            state.recordings.insert(node_id.to_owned(), recordings);
+        }
+        Ok(())
+    }
+
+    async fn list_recordings(&self) -> Result<Vec<RecordingRecord>, RegistryError> {
+        Ok(self.lock().recordings.values().flatten().cloned().collect())
+    }
+
+    async fn remove_recording(
+        &self,
+        node_id: &str,
+        key: &StreamKey,
+        id: &str,
+    ) -> Result<bool, RegistryError> {
+        let mut state = self.lock();
+        let Some(list) = state.recordings.get_mut(node_id) else {
+            return Ok(false);
+        };
+        let before = list.len();
+        list.retain(|r| !(r.stream == *key && r.id == id));
+        Ok(list.len() < before)
     }
 }
 

@@ -119,3 +119,36 @@ fn refused(status: &tonic::Status) -> bool {
     // Some transports only keep the message.
     status.message().contains("Connection refused")
 }
+
+impl OwnerProbe {
+    /// Asks the origin at `relay_addr` to delete a recording from its disk. `Ok(false)`: it
+    /// has no such recording.
+    pub async fn delete_recording(
+        &self,
+        relay_addr: &str,
+        key: &StreamKey,
+        id: &str,
+    ) -> Result<bool, String> {
+        let channel = self
+            .channel(relay_addr)
+            .ok_or_else(|| format!("bad relay address {relay_addr:?}"))?;
+        let request = corriente_proto::relay::DeleteRecordingRequest {
+            app: key.app().to_owned(),
+            name: key.name().to_owned(),
+            id: id.to_owned(),
+        };
+        match tokio::time::timeout(
+            self.timeout.max(Duration::from_secs(2)),
+            RelayClient::with_interceptor(channel, self.auth.client()).delete_recording(request),
+        )
+        .await
+        {
+            Ok(Ok(response)) => Ok(response.into_inner().deleted),
+            Ok(Err(status)) => Err(format!(
+                "the origin at {relay_addr} could not delete it: {}",
+                status.message()
+            )),
+            Err(_) => Err(format!("the origin at {relay_addr} did not answer in time")),
+        }
+    }
+}

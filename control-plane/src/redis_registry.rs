@@ -15,6 +15,8 @@
 //! | `{P}:publish_key_ids` | hash | key id → SHA-256 of its secret |
 //! | `{P}:publish_keys_revoked` | hash | SHA-256 of a revoked key's secret → revocation time (ms) |
 //! | `{P}:forwards:NAME` | hash | forward id → destination set by the admin API (JSON) |
+//! | `{P}:recordings:NODE` | hash | `APP/NAME/ID` → a recording on origin NODE's disk (JSON) |
+//! | `{P}:recording_nodes` | set | origins with entries in the recordings index |
 //!
 //! A lease is live while its score is in the future by Redis's own clock (`TIME`), so replicas'
 //! clocks never matter. Every operation that touches more than one key is one Lua script, so
@@ -26,7 +28,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use corriente_cluster::forward::MAX_FORWARDS_PER_STREAM;
 use corriente_cluster::{
-    ForwardTarget, NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord,
+    ForwardTarget, NodeRecord, OwnedStream, RecordingRecord, RegistryEvent, StreamClaim,
+    StreamRecord,
 };
 use corriente_core::{MediaInfo, StreamKey};
 use futures_util::StreamExt;
@@ -410,6 +413,14 @@ impl RedisRegistry {
 
     fn forwards_key(&self, key: &StreamKey) -> String {
         format!("{}:forwards:{key}", self.keys)
+    }
+
+    fn recordings_key(&self, node_id: &str) -> String {
+        format!("{}:recordings:{node_id}", self.keys)
+    }
+
+    fn recording_nodes_key(&self) -> String {
+        format!("{}:recording_nodes", self.keys)
     }
 
     fn publish_keys_revoked_key(&self) -> String {
@@ -1119,6 +1130,85 @@ impl Registry for RedisRegistry {
             redis::cmd("HDEL")
                 .arg(self.forwards_key(key))
                 .arg(id)
+                .query_async::<i64>(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))
+                .map(|removed| removed > 0)
+        })
+        .await
+    }
+
+    async fn sync_recordings(
+        &self,
+        node_id: &str,
+        recordings: Vec<RecordingRecord>,
+    ) -> Result<(), RegistryError> {
+        observed("sync_recordings", async {
+            let mut conn = self.conn().await?;
+            let key = self.recordings_key(node_id);
+            let mut pipe = redis::pipe();
+            pipe.atomic().del(&key).ignore();
+            if recordings.is_empty() {
+                pipe.srem(self.recording_nodes_key(), node_id).ignore();
+            } else {
+                let fields: Vec<(String, String)> = recordings
+                    .iter()
+                    .map(|r| {
+                        (
+                            format!("{}/{}", r.stream, r.id),
+                            serde_json::to_string(r).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                pipe.hset_multiple(&key, &fields).ignore();
+                pipe.sadd(self.recording_nodes_key(), node_id).ignore();
+            }
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))
+        })
+        .await
+    }
+
+    async fn list_recordings(&self) -> Result<Vec<RecordingRecord>, RegistryError> {
+        observed("list_recordings", async {
+            let mut conn = self.conn().await?;
+            let nodes: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(self.recording_nodes_key())
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            if nodes.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut pipe = redis::pipe();
+            for node in &nodes {
+                pipe.hvals(self.recordings_key(node));
+            }
+            let replies: Vec<Vec<String>> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(replies
+                .iter()
+                .flatten()
+                .filter_map(|json| serde_json::from_str::<RecordingRecord>(json).ok())
+                .collect())
+        })
+        .await
+    }
+
+    async fn remove_recording(
+        &self,
+        node_id: &str,
+        key: &StreamKey,
+        id: &str,
+    ) -> Result<bool, RegistryError> {
+        observed("remove_recording", async {
+            let mut conn = self.conn().await?;
+            redis::cmd("HDEL")
+                .arg(self.recordings_key(node_id))
+                .arg(format!("{key}/{id}"))
                 .query_async::<i64>(&mut conn)
                 .await
                 .map_err(|e| self.failed(e))

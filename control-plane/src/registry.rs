@@ -8,6 +8,8 @@
 //!   partitioned) presenting an old epoch learns it lost the stream.
 //! - **Node membership.** Origins and edges with their addresses and load, leased the same way.
 //! - **Events.** Stream up/down and node up/down, for the control plane's watch stream.
+//! - **Recordings.** The index of recordings: each origin's entries are the recordings its
+//!   disk holds, replaced whole by its sync (so an origin's view never drifts from its disk).
 //! - **Publish keys.** Managed stream keys, each mapping a secret to the public stream it
 //!   publishes. Only the SHA-256 of a secret is stored, so a registry dump leaks no key.
 
@@ -15,7 +17,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use corriente_cluster::{
-    ForwardTarget, NodeRecord, OwnedStream, RegistryEvent, StreamClaim, StreamRecord,
+    ForwardTarget, NodeRecord, OwnedStream, RecordingRecord, RegistryEvent, StreamClaim,
+    StreamRecord,
 };
 use corriente_core::StreamKey;
 use serde::{Deserialize, Serialize};
@@ -161,6 +164,26 @@ pub trait Registry: Send + Sync + 'static {
     /// Removes the destination `id` of `key`. Returns whether there was one.
     fn remove_stream_forward(
         &self,
+        key: &StreamKey,
+        id: &str,
+    ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
+
+    /// Replaces every index entry of `node_id` with `recordings` (what its disk holds).
+    fn sync_recordings(
+        &self,
+        node_id: &str,
+        recordings: Vec<RecordingRecord>,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// Every recording in the index, every origin's, in no particular order.
+    fn list_recordings(
+        &self,
+    ) -> impl Future<Output = Result<Vec<RecordingRecord>, RegistryError>> + Send;
+
+    /// Removes one entry of `node_id`. Returns whether there was one.
+    fn remove_recording(
+        &self,
+        node_id: &str,
         key: &StreamKey,
         id: &str,
     ) -> impl Future<Output = Result<bool, RegistryError>> + Send;

@@ -19,6 +19,9 @@ use crate::probe::OwnerProbe;
 use crate::publish_auth::{PublishAuthConfig, PublishAuthorizer, PublishRequest};
 use crate::registry::{Registry, RegistryError};
 
+/// Most recordings one origin may sync (a sync message is about 200 bytes per recording).
+const MAX_SYNCED_RECORDINGS: usize = 10_000;
+
 /// The control API over a registry.
 pub struct ControlService<R> {
     registry: Arc<R>,
@@ -332,6 +335,66 @@ impl<R: Registry> pb::control_server::Control for ControlService<R> {
         .instrument(span)
         .await;
         observe("authorize_publish", started, result)
+    }
+
+    async fn sync_recordings(
+        &self,
+        request: Request<pb::SyncRecordingsRequest>,
+    ) -> Result<Response<pb::SyncRecordingsResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let r = request.into_inner();
+            if r.node_id.is_empty() {
+                return Err(Status::invalid_argument("node id missing"));
+            }
+            if r.recordings.len() > MAX_SYNCED_RECORDINGS {
+                return Err(Status::invalid_argument(format!(
+                    "{} recordings in one sync; at most {MAX_SYNCED_RECORDINGS}",
+                    r.recordings.len()
+                )));
+            }
+            let recordings = r
+                .recordings
+                .into_iter()
+                .map(|rec| {
+                    convert::recording_from_pb(rec).map(|mut rec| {
+                        // Entries are the sender's, whatever they say; addresses are never
+                        // stored.
+                        rec.node_id = r.node_id.clone();
+                        rec.relay_addr.clear();
+                        rec
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            debug!(node = %r.node_id, recordings = recordings.len(), "recordings synced");
+            self.registry
+                .sync_recordings(&r.node_id, recordings)
+                .await
+                .map_err(status)?;
+            Ok(Response::new(pb::SyncRecordingsResponse {}))
+        }
+        .await;
+        observe("sync_recordings", started, result)
+    }
+
+    async fn list_recordings(
+        &self,
+        request: Request<pb::ListRecordingsRequest>,
+    ) -> Result<Response<pb::ListRecordingsResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let r = request.into_inner();
+            let key = r.key.map(|k| convert::key_from_pb(Some(k))).transpose()?;
+            let id = (!r.id.is_empty()).then_some(r.id.as_str());
+            let recordings = crate::recordings::list(&*self.registry, key.as_ref(), id)
+                .await
+                .map_err(status)?;
+            Ok(Response::new(pb::ListRecordingsResponse {
+                recordings: recordings.iter().map(convert::recording_to_pb).collect(),
+            }))
+        }
+        .await;
+        observe("list_recordings", started, result)
     }
 
     type WatchStream = WatchStream;

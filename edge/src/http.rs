@@ -58,12 +58,19 @@ pub(crate) fn router(ctx: Arc<EdgeContext>, redirect: bool) -> Router {
             "/_corriente/{asset}",
             get(|Path(asset): Path<String>| async move { crate::page::asset(&asset) }),
         )
-        .route("/{app}/{file}", get(play).head(play).options(preflight));
+        .route("/{app}/{file}", get(play).head(play).options(preflight))
+        .route(
+            "/vod/{app}/{name}/{file}",
+            get(vod).head(vod).options(preflight),
+        );
     let router = match (redirect, ctx.https_local) {
         (true, Some(https)) => router.layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| async move {
                 let path = request.uri().path();
-                if path.ends_with(".flv") || request.method() == Method::OPTIONS {
+                if path.ends_with(".flv")
+                    || path.ends_with(".mp4")
+                    || request.method() == Method::OPTIONS
+                {
                     return next.run(request).await;
                 }
                 https_redirect(&request, https.port())
@@ -701,6 +708,26 @@ fn refusal_response(refusal: Refusal) -> Response {
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
+}
+
+/// On-demand playback of a recording (`/vod/APP/NAME/ID.mp4`) or a stream's list of them.
+async fn vod(
+    State(ctx): State<Arc<EdgeContext>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    method: Method,
+    headers: axum::http::HeaderMap,
+    Path((app, name, file)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    crate::vod::serve(
+        &ctx,
+        peer,
+        &method,
+        &headers,
+        (&app, &name, &file),
+        query.as_deref().unwrap_or(""),
+    )
+    .await
 }
 
 /// Playback through hyper (a kept-alive connection's later requests).

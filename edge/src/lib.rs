@@ -11,6 +11,7 @@ mod page;
 mod pulls;
 mod rtmp;
 mod viewer;
+mod vod;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -93,6 +94,8 @@ pub struct EdgeConfig {
     /// On shutdown, how long the edge reports not ready (refusing new viewers) before it ends
     /// the viewers still connected, so load balancers stop sending viewers here first.
     pub drain_delay: Duration,
+    /// Bytes of recordings the on-demand cache keeps (blocks read from origins).
+    pub vod_cache_bytes: u64,
 }
 
 impl EdgeConfig {
@@ -159,6 +162,7 @@ impl Default for EdgeConfig {
             },
             drain_timeout: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
+            vod_cache_bytes: 256 << 20,
         }
     }
 }
@@ -200,6 +204,8 @@ pub(crate) struct EdgeContext {
     health: Health,
     /// Bytes written to viewers at the last load report, and when: for the egress rate.
     egress: std::sync::Mutex<(u64, std::time::Instant)>,
+    /// On-demand playback: the recordings cache.
+    pub(crate) vod: vod::Vod,
 }
 
 impl EdgeContext {
@@ -216,8 +222,10 @@ impl EdgeContext {
     /// Bits per second written to viewers since the last call.
     fn egress_bps(&self) -> u64 {
         let out = &corriente_media::metrics::BYTES_OUT;
-        let total =
-            out.with_label_values(&["rtmp"]).get() + out.with_label_values(&["http_flv"]).get();
+        let total = ["rtmp", "http_flv", "vod"]
+            .iter()
+            .map(|p| out.with_label_values(&[p]).get())
+            .sum::<u64>();
         let mut last = self.egress.lock().unwrap_or_else(|p| p.into_inner());
         let elapsed = last.1.elapsed().as_secs_f64();
         let bps = if elapsed > 0.0 {
@@ -330,7 +338,9 @@ impl Edge {
         config.pull.hub.outputs.rtmp_chunk_size = config.session.chunk_size;
         let shutdown = CancellationToken::new();
         let pulls = Pulls::new(control.clone(), config.pull.clone(), shutdown.clone());
+        let vod = vod::Vod::new(config.vod_cache_bytes);
         let ctx = Arc::new(EdgeContext {
+            vod,
             rtmp_local: rtmp.local_addr().unwrap_or(config.rtmp_addr),
             http_local: http.local_addr().unwrap_or(config.http_addr),
             https_local: tls.https.as_ref().and_then(|l| l.local_addr().ok()),

@@ -50,6 +50,34 @@ pub static RESYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// On-demand playback requests, by answer (`200`, `206`, `304`, `404`, `416`, `502`, ...).
+pub static VOD_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "corriente_vod_requests_total",
+        "On-demand playback requests (/vod/APP/NAME/ID.mp4), by HTTP status",
+        &["status"]
+    )
+    .expect("metric registers once")
+});
+
+/// Blocks of recordings asked of the edge's cache: served from it, or fetched from the origin.
+pub static VOD_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "corriente_vod_cache_requests_total",
+        "Blocks of recordings the edge's on-demand cache was asked for: hit (held, or being fetched for another request) or miss (fetched from the origin over the relay)",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+pub static VOD_CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "corriente_vod_cache_bytes",
+        "Bytes of recordings the edge's on-demand cache holds (bounded by --vod-cache-size)"
+    )
+    .expect("metric registers once")
+});
+
 /// Every play refusal reason (the `reason` label of `corriente_play_refused_total`).
 pub const PLAY_REFUSAL_REASONS: &[&str] = &[
     "bad_name",
@@ -76,7 +104,15 @@ pub fn init() {
     LazyLock::force(&FAILOVER_SECONDS);
     LazyLock::force(&RESYNCS);
     crate::pulls::init_metrics();
-    for protocol in ["rtmp", "http_flv"] {
+    LazyLock::force(&VOD_CACHE_BYTES);
+    corriente_media::metrics::BYTES_OUT.with_label_values(&["vod"]);
+    for result in ["hit", "miss"] {
+        VOD_CACHE.with_label_values(&[result]);
+    }
+    for status in ["200", "206", "304", "404", "416"] {
+        VOD_REQUESTS.with_label_values(&[status]);
+    }
+    for protocol in ["rtmp", "http_flv", "vod"] {
         for reason in PLAY_REFUSAL_REASONS {
             PLAY_REFUSED.with_label_values(&[protocol, reason]);
         }

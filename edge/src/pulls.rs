@@ -300,7 +300,13 @@ impl Pulls {
         true
     }
 
-    fn channel(&self, relay_addr: &str) -> Result<Channel, String> {
+    /// The control plane client this edge looks streams up with.
+    pub(crate) fn control(&self) -> &ControlClient {
+        &self.control
+    }
+
+    /// The relay channel to the origin at `relay_addr` (shared by every call to it).
+    pub(crate) fn channel(&self, relay_addr: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(channel) = channels.get(relay_addr) {
             return Ok(channel.clone());

@@ -1,6 +1,7 @@
 //! Fragmented MP4 (CMAF) from the frames a hub carries: the initialization segment (`ftyp` +
 //! `moov`) from a stream's sequence headers, and fragments (`moof` + `mdat`) from its coded
-//! frames. The foundation of HLS (CMAF segments and LL-HLS parts) and of recordings.
+//! frames. The foundation of HLS (CMAF segments and LL-HLS parts) and of recordings; and
+//! [`faststart`], which turns a recording into a progressive MP4 (`moov` first, one `mdat`).
 //!
 //! The boxes are built with the `mp4-atom` crate (typed ISO-BMFF boxes that encode and decode,
 //! CMAF's `moof`/`traf`/`trun` included, H.264 and HEVC sample entries, `esds`), rather than by
@@ -12,11 +13,14 @@
 //!
 //! Timescales: video 90 kHz (every millisecond timestamp is exact), audio its sample rate.
 
+use std::io::{Read, Seek, SeekFrom, Write};
+
 use bytes::Bytes;
 use mp4_atom::{
-    Atom, Audio, Avc1, Avcc, Codec, Dinf, Dref, Encode, Esds, FourCC, Ftyp, Hdlr, Hvc1, Hvcc, Mdhd,
-    Mdia, Mfhd, Minf, Moof, Moov, Mp4a, Mvex, Mvhd, Smhd, Stbl, Stco, Stsc, Stsd, Stsz, Stts, Tfdt,
-    Tfhd, Tkhd, Traf, Trak, Trex, Trun, TrunEntry, TrunSamples, Url, Visual, Vmhd, esds,
+    Atom, Audio, Avc1, Avcc, Co64, Codec, Ctts, CttsEntry, Decode, Dinf, Dref, Encode, Esds,
+    FourCC, Ftyp, Hdlr, Header, Hvc1, Hvcc, Mdhd, Mdia, Mfhd, Minf, Moof, Moov, Mp4a, Mvex, Mvhd,
+    Smhd, Stbl, Stco, Stsc, StscEntry, Stsd, Stss, Stsz, StszSamples, Stts, SttsEntry, Tfdt, Tfhd,
+    Tkhd, Traf, Trak, Trex, Trun, TrunEntry, TrunSamples, Url, Visual, Vmhd, esds,
 };
 
 use crate::flv::{self, AudioCodec, VideoCodec};
@@ -25,7 +29,7 @@ use crate::frame::{Frame, FrameKind};
 /// Video timescale: 90 kHz, so millisecond timestamps convert exactly.
 pub const VIDEO_TIMESCALE: u32 = 90_000;
 
-/// Why a stream cannot be muxed into MP4.
+/// Why a stream cannot be muxed into MP4, or a recording made progressive.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Mp4Error {
     #[error("video codec {0} cannot go into MP4 here (H.264 and HEVC can)")]
@@ -38,6 +42,10 @@ pub enum Mp4Error {
     NoTracks,
     #[error("MP4 encoding failed: {0}")]
     Encode(String),
+    #[error("not a recording this server wrote: {0}")]
+    Malformed(String),
+    #[error("reading or writing MP4 failed: {0}")]
+    Io(String),
 }
 
 /// Which track a sample belongs to.
@@ -656,9 +664,576 @@ impl Fragmenter {
     }
 }
 
+/// What [`faststart`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Faststart {
+    /// The longest track's length, milliseconds.
+    pub duration_ms: u64,
+    /// The output's length.
+    pub bytes: u64,
+    /// Samples of the video track.
+    pub video_samples: u64,
+    /// Samples of the audio track.
+    pub audio_samples: u64,
+}
+
+/// Largest `ftyp`, `moov` or `moof` read into memory: they describe the media, they do not
+/// carry it.
+const MAX_HEADER_BOX: u64 = 64 << 20;
+
+/// Turns a recording (a fragmented MP4: `ftyp`, `moov`, then `moof` + `mdat` pairs) into a
+/// progressive MP4 whose `moov` comes first, with full sample tables, followed by a single
+/// `mdat`: the file a download or an editor wants.
+///
+/// Two passes over `input`: the first walks the top-level boxes by their headers, decodes the
+/// `moov` and each `moof` and keeps one small entry per sample (never the media); the second
+/// copies the samples, one run of a fragment at a time, behind the new `moov`. A trailing
+/// `moof` without its `mdat` (a file cut by a crash) is left out. `output` is written in
+/// order, never sought; give it a buffer (`BufWriter`).
+pub fn faststart<R: Read + Seek, W: Write>(
+    input: &mut R,
+    output: &mut W,
+) -> Result<Faststart, Mp4Error> {
+    let file_len = input.seek(SeekFrom::End(0)).map_err(io_error)?;
+    let (mut ftyp, mut moov) = (None::<Ftyp>, None::<Moov>);
+    let mut tracks: Vec<InputTrack> = Vec::new();
+    let mut chunks: Vec<Chunk> = Vec::new();
+    // A fragment's runs, until its mdat shows its data is there.
+    let mut pending: Option<Vec<Run>> = None;
+    let mut at = 0;
+    while let Some(b) = box_at(input, at, file_len)? {
+        match &<[u8; 4]>::from(b.kind) {
+            b"ftyp" => ftyp = Some(decode_box(input, &b)?),
+            b"moov" => {
+                let m: Moov = decode_box(input, &b)?;
+                tracks = m
+                    .trak
+                    .iter()
+                    .map(|t| InputTrack::new(t, m.mvex.as_ref()))
+                    .collect::<Result<_, _>>()?;
+                moov = Some(m);
+            }
+            b"moof" => {
+                if moov.is_none() {
+                    return Err(malformed("a moof before the moov"));
+                }
+                if pending.is_some() {
+                    return Err(malformed(format!(
+                        "the moof before the one at {} has no mdat",
+                        b.start
+                    )));
+                }
+                let moof = decode_box(input, &b)?;
+                pending = Some(fragment_runs(&moof, b.start, file_len, &tracks)?);
+            }
+            b"mdat" => {
+                if let Some(runs) = pending.take() {
+                    commit(runs, &b, &mut tracks, &mut chunks)?;
+                }
+            }
+            // free, skip, sidx, mfra...: nothing a progressive file needs.
+            _ => {}
+        }
+        at = b.start + b.len;
+    }
+    let ftyp = ftyp.ok_or_else(|| malformed("no ftyp"))?;
+    let moov = moov.ok_or_else(|| malformed("no moov"))?;
+    if chunks.is_empty() {
+        return Err(malformed("no samples"));
+    }
+    write_progressive(input, output, ftyp, moov, &tracks, &chunks)
+}
+
+/// A top-level box of the input, by its header.
+#[derive(Debug, Clone, Copy)]
+struct BoxAt {
+    kind: FourCC,
+    /// Where it starts.
+    start: u64,
+    /// Its header's length: 8, or 16 with a 64-bit size.
+    header: u64,
+    /// Its length, header included.
+    len: u64,
+}
+
+/// The top-level box at `at`, if a whole one is there: what follows an incomplete box (a file
+/// cut while it was written) is left out.
+fn box_at<R: Read + Seek>(
+    input: &mut R,
+    at: u64,
+    file_len: u64,
+) -> Result<Option<BoxAt>, Mp4Error> {
+    let left = file_len.saturating_sub(at);
+    if left < 8 {
+        return Ok(None);
+    }
+    input.seek(SeekFrom::Start(at)).map_err(io_error)?;
+    let mut head = [0u8; 16];
+    input.read_exact(&mut head[..8]).map_err(io_error)?;
+    let kind = FourCC::new(&[head[4], head[5], head[6], head[7]]);
+    let (header, len) = match u32::from_be_bytes([head[0], head[1], head[2], head[3]]) {
+        // To the end of the file.
+        0 => (8, left),
+        1 if left < 16 => return Ok(None),
+        1 => {
+            input.read_exact(&mut head[8..]).map_err(io_error)?;
+            let mut large = [0u8; 8];
+            large.copy_from_slice(&head[8..]);
+            (16, u64::from_be_bytes(large))
+        }
+        n => (8, u64::from(n)),
+    };
+    if len < header {
+        return Err(malformed(format!("a {kind} box of {len} bytes at {at}")));
+    }
+    Ok((len <= left).then_some(BoxAt {
+        kind,
+        start: at,
+        header,
+        len,
+    }))
+}
+
+/// Decodes a (small) top-level box.
+fn decode_box<T: Decode, R: Read + Seek>(input: &mut R, b: &BoxAt) -> Result<T, Mp4Error> {
+    if b.len > MAX_HEADER_BOX {
+        return Err(malformed(format!("a {} box of {} bytes", b.kind, b.len)));
+    }
+    input.seek(SeekFrom::Start(b.start)).map_err(io_error)?;
+    let mut bytes = vec![0; b.len as usize];
+    input.read_exact(&mut bytes).map_err(io_error)?;
+    T::decode(&mut &bytes[..])
+        .map_err(|e| malformed(format!("the {} box at {}: {e}", b.kind, b.start)))
+}
+
+/// A sample, as the sample tables describe it: in its track's timescale.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    duration: u32,
+    size: u32,
+    cts_offset: i32,
+    sync: bool,
+}
+
+/// A track of the input, and the samples its fragments describe (in `moov.trak` order).
+#[derive(Debug)]
+struct InputTrack {
+    track_id: u32,
+    timescale: u32,
+    handler: FourCC,
+    /// Its `trex`: the sample defaults a fragment may leave out.
+    defaults: Trex,
+    samples: Vec<Sample>,
+    /// The first fragment's decode time (`tfdt`).
+    start: Option<u64>,
+    /// The samples' durations, summed.
+    duration: u64,
+}
+
+impl InputTrack {
+    fn new(trak: &Trak, mvex: Option<&Mvex>) -> Result<Self, Mp4Error> {
+        let track_id = trak.tkhd.track_id;
+        let timescale = trak.mdia.mdhd.timescale;
+        if timescale == 0 {
+            return Err(malformed(format!("track {track_id} has no timescale")));
+        }
+        let defaults = mvex
+            .and_then(|m| m.trex.iter().find(|t| t.track_id == track_id))
+            .cloned()
+            .unwrap_or_default();
+        Ok(Self {
+            track_id,
+            timescale,
+            handler: trak.mdia.hdlr.handler,
+            defaults,
+            samples: Vec::new(),
+            start: None,
+            duration: 0,
+        })
+    }
+
+    /// The decode time after the last sample.
+    fn end(&self) -> u64 {
+        self.start.unwrap_or(0).saturating_add(self.duration)
+    }
+}
+
+/// A run of samples contiguous in the input (one `trun`'s): one chunk of the output.
+#[derive(Debug)]
+struct Chunk {
+    /// Its track, an index in `moov.trak`.
+    track: usize,
+    /// Where its data starts in the input.
+    offset: u64,
+    len: u64,
+    samples: u32,
+    /// Its sample description, 1-based.
+    description: u32,
+}
+
+/// A `trun` of a fragment whose `mdat` is not yet seen.
+#[derive(Debug)]
+struct Run {
+    chunk: Chunk,
+    /// The `tfdt` of its `traf`, on the traf's first run.
+    base_decode_time: Option<u64>,
+    samples: Vec<Sample>,
+}
+
+/// Sample flags: `sample_is_non_sync_sample`.
+const NON_SYNC_BIT: u32 = 0x0001_0000;
+
+/// The runs of the `moof` at `start`: their samples (what a `trun` leaves out comes from the
+/// `tfhd`, then the `trex`) and where their data is.
+fn fragment_runs(
+    moof: &Moof,
+    start: u64,
+    file_len: u64,
+    tracks: &[InputTrack],
+) -> Result<Vec<Run>, Mp4Error> {
+    let mut runs = Vec::new();
+    // Without a base offset, a traf's data follows the previous traf's (the first's, the moof).
+    let mut next = start;
+    for traf in &moof.traf {
+        let tfhd = &traf.tfhd;
+        let track = tracks
+            .iter()
+            .position(|t| t.track_id == tfhd.track_id)
+            .ok_or_else(|| {
+                malformed(format!(
+                    "a fragment of track {}, which the moov does not describe",
+                    tfhd.track_id
+                ))
+            })?;
+        let defaults = &tracks[track].defaults;
+        let base = match tfhd.base_data_offset {
+            Some(offset) => offset,
+            None if tfhd.default_base_is_moof => start,
+            None => next,
+        };
+        next = base;
+        let mut base_decode_time = traf.tfdt.as_ref().map(|t| t.base_media_decode_time);
+        for trun in &traf.trun {
+            // A run without per-sample fields is only a count: every sample having data, it
+            // cannot exceed the file's bytes (nor make the tables outgrow the file).
+            if trun.samples.len() as u64 > file_len - start {
+                return Err(malformed(format!(
+                    "a run of {} samples in the moof at {start}",
+                    trun.samples.len()
+                )));
+            }
+            let offset = match trun.data_offset {
+                Some(d) => base.checked_add_signed(i64::from(d)).ok_or_else(|| {
+                    malformed(format!("a data offset of {d} in the moof at {start}"))
+                })?,
+                None => next,
+            };
+            let samples = trun
+                .samples
+                .iter()
+                .map(|e| {
+                    let cts_offset = i32::try_from(e.cts.unwrap_or(0))
+                        .map_err(|_| malformed(format!("a composition offset of {:?}", e.cts)))?;
+                    let flags = e
+                        .flags
+                        .or(tfhd.default_sample_flags)
+                        .unwrap_or(defaults.default_sample_flags);
+                    Ok(Sample {
+                        duration: e
+                            .duration
+                            .or(tfhd.default_sample_duration)
+                            .unwrap_or(defaults.default_sample_duration),
+                        size: e
+                            .size
+                            .or(tfhd.default_sample_size)
+                            .unwrap_or(defaults.default_sample_size),
+                        cts_offset,
+                        sync: flags & NON_SYNC_BIT == 0,
+                    })
+                })
+                .collect::<Result<Vec<_>, Mp4Error>>()?;
+            let len: u64 = samples.iter().map(|s| u64::from(s.size)).sum();
+            next = offset.saturating_add(len);
+            if samples.is_empty() {
+                continue;
+            }
+            runs.push(Run {
+                chunk: Chunk {
+                    track,
+                    offset,
+                    len,
+                    samples: samples.len() as u32,
+                    description: tfhd
+                        .sample_description_index
+                        .unwrap_or(defaults.default_sample_description_index)
+                        .max(1),
+                },
+                base_decode_time: base_decode_time.take(),
+                samples,
+            });
+        }
+    }
+    Ok(runs)
+}
+
+/// Adds a fragment's runs to the tables, now that its `mdat` is there; their data must be in it.
+fn commit(
+    runs: Vec<Run>,
+    mdat: &BoxAt,
+    tracks: &mut [InputTrack],
+    chunks: &mut Vec<Chunk>,
+) -> Result<(), Mp4Error> {
+    let (data, end) = (mdat.start + mdat.header, mdat.start + mdat.len);
+    if let Some(run) = runs
+        .iter()
+        .find(|r| r.chunk.offset < data || r.chunk.offset.saturating_add(r.chunk.len) > end)
+    {
+        return Err(malformed(format!(
+            "{} bytes at {} lie outside the mdat at {}",
+            run.chunk.len, run.chunk.offset, mdat.start
+        )));
+    }
+    for run in runs {
+        let track = &mut tracks[run.chunk.track];
+        if let Some(base) = run.base_decode_time {
+            let end = track.end();
+            match track.samples.last_mut() {
+                None => track.start = Some(base),
+                // A gap in the timeline (the stream stalled, or frames were skipped): the
+                // sample before it lasts until the fragment starts, so decode times stay right.
+                Some(last) if base > end => {
+                    let longer = (u64::from(last.duration) + (base - end)).min(u64::from(u32::MAX));
+                    track.duration += longer - u64::from(last.duration);
+                    last.duration = longer as u32;
+                }
+                // An overlap (a fragment starting before the previous one ended) goes on from
+                // the previous sample: decode times must increase.
+                Some(_) => {}
+            }
+        }
+        track.start.get_or_insert(0);
+        track.duration += run
+            .samples
+            .iter()
+            .map(|s| u64::from(s.duration))
+            .sum::<u64>();
+        track.samples.extend(run.samples);
+        chunks.push(run.chunk);
+    }
+    Ok(())
+}
+
+/// The second pass: `ftyp`, the `moov` with full sample tables, one `mdat` with every chunk's
+/// data in the input's order.
+fn write_progressive<R: Read + Seek, W: Write>(
+    input: &mut R,
+    output: &mut W,
+    mut ftyp: Ftyp,
+    moov: Moov,
+    tracks: &[InputTrack],
+    chunks: &[Chunk],
+) -> Result<Faststart, Mp4Error> {
+    // A progressive file is not CMAF: the cmf* brands go.
+    ftyp.compatible_brands
+        .retain(|b| !<[u8; 4]>::from(*b).starts_with(b"cmf"));
+    let mut head = Vec::new();
+    encode(&ftyp, &mut head)?;
+    let mut moov = progressive_moov(moov, tracks, chunks);
+
+    let payload: u64 = chunks.iter().map(|c| c.len).sum();
+    let mut mdat = Vec::new();
+    Header {
+        kind: FourCC::new(b"mdat"),
+        size: Some(
+            usize::try_from(payload).map_err(|_| Mp4Error::Encode("mdat too large".into()))?,
+        ),
+    }
+    .encode(&mut mdat)
+    .map_err(|e| Mp4Error::Encode(e.to_string()))?;
+
+    // The chunk offsets depend on the moov's size, which depends on whether they are 32 or 64
+    // bits but not on their values: measure with zeros, then encode with the real ones.
+    let mut wide = false;
+    let moov_bytes = loop {
+        set_chunk_offsets(&mut moov, chunks, 0, wide);
+        let mut measured = Vec::new();
+        encode(&moov, &mut measured)?;
+        let data_start = (head.len() + measured.len() + mdat.len()) as u64;
+        if wide || data_start + payload <= u64::from(u32::MAX) {
+            set_chunk_offsets(&mut moov, chunks, data_start, wide);
+            measured.clear();
+            encode(&moov, &mut measured)?;
+            break measured;
+        }
+        wide = true;
+    };
+    head.extend_from_slice(&moov_bytes);
+    head.extend_from_slice(&mdat);
+    output.write_all(&head).map_err(io_error)?;
+    for chunk in chunks {
+        input
+            .seek(SeekFrom::Start(chunk.offset))
+            .map_err(io_error)?;
+        let copied = std::io::copy(&mut (&mut *input).take(chunk.len), output).map_err(io_error)?;
+        if copied != chunk.len {
+            return Err(Mp4Error::Io(format!(
+                "the input ended {copied} bytes into the {} at {} (did it change?)",
+                chunk.len, chunk.offset
+            )));
+        }
+    }
+    output.flush().map_err(io_error)?;
+
+    let count = |handler: &[u8; 4]| {
+        tracks
+            .iter()
+            .filter(|t| t.handler == FourCC::new(handler))
+            .map(|t| t.samples.len() as u64)
+            .sum()
+    };
+    Ok(Faststart {
+        duration_ms: tracks
+            .iter()
+            .map(|t| rescale(t.duration, t.timescale, 1000))
+            .max()
+            .unwrap_or(0),
+        bytes: head.len() as u64 + payload,
+        video_samples: count(b"vide"),
+        audio_samples: count(b"soun"),
+    })
+}
+
+/// The input's `moov` without `mvex`, with durations and full sample tables (chunk offsets
+/// still to set).
+fn progressive_moov(mut moov: Moov, tracks: &[InputTrack], chunks: &[Chunk]) -> Moov {
+    moov.mvex = None;
+    let movie_timescale = moov.mvhd.timescale.max(1);
+    moov.mvhd.timescale = movie_timescale;
+    let mut longest = 0;
+    for (i, (trak, track)) in moov.trak.iter_mut().zip(tracks).enumerate() {
+        let duration = rescale(track.duration, track.timescale, movie_timescale);
+        longest = longest.max(duration);
+        trak.tkhd.duration = duration;
+        trak.mdia.mdhd.duration = track.duration;
+        let stbl = &mut trak.mdia.minf.stbl;
+        *stbl = Stbl {
+            stsd: std::mem::take(&mut stbl.stsd),
+            stts: Stts {
+                entries: runs_of(track.samples.iter().map(|s| s.duration))
+                    .map(|(sample_count, sample_delta)| SttsEntry {
+                        sample_count,
+                        sample_delta,
+                    })
+                    .collect(),
+            },
+            // mp4-atom writes version 1 (signed) when an offset is negative, else version 0.
+            ctts: track
+                .samples
+                .iter()
+                .any(|s| s.cts_offset != 0)
+                .then(|| Ctts {
+                    entries: runs_of(track.samples.iter().map(|s| s.cts_offset))
+                        .map(|(sample_count, offset)| CttsEntry {
+                            sample_count,
+                            sample_offset: i64::from(offset),
+                        })
+                        .collect(),
+                }),
+            // Without stss every sample is a sync sample (audio).
+            stss: track.samples.iter().any(|s| !s.sync).then(|| Stss {
+                entries: (1..)
+                    .zip(&track.samples)
+                    .filter(|(_, s)| s.sync)
+                    .map(|(n, _)| n)
+                    .collect(),
+            }),
+            stsc: Stsc {
+                entries: runs_of(
+                    chunks
+                        .iter()
+                        .filter(|c| c.track == i)
+                        .map(|c| (c.samples, c.description)),
+                )
+                .scan(
+                    1,
+                    |first_chunk, (count, (samples_per_chunk, sample_description_index))| {
+                        let entry = StscEntry {
+                            first_chunk: *first_chunk,
+                            samples_per_chunk,
+                            sample_description_index,
+                        };
+                        *first_chunk += count;
+                        Some(entry)
+                    },
+                )
+                .collect(),
+            },
+            stsz: Stsz {
+                samples: StszSamples::Different {
+                    sizes: track.samples.iter().map(|s| s.size).collect(),
+                },
+            },
+            ..Default::default()
+        };
+    }
+    moov.mvhd.duration = longest;
+    moov
+}
+
+/// Points each track's chunk offsets at its chunks in an `mdat` whose data starts at
+/// `data_start`: `co64` when `wide`, else `stco` (the caller checked that they fit).
+fn set_chunk_offsets(moov: &mut Moov, chunks: &[Chunk], data_start: u64, wide: bool) {
+    let mut offsets = vec![Vec::new(); moov.trak.len()];
+    let mut at = data_start;
+    for chunk in chunks {
+        offsets[chunk.track].push(at);
+        at += chunk.len;
+    }
+    for (trak, offsets) in moov.trak.iter_mut().zip(offsets) {
+        let stbl = &mut trak.mdia.minf.stbl;
+        if wide {
+            stbl.stco = None;
+            stbl.co64 = Some(Co64 { entries: offsets });
+        } else {
+            stbl.co64 = None;
+            stbl.stco = Some(Stco {
+                entries: offsets.into_iter().map(|o| o as u32).collect(),
+            });
+        }
+    }
+}
+
+/// Run-length coding: each run of equal values as (count, value).
+fn runs_of<T: PartialEq>(values: impl Iterator<Item = T>) -> impl Iterator<Item = (u32, T)> {
+    let mut values = values.peekable();
+    std::iter::from_fn(move || {
+        let value = values.next()?;
+        let mut count = 1;
+        while values.next_if(|v| *v == value).is_some() {
+            count += 1;
+        }
+        Some((count, value))
+    })
+}
+
+/// `value` in timescale `from` as timescale `to`, rounded.
+fn rescale(value: u64, from: u32, to: u32) -> u64 {
+    let from = u128::from(from.max(1));
+    let scaled = (u128::from(value) * u128::from(to) + from / 2) / from;
+    u64::try_from(scaled).unwrap_or(u64::MAX)
+}
+
+fn malformed(what: impl Into<String>) -> Mp4Error {
+    Mp4Error::Malformed(what.into())
+}
+
+fn io_error(e: std::io::Error) -> Mp4Error {
+    Mp4Error::Io(e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
-    use mp4_atom::{Decode, Mdat};
+    use mp4_atom::Mdat;
 
     use super::*;
 
@@ -828,5 +1403,267 @@ mod tests {
             Some(44_100)
         );
         assert_eq!(bytes, fragment(7, &runs).unwrap());
+    }
+
+    /// The samples of `trak` in a progressive file, found the way a player does: through
+    /// stsc, the chunk offsets and stsz.
+    fn samples_in<'a>(trak: &Trak, file: &'a [u8]) -> Vec<&'a [u8]> {
+        let stbl = &trak.mdia.minf.stbl;
+        let offsets: Vec<u64> = match (&stbl.stco, &stbl.co64) {
+            (Some(stco), None) => stco.entries.iter().map(|&o| u64::from(o)).collect(),
+            (None, Some(co64)) => co64.entries.clone(),
+            other => panic!("chunk offsets: {other:?}"),
+        };
+        let StszSamples::Different { sizes } = &stbl.stsz.samples else {
+            panic!("stsz {:?}", stbl.stsz)
+        };
+        let mut sizes = sizes.iter();
+        let mut out = Vec::new();
+        for (i, offset) in offsets.iter().enumerate() {
+            let chunk = i as u32 + 1;
+            let per_chunk = stbl
+                .stsc
+                .entries
+                .iter()
+                .rev()
+                .find(|e| e.first_chunk <= chunk)
+                .unwrap()
+                .samples_per_chunk;
+            let mut at = *offset as usize;
+            for _ in 0..per_chunk {
+                let size = *sizes.next().unwrap() as usize;
+                out.push(&file[at..at + size]);
+                at += size;
+            }
+        }
+        assert!(sizes.next().is_none(), "every sample is in a chunk");
+        out
+    }
+
+    fn stts_total(trak: &Trak) -> u64 {
+        let stts = &trak.mdia.minf.stbl.stts;
+        stts.entries
+            .iter()
+            .map(|e| u64::from(e.sample_count) * u64::from(e.sample_delta))
+            .sum()
+    }
+
+    /// A recording of 3 GOPs (a keyframe per fragment, B-frame-like composition offsets) with
+    /// audio, as the recorder writes it; and each fragment's start in it.
+    fn recording() -> (Vec<u8>, Vec<SampleData>, Vec<usize>) {
+        let tracks = Tracks::new(Some(&avc_config()), Some(&aac_config()), 320, 240).unwrap();
+        let mut file = tracks.init_segment().unwrap();
+        let mut f = Fragmenter::new(tracks);
+        let mut samples = Vec::new();
+        for i in 0..15u32 {
+            samples.push(SampleData {
+                track: TrackKind::Video,
+                dts_ms: i * 40,
+                // I P B B P B B ...: presentation runs ahead of decoding.
+                cts_ms: [80, 120, 0, 0, 40][i as usize % 5],
+                keyframe: i % 5 == 0,
+                data: Bytes::from(vec![i as u8; 100 + i as usize]),
+            });
+            for a in 0..2 {
+                samples.push(SampleData {
+                    track: TrackKind::Audio,
+                    dts_ms: i * 40 + a * 20,
+                    cts_ms: 0,
+                    keyframe: true,
+                    data: Bytes::from(vec![0xa0 + (i * 2 + a) as u8; 10 + a as usize]),
+                });
+            }
+        }
+        let mut starts = Vec::new();
+        let mut sequence = 1;
+        for s in &samples {
+            if s.track == TrackKind::Video && s.keyframe && f.pending() {
+                starts.push(file.len());
+                file.extend(f.flush(sequence).unwrap().unwrap());
+                sequence += 1;
+            }
+            f.push(s.clone());
+        }
+        starts.push(file.len());
+        file.extend(f.finish(sequence).unwrap().unwrap());
+        (file, samples, starts)
+    }
+
+    fn progressive(input: &[u8]) -> (Faststart, Vec<u8>) {
+        let mut out = Vec::new();
+        let report = faststart(&mut std::io::Cursor::new(input), &mut out).unwrap();
+        (report, out)
+    }
+
+    #[test]
+    fn faststart_puts_the_moov_first_with_full_sample_tables() {
+        let (input, samples, _) = recording();
+        let (report, out) = progressive(&input);
+        assert_eq!(report.bytes, out.len() as u64);
+        assert_eq!((report.video_samples, report.audio_samples), (15, 30));
+        // 15 frames of 40 ms, the last as long as the one before.
+        assert_eq!(report.duration_ms, 600);
+
+        let mut buf = &out[..];
+        let ftyp = Ftyp::decode(&mut buf).unwrap();
+        assert_eq!(ftyp.major_brand, FourCC::new(b"iso6"));
+        assert!(!ftyp.compatible_brands.contains(&FourCC::new(b"cmfc")));
+        let moov = Moov::decode(&mut buf).unwrap();
+        assert!(moov.mvex.is_none());
+        assert_eq!(moov.mvhd.duration, 600);
+        let mdat = Header::decode(&mut buf).unwrap();
+        assert_eq!(mdat.kind, FourCC::new(b"mdat"));
+        assert_eq!(mdat.size, Some(buf.len()), "one mdat, to the end");
+
+        let (video, audio) = (&moov.trak[0], &moov.trak[1]);
+        let data = |kind| -> Vec<&[u8]> {
+            samples
+                .iter()
+                .filter(|s| s.track == kind)
+                .map(|s| &s.data[..])
+                .collect()
+        };
+        assert_eq!(samples_in(video, &out), data(TrackKind::Video));
+        assert_eq!(samples_in(audio, &out), data(TrackKind::Audio));
+
+        let vstbl = &video.mdia.minf.stbl;
+        assert_eq!(vstbl.stss.as_ref().unwrap().entries, [1, 6, 11]);
+        assert_eq!(
+            vstbl.stts.entries,
+            [SttsEntry {
+                sample_count: 15,
+                sample_delta: 3600
+            }]
+        );
+        assert_eq!(stts_total(video), 15 * 3600);
+        assert_eq!(video.mdia.mdhd.duration, 15 * 3600);
+        assert_eq!(video.tkhd.duration, 600);
+        let ctts = vstbl.ctts.as_ref().unwrap();
+        let offsets: Vec<i64> = ctts
+            .entries
+            .iter()
+            .flat_map(|e| std::iter::repeat_n(e.sample_offset, e.sample_count as usize))
+            .collect();
+        let expected: Vec<i64> = (0..15).map(|i| [80, 120, 0, 0, 40][i % 5] * 90).collect();
+        assert_eq!(offsets, expected);
+        // One chunk per fragment's run. Each track's latest sample waits for the next, so
+        // the fragments cut at frames 5 and 10 hold 4, 5 and 6 frames.
+        assert_eq!(vstbl.stco.as_ref().unwrap().entries.len(), 3);
+        let stsc: Vec<(u32, u32, u32)> = vstbl
+            .stsc
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.first_chunk,
+                    e.samples_per_chunk,
+                    e.sample_description_index,
+                )
+            })
+            .collect();
+        assert_eq!(stsc, [(1, 4, 1), (2, 5, 1), (3, 6, 1)]);
+
+        let astbl = &audio.mdia.minf.stbl;
+        assert!(astbl.stss.is_none() && astbl.ctts.is_none());
+        assert_eq!(stts_total(audio), audio.mdia.mdhd.duration);
+        assert_eq!(audio.mdia.mdhd.duration, 26_460, "600 ms at 44.1 kHz");
+
+        // Deterministic.
+        assert_eq!(out, progressive(&input).1);
+    }
+
+    #[test]
+    fn faststart_leaves_out_a_trailing_moof_without_its_mdat() {
+        let (input, _, starts) = recording();
+        let last = *starts.last().unwrap();
+        let mut moof = &input[last..];
+        Moof::decode(&mut moof).unwrap();
+        let moof_end = input.len() - moof.len();
+        let (report, out) = progressive(&input[..moof_end]);
+        // The first two fragments: 9 frames (360 ms), 19 audio samples (380 ms).
+        assert_eq!((report.video_samples, report.audio_samples), (9, 19));
+        assert_eq!(report.duration_ms, 380);
+        let mut buf = &out[..];
+        Ftyp::decode(&mut buf).unwrap();
+        let moov = Moov::decode(&mut buf).unwrap();
+        assert_eq!(samples_in(&moov.trak[0], &out).len(), 9);
+        assert_eq!(samples_in(&moov.trak[1], &out).len(), 19);
+        assert_eq!(moov.mvhd.duration, 380);
+
+        // A cut in the middle of a box is left out too.
+        let (cut, _) = progressive(&input[..last + 20]);
+        assert_eq!(cut, report);
+    }
+
+    #[test]
+    fn faststart_keeps_the_timeline_across_a_gap_between_fragments() {
+        let tracks = Tracks::new(Some(&avc_config()), None, 320, 240).unwrap();
+        let mut input = tracks.init_segment().unwrap();
+        let frame = |keyframe| FragmentSample {
+            duration: 3000,
+            // Negative (never from FLV, whose composition times are not): a signed ctts.
+            cts_offset: if keyframe { 0 } else { -1500 },
+            keyframe,
+            data: Bytes::from_static(b"frame"),
+        };
+        let run = |base, samples| TrackRun {
+            track_id: 1,
+            base_decode_time: base,
+            samples,
+        };
+        // Samples at 0 and 3000; a fragment at 9000 (a gap: the second sample ended at 6000);
+        // one at 10000 (an overlap: the previous ended at 12000, where it goes on).
+        for (i, r) in [
+            run(0, vec![frame(true), frame(false)]),
+            run(9000, vec![frame(true)]),
+            run(10_000, vec![frame(true)]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            input.extend(fragment(i as u32 + 1, &[r]).unwrap());
+        }
+        let (report, out) = progressive(&input);
+        let mut buf = &out[..];
+        Ftyp::decode(&mut buf).unwrap();
+        let moov = Moov::decode(&mut buf).unwrap();
+        let stbl = &moov.trak[0].mdia.minf.stbl;
+        let deltas: Vec<(u32, u32)> = stbl
+            .stts
+            .entries
+            .iter()
+            .map(|e| (e.sample_count, e.sample_delta))
+            .collect();
+        assert_eq!(deltas, [(1, 3000), (1, 6000), (2, 3000)]);
+        assert_eq!(moov.trak[0].mdia.mdhd.duration, 15_000);
+        assert_eq!(
+            stbl.stss.as_ref().map(|s| &s.entries[..]),
+            Some(&[1, 3, 4][..])
+        );
+        let ctts: Vec<(u32, i64)> = stbl
+            .ctts
+            .iter()
+            .flat_map(|c| &c.entries)
+            .map(|e| (e.sample_count, e.sample_offset))
+            .collect();
+        assert_eq!(ctts, [(1, 0), (1, -1500), (2, 0)]);
+        assert_eq!(report.duration_ms, 167);
+    }
+
+    #[test]
+    fn faststart_refuses_what_is_not_a_recording() {
+        let tracks = Tracks::new(Some(&avc_config()), None, 320, 240).unwrap();
+        let init = tracks.init_segment().unwrap();
+        let mut out = Vec::new();
+        let err = faststart(&mut std::io::Cursor::new(&init), &mut out).unwrap_err();
+        assert_eq!(err, Mp4Error::Malformed("no samples".into()));
+        assert!(out.is_empty());
+        let err = faststart(&mut std::io::Cursor::new(b"\0\0\0\x04moov"), &mut out).unwrap_err();
+        assert!(matches!(err, Mp4Error::Malformed(_)), "{err}");
+        let err = faststart(&mut std::io::Cursor::new(b""), &mut out).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "not a recording this server wrote: no ftyp"
+        );
     }
 }

@@ -319,14 +319,13 @@ impl Origin {
             write_timeout: config.write_timeout,
         };
         let record = config.record_dir.as_ref().map(|dir| {
-            Arc::new(RecordSettings {
-                dir: dir.clone(),
-                apps: config.record_apps.clone(),
-                min_free: config.record_min_free,
-                max_age: config.record_max_age,
-                max_bytes: config.record_max_bytes,
-                ended: Arc::new(tokio::sync::Notify::new()),
-            })
+            Arc::new(RecordSettings::new(
+                dir.clone(),
+                config.record_apps.clone(),
+                config.record_min_free,
+                config.record_max_age,
+                config.record_max_bytes,
+            ))
         });
         if let Some(settings) = &record {
             std::fs::create_dir_all(&settings.dir).map_err(|e| {
@@ -337,6 +336,11 @@ impl Origin {
             })?;
             record::recover(&settings.dir).await;
             tokio::spawn(record::run_retention(settings.clone()));
+            tokio::spawn(record::run_sync(
+                settings.clone(),
+                control.clone(),
+                config.node_id.clone(),
+            ));
         }
         let streams = Streams::new(
             control.clone(),
@@ -388,17 +392,34 @@ impl Origin {
     /// Admin routes: the streams published here, and the recordings on this origin's disk.
     pub fn admin_routes(&self) -> Router {
         let ctx = self.ctx.clone();
-        let record_dir = self.ctx.config.record_dir.clone();
+        let record = self.ctx.streams.record_settings();
+        let node_id = self.ctx.node_id.clone();
         Router::new()
             .route(
                 "/api/v1/origin/recordings",
                 get(move || async move {
-                    let Some(dir) = record_dir else {
+                    let Some(settings) = record else {
                         return Json(serde_json::json!({ "recording": false, "recordings": [] }));
                     };
-                    let listed = tokio::task::spawn_blocking(move || record::list(&dir))
-                        .await
-                        .unwrap_or_default();
+                    let listed =
+                        tokio::task::spawn_blocking(move || record::list(&settings, &node_id))
+                            .await
+                            .unwrap_or_default();
+                    let listed: Vec<serde_json::Value> = listed
+                        .iter()
+                        .map(|r| {
+                            serde_json::json!({
+                                "stream": r.stream.to_string(),
+                                "id": r.id,
+                                "state": r.state,
+                                "reason": r.reason,
+                                "epoch": r.epoch,
+                                "started_at_ms": r.started_at_ms,
+                                "duration_ms": r.duration_ms,
+                                "size": r.size,
+                            })
+                        })
+                        .collect();
                     Json(serde_json::json!({ "recording": true, "recordings": listed }))
                 }),
             )

@@ -3,9 +3,16 @@
 //! fragment per GOP (per second for audio-only streams), each written and synced before the
 //! next, so a crash loses at most the fragment being written.
 //!
-//! A file is `DIR/APP/NAME/YYYYMMDDTHHMMSSZ-EEPOCH.mp4`, written as `….mp4.part` and renamed
-//! when the publication ends; at start-up the origin finishes `.part` files a crash left behind
-//! (cutting an incomplete last box) and renames them too.
+//! A file is `DIR/APP/NAME/YYYYMMDDTHHMMSSZ-EEPOCH.mp4`, written as `….mp4.part` and, when the
+//! publication ends, rewritten as a progressive MP4 with `moov` first (faststart: players
+//! seek at once, durations known; `media::mp4::faststart`) under its final name. Beside it,
+//! `….json` says when it started, its epoch, duration, state and how it ended. At start-up the
+//! origin finishes the `.part` files a crash left behind (cutting an incomplete last box) the
+//! same way.
+//!
+//! The cluster's recordings index follows the disk: the origin syncs the list of its
+//! recordings to the control plane at start-up, whenever one starts, ends or is deleted, and
+//! every [`SYNC_EVERY`]; edges serve them on demand through the relay (`read_range`).
 //!
 //! The recorder is a hub subscriber that is never cut off: if the disk is slower than the
 //! stream it skips to the next keyframe (counted) rather than holding the stream back. A disk
@@ -13,10 +20,12 @@
 //! written) or a failed write stops that recording with a log line and a metric; the live
 //! stream goes on.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use corriente_cluster::{ControlClient, RecordingRecord, RecordingState};
 use corriente_media::metrics::Protocol;
 use corriente_media::mp4::{Fragmenter, TrackKind, Tracks, sample};
 use corriente_media::{Hub, LagPolicy, Segment, StreamKey};
@@ -27,7 +36,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::metrics::{RECORDING_BYTES, RECORDINGS_ACTIVE, RECORDINGS_DELETED, RECORDINGS_STOPPED};
 
 /// What is recorded, and where.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RecordSettings {
     /// The directory recordings go under.
     pub dir: PathBuf,
@@ -39,11 +48,58 @@ pub struct RecordSettings {
     pub max_age: Option<Duration>,
     /// Finished recordings are deleted, oldest first, while all of them together take more.
     pub max_bytes: Option<u64>,
-    /// Notified when a recording ends, so retention runs at once.
-    pub ended: Arc<tokio::sync::Notify>,
+    /// Bumped whenever a recording starts or ends or one is deleted: retention and the index
+    /// sync run at once.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// The recordings being written, by path.
+    active: std::sync::Mutex<HashMap<PathBuf, Active>>,
+}
+
+/// A recording being written, as far as it got.
+#[derive(Debug, Clone)]
+struct Active {
+    duration_ms: u64,
+}
+
+/// What the `….json` beside a recording says.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Sidecar {
+    started_at_ms: u64,
+    epoch: u64,
+    duration_ms: u64,
+    state: RecordingState,
+    /// How it ended or why it stopped.
+    #[serde(default)]
+    reason: String,
 }
 
 impl RecordSettings {
+    pub fn new(
+        dir: PathBuf,
+        apps: Vec<String>,
+        min_free: u64,
+        max_age: Option<Duration>,
+        max_bytes: Option<u64>,
+    ) -> Self {
+        Self {
+            dir,
+            apps,
+            min_free,
+            max_age,
+            max_bytes,
+            changes: tokio::sync::watch::channel(0).0,
+            active: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Active>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn records(&self, key: &StreamKey) -> bool {
         self.apps.iter().any(|a| a == "*" || a == key.app())
     }
@@ -96,15 +152,42 @@ pub fn spawn(settings: Arc<RecordSettings>, key: StreamKey, epoch: u64, started_
     tokio::spawn(
         async move {
             RECORDINGS_ACTIVE.inc();
-            let result = record(&settings, &path, &hub).await;
+            settings
+                .active()
+                .insert(path.clone(), Active { duration_ms: 0 });
+            let mut sidecar = Sidecar {
+                started_at_ms: started_ms,
+                epoch,
+                duration_ms: 0,
+                state: RecordingState::Recording,
+                reason: String::new(),
+            };
+            settings.changed();
+            let result = record(&settings, &path, &hub, &sidecar).await;
             RECORDINGS_ACTIVE.dec();
-            if let Err((reason, message)) = result {
-                RECORDINGS_STOPPED.with_label_values(&[reason]).inc();
-                warn!(reason, path = %path.display(), "recording stopped: {message}; the live stream goes on");
+            sidecar.duration_ms = settings
+                .active()
+                .remove(&path)
+                .map_or(0, |a| a.duration_ms);
+            match result {
+                Ok(()) => {
+                    sidecar.state = RecordingState::Complete;
+                    sidecar.reason = "unpublished".to_owned();
+                }
+                Err((reason, message)) => {
+                    RECORDINGS_STOPPED.with_label_values(&[reason]).inc();
+                    warn!(reason, path = %path.display(), "recording stopped: {message}; the live stream goes on");
+                    sidecar.state = if reason == "ended" {
+                        RecordingState::Complete
+                    } else {
+                        RecordingState::Failed
+                    };
+                    sidecar.reason = reason.to_owned();
+                }
             }
-            // Whatever was written is a playable file: finish its name.
-            finalize(&path).await;
-            settings.ended.notify_one();
+            // Whatever was written is a playable file: finish it.
+            finalize(&path, sidecar).await;
+            settings.changed();
         }
         .instrument(span),
     );
@@ -120,7 +203,12 @@ const MAX_FRAGMENT_BYTES: usize = 32 << 20;
 /// How often free space is checked while recording.
 const SPACE_CHECK: Duration = Duration::from_secs(5);
 
-async fn record(settings: &RecordSettings, path: &Path, hub: &Hub) -> Result<(), Failure> {
+async fn record(
+    settings: &RecordSettings,
+    path: &Path,
+    hub: &Hub,
+    sidecar: &Sidecar,
+) -> Result<(), Failure> {
     let part = part_path(path);
     let dir = path.parent().unwrap_or(Path::new("."));
     tokio::fs::create_dir_all(dir).await.map_err(|e| {
@@ -130,6 +218,13 @@ async fn record(settings: &RecordSettings, path: &Path, hub: &Hub) -> Result<(),
         )
     })?;
     check_space(settings, dir)?;
+    // Said first, so a crash leaves the file's start and epoch known.
+    write_sidecar(path, sidecar).await.map_err(|e| {
+        (
+            "write_error",
+            format!("cannot write {}: {e}", sidecar_path(path).display()),
+        )
+    })?;
     let policy = LagPolicy {
         max_skips: u32::MAX,
         window: LagPolicy::WINDOW,
@@ -177,6 +272,7 @@ async fn record(settings: &RecordSettings, path: &Path, hub: &Hub) -> Result<(),
                     config: config_of(&init),
                     sequence: 1,
                     last_cut: 0,
+                    first_dts: 0,
                     started: false,
                     last_check: tokio::time::Instant::now(),
                 });
@@ -192,6 +288,7 @@ async fn record(settings: &RecordSettings, path: &Path, hub: &Hub) -> Result<(),
                 }
                 r.started = true;
                 r.last_cut = s.dts_ms;
+                r.first_dts = s.dts_ms;
             }
             // A fragment per GOP (per second of audio-only streams), and never more than
             // MAX_FRAGMENT of media or bytes whatever the publisher's keyframe interval: what
@@ -210,6 +307,10 @@ async fn record(settings: &RecordSettings, path: &Path, hub: &Hub) -> Result<(),
                 {
                     write(&mut r.file, bytes).await.map_err(io)?;
                     r.sequence += 1;
+                    let duration_ms = u64::from(s.dts_ms.wrapping_sub(r.first_dts));
+                    if let Some(a) = settings.active().get_mut(path) {
+                        a.duration_ms = duration_ms;
+                    }
                 }
                 r.last_cut = s.dts_ms;
                 if r.last_check.elapsed() >= SPACE_CHECK {
@@ -244,6 +345,8 @@ struct Recording {
     config: (Option<bytes::Bytes>, Option<bytes::Bytes>),
     sequence: u32,
     last_cut: u32,
+    /// Decode time of the first sample written.
+    first_dts: u32,
     /// The first sample (a keyframe, when there is video) was written.
     started: bool,
     last_check: tokio::time::Instant,
@@ -278,27 +381,99 @@ fn part_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Renames `PATH.part` to `PATH` once its last box is complete (cutting an incomplete one).
-async fn finalize(path: &Path) {
-    let part = part_path(path);
-    match tokio::task::spawn_blocking({
-        let part = part.clone();
-        move || complete_boxes(&part)
+fn sidecar_path(path: &Path) -> PathBuf {
+    path.with_extension("json")
+}
+
+async fn write_sidecar(path: &Path, sidecar: &Sidecar) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(sidecar).map_err(std::io::Error::other)?;
+    let side = sidecar_path(path);
+    let tmp = side.with_extension("json.tmp");
+    tokio::fs::write(&tmp, json).await?;
+    tokio::fs::rename(&tmp, &side).await
+}
+
+fn read_sidecar(path: &Path) -> Option<Sidecar> {
+    serde_json::from_slice(&std::fs::read(sidecar_path(path)).ok()?).ok()
+}
+
+/// Finishes `PATH.part`: cuts an incomplete last box, rewrites it as a progressive MP4 under
+/// `PATH` (faststart) when the disk has room for the copy (else renames it as it is, still a
+/// playable fragmented MP4), and writes the sidecar.
+async fn finalize(path: &Path, mut sidecar: Sidecar) {
+    let path = path.to_path_buf();
+    let done = tokio::task::spawn_blocking(move || {
+        let result = finish_file(&path);
+        (path, result)
     })
-    .await
-    {
-        Ok(Ok(0)) => {
-            let _ = tokio::fs::remove_file(&part).await;
+    .await;
+    let (path, result) = match done {
+        Ok(done) => done,
+        Err(e) => {
+            warn!(error = %e, "finishing a recording failed");
             return;
         }
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return,
-        Ok(Err(e)) => warn!(path = %part.display(), error = %e, "cannot check the recording"),
-        Err(e) => warn!(error = %e, "recording check failed"),
+    };
+    match result {
+        Ok(None) => info!(path = %path.display(), "empty recording removed"),
+        Ok(Some(duration_ms)) => {
+            if duration_ms > 0 {
+                sidecar.duration_ms = duration_ms;
+            }
+            if let Err(e) = write_sidecar(&path, &sidecar).await {
+                warn!(path = %path.display(), error = %e, "cannot write the recording's sidecar");
+            }
+            info!(path = %path.display(), duration_ms = sidecar.duration_ms, state = sidecar.state.as_str(), "recording finished");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!(path = %path.display(), error = %e, "cannot finish the recording"),
     }
-    match tokio::fs::rename(&part, path).await {
-        Ok(()) => info!(path = %path.display(), "recording complete"),
-        Err(e) => warn!(path = %part.display(), error = %e, "cannot rename the recording"),
+}
+
+/// The blocking part of [`finalize`]: `None` when nothing playable was written (the files
+/// are removed), else the duration faststart measured (0 when the file was kept as written).
+fn finish_file(path: &Path) -> std::io::Result<Option<u64>> {
+    let part = part_path(path);
+    let len = complete_boxes(&part)?;
+    if len == 0 {
+        let _ = std::fs::remove_file(&part);
+        let _ = std::fs::remove_file(sidecar_path(path));
+        return Ok(None);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let room = free_bytes(dir).is_none_or(|free| free > len + (64 << 20));
+    let tmp = path.with_extension("mp4.tmp");
+    let converted = room
+        .then(|| -> Result<u64, String> {
+            let mut input = std::io::BufReader::with_capacity(
+                1 << 20,
+                std::fs::File::open(&part).map_err(|e| e.to_string())?,
+            );
+            let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+            let mut output = std::io::BufWriter::with_capacity(1 << 20, file);
+            let done = corriente_media::mp4::faststart(&mut input, &mut output)
+                .map_err(|e| e.to_string())?;
+            let file = output.into_inner().map_err(|e| e.to_string())?;
+            file.sync_all().map_err(|e| e.to_string())?;
+            Ok(done.duration_ms)
+        })
+        .transpose();
+    match converted {
+        Ok(Some(duration_ms)) => {
+            std::fs::rename(&tmp, path)?;
+            std::fs::remove_file(&part)?;
+            Ok(Some(duration_ms))
+        }
+        Ok(None) | Err(_) => {
+            if let Err(e) = &converted {
+                warn!(path = %part.display(), error = %e, "cannot rewrite the recording with its index first; it is kept as a fragmented MP4");
+            } else {
+                warn!(path = %part.display(), "no room for the faststart copy; the recording is kept as a fragmented MP4");
+            }
+            let _ = std::fs::remove_file(&tmp);
+            std::fs::rename(&part, path)?;
+            Ok(Some(0))
+        }
     }
 }
 
@@ -330,20 +505,6 @@ fn complete_boxes(path: &Path) -> std::io::Result<u64> {
     Ok(at)
 }
 
-/// A recording on this origin's disk, as its admin API lists it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RecordingFile {
-    /// `APP/NAME`.
-    pub stream: String,
-    /// The file's name without `.mp4`: `START-eEPOCH`, unique for the stream.
-    pub id: String,
-    /// `recording` (being written) or `complete`.
-    pub state: &'static str,
-    pub size: u64,
-    /// When it was last written, Unix milliseconds.
-    pub modified_ms: u64,
-}
-
 /// Every file under `dir`, with its metadata.
 fn walk(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
     let mut out = Vec::new();
@@ -361,34 +522,150 @@ fn walk(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
     out
 }
 
-/// Every recording under `dir` (finished and being written), newest first.
-pub fn list(dir: &Path) -> Vec<RecordingFile> {
-    let mut out: Vec<RecordingFile> = walk(dir)
+/// The recordings under `dir` (finished and being written), newest first, as the index
+/// keeps them.
+pub fn list(settings: &RecordSettings, node_id: &str) -> Vec<RecordingRecord> {
+    let dir = &settings.dir;
+    let mut out: Vec<RecordingRecord> = walk(dir)
         .into_iter()
         .filter_map(|(p, meta)| {
             let name = p.file_name()?.to_str()?;
-            let (id, state) = match name.strip_suffix(".mp4.part") {
-                Some(id) => (id, "recording"),
-                None => (name.strip_suffix(".mp4")?, "complete"),
+            let (id, part) = match name.strip_suffix(".mp4.part") {
+                Some(id) => (id, true),
+                None => (name.strip_suffix(".mp4")?, false),
             };
             // DIR/APP/NAME/ID.mp4
-            let stream = p.parent()?.strip_prefix(dir).ok()?.to_str()?.to_owned();
-            let modified_ms = meta
-                .modified()
-                .ok()
-                .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_millis() as u64);
-            Some(RecordingFile {
+            let stream = p.parent()?.strip_prefix(dir).ok()?.to_str()?;
+            let stream = StreamKey::parse(stream).ok()?;
+            let path = p.with_file_name(format!("{id}.mp4"));
+            let modified_ms = modified_ms(&meta);
+            let sidecar = read_sidecar(&path).unwrap_or(Sidecar {
+                started_at_ms: modified_ms,
+                epoch: 0,
+                duration_ms: 0,
+                state: RecordingState::Complete,
+                reason: String::new(),
+            });
+            let (state, duration_ms) = if part {
+                let active = settings.active().get(&path).map(|a| a.duration_ms);
+                (RecordingState::Recording, active.unwrap_or(0))
+            } else {
+                (sidecar.state, sidecar.duration_ms)
+            };
+            Some(RecordingRecord {
                 stream,
                 id: id.to_owned(),
-                state,
+                node_id: node_id.to_owned(),
+                epoch: sidecar.epoch,
+                started_at_ms: sidecar.started_at_ms,
+                duration_ms,
                 size: meta.len(),
-                modified_ms,
+                state,
+                reason: sidecar.reason,
+                etag: etag(&meta),
+                relay_addr: String::new(),
             })
         })
         .collect();
-    out.sort_by(|a, b| b.modified_ms.cmp(&a.modified_ms).then(a.id.cmp(&b.id)));
+    out.sort_by(|a, b| {
+        (b.started_at_ms, &a.stream, &a.id).cmp(&(a.started_at_ms, &b.stream, &b.id))
+    });
     out
+}
+
+fn modified_ms(meta: &std::fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A file's entity tag: its size and modification time, so it changes whenever the bytes may
+/// have.
+fn etag(meta: &std::fs::Metadata) -> String {
+    format!("\"{:x}-{:x}\"", meta.len(), modified_ms(meta))
+}
+
+/// The finished recording `id` of `key`, if there is one (ids are checked: a file name, never
+/// a path).
+fn finished_path(dir: &Path, key: &StreamKey, id: &str) -> Option<PathBuf> {
+    corriente_cluster::convert::valid_recording_id(id).then(|| {
+        dir.join(key.app())
+            .join(key.name())
+            .join(format!("{id}.mp4"))
+    })
+}
+
+/// Why a range of a recording cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("no finished recording {id} of {key} on this origin")]
+    NotFound { key: StreamKey, id: String },
+    #[error("recording {0} changed since it was looked up")]
+    Changed(String),
+    #[error("reading the recording failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Largest range one read returns.
+pub const MAX_READ: u32 = 4 << 20;
+
+/// Reads up to `length` bytes (at most [`MAX_READ`]) of a finished recording from `offset`:
+/// the bytes, the file's size and its etag. `expected`: the etag the caller knows (empty:
+/// any).
+pub fn read_range(
+    dir: &Path,
+    key: &StreamKey,
+    id: &str,
+    offset: u64,
+    length: u32,
+    expected: &str,
+) -> Result<(Vec<u8>, u64, String), ReadError> {
+    use std::os::unix::fs::FileExt;
+    let not_found = || ReadError::NotFound {
+        key: key.clone(),
+        id: id.to_owned(),
+    };
+    let path = finished_path(dir, key, id).ok_or_else(not_found)?;
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+        Err(e) => return Err(e.into()),
+    };
+    let meta = file.metadata()?;
+    let tag = etag(&meta);
+    if !expected.is_empty() && expected != tag {
+        return Err(ReadError::Changed(id.to_owned()));
+    }
+    let size = meta.len();
+    let want = u64::from(length.min(MAX_READ)).min(size.saturating_sub(offset)) as usize;
+    let mut data = vec![0u8; want];
+    let mut got = 0;
+    while got < want {
+        match file.read_at(&mut data[got..], offset + got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    data.truncate(got);
+    Ok((data, size, tag))
+}
+
+/// Deletes the finished recording `id` of `key` and its sidecar. `false`: there was none.
+pub fn delete(settings: &RecordSettings, key: &StreamKey, id: &str) -> std::io::Result<bool> {
+    let Some(path) = finished_path(&settings.dir, key, id) else {
+        return Ok(false);
+    };
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let _ = std::fs::remove_file(sidecar_path(&path));
+    RECORDINGS_DELETED.inc();
+    info!(path = %path.display(), "recording deleted through the admin API");
+    settings.changed();
+    Ok(true)
 }
 
 /// Every finished recording under `dir`: path, size, modification time.
@@ -423,6 +700,7 @@ pub fn apply_retention(settings: &RecordSettings) -> Vec<PathBuf> {
         }
         match std::fs::remove_file(&path) {
             Ok(()) => {
+                let _ = std::fs::remove_file(sidecar_path(&path));
                 total -= size;
                 RECORDINGS_DELETED.inc();
                 info!(path = %path.display(), size, reason = if too_old { "max_age" } else { "max_bytes" }, "recording deleted by retention");
@@ -431,47 +709,95 @@ pub fn apply_retention(settings: &RecordSettings) -> Vec<PathBuf> {
             Err(e) => warn!(path = %path.display(), error = %e, "cannot delete a recording"),
         }
     }
+    if !deleted.is_empty() {
+        settings.changed();
+    }
     deleted
 }
 
 /// How often retention runs (also after every recording ends).
 pub const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
-/// Runs retention every [`RETENTION_EVERY`] and whenever a recording ends.
+/// Runs retention every [`RETENTION_EVERY`] and whenever a recording starts or ends.
 pub async fn run_retention(settings: Arc<RecordSettings>) {
     if settings.max_age.is_none() && settings.max_bytes.is_none() {
         return;
     }
+    let mut changes = settings.changes.subscribe();
     loop {
         let s = settings.clone();
         let _ = tokio::task::spawn_blocking(move || apply_retention(&s)).await;
         tokio::select! {
             _ = tokio::time::sleep(RETENTION_EVERY) => {}
-            _ = settings.ended.notified() => {}
+            _ = changes.changed() => {}
         }
     }
 }
 
-/// Finishes the `.part` files a crash left under `dir` (at start-up).
-pub async fn recover(dir: &Path) {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(mut entries) = tokio::fs::read_dir(&d).await else {
-            continue;
+/// How often the origin syncs its recordings to the index when nothing changes (live
+/// recordings' durations and sizes move on).
+pub const SYNC_EVERY: Duration = Duration::from_secs(30);
+
+/// Keeps the cluster's recordings index equal to this origin's disk: a sync at start, on every
+/// change, every [`SYNC_EVERY`], and again after 2 s while the control plane cannot be
+/// reached.
+pub async fn run_sync(settings: Arc<RecordSettings>, control: ControlClient, node_id: String) {
+    let mut changes = settings.changes.subscribe();
+    loop {
+        changes.mark_unchanged();
+        let listed = {
+            let s = settings.clone();
+            let node = node_id.clone();
+            tokio::task::spawn_blocking(move || list(&s, &node))
+                .await
+                .unwrap_or_default()
         };
-        while let Ok(Some(entry)) = entries.next_entry().await {
-            let p = entry.path();
-            if entry.file_type().await.is_ok_and(|t| t.is_dir()) {
-                stack.push(p);
-            } else if let Some(done) = p
-                .to_str()
-                .and_then(|s| s.strip_suffix(".part"))
-                .map(PathBuf::from)
-            {
-                info!(path = %p.display(), "finishing a recording interrupted by a crash");
-                finalize(&done).await;
+        let wait = match control.sync_recordings(&node_id, &listed).await {
+            Ok(()) => SYNC_EVERY,
+            Err(e) => {
+                tracing::debug!(error = %e, "recordings index sync failed; retrying");
+                Duration::from_secs(2)
             }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = changes.changed() => {}
         }
+    }
+}
+
+/// Finishes what a crash left under `dir` (at start-up): `.part` files are cut to their last
+/// complete box and rewritten like any finished recording (state `complete`, reason
+/// `recovered`); a faststart copy cut short is removed.
+pub async fn recover(dir: &Path) {
+    let mut parts = Vec::new();
+    for (p, _) in walk(dir) {
+        let Some(name) = p.to_str() else { continue };
+        if name.ends_with(".mp4.tmp") || name.ends_with(".json.tmp") {
+            let _ = std::fs::remove_file(&p);
+        } else if let Some(done) = name.strip_suffix(".part") {
+            parts.push((p.clone(), PathBuf::from(done)));
+        }
+    }
+    for (part, done) in parts {
+        if done.exists() {
+            // Finished, and the crash came before the `.part` was removed.
+            let _ = std::fs::remove_file(&part);
+            continue;
+        }
+        info!(path = %part.display(), "finishing a recording interrupted by a crash");
+        let mut sidecar = read_sidecar(&done).unwrap_or(Sidecar {
+            started_at_ms: std::fs::metadata(&part)
+                .map(|m| modified_ms(&m))
+                .unwrap_or(0),
+            epoch: 0,
+            duration_ms: 0,
+            state: RecordingState::Complete,
+            reason: String::new(),
+        });
+        sidecar.state = RecordingState::Complete;
+        sidecar.reason = "recovered".to_owned();
+        finalize(&done, sidecar).await;
     }
 }
 

@@ -14,9 +14,10 @@ use corriente_proto::relay::{self as pb, relay_message::Body};
 use futures_util::Stream;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::OriginContext;
+use crate::record::{self, ReadError};
 
 pub(crate) struct RelayService {
     pub(crate) ctx: Arc<OriginContext>,
@@ -39,6 +40,62 @@ impl pb::relay_server::Relay for RelayService {
             .lookup(&key)
             .is_some_and(|(_, epoch, _)| epoch == request.epoch);
         Ok(Response::new(pb::OwnsResponse { owns }))
+    }
+
+    async fn read_recording(
+        &self,
+        request: Request<pb::ReadRecordingRequest>,
+    ) -> Result<Response<pb::ReadRecordingResponse>, Status> {
+        let r = request.into_inner();
+        let key =
+            StreamKey::new(&r.app, &r.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let settings = self
+            .ctx
+            .streams
+            .record_settings()
+            .ok_or_else(|| Status::not_found("this origin records nothing"))?;
+        let read = tokio::task::spawn_blocking(move || {
+            record::read_range(&settings.dir, &key, &r.id, r.offset, r.length, &r.etag)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        match read {
+            Ok((data, size, etag)) => {
+                BYTES_OUT
+                    .with_label_values(&["relay"])
+                    .inc_by(data.len() as u64);
+                Ok(Response::new(pb::ReadRecordingResponse {
+                    data: data.into(),
+                    size,
+                    etag,
+                }))
+            }
+            Err(e @ ReadError::NotFound { .. }) => Err(Status::not_found(e.to_string())),
+            Err(e @ ReadError::Changed(_)) => Err(Status::failed_precondition(e.to_string())),
+            Err(e @ ReadError::Io(_)) => {
+                warn!(error = %e, "a recording could not be read for an edge");
+                Err(Status::internal(e.to_string()))
+            }
+        }
+    }
+
+    async fn delete_recording(
+        &self,
+        request: Request<pb::DeleteRecordingRequest>,
+    ) -> Result<Response<pb::DeleteRecordingResponse>, Status> {
+        let r = request.into_inner();
+        let key =
+            StreamKey::new(&r.app, &r.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let Some(settings) = self.ctx.streams.record_settings() else {
+            return Ok(Response::new(pb::DeleteRecordingResponse {
+                deleted: false,
+            }));
+        };
+        let deleted = tokio::task::spawn_blocking(move || record::delete(&settings, &key, &r.id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("deleting the recording failed: {e}")))?;
+        Ok(Response::new(pb::DeleteRecordingResponse { deleted }))
     }
 
     async fn subscribe(

@@ -174,6 +174,11 @@ impl Streams {
         self.draining.cancel();
     }
 
+    /// What this origin records, and where; `None` without `--record-dir`.
+    pub(crate) fn record_settings(&self) -> Option<Arc<RecordSettings>> {
+        self.record.clone()
+    }
+
     /// Asks the control plane whether a publisher at `client_ip` may publish `name` (the
     /// stream key field as sent) under `app`, and under which public name; `recheck` when
     /// the publication is live already.

@@ -1,12 +1,13 @@
 //! The CMAF (fragmented MP4) muxer that HLS and recordings build on, checked with real
 //! decoders: the test media (FLV, as publishers send it) muxed GOP by GOP into an
 //! initialization segment and fragments; ffprobe must see the same codecs, size and length,
-//! and ffmpeg must decode every video frame.
+//! and ffmpeg must decode every video frame. A recording made progressive (`faststart`) must
+//! play the same.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use corriente_media::mp4::{Fragmenter, TrackKind, Tracks, sample};
+use corriente_media::mp4::{Fragmenter, TrackKind, Tracks, faststart, sample};
 use corriente_media::{Frame, FrameRole, MediaInfo};
 use corriente_tests::media::{
     audio_aac, av_720p, av_small, count_frames, ffprobe, flv_frames, video_only,
@@ -132,5 +133,81 @@ async fn audio_only_and_video_only_streams_mux_too() -> Result<()> {
     assert_eq!(decoded, video as u64);
     let _ = std::fs::remove_file(&radio);
     let _ = std::fs::remove_file(&silent);
+    Ok(())
+}
+
+/// The kinds of a file's top-level boxes, in order.
+fn top_level_boxes(bytes: &[u8]) -> Result<Vec<String>> {
+    let mut kinds = Vec::new();
+    let mut at = 0usize;
+    while at + 8 <= bytes.len() {
+        let size = u32::from_be_bytes(bytes[at..at + 4].try_into()?) as usize;
+        let size = match size {
+            1 => u64::from_be_bytes(bytes[at + 8..at + 16].try_into()?) as usize,
+            0 => bytes.len() - at,
+            n => n,
+        };
+        kinds.push(String::from_utf8_lossy(&bytes[at + 4..at + 8]).into_owned());
+        anyhow::ensure!(size >= 8, "a box of {size} bytes at {at}");
+        at += size;
+    }
+    anyhow::ensure!(
+        at == bytes.len(),
+        "the last box ends at {at} of {}",
+        bytes.len()
+    );
+    Ok(kinds)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recording_made_progressive_has_its_moov_first_and_plays_the_same() -> Result<()> {
+    let fragmented = out("faststart-fmp4");
+    let (video, _) = mux(&frames(&av_small()?)?, &fragmented)?;
+    let progressive = out("faststart");
+    let report = {
+        let mut input = std::fs::File::open(&fragmented)?;
+        let mut output = std::io::BufWriter::new(std::fs::File::create(&progressive)?);
+        faststart(&mut input, &mut output)?
+    };
+    let bytes = std::fs::read(&progressive)?;
+    eprintln!(
+        "{report:?}: {} bytes of fragments became {}",
+        std::fs::metadata(&fragmented)?.len(),
+        bytes.len()
+    );
+    assert_eq!(report.bytes, bytes.len() as u64);
+    assert_eq!(report.video_samples, video as u64);
+    assert_eq!(&bytes[4..8], b"ftyp");
+    let second = u32::from_be_bytes(bytes[0..4].try_into()?) as usize;
+    assert_eq!(&bytes[second + 4..second + 8], b"moov");
+    assert_eq!(
+        top_level_boxes(&bytes)?,
+        ["ftyp", "moov", "mdat"],
+        "no moof"
+    );
+
+    let streams = ffprobe(progressive.to_str().context("path")?).await?;
+    let mut codecs: Vec<&str> = streams.iter().map(|s| s.codec_name.as_str()).collect();
+    codecs.sort_unstable();
+    assert_eq!(codecs, ["aac", "h264"], "{streams:?}");
+    let (_, fragmented_duration) = count_frames(&fragmented).await?;
+    let (decoded, duration) = count_frames(&progressive).await?;
+    eprintln!(
+        "decoded {decoded} of {video} frames, {duration} s (fragmented: {fragmented_duration} s)"
+    );
+    assert_eq!(decoded, 300, "every video frame decodes");
+    assert_eq!(decoded, video as u64);
+    assert!(
+        (duration - fragmented_duration).abs() <= 0.1,
+        "{duration} s, fragmented {fragmented_duration} s"
+    );
+    assert!(
+        (report.duration_ms as f64 / 1000.0 - duration).abs() <= 0.1,
+        "{report:?}, ffprobe {duration} s"
+    );
+    let errors = decodes_cleanly(&progressive).await?;
+    assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
+    let _ = std::fs::remove_file(&fragmented);
+    let _ = std::fs::remove_file(&progressive);
     Ok(())
 }

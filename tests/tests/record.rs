@@ -15,16 +15,18 @@ fn record_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Every file under `dir`.
+/// Every recording under `dir`: `.mp4` files and `.mp4.part` files being written (not their
+/// `.json` sidecars).
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let p = entry.path();
+            let name = p.to_string_lossy();
             if p.is_dir() {
                 stack.push(p);
-            } else {
+            } else if name.ends_with(".mp4") || name.ends_with(".mp4.part") {
                 out.push(p);
             }
         }
@@ -77,7 +79,23 @@ async fn a_publication_is_recorded_whole() -> Result<()> {
         .await?
         .value("corriente_recording_bytes_total", &[])
         .unwrap_or(0.0);
-    assert_eq!(written as u64, std::fs::metadata(&file)?.len());
+    // Written live as fragments, then rewritten with its index first (a little smaller: no
+    // fragment headers).
+    let size = std::fs::metadata(&file)?.len();
+    assert!(
+        written as u64 >= size && written as u64 <= size + size / 20,
+        "{written} bytes written live for a {size}-byte file"
+    );
+    let head = std::fs::read(&file)?;
+    assert_eq!(
+        &head[28..32],
+        b"moov",
+        "the finished file has its moov first"
+    );
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(file.with_extension("json"))?)?;
+    assert_eq!(sidecar["state"], "complete", "{sidecar}");
+    assert_eq!(sidecar["reason"], "unpublished", "{sidecar}");
     let (status, listed) = node.admin_get("/api/v1/origin/recordings").await?;
     assert_eq!(status, 200);
     let listed: serde_json::Value = serde_json::from_str(&listed)?;
@@ -85,6 +103,8 @@ async fn a_publication_is_recorded_whole() -> Result<()> {
     assert_eq!(entry["stream"], "live/cam", "{listed}");
     assert_eq!(entry["state"], "complete", "{listed}");
     assert_eq!(entry["size"], std::fs::metadata(&file)?.len(), "{listed}");
+    let listed_ms = entry["duration_ms"].as_u64().unwrap_or(0);
+    assert!((19_000..=21_000).contains(&listed_ms), "{listed}");
     assert_eq!(
         entry["id"]
             .as_str()
@@ -274,6 +294,19 @@ async fn retention_deletes_the_oldest_recordings_past_the_size_limit() -> Result
         .unwrap_or(0.0);
     assert_eq!(deleted, 1.0);
     assert!(node.logged("recording deleted by retention"));
+    // The cluster's index follows the disk.
+    let index = wait_for(Duration::from_secs(10), "the index to follow", || async {
+        let (_, body) = node.admin_get("/api/v1/recordings").await.ok()?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let streams: Vec<String> = json["recordings"]
+            .as_array()?
+            .iter()
+            .filter_map(|r| r["stream"].as_str().map(str::to_owned))
+            .collect();
+        (streams == ["live/second"]).then_some(json)
+    })
+    .await?;
+    eprintln!("index after retention: {index}");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
