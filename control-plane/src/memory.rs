@@ -531,6 +531,63 @@ mod tests {
         }
     }
 
+    fn recording(node: &str, name: &str, id: &str, started: u64) -> RecordingRecord {
+        RecordingRecord {
+            stream: StreamKey::new("live", name).unwrap(),
+            id: id.to_owned(),
+            node_id: node.to_owned(),
+            epoch: 1,
+            started_at_ms: started,
+            duration_ms: 1000,
+            size: 10,
+            state: corriente_cluster::RecordingState::Complete,
+            reason: String::new(),
+            etag: String::new(),
+            relay_addr: String::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recordings_sync_replaces_that_origins_entries_only() {
+        let registry = MemoryRegistry::new(Duration::from_secs(6));
+        registry.register_node(node("o1")).await.unwrap();
+        registry
+            .sync_recordings(
+                "o1",
+                vec![recording("o1", "a", "r1", 1), recording("o1", "b", "r2", 3)],
+            )
+            .await
+            .unwrap();
+        registry
+            .sync_recordings("o2", vec![recording("o2", "a", "r3", 2)])
+            .await
+            .unwrap();
+        // o1 deleted r2 (retention): its next sync says so; o2's entry stays.
+        registry
+            .sync_recordings("o1", vec![recording("o1", "a", "r1", 1)])
+            .await
+            .unwrap();
+        let a = StreamKey::new("live", "a").unwrap();
+        let listed = crate::recordings::list(&registry, Some(&a), None)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = listed.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["r3", "r1"], "newest first");
+        // Only a live origin's entries carry its relay address (o2 never registered).
+        assert_eq!(listed[1].relay_addr, "o1:50052");
+        assert_eq!(listed[0].relay_addr, "");
+        let one = crate::recordings::list(&registry, Some(&a), Some("r1"))
+            .await
+            .unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(registry.remove_recording("o1", &a, "r1").await.unwrap());
+        assert!(!registry.remove_recording("o1", &a, "r1").await.unwrap());
+        let all = crate::recordings::list(&registry, None, None)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 1);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn one_owner_per_stream_and_epochs_only_grow() {
         let registry = MemoryRegistry::new(Duration::from_secs(6));
