@@ -17,10 +17,11 @@ use std::io::{Read, Seek, SeekFrom, Write};
 
 use bytes::Bytes;
 use mp4_atom::{
-    Atom, Audio, Avc1, Avcc, Co64, Codec, Ctts, CttsEntry, Decode, Dinf, Dref, Encode, Esds,
-    FourCC, Ftyp, Hdlr, Header, Hvc1, Hvcc, Mdhd, Mdia, Mfhd, Minf, Moof, Moov, Mp4a, Mvex, Mvhd,
-    Smhd, Stbl, Stco, Stsc, StscEntry, Stsd, Stss, Stsz, StszSamples, Stts, SttsEntry, Tfdt, Tfhd,
-    Tkhd, Traf, Trak, Trex, Trun, TrunEntry, TrunSamples, Url, Visual, Vmhd, esds,
+    Atom, Audio, Avc1, Avcc, Co64, Codec, Ctts, CttsEntry, Decode, Dinf, Dref, Edts, Elst,
+    ElstEntry, Encode, Esds, FourCC, Ftyp, Hdlr, Header, Hvc1, Hvcc, Mdhd, Mdia, Mfhd, Minf, Moof,
+    Moov, Mp4a, Mvex, Mvhd, Smhd, Stbl, Stco, Stsc, StscEntry, Stsd, Stss, Stsz, StszSamples, Stts,
+    SttsEntry, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex, Trun, TrunEntry, TrunSamples, Url, Visual, Vmhd,
+    esds,
 };
 
 use crate::flv::{self, AudioCodec, VideoCodec};
@@ -667,7 +668,7 @@ impl Fragmenter {
 /// What [`faststart`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Faststart {
-    /// The longest track's length, milliseconds.
+    /// The movie's length (the longest track's, from the earliest start), milliseconds.
     pub duration_ms: u64,
     /// The output's length.
     pub bytes: u64,
@@ -690,6 +691,10 @@ const MAX_HEADER_BOX: u64 = 64 << 20;
 /// copies the samples, one run of a fragment at a time, behind the new `moov`. A trailing
 /// `moof` without its `mdat` (a file cut by a crash) is left out. `output` is written in
 /// order, never sought; give it a buffer (`BufWriter`).
+///
+/// The tracks keep their place on the timeline: a progressive file's sample tables start each
+/// track at 0, so the time a fragmented one gives by its first `tfdt` (and the composition
+/// offset of its first sample) becomes an edit list, and audio and video stay in sync.
 pub fn faststart<R: Read + Seek, W: Write>(
     input: &mut R,
     output: &mut W,
@@ -855,6 +860,21 @@ impl InputTrack {
     /// The decode time after the last sample.
     fn end(&self) -> u64 {
         self.start.unwrap_or(0).saturating_add(self.duration)
+    }
+
+    /// The first sample's composition offset, when positive (B-frames: the first frame is
+    /// decoded before it is shown): where the track's presentation starts in its media.
+    fn lead(&self) -> u64 {
+        self.samples
+            .first()
+            .map_or(0, |s| u64::from(s.cts_offset.max(0).unsigned_abs()))
+    }
+
+    /// When the first sample is shown (its decode time plus [`Self::lead`]), as (time,
+    /// timescale); `None` without samples.
+    fn presentation_start(&self) -> Option<(u64, u32)> {
+        let first = self.start?.saturating_add(self.lead());
+        (!self.samples.is_empty()).then_some((first, self.timescale))
     }
 }
 
@@ -1092,26 +1112,36 @@ fn write_progressive<R: Read + Seek, W: Write>(
             .sum()
     };
     Ok(Faststart {
-        duration_ms: tracks
-            .iter()
-            .map(|t| rescale(t.duration, t.timescale, 1000))
-            .max()
-            .unwrap_or(0),
+        duration_ms: rescale(moov.mvhd.duration, moov.mvhd.timescale, 1000),
         bytes: head.len() as u64 + payload,
         video_samples: count(b"vide"),
         audio_samples: count(b"soun"),
     })
 }
 
-/// The input's `moov` without `mvex`, with durations and full sample tables (chunk offsets
-/// still to set).
+/// The input's `moov` without `mvex`, with edit lists, durations and full sample tables
+/// (chunk offsets still to set).
 fn progressive_moov(mut moov: Moov, tracks: &[InputTrack], chunks: &[Chunk]) -> Moov {
     moov.mvex = None;
     let movie_timescale = moov.mvhd.timescale.max(1);
     moov.mvhd.timescale = movie_timescale;
+    // The movie starts when the first of its tracks does.
+    let earliest = tracks
+        .iter()
+        .filter_map(InputTrack::presentation_start)
+        .min_by(|&(a, a_scale), &(b, b_scale)| {
+            (u128::from(a) * u128::from(b_scale)).cmp(&(u128::from(b) * u128::from(a_scale)))
+        });
     let mut longest = 0;
     for (i, (trak, track)) in moov.trak.iter_mut().zip(tracks).enumerate() {
-        let duration = rescale(track.duration, track.timescale, movie_timescale);
+        let media = rescale(track.duration, track.timescale, movie_timescale);
+        let delay = match (track.presentation_start(), earliest) {
+            (Some(start), Some(earliest)) => later_by(start, earliest, movie_timescale),
+            _ => 0,
+        };
+        // Whatever edits the input had described it as fragmented; these replace them.
+        trak.edts = edit_list(delay, track.lead(), media);
+        let duration = delay.saturating_add(media);
         longest = longest.max(duration);
         trak.tkhd.duration = duration;
         trak.mdia.mdhd.duration = track.duration;
@@ -1178,6 +1208,47 @@ fn progressive_moov(mut moov: Moov, tracks: &[InputTrack], chunks: &[Chunk]) -> 
     }
     moov.mvhd.duration = longest;
     moov
+}
+
+/// A track's edit list (ISO/IEC 14496-12 8.6.6), in the movie's timescale but for
+/// `media_time` (the track's): an empty edit for the `delay` between the movie's start and the
+/// track's, then the track's media from `media_time` (its [`InputTrack::lead`], so that it
+/// is shown from its first frame) for `duration`. Its durations add up to the `tkhd`'s. `None`
+/// when the track starts the movie at its media's start: the sample tables say it all, and
+/// every player agrees on a track without edits.
+///
+/// This is what ffmpeg's MP4 muxer writes, and what ffmpeg and Chromium honour.
+fn edit_list(delay: u64, media_time: u64, duration: u64) -> Option<Edts> {
+    if delay == 0 && media_time == 0 {
+        return None;
+    }
+    let empty = (delay > 0).then_some(ElstEntry {
+        segment_duration: delay,
+        media_time: None,
+        media_rate: 1.into(),
+    });
+    let media = ElstEntry {
+        segment_duration: duration,
+        media_time: Some(media_time),
+        media_rate: 1.into(),
+    };
+    Some(Edts {
+        elst: Some(Elst {
+            entries: empty.into_iter().chain([media]).collect(),
+        }),
+    })
+}
+
+/// How much later the time `a` is than `b` (each a time and its timescale) in timescale `to`,
+/// rounded; 0 when it is not later. Exact up to the rounding, whatever the timescales.
+fn later_by((a, a_scale): (u64, u32), (b, b_scale): (u64, u32), to: u32) -> u64 {
+    let (a_scale, b_scale) = (u128::from(a_scale.max(1)), u128::from(b_scale.max(1)));
+    let scale = a_scale * b_scale;
+    let diff = (u128::from(a) * b_scale).saturating_sub(u128::from(b) * a_scale);
+    // diff / scale is at most a's seconds (below 2^64): no step overflows.
+    let to = u128::from(to);
+    let scaled = diff / scale * to + (diff % scale * to + scale / 2) / scale;
+    u64::try_from(scaled).unwrap_or(u64::MAX)
 }
 
 /// Points each track's chunk offsets at its chunks in an `mdat` whose data starts at
@@ -1501,8 +1572,8 @@ mod tests {
         let (report, out) = progressive(&input);
         assert_eq!(report.bytes, out.len() as u64);
         assert_eq!((report.video_samples, report.audio_samples), (15, 30));
-        // 15 frames of 40 ms, the last as long as the one before.
-        assert_eq!(report.duration_ms, 600);
+        // 15 frames of 40 ms, the last as long as the one before, the first shown at 80 ms.
+        assert_eq!(report.duration_ms, 680);
 
         let mut buf = &out[..];
         let ftyp = Ftyp::decode(&mut buf).unwrap();
@@ -1510,7 +1581,7 @@ mod tests {
         assert!(!ftyp.compatible_brands.contains(&FourCC::new(b"cmfc")));
         let moov = Moov::decode(&mut buf).unwrap();
         assert!(moov.mvex.is_none());
-        assert_eq!(moov.mvhd.duration, 600);
+        assert_eq!(moov.mvhd.duration, 680);
         let mdat = Header::decode(&mut buf).unwrap();
         assert_eq!(mdat.kind, FourCC::new(b"mdat"));
         assert_eq!(mdat.size, Some(buf.len()), "one mdat, to the end");
@@ -1537,7 +1608,13 @@ mod tests {
         );
         assert_eq!(stts_total(video), 15 * 3600);
         assert_eq!(video.mdia.mdhd.duration, 15 * 3600);
-        assert_eq!(video.tkhd.duration, 600);
+        assert_eq!(video.tkhd.duration, 680);
+        assert_eq!(
+            edits(video),
+            Some(&[edit(80, None), edit(600, Some(7200))][..]),
+            "shown from its first frame, 80 ms after the audio"
+        );
+        assert_eq!(edits(audio), None);
         let ctts = vstbl.ctts.as_ref().unwrap();
         let offsets: Vec<i64> = ctts
             .entries
@@ -1580,15 +1657,15 @@ mod tests {
         Moof::decode(&mut moof).unwrap();
         let moof_end = input.len() - moof.len();
         let (report, out) = progressive(&input[..moof_end]);
-        // The first two fragments: 9 frames (360 ms), 19 audio samples (380 ms).
+        // The first two fragments: 9 frames (360 ms from 80 ms), 19 audio samples (380 ms).
         assert_eq!((report.video_samples, report.audio_samples), (9, 19));
-        assert_eq!(report.duration_ms, 380);
+        assert_eq!(report.duration_ms, 440);
         let mut buf = &out[..];
         Ftyp::decode(&mut buf).unwrap();
         let moov = Moov::decode(&mut buf).unwrap();
         assert_eq!(samples_in(&moov.trak[0], &out).len(), 9);
         assert_eq!(samples_in(&moov.trak[1], &out).len(), 19);
-        assert_eq!(moov.mvhd.duration, 380);
+        assert_eq!(moov.mvhd.duration, 440);
 
         // A cut in the middle of a box is left out too.
         let (cut, _) = progressive(&input[..last + 20]);
@@ -1648,6 +1725,173 @@ mod tests {
             .collect();
         assert_eq!(ctts, [(1, 0), (1, -1500), (2, 0)]);
         assert_eq!(report.duration_ms, 167);
+    }
+
+    /// The `moov` of the progressive file made of a recording of `samples` (one fragment).
+    fn progressive_moov_of(samples: &[SampleData]) -> (Faststart, Moov) {
+        let video = samples.iter().any(|s| s.track == TrackKind::Video);
+        let audio = samples.iter().any(|s| s.track == TrackKind::Audio);
+        let tracks = Tracks::new(
+            video.then(avc_config).as_ref(),
+            audio.then(aac_config).as_ref(),
+            320,
+            240,
+        )
+        .unwrap();
+        let mut input = tracks.init_segment().unwrap();
+        let mut f = Fragmenter::new(tracks);
+        for s in samples {
+            f.push(s.clone());
+        }
+        input.extend(f.finish(1).unwrap().unwrap());
+        let (report, out) = progressive(&input);
+        let mut buf = &out[..];
+        Ftyp::decode(&mut buf).unwrap();
+        let moov = Moov::decode(&mut buf).unwrap();
+        // Deterministic.
+        assert_eq!(out, progressive(&input).1);
+        (report, moov)
+    }
+
+    /// `count` samples of `track` every `every_ms` from `first_ms`, composition offsets from
+    /// `cts_ms` in turn.
+    fn run_of(
+        track: TrackKind,
+        first_ms: u32,
+        every_ms: u32,
+        count: u32,
+        cts_ms: &[i32],
+    ) -> Vec<SampleData> {
+        (0..count)
+            .map(|i| SampleData {
+                track,
+                dts_ms: first_ms + i * every_ms,
+                cts_ms: cts_ms[i as usize % cts_ms.len()],
+                keyframe: i == 0 || track == TrackKind::Audio,
+                data: Bytes::from(vec![i as u8; 10]),
+            })
+            .collect()
+    }
+
+    fn edits(trak: &Trak) -> Option<&[ElstEntry]> {
+        let elst = trak.edts.as_ref()?.elst.as_ref()?;
+        Some(&elst.entries)
+    }
+
+    fn edit(segment_duration: u64, media_time: Option<u64>) -> ElstEntry {
+        ElstEntry {
+            segment_duration,
+            media_time,
+            media_rate: 1.into(),
+        }
+    }
+
+    /// The durations of a progressive file agree: each track's `tkhd` is the sum of its edits
+    /// (its media's length without them), the `mvhd` the longest.
+    fn assert_durations_agree(moov: &Moov) {
+        for trak in &moov.trak {
+            let media = rescale(
+                trak.mdia.mdhd.duration,
+                trak.mdia.mdhd.timescale,
+                moov.mvhd.timescale,
+            );
+            let edited = edits(trak).map_or(media, |e| e.iter().map(|e| e.segment_duration).sum());
+            assert_eq!(trak.tkhd.duration, edited, "track {}", trak.tkhd.track_id);
+        }
+        let longest = moov.trak.iter().map(|t| t.tkhd.duration).max();
+        assert_eq!(Some(moov.mvhd.duration), longest);
+    }
+
+    #[test]
+    fn faststart_delays_a_track_that_starts_later_with_an_empty_edit() {
+        // Video from 23 ms (every 33 ms, 30 frames: 990 ms), audio from 0 (every 23 ms, 43
+        // samples: 989 ms at 44.1 kHz, the last as long as the one before).
+        let mut samples = run_of(TrackKind::Video, 23, 33, 30, &[0]);
+        samples.extend(run_of(TrackKind::Audio, 0, 23, 43, &[0]));
+        samples.sort_by_key(|s| s.dts_ms);
+        let (report, moov) = progressive_moov_of(&samples);
+        assert_eq!(moov.mvhd.timescale, 1000);
+        let (video, audio) = (&moov.trak[0], &moov.trak[1]);
+        assert_eq!(
+            edits(video),
+            Some(&[edit(23, None), edit(990, Some(0))][..]),
+            "23 ms of nothing, then the whole media"
+        );
+        assert_eq!(edits(audio), None, "audio starts the movie");
+        assert_eq!((video.tkhd.duration, audio.tkhd.duration), (1013, 989));
+        assert_eq!(
+            video.mdia.mdhd.duration,
+            990 * 90,
+            "the media itself is not delayed"
+        );
+        assert_eq!(moov.mvhd.duration, 1013);
+        assert_eq!(report.duration_ms, 1013);
+        assert_durations_agree(&moov);
+
+        // Audio starting later is delayed the same way; the earliest start is the movie's
+        // zero, wherever the recording began.
+        let mut samples = run_of(TrackKind::Video, 1000, 33, 30, &[0]);
+        samples.extend(run_of(TrackKind::Audio, 1050, 23, 43, &[0]));
+        samples.sort_by_key(|s| s.dts_ms);
+        let (_, moov) = progressive_moov_of(&samples);
+        assert_eq!(edits(&moov.trak[0]), None);
+        assert_eq!(
+            edits(&moov.trak[1]),
+            Some(&[edit(50, None), edit(989, Some(0))][..])
+        );
+        assert_durations_agree(&moov);
+
+        // One track: nothing to line up with.
+        let (_, moov) = progressive_moov_of(&run_of(TrackKind::Audio, 500, 23, 10, &[0]));
+        assert_eq!(edits(&moov.trak[0]), None);
+        assert_durations_agree(&moov);
+    }
+
+    #[test]
+    fn faststart_shows_a_b_frame_stream_from_its_first_frame() {
+        // I P B B ...: the first frame, decoded at 0, is shown at 80 ms.
+        let video = run_of(TrackKind::Video, 0, 40, 20, &[80, 120, 40, 40]);
+        let (_, moov) = progressive_moov_of(&video);
+        assert_eq!(
+            edits(&moov.trak[0]),
+            Some(&[edit(800, Some(7200))][..]),
+            "the media from its first frame's composition time, 80 ms at 90 kHz"
+        );
+        assert_durations_agree(&moov);
+
+        // With audio from 0, the video's presentation (not its decoding) starts 80 ms later.
+        let mut samples = video.clone();
+        samples.extend(run_of(TrackKind::Audio, 0, 23, 35, &[0]));
+        samples.sort_by_key(|s| s.dts_ms);
+        let (report, moov) = progressive_moov_of(&samples);
+        assert_eq!(
+            edits(&moov.trak[0]),
+            Some(&[edit(80, None), edit(800, Some(7200))][..])
+        );
+        assert_eq!(edits(&moov.trak[1]), None);
+        assert_eq!(report.duration_ms, 880);
+        assert_durations_agree(&moov);
+
+        // Video decoded from 0 but shown from 80 ms starts the movie before audio from 100 ms.
+        let mut samples = video;
+        samples.extend(run_of(TrackKind::Audio, 100, 23, 35, &[0]));
+        samples.sort_by_key(|s| s.dts_ms);
+        let (_, moov) = progressive_moov_of(&samples);
+        assert_eq!(edits(&moov.trak[0]), Some(&[edit(800, Some(7200))][..]));
+        assert_eq!(
+            edits(&moov.trak[1]),
+            Some(&[edit(20, None), edit(805, Some(0))][..])
+        );
+        assert_durations_agree(&moov);
+    }
+
+    #[test]
+    fn faststart_measures_delays_exactly_across_timescales() {
+        // 44.1 kHz against 90 kHz: 1 s and 2 ms after 1 s, to the millisecond.
+        assert_eq!(later_by((45_180, 44_100), (90_000, 90_000), 1000), 24);
+        assert_eq!(later_by((90_180, 90_000), (44_100, 44_100), 1000), 2);
+        assert_eq!(later_by((44_100, 44_100), (90_180, 90_000), 1000), 0);
+        assert_eq!(later_by((u64::MAX, 1), (0, 90_000), 1), u64::MAX);
     }
 
     #[test]

@@ -136,6 +136,41 @@ async fn audio_only_and_video_only_streams_mux_too() -> Result<()> {
     Ok(())
 }
 
+/// Each stream's `start_time` as ffprobe reads it (seconds), by codec type (`video`, `audio`).
+async fn start_times(path: &Path) -> Result<Vec<(String, f64)>> {
+    let output = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type,start_time",
+        ])
+        .args(["-of", "json"])
+        .arg(path)
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "ffprobe {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let mut starts: Vec<(String, f64)> = json["streams"]
+        .as_array()
+        .context("streams")?
+        .iter()
+        .map(|s| {
+            let kind = s["codec_type"].as_str().context("codec_type")?.to_owned();
+            let start = s["start_time"].as_str().context("start_time")?.parse()?;
+            Ok((kind, start))
+        })
+        .collect::<Result<_>>()?;
+    starts.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(starts)
+}
+
 /// The kinds of a file's top-level boxes, in order.
 fn top_level_boxes(bytes: &[u8]) -> Result<Vec<String>> {
     let mut kinds = Vec::new();
@@ -207,6 +242,24 @@ async fn a_recording_made_progressive_has_its_moov_first_and_plays_the_same() ->
     );
     let errors = decodes_cleanly(&progressive).await?;
     assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
+
+    // The tracks keep their start times (the edit lists), so audio and video stay in sync.
+    let (before, after) = (
+        start_times(&fragmented).await?,
+        start_times(&progressive).await?,
+    );
+    eprintln!("start times: fragmented {before:?}, progressive {after:?}");
+    assert_eq!(
+        after.iter().map(|s| &s.0).collect::<Vec<_>>(),
+        ["audio", "video"],
+        "{after:?}"
+    );
+    for ((kind, was), (_, is)) in before.iter().zip(&after) {
+        assert!(
+            (was - is).abs() <= 0.001,
+            "{kind} starts at {is} s, at {was} s in the recording"
+        );
+    }
     let _ = std::fs::remove_file(&fragmented);
     let _ = std::fs::remove_file(&progressive);
     Ok(())
