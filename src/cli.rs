@@ -520,6 +520,12 @@ pub struct OriginTuning {
     #[arg(long, env = "CORRIENTE_FORWARD_CA_FILE", value_name = "PATH")]
     pub forward_ca_file: Option<std::path::PathBuf>,
 
+    /// HLS segment target: a segment starts at the first keyframe this long after the last
+    /// one started (at every keyframe when they are further apart). The origin marks segments
+    /// once, so every edge serves the same ones. At least 1s.
+    #[arg(long, env = "CORRIENTE_HLS_SEGMENT", value_name = "DURATION", default_value = shown(Dur(OriginConfig::default().hls_segment)), value_parser = parse_duration)]
+    pub hls_segment: Duration,
+
     /// Recording: write every publication of the recorded applications as a fragmented MP4
     /// file under this directory (DIR/APP/NAME/START-EEPOCH.mp4), while it is live. Default:
     /// nothing is recorded.
@@ -1121,6 +1127,7 @@ fn origin_config(
         record_min_free: tuning.record_min_free,
         record_max_age: tuning.record_max_age,
         record_max_bytes: tuning.record_max_bytes,
+        hls_segment: tuning.hls_segment,
         drain_timeout,
         ..OriginConfig::default()
     }

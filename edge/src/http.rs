@@ -62,6 +62,10 @@ pub(crate) fn router(ctx: Arc<EdgeContext>, redirect: bool) -> Router {
         .route(
             "/vod/{app}/{name}/{file}",
             get(vod).head(vod).options(preflight),
+        )
+        .route(
+            "/{app}/{name}/hls/{file}",
+            get(hls_media).head(hls_media).options(preflight),
         );
     let router = match (redirect, ctx.https_local) {
         (true, Some(https)) => router.layer(axum::middleware::from_fn(
@@ -69,6 +73,8 @@ pub(crate) fn router(ctx: Arc<EdgeContext>, redirect: bool) -> Router {
                 let path = request.uri().path();
                 if path.ends_with(".flv")
                     || path.ends_with(".mp4")
+                    || path.ends_with(".m3u8")
+                    || path.ends_with(".m4s")
                     || request.method() == Method::OPTIONS
                 {
                     return next.run(request).await;
@@ -730,6 +736,24 @@ async fn vod(
     .await
 }
 
+/// HLS media: an initialization segment, a segment or a part.
+async fn hls_media(
+    State(ctx): State<Arc<EdgeContext>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    method: Method,
+    Path((app, name, file)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    crate::hls::serve_media(
+        &ctx,
+        peer,
+        (&app, &name, &file),
+        query.as_deref().unwrap_or(""),
+        method == Method::HEAD,
+    )
+    .await
+}
+
 /// Playback through hyper (a kept-alive connection's later requests).
 async fn play(
     State(ctx): State<Arc<EdgeContext>>,
@@ -741,6 +765,10 @@ async fn play(
     RawQuery(query): RawQuery,
 ) -> Response {
     let requested = Instant::now();
+    if let Some(name) = file.strip_suffix(".m3u8") {
+        return crate::hls::serve_playlist(&ctx, peer, &app, name, query.as_deref().unwrap_or(""))
+            .await;
+    }
     if !file.ends_with(".flv") {
         // `/APP/NAME`: the player page (it fetches `/APP/NAME.flv` itself).
         return match StreamKey::new(&app, &file) {

@@ -5,6 +5,7 @@
 //! The edge never imports the origin: they meet only through the relay and control APIs.
 
 mod access;
+mod hls;
 mod http;
 mod metrics;
 mod page;
@@ -157,6 +158,7 @@ impl Default for EdgeConfig {
                 resolve_timeout: Duration::from_secs(5),
                 upstream_grace: Duration::from_secs(10),
                 upstream_stall: Duration::from_secs(4),
+                hls: crate::hls::HlsConfig::default(),
                 node_id: "edge".to_owned(),
                 cluster_auth: ClusterAuth::open(),
             },
@@ -222,7 +224,7 @@ impl EdgeContext {
     /// Bits per second written to viewers since the last call.
     fn egress_bps(&self) -> u64 {
         let out = &corriente_media::metrics::BYTES_OUT;
-        let total = ["rtmp", "http_flv", "vod"]
+        let total = ["rtmp", "http_flv", "vod", "hls"]
             .iter()
             .map(|p| out.with_label_values(&[p]).get())
             .sum::<u64>();

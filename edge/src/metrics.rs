@@ -105,14 +105,16 @@ pub fn init() {
     LazyLock::force(&RESYNCS);
     crate::pulls::init_metrics();
     LazyLock::force(&VOD_CACHE_BYTES);
-    corriente_media::metrics::BYTES_OUT.with_label_values(&["vod"]);
+    for protocol in ["vod", "hls"] {
+        corriente_media::metrics::BYTES_OUT.with_label_values(&[protocol]);
+    }
     for result in ["hit", "miss"] {
         VOD_CACHE.with_label_values(&[result]);
     }
     for status in ["200", "206", "304", "404", "416"] {
         VOD_REQUESTS.with_label_values(&[status]);
     }
-    for protocol in ["rtmp", "http_flv", "vod"] {
+    for protocol in ["rtmp", "http_flv", "vod", "hls"] {
         for reason in PLAY_REFUSAL_REASONS {
             PLAY_REFUSED.with_label_values(&[protocol, reason]);
         }

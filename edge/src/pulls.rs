@@ -59,6 +59,8 @@ pub struct PullConfig {
     pub upstream_grace: Duration,
     /// No frame from the origin for this long means the upstream is lost.
     pub upstream_stall: Duration,
+    /// HLS packaging of pulled streams.
+    pub hls: crate::hls::HlsConfig,
     /// This edge's node id, sent to origins for their logs.
     pub node_id: String,
     /// Cluster credentials presented to origins' relays.
@@ -102,6 +104,8 @@ struct PullEntry {
     /// Newest epoch the registry announced for this stream: a newer one than the pull's means
     /// the stream moved to another origin.
     moved: watch::Sender<u64>,
+    /// Its HLS output (on from the first HLS request).
+    hls: Arc<crate::hls::Packager>,
 }
 
 /// How long a stream the registry did not know is answered "not found" without asking again
@@ -134,6 +138,11 @@ pub struct ViewerLease {
 impl ViewerLease {
     pub fn hub(&self) -> &Hub {
         &self.entry.hub
+    }
+
+    /// The stream's HLS output.
+    pub fn hls(&self) -> &Arc<crate::hls::Packager> {
+        &self.entry.hls
     }
 }
 
@@ -170,15 +179,34 @@ impl Pulls {
     /// Joins the pull of `key`, starting it if this is the stream's first viewer here, and
     /// waits until the stream is found and flowing.
     pub async fn acquire(self: &Arc<Self>, key: &StreamKey) -> Result<ViewerLease, PlayError> {
+        self.acquire_for(key, false).await
+    }
+
+    /// [`Self::acquire`] for an HLS request: the pull's packager is on (from its first frame
+    /// when the pull starts now).
+    pub async fn acquire_hls(self: &Arc<Self>, key: &StreamKey) -> Result<ViewerLease, PlayError> {
+        self.acquire_for(key, true).await
+    }
+
+    async fn acquire_for(
+        self: &Arc<Self>,
+        key: &StreamKey,
+        hls: bool,
+    ) -> Result<ViewerLease, PlayError> {
         if self.recently_not_found(key) {
             return Err(PlayError::NotFound(key.clone()));
         }
         let entry = {
             let mut map = self.lock();
             let entry = match map.get(key) {
-                Some(entry) => entry.clone(),
+                Some(entry) => {
+                    if hls {
+                        entry.hls.enable();
+                    }
+                    entry.clone()
+                }
                 None => {
-                    let entry = self.start(key.clone());
+                    let entry = self.start(key.clone(), hls);
                     map.insert(key.clone(), entry.clone());
                     entry
                 }
@@ -264,7 +292,7 @@ impl Pulls {
             .collect()
     }
 
-    fn start(self: &Arc<Self>, key: StreamKey) -> Arc<PullEntry> {
+    fn start(self: &Arc<Self>, key: StreamKey, hls: bool) -> Arc<PullEntry> {
         let (hub, writer) = spawn_hub(key.clone(), self.config.hub);
         let (state_tx, state_rx) = watch::channel(PullState::Resolving);
         let entry = Arc::new(PullEntry {
@@ -275,7 +303,11 @@ impl Pulls {
             viewers: AtomicUsize::new(0),
             idle: Notify::new(),
             moved: watch::Sender::new(0),
+            hls: Arc::new(crate::hls::Packager::new(self.config.hls)),
         });
+        if hls {
+            entry.hls.enable();
+        }
         let span = info_span!("pull", stream = %key);
         tokio::spawn(run_pull(self.clone(), entry.clone(), writer, state_tx).instrument(span));
         entry
@@ -463,6 +495,7 @@ async fn run_pull(
             .dec();
     }
     pulls.remove(&entry);
+    entry.hls.end();
     debug!(reason = reason.as_str(), "pull ended");
     writer.finish(reason);
 }
@@ -553,7 +586,7 @@ async fn pull(
             state,
             writer,
             upstream,
-            record.epoch,
+            (record.epoch, record.started_at_ms),
             failover_from,
             &mut timeline,
             &mut linger,
@@ -584,7 +617,7 @@ async fn relay_session(
     state: &watch::Sender<PullState>,
     writer: &mut HubWriter,
     mut upstream: Streaming<pb::RelayMessage>,
-    epoch: u64,
+    (epoch, started_at_ms): (u64, u64),
     mut failover_from: Option<Instant>,
     timeline: &mut Timeline,
     linger: &mut Option<Instant>,
@@ -613,6 +646,8 @@ async fn relay_session(
                     corriente_media::metrics::BYTES_IN
                         .with_label_values(&["relay"])
                         .inc_by(frame.payload.len() as u64);
+                    // HLS takes the origin's timestamps, the same on every edge.
+                    entry.hls.push(epoch, started_at_ms, &frame);
                     let ts = timeline.map(&frame);
                     writer.push(frame.with_timestamp(ts));
                     if *state.borrow() != PullState::Live {
@@ -671,12 +706,9 @@ pub fn frame_from_pb(frame: pb::RelayFrame) -> Option<Frame> {
         pb::FrameKind::Script => FrameKind::Script,
         pb::FrameKind::Unspecified => return None,
     };
-    Some(Frame::new(
-        kind,
-        frame.timestamp,
-        frame.payload,
-        frame.ingest_time_us,
-    ))
+    let mut out = Frame::new(kind, frame.timestamp, frame.payload, frame.ingest_time_us);
+    out.segment = frame.segment;
+    Some(out)
 }
 
 #[cfg(test)]
@@ -689,8 +721,13 @@ mod tests {
             timestamp: 1234,
             payload: payload.clone(),
             ingest_time_us: 99,
+            segment: 42,
         })
         .unwrap();
+        assert_eq!(
+            frame.segment, 42,
+            "the origin's segment mark survives the relay"
+        );
         assert_eq!(
             (frame.kind, frame.timestamp, frame.ingest_us),
             (FrameKind::Video, 1234, 99)

@@ -193,6 +193,11 @@ impl BlockCache {
 /// A plain-text answer, counted.
 fn answer(status: StatusCode, message: impl Into<String>) -> Response {
     VOD_REQUESTS.with_label_values(&[status.as_str()]).inc();
+    plain(status, message)
+}
+
+/// A plain-text answer (errors: CORS, never cached; `Retry-After` with a 503).
+pub(crate) fn plain(status: StatusCode, message: impl Into<String>) -> Response {
     let mut response = (
         status,
         [
@@ -224,7 +229,10 @@ pub(crate) async fn serve(
         Ok(key) => key,
         Err(e) => return answer(StatusCode::NOT_FOUND, e.to_string()),
     };
-    if let Err(response) = authorize(ctx, &key, query, peer).await {
+    if let Err(response) = authorize(ctx, &key, query, peer, "vod").await {
+        VOD_REQUESTS
+            .with_label_values(&[response.status().as_str()])
+            .inc();
         return response;
     }
     if file == "index.json" {
@@ -246,13 +254,14 @@ pub(crate) async fn serve(
     respond(ctx, method, headers, &recording).await
 }
 
-/// The viewer may watch `key`'s recordings: as for live playback, remembered for
-/// [`AUTH_TTL`].
-async fn authorize(
+/// The viewer may watch `key` (its recordings, or its HLS: many requests per viewer): as for
+/// live playback, remembered for [`AUTH_TTL`] per address, stream and token.
+pub(crate) async fn authorize(
     ctx: &EdgeContext,
     key: &StreamKey,
     query: &str,
     peer: IpAddr,
+    protocol: &'static str,
 ) -> Result<(), Response> {
     let token = corriente_core::access::query_param(query, "token")
         .unwrap_or("")
@@ -266,9 +275,9 @@ async fn authorize(
     }
     if let Err(wait) = ctx.take_play_attempt(peer) {
         PLAY_REFUSED
-            .with_label_values(&["vod", "rate_limited"])
+            .with_label_values(&[protocol, "rate_limited"])
             .inc();
-        let mut response = answer(
+        let mut response = plain(
             StatusCode::TOO_MANY_REQUESTS,
             format!("too many play requests from this address; retry in {wait} s"),
         );
@@ -282,7 +291,7 @@ async fn authorize(
         key,
         query,
         peer,
-        "vod",
+        protocol,
         &ctx.config.node_id,
     )
     .await
@@ -297,15 +306,15 @@ async fn authorize(
         }
         Err(denial) => {
             PLAY_REFUSED
-                .with_label_values(&["vod", denial.reason])
+                .with_label_values(&[protocol, denial.reason])
                 .inc();
-            info!(stream = %key, reason = denial.reason, "on-demand playback refused: {}", denial.message);
+            info!(stream = %key, protocol, reason = denial.reason, "playback refused: {}", denial.message);
             let status = if denial.unavailable {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {
                 StatusCode::FORBIDDEN
             };
-            Err(answer(status, denial.message))
+            Err(plain(status, denial.message))
         }
     }
 }

@@ -70,6 +70,11 @@ pub struct Frame {
     /// Wall-clock time the origin received the frame, microseconds since the Unix epoch.
     /// Carried through the relay so edges can measure end-to-end lag.
     pub ingest_us: u64,
+    /// The HLS media sequence number of the segment this video keyframe (or, in an audio-only
+    /// stream, audio frame) starts; 0 when it starts none. Decided once, by the origin
+    /// ([`crate::segment::SegmentMarker`]), and carried through the relay, so every edge cuts
+    /// the same segments with the same numbers.
+    pub segment: u64,
     role: FrameRole,
 }
 
@@ -82,6 +87,7 @@ impl Frame {
             timestamp,
             payload,
             ingest_us,
+            segment: 0,
             role,
         }
     }

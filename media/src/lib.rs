@@ -19,6 +19,7 @@ pub mod mux;
 pub mod output;
 mod ring;
 pub mod rtmp;
+pub mod segment;
 
 pub use corriente_core::StreamKey;
 pub use feed::Feed;

@@ -52,6 +52,9 @@ impl OriginConfig {
         if self.rtmps_addr.is_some() && self.tls.is_none() {
             return Err(OriginError::TlsFilesMissing);
         }
+        if self.hls_segment < corriente_media::segment::MIN_TARGET {
+            return Err(OriginError::HlsSegment(self.hls_segment));
+        }
         for (i, spec) in self.forwards.iter().enumerate() {
             AppForward::parse(&spec.0)
                 .map_err(|e| OriginError::Forward(format!("--forward entry {}: {e}", i + 1)))?;
@@ -112,6 +115,9 @@ pub struct OriginConfig {
     pub max_publish_bitrate: u64,
     /// Hub settings of published streams.
     pub hub: HubConfig,
+    /// HLS segment target: segments start at the first keyframe this long after the last
+    /// (the origin marks them for every edge).
+    pub hls_segment: Duration,
     /// When an edge pulling a stream falls behind for good.
     pub relay_lag: LagPolicy,
     /// How long shutdown waits for connections to end.
@@ -171,6 +177,7 @@ impl Default for OriginConfig {
             }),
             max_publish_bitrate: 100_000_000,
             hub: HubConfig::default(),
+            hls_segment: Duration::from_secs(2),
             relay_lag: LagPolicy::default(),
             drain_timeout: Duration::from_secs(10),
             cluster_auth: ClusterAuth::open(),
@@ -193,6 +200,8 @@ pub const PUBLISH_BITRATE_WINDOW: Duration = Duration::from_secs(5);
 /// Why an origin could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum OriginError {
+    #[error("--hls-segment {0:?} is too short: at least 1s")]
+    HlsSegment(Duration),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -347,6 +356,7 @@ impl Origin {
             config.node_id.clone(),
             relay_advertised.clone(),
             config.hub,
+            config.hls_segment,
             Arc::new(forward),
             record,
         );

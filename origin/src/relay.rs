@@ -231,6 +231,7 @@ pub fn frame_to_pb(frame: &Frame) -> pb::RelayFrame {
         timestamp: frame.timestamp,
         payload: frame.payload.clone(),
         ingest_time_us: frame.ingest_us,
+        segment: frame.segment,
     }
 }
 

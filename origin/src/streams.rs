@@ -11,6 +11,7 @@ use corriente_cluster::{
     StreamClaim,
 };
 use corriente_media::frame::unix_micros;
+use corriente_media::segment::SegmentMarker;
 use corriente_media::{EndReason, Frame, Hub, HubConfig, HubWriter, StreamKey, spawn_hub};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -136,6 +137,8 @@ pub struct Streams {
     node_id: String,
     relay_addr: String,
     hub_config: HubConfig,
+    /// HLS segment target: where the origin marks segments for every edge.
+    hls_segment: Duration,
     forward: Arc<ForwardSettings>,
     record: Option<Arc<RecordSettings>>,
     draining: CancellationToken,
@@ -149,6 +152,7 @@ impl Streams {
         node_id: String,
         relay_addr: String,
         hub_config: HubConfig,
+        hls_segment: Duration,
         forward: Arc<ForwardSettings>,
         record: Option<Arc<RecordSettings>>,
     ) -> Arc<Self> {
@@ -158,6 +162,7 @@ impl Streams {
             node_id,
             relay_addr,
             hub_config,
+            hls_segment,
             forward,
             record,
             draining: CancellationToken::new(),
@@ -289,6 +294,7 @@ impl Streams {
         Ok(Publication {
             key,
             epoch: record.epoch,
+            marker: SegmentMarker::new(self.hls_segment, started_at_ms),
             writer: Some(writer),
             fenced,
             self_fenced,
@@ -424,6 +430,8 @@ impl Streams {
 pub struct Publication {
     key: StreamKey,
     epoch: u64,
+    /// Marks the frames that start HLS segments, for every edge alike.
+    marker: SegmentMarker,
     writer: Option<HubWriter>,
     fenced: CancellationToken,
     self_fenced: Arc<AtomicBool>,
@@ -450,7 +458,8 @@ impl Publication {
         self.self_fenced.load(Ordering::Relaxed)
     }
 
-    pub fn push(&mut self, frame: Frame) {
+    pub fn push(&mut self, mut frame: Frame) {
+        self.marker.mark(&mut frame);
         if let Some(writer) = &mut self.writer {
             writer.push(frame);
         }

@@ -1,0 +1,934 @@
+//! HLS and Low-Latency HLS from a pulled stream: the edge remuxes the relay's frames, in
+//! memory, into CMAF segments (`media::mp4`) cut into partial segments of about
+//! [`HlsConfig::part_target`], and answers playlists (blocking reloads, delta updates), parts
+//! and segments.
+//!
+//! **Every edge gives the same bytes.** Segment starts and media sequence numbers are the
+//! origin's marks ([`Frame::segment`], see `media::segment`), parts are cut at fixed media
+//! times from the segment's start, every segment is muxed by a fresh fragmenter from its own
+//! frames only, and names, durations and program date-times derive from the epoch, the
+//! publication's start time and media timestamps. The packager takes the relay's frames before
+//! the pull's timeline rebasing (which depends on the edge's own history). An edge that joins
+//! mid-stream starts at the next marked frame. A new epoch (a failover, a republication)
+//! restarts the playlist at the new publication's numbers (higher than any before) and its
+//! discontinuity sequence (the epoch): media sequence numbers must grow by one per segment, and
+//! no edge can know where the new publication's numbers would have to start to continue the
+//! old ones, so playlists never mix two publications; program date-times let players line
+//! the two up.
+//!
+//! Memory is bounded per stream: a sliding window of segments, nothing per viewer.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use corriente_core::MediaInfo;
+use corriente_media::frame::{Frame, FrameRole};
+use corriente_media::mp4::{Fragmenter, SampleData, TrackKind, Tracks, sample};
+use tokio::sync::watch;
+use tracing::debug;
+
+/// What the packagers of this edge do.
+#[derive(Debug, Clone, Copy)]
+pub struct HlsConfig {
+    /// Partial segments last about this long (media time).
+    pub part_target: Duration,
+    /// Complete segments kept (and listed) per stream.
+    pub window: usize,
+}
+
+impl Default for HlsConfig {
+    fn default() -> Self {
+        Self {
+            part_target: Duration::from_millis(200),
+            window: 6,
+        }
+    }
+}
+
+/// Most bytes of segments kept per stream, whatever the window says.
+const MAX_BYTES: usize = 96 << 20;
+
+/// One partial segment: a `moof` + `mdat`.
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub bytes: Bytes,
+    /// Media time it covers, milliseconds.
+    pub duration_ms: u32,
+    /// Starts with a picture that decodes alone (or is audio).
+    pub independent: bool,
+}
+
+/// A segment: its parts, and once complete its duration.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub msn: u64,
+    /// The initialization segment its fragments refer to (its file name).
+    pub init: Arc<InitSegment>,
+    /// Wall-clock time of its start, Unix milliseconds (the publication's start plus media
+    /// time).
+    pub pdt_ms: u64,
+    pub parts: Vec<Part>,
+    pub complete: bool,
+}
+
+impl Segment {
+    /// Media time it covers: its parts' (the last part's is known once the next segment
+    /// starts; until then, or when none follows, it counts as long as the part before it).
+    pub fn duration_ms(&self) -> u32 {
+        let sum: u32 = self.parts.iter().map(|p| p.duration_ms).sum();
+        match self.parts.as_slice() {
+            [.., before, last] if self.complete && last.duration_ms == 0 => {
+                sum + before.duration_ms
+            }
+            _ => sum,
+        }
+    }
+
+    /// The whole segment: its parts one after the other.
+    pub fn bytes(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.parts.iter().map(|p| p.bytes.len()).sum());
+        for p in &self.parts {
+            out.extend_from_slice(&p.bytes);
+        }
+        out.freeze()
+    }
+}
+
+/// An initialization segment (`ftyp` + `moov`), named after a digest of its bytes.
+#[derive(Debug)]
+pub struct InitSegment {
+    pub name: String,
+    pub bytes: Bytes,
+}
+
+/// Where the stream's HLS stands: the newest segment and how many parts it has (for blocking
+/// requests), and whether the stream ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub msn: u64,
+    pub parts: usize,
+    pub complete: bool,
+    pub ended: bool,
+    /// The oldest segment kept.
+    pub first_msn: u64,
+}
+
+/// The HLS output of one pulled stream.
+pub struct Packager {
+    config: HlsConfig,
+    state: Mutex<State>,
+    progress: watch::Sender<Progress>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Off until someone asks for HLS: until then frames are ignored.
+    enabled: bool,
+    epoch: u64,
+    started_at_ms: u64,
+    media: MediaInfo,
+    video_config: Option<Frame>,
+    audio_config: Option<Frame>,
+    /// The tracks of the current configuration and their initialization segment.
+    tracks: Option<(Tracks, Arc<InitSegment>)>,
+    /// The open segment's muxer (a fresh one per segment).
+    open: Option<Open>,
+    segments: VecDeque<Segment>,
+    bytes: usize,
+}
+
+struct Open {
+    fragmenter: Fragmenter,
+    /// Which track cuts parts (video when there is one).
+    cutter: TrackKind,
+    /// Decode time (ms) the open part started at, and of the next part boundary.
+    part_start: u32,
+    next_boundary: u32,
+    /// The open part begins with a keyframe (or the stream is audio-only).
+    independent: bool,
+    /// Fragments (parts) written, for `mfhd` numbers.
+    fragments: u32,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// FNV-1a, for names that depend on bytes only.
+fn fnv64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in *p {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl Packager {
+    pub fn new(config: HlsConfig) -> Self {
+        Self {
+            config,
+            state: Mutex::new(State::default()),
+            progress: watch::channel(Progress::default()).0,
+        }
+    }
+
+    /// Turns packaging on (the first HLS request for the stream).
+    pub fn enable(&self) {
+        lock(&self.state).enabled = true;
+    }
+
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// The stream ended (its pull is over): blocked requests give up.
+    pub fn end(&self) {
+        self.progress.send_modify(|p| p.ended = true);
+    }
+
+    /// A frame as the relay delivered it (before any rebasing), of publication `epoch` that
+    /// started at `started_at_ms`.
+    pub fn push(&self, epoch: u64, started_at_ms: u64, frame: &Frame) {
+        let mut state = lock(&self.state);
+        if !state.enabled {
+            return;
+        }
+        if epoch != state.epoch {
+            // A new publication: its segments replace the old ones (its numbers are higher).
+            state.open = None;
+            state.segments.clear();
+            state.bytes = 0;
+            state.epoch = epoch;
+            state.started_at_ms = started_at_ms;
+            state.tracks = None;
+            state.video_config = None;
+            state.audio_config = None;
+            state.media = MediaInfo::default();
+        }
+        match frame.role() {
+            FrameRole::Metadata => {
+                corriente_media::info::observe(&mut state.media, frame);
+                return;
+            }
+            FrameRole::VideoConfig | FrameRole::AudioConfig => {
+                corriente_media::info::observe(&mut state.media, frame);
+                let slot = if frame.role() == FrameRole::VideoConfig {
+                    &mut state.video_config
+                } else {
+                    &mut state.audio_config
+                };
+                if slot.as_ref().map(|f| &f.payload) != Some(&frame.payload) {
+                    *slot = Some(frame.clone());
+                    // A new configuration takes effect at the next segment.
+                    state.tracks = None;
+                }
+                return;
+            }
+            _ => {}
+        }
+        let Some(s) = sample(frame) else { return };
+        let changed = if frame.segment != 0 {
+            self.start_segment(&mut state, frame.segment, frame.timestamp, &s)
+        } else {
+            self.continue_segment(&mut state, s)
+        };
+        if !changed {
+            return;
+        }
+        let p = state.progress();
+        // Not under the state's lock: a blocked request checks the state from inside the
+        // watch's.
+        drop(state);
+        self.progress.send_if_modified(|old| {
+            let new = Progress {
+                ended: old.ended,
+                ..p
+            };
+            let differs = *old != new;
+            *old = new;
+            differs
+        });
+    }
+
+    /// Closes the open segment and opens `msn` with `first`.
+    fn start_segment(&self, state: &mut State, msn: u64, ts: u32, first: &SampleData) -> bool {
+        let closed = close_segment(state, Some(ts));
+        if state.tracks.is_none() {
+            let tracks = Tracks::new(
+                state.video_config.as_ref(),
+                state.audio_config.as_ref(),
+                state.media.width,
+                state.media.height,
+            );
+            let init = tracks.and_then(|t| t.init_segment().map(|bytes| (t, bytes)));
+            match init {
+                Ok((tracks, bytes)) => {
+                    let name = format!(
+                        "init-{:016x}.mp4",
+                        fnv64(&[&state.epoch.to_be_bytes(), &bytes])
+                    );
+                    let init = Arc::new(InitSegment {
+                        name,
+                        bytes: Bytes::from(bytes),
+                    });
+                    state.tracks = Some((tracks, init));
+                }
+                Err(e) => {
+                    debug!(error = %e, "this stream cannot be packaged as HLS");
+                    return closed;
+                }
+            }
+        }
+        let Some((tracks, init)) = state.tracks.clone() else {
+            return closed;
+        };
+        let cutter = if tracks.track_id(TrackKind::Video).is_some() {
+            TrackKind::Video
+        } else {
+            TrackKind::Audio
+        };
+        let part_ms = self.config.part_target.as_millis() as u32;
+        let mut fragmenter = Fragmenter::new(tracks);
+        fragmenter.push(first.clone());
+        state.open = Some(Open {
+            fragmenter,
+            cutter,
+            part_start: ts,
+            next_boundary: ts.wrapping_add(part_ms),
+            independent: true,
+            fragments: 0,
+        });
+        state.segments.push_back(Segment {
+            msn,
+            init,
+            pdt_ms: state.started_at_ms + u64::from(ts),
+            parts: Vec::new(),
+            complete: false,
+        });
+        // The window: complete segments beyond it, and bytes beyond the cap, go.
+        while state.segments.len() > self.config.window + 1
+            || (state.bytes > MAX_BYTES && state.segments.len() > 1)
+        {
+            let Some(old) = state.segments.pop_front() else {
+                break;
+            };
+            state.bytes -= old.parts.iter().map(|p| p.bytes.len()).sum::<usize>();
+        }
+        true
+    }
+
+    /// Adds a sample to the open segment, cutting a part at the next boundary.
+    fn continue_segment(&self, state: &mut State, s: SampleData) -> bool {
+        let part_ms = self.config.part_target.as_millis() as u32;
+        let Some(open) = state.open.as_mut() else {
+            return false;
+        };
+        let boundary =
+            s.track == open.cutter && s.dts_ms.wrapping_sub(open.next_boundary) < u32::MAX / 2;
+        let keyframe = s.track == TrackKind::Video && s.keyframe;
+        let dts = s.dts_ms;
+        open.fragmenter.push(s);
+        if !boundary {
+            return false;
+        }
+        let sequence = fragment_number(
+            state.segments.back().map_or(0, |seg| seg.msn),
+            open.fragments,
+        );
+        let Ok(Some(bytes)) = open.fragmenter.flush(sequence) else {
+            return false;
+        };
+        let part = Part {
+            bytes: Bytes::from(bytes),
+            duration_ms: dts.wrapping_sub(open.part_start),
+            independent: open.independent,
+        };
+        open.fragments += 1;
+        open.part_start = dts;
+        // Boundaries at fixed media times from the segment's start.
+        while dts.wrapping_sub(open.next_boundary) < u32::MAX / 2 {
+            open.next_boundary = open.next_boundary.wrapping_add(part_ms);
+        }
+        open.independent = keyframe || open.cutter == TrackKind::Audio;
+        state.bytes += part.bytes.len();
+        if let Some(seg) = state.segments.back_mut() {
+            seg.parts.push(part);
+        }
+        true
+    }
+
+    /// The segments kept, the init segments they use, and the discontinuity sequence of the
+    /// first.
+    pub fn snapshot(&self) -> Snapshot {
+        let state = lock(&self.state);
+        Snapshot {
+            segments: state.segments.iter().cloned().collect(),
+            discontinuity_sequence: state.epoch,
+        }
+    }
+
+    /// The initialization segment named `name`, if a kept segment uses it.
+    pub fn init(&self, name: &str) -> Option<Bytes> {
+        let state = lock(&self.state);
+        state
+            .segments
+            .iter()
+            .map(|s| &s.init)
+            .chain(state.tracks.iter().map(|(_, i)| i))
+            .find(|i| i.name == name)
+            .map(|i| i.bytes.clone())
+    }
+
+    /// Segment `msn`, if kept (whole only once complete).
+    pub fn segment(&self, msn: u64) -> Option<Segment> {
+        lock(&self.state)
+            .segments
+            .iter()
+            .find(|s| s.msn == msn)
+            .cloned()
+    }
+
+    pub fn config(&self) -> HlsConfig {
+        self.config
+    }
+
+    /// Whether a playlist now lists what a blocking request waits for: segment `msn` whole
+    /// (`part` = `None`), or its part `part` — a part past the last of a complete segment being
+    /// the next segment's first (RFC 8216bis 6.2.5.2).
+    pub fn lists(&self, request: &PlaylistRequest) -> bool {
+        let state = lock(&self.state);
+        let Some(newest) = state.segments.back() else {
+            return false;
+        };
+        let Some(msn) = request.msn else {
+            // A first playlist lists one whole segment at least (for players without LL-HLS).
+            return state.segments.iter().any(|s| s.complete);
+        };
+        if state.segments.front().is_some_and(|f| msn < f.msn) || msn < newest.msn {
+            return match (request.part, state.segments.iter().find(|s| s.msn == msn)) {
+                (Some(part), Some(s)) if part >= s.parts.len() => state
+                    .segments
+                    .iter()
+                    .find(|n| n.msn == msn + 1)
+                    .is_some_and(|n| !n.parts.is_empty() || n.complete),
+                _ => true,
+            };
+        }
+        if msn > newest.msn {
+            return false;
+        }
+        match request.part {
+            None => newest.complete,
+            Some(part) => newest.parts.len() > part,
+        }
+    }
+}
+
+/// `mfhd` sequence numbers: growing within a stream, from the segment's number and the part's.
+fn fragment_number(msn: u64, part: u32) -> u32 {
+    ((msn % (1 << 24)) as u32) * 128 + part.min(127) + 1
+}
+
+/// Ends the open segment with its last part (every sample, the last ones with the duration of
+/// the one before), which lasts until `next_start` when the next segment starts there.
+/// Returns whether anything changed.
+fn close_segment(state: &mut State, next_start: Option<u32>) -> bool {
+    let Some(mut open) = state.open.take() else {
+        return false;
+    };
+    let Some(seg) = state.segments.back_mut() else {
+        return false;
+    };
+    let sequence = fragment_number(seg.msn, open.fragments);
+    if let Ok(Some(bytes)) = open.fragmenter.finish(sequence) {
+        // The last part ends where the next segment starts; until then, at its own end.
+        let part = Part {
+            bytes: Bytes::from(bytes),
+            duration_ms: next_start.map_or(0, |t| t.wrapping_sub(open.part_start)),
+            independent: open.independent,
+        };
+        state.bytes += part.bytes.len();
+        seg.parts.push(part);
+    }
+    seg.complete = true;
+    true
+}
+
+impl State {
+    fn progress(&self) -> Progress {
+        match self.segments.back() {
+            Some(s) => Progress {
+                msn: s.msn,
+                parts: s.parts.len(),
+                complete: s.complete,
+                ended: false,
+                first_msn: self.segments.front().map_or(s.msn, |f| f.msn),
+            },
+            None => Progress::default(),
+        }
+    }
+}
+
+/// A copy of what a packager keeps, for one answer.
+pub struct Snapshot {
+    pub segments: Vec<Segment>,
+    pub discontinuity_sequence: u64,
+}
+
+/// What a playlist request asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlaylistRequest {
+    /// `_HLS_msn`, `_HLS_part`: block until this part (or segment) is listed.
+    pub msn: Option<u64>,
+    pub part: Option<usize>,
+    /// `_HLS_skip=YES` (or `v2`): a delta update.
+    pub skip: bool,
+}
+
+impl PlaylistRequest {
+    pub fn parse(query: &str) -> Result<Self, String> {
+        let mut r = PlaylistRequest::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "_HLS_msn" => {
+                    r.msn = Some(v.parse().map_err(|_| format!("bad _HLS_msn {v:?}"))?);
+                }
+                "_HLS_part" => {
+                    r.part = Some(v.parse().map_err(|_| format!("bad _HLS_part {v:?}"))?);
+                }
+                "_HLS_skip" => r.skip = matches!(v, "YES" | "v2"),
+                _ => {}
+            }
+        }
+        if r.part.is_some() && r.msn.is_none() {
+            return Err("_HLS_part without _HLS_msn".to_owned());
+        }
+        Ok(r)
+    }
+}
+
+/// Seconds with three decimals.
+fn secs(ms: u32) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn iso8601(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        unix_ms % 1000
+    )
+}
+
+/// The media playlist of `snapshot`, for `request`: segments' URIs are `{prefix}MSN.m4s`
+/// (parts `{prefix}MSN.PART.m4s`, maps `{prefix}init-….mp4`), each followed by `query` (a
+/// playback token) when it is not empty. A function of its arguments only.
+pub fn playlist(
+    snapshot: &Snapshot,
+    config: HlsConfig,
+    request: &PlaylistRequest,
+    prefix: &str,
+    query: &str,
+) -> String {
+    let q = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    let segs = &snapshot.segments;
+    let part_target = config.part_target.as_millis() as u32;
+    let durations: Vec<u32> = segs.iter().map(Segment::duration_ms).collect();
+    let target = durations
+        .iter()
+        .zip(segs)
+        .filter(|(_, s)| s.complete)
+        .map(|(d, _)| d.div_ceil(1000))
+        .max()
+        .unwrap_or(2)
+        .max(1);
+    let mut out = String::with_capacity(2048);
+    let _ = writeln!(out, "#EXTM3U");
+    let _ = writeln!(out, "#EXT-X-VERSION:9");
+    let _ = writeln!(out, "#EXT-X-TARGETDURATION:{target}");
+    let skip_until = 6 * target * 1000;
+    let _ = writeln!(
+        out,
+        "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,CAN-SKIP-UNTIL={},PART-HOLD-BACK={}",
+        secs(skip_until),
+        secs(part_target * 3)
+    );
+    let _ = writeln!(out, "#EXT-X-PART-INF:PART-TARGET={}", secs(part_target));
+    let first = segs.first().map_or(0, |s| s.msn);
+    let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{first}");
+    let _ = writeln!(
+        out,
+        "#EXT-X-DISCONTINUITY-SEQUENCE:{}",
+        snapshot.discontinuity_sequence
+    );
+    // A delta update skips the complete segments older than CAN-SKIP-UNTIL from the end.
+    let total: u64 = durations.iter().map(|d| u64::from(*d)).sum();
+    let mut skipped = 0usize;
+    if request.skip {
+        let mut from_end = total;
+        for (s, d) in segs.iter().zip(&durations) {
+            if from_end <= u64::from(skip_until) || !s.complete {
+                break;
+            }
+            from_end -= u64::from(*d);
+            skipped += 1;
+        }
+        if skipped > 0 {
+            let _ = writeln!(out, "#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}");
+        }
+    }
+    // Parts are listed for the last segments only (about three target durations).
+    let mut listed_parts_from = segs.len();
+    let mut tail = 0u64;
+    for (i, d) in durations.iter().enumerate().rev() {
+        listed_parts_from = i;
+        tail += u64::from(*d);
+        if tail >= u64::from(3 * target * 1000) {
+            break;
+        }
+    }
+    let mut map: Option<&str> = None;
+    for (i, (s, d)) in segs.iter().zip(&durations).enumerate().skip(skipped) {
+        if map != Some(s.init.name.as_str()) {
+            let _ = writeln!(out, "#EXT-X-MAP:URI=\"{prefix}{}{q}\"", s.init.name);
+            map = Some(s.init.name.as_str());
+        }
+        let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", iso8601(s.pdt_ms));
+        if i >= listed_parts_from {
+            let count = s.parts.len();
+            for (p, part) in s.parts.iter().enumerate() {
+                let duration = if p + 1 == count && s.complete {
+                    d.saturating_sub(s.parts[..p].iter().map(|x| x.duration_ms).sum())
+                } else {
+                    part.duration_ms
+                };
+                let independent = if part.independent {
+                    ",INDEPENDENT=YES"
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    out,
+                    "#EXT-X-PART:DURATION={},URI=\"{prefix}{}.{p}.m4s{q}\"{independent}",
+                    secs(duration),
+                    s.msn
+                );
+            }
+        }
+        if s.complete {
+            let _ = writeln!(out, "#EXTINF:{},", secs(*d));
+            let _ = writeln!(out, "{prefix}{}.m4s{q}", s.msn);
+        } else {
+            let _ = writeln!(
+                out,
+                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{prefix}{}.{}.m4s{q}\"",
+                s.msn,
+                s.parts.len()
+            );
+        }
+    }
+    out
+}
+
+// ---- HTTP -------------------------------------------------------------------------------
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use corriente_media::StreamKey;
+
+use crate::EdgeContext;
+use crate::pulls::{PlayError, ViewerLease};
+use crate::vod::plain;
+
+/// Longest a blocking request (a playlist reload, a part not yet written) is held.
+fn block_limit(config: HlsConfig) -> Duration {
+    // Three target durations, as RFC 8216bis asks of servers, with 2 s segments; more when the
+    // stream is just starting (the first segment mark may be a GOP away).
+    Duration::from_secs(6).max(config.part_target * 30)
+}
+
+/// The stream's pull, for an HLS request (authorized first).
+async fn lease(
+    ctx: &EdgeContext,
+    key: &StreamKey,
+    query: &str,
+    peer: std::net::IpAddr,
+) -> Result<ViewerLease, Response> {
+    crate::vod::authorize(ctx, key, query, peer, "hls").await?;
+    if ctx.draining.is_cancelled() {
+        return Err(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this edge is shutting down; retry",
+        ));
+    }
+    ctx.pulls.acquire_hls(key).await.map_err(|e| match e {
+        PlayError::NotFound(_) => plain(StatusCode::NOT_FOUND, e.to_string()),
+        PlayError::Unavailable { .. } => plain(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    })
+}
+
+/// Waits until `ready` holds for the packager's progress, or the stream ends, or `limit`.
+async fn wait_until(
+    packager: &Packager,
+    limit: Duration,
+    ready: impl Fn(&Progress) -> bool,
+) -> Result<(), Response> {
+    let mut progress = packager.progress();
+    let waited = tokio::time::timeout(limit, progress.wait_for(|p| p.ended || ready(p))).await;
+    match waited {
+        Ok(Ok(p)) if !p.ended || ready(&p) => Ok(()),
+        Ok(_) => Err(plain(StatusCode::NOT_FOUND, "the stream ended")),
+        Err(_) => Err(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the stream has no such segment yet; retry",
+        )),
+    }
+}
+
+/// The playlist's query minus the blocking-request parameters: what segment URIs carry (a
+/// playback token).
+fn passthrough(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("_HLS_"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// `GET /APP/NAME.m3u8`: the media playlist, LL-HLS with blocking reloads and delta updates.
+pub(crate) async fn serve_playlist(
+    ctx: &EdgeContext,
+    peer: std::net::IpAddr,
+    app: &str,
+    name: &str,
+    query: &str,
+) -> Response {
+    let key = match StreamKey::new(app, name) {
+        Ok(key) => key,
+        Err(e) => return plain(StatusCode::NOT_FOUND, e.to_string()),
+    };
+    let request = match PlaylistRequest::parse(query) {
+        Ok(r) => r,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, e),
+    };
+    let lease = match lease(ctx, &key, query, peer).await {
+        Ok(lease) => lease,
+        Err(response) => return response,
+    };
+    let packager = lease.hls();
+    let config = packager.config();
+    if let Some(msn) = request.msn {
+        // A request too far ahead is refused at once (RFC 8216bis 6.2.5.2).
+        let now = *packager.progress().borrow();
+        if now.msn > 0 && msn > now.msn + 2 {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "_HLS_msn={msn} is more than two segments ahead of {}",
+                    now.msn
+                ),
+            );
+        }
+    }
+    if let Err(response) =
+        wait_until(packager, block_limit(config), |_| packager.lists(&request)).await
+    {
+        return response;
+    }
+    let body = playlist(
+        &packager.snapshot(),
+        config,
+        &request,
+        &format!("{name}/hls/"),
+        &passthrough(query),
+    );
+    drop(lease);
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, "application/vnd.apple.mpegurl"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        body,
+    )
+        .into_response();
+    // A blocking request names what it waited for, so a cache may keep its answer a while;
+    // a plain reload is fresh for about a part.
+    let max_age = if request.msn.is_some() {
+        "public, max-age=30"
+    } else {
+        "public, max-age=1"
+    };
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static(max_age));
+    response
+}
+
+/// What `/APP/NAME/hls/FILE` names.
+#[derive(Debug, PartialEq, Eq)]
+enum Media {
+    Init(String),
+    Segment(u64),
+    Part(u64, usize),
+}
+
+fn media_name(file: &str) -> Option<Media> {
+    if file.starts_with("init-") && file.ends_with(".mp4") && file.len() < 64 {
+        return Some(Media::Init(file.to_owned()));
+    }
+    let stem = file.strip_suffix(".m4s")?;
+    match stem.split_once('.') {
+        Some((msn, part)) => Some(Media::Part(msn.parse().ok()?, part.parse().ok()?)),
+        None => Some(Media::Segment(stem.parse().ok()?)),
+    }
+}
+
+/// `GET /APP/NAME/hls/FILE`: an initialization segment, a segment or a part. A part or segment
+/// about to be written (the playlist's preload hint) is waited for.
+pub(crate) async fn serve_media(
+    ctx: &EdgeContext,
+    peer: std::net::IpAddr,
+    (app, name, file): (&str, &str, &str),
+    query: &str,
+    head: bool,
+) -> Response {
+    let key = match StreamKey::new(app, name) {
+        Ok(key) => key,
+        Err(e) => return plain(StatusCode::NOT_FOUND, e.to_string()),
+    };
+    let Some(media) = media_name(file) else {
+        return plain(StatusCode::NOT_FOUND, format!("no such HLS file: {file}"));
+    };
+    let lease = match lease(ctx, &key, query, peer).await {
+        Ok(lease) => lease,
+        Err(response) => return response,
+    };
+    let packager = lease.hls();
+    let limit = block_limit(packager.config());
+    let gone = || {
+        plain(
+            StatusCode::NOT_FOUND,
+            format!("{file} is not (or no longer) kept"),
+        )
+    };
+    let bytes = match media {
+        Media::Init(name) => match packager.init(&name) {
+            Some(b) => b,
+            None => return gone(),
+        },
+        Media::Segment(msn) => {
+            let now = *packager.progress().borrow();
+            if msn > now.msn + 1 {
+                return gone();
+            }
+            if let Err(r) = wait_until(packager, limit, |p| {
+                p.msn > msn || (p.msn == msn && p.complete)
+            })
+            .await
+            {
+                return r;
+            }
+            match packager.segment(msn) {
+                Some(s) if s.complete => s.bytes(),
+                _ => return gone(),
+            }
+        }
+        Media::Part(msn, part) => {
+            let now = *packager.progress().borrow();
+            let next = (msn == now.msn && part <= now.parts) || (msn == now.msn + 1 && part == 0);
+            if !next
+                && packager
+                    .segment(msn)
+                    .and_then(|s| s.parts.get(part).cloned())
+                    .is_none()
+            {
+                return gone();
+            }
+            if let Err(r) = wait_until(packager, limit, |p| {
+                p.msn > msn || (p.msn == msn && (p.parts > part || p.complete))
+            })
+            .await
+            {
+                return r;
+            }
+            match packager
+                .segment(msn)
+                .and_then(|s| s.parts.get(part).cloned())
+            {
+                Some(p) => p.bytes,
+                None => return gone(),
+            }
+        }
+    };
+    drop(lease);
+    corriente_media::metrics::BYTES_OUT
+        .with_label_values(&["hls"])
+        .inc_by(bytes.len() as u64);
+    let len = bytes.len();
+    let mut response = Response::new(if head {
+        Body::empty()
+    } else {
+        Body::from(bytes)
+    });
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    // Names are never reused (numbers grow across publications; init names are digests).
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocking_requests_parse_and_wait_for_their_part() {
+        let r = PlaylistRequest::parse("_HLS_msn=10&_HLS_part=2&_HLS_skip=YES").unwrap();
+        assert_eq!((r.msn, r.part, r.skip), (Some(10), Some(2), true));
+        assert!(PlaylistRequest::parse("_HLS_part=1").is_err());
+        assert!(PlaylistRequest::parse("_HLS_msn=x").is_err());
+    }
+
+    #[test]
+    fn dates_are_iso_8601_in_utc() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(951_782_400_123), "2000-02-29T00:00:00.123Z");
+    }
+}
