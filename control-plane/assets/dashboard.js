@@ -1,12 +1,16 @@
 // Corriente cluster dashboard: polls the control plane's stats API (same origin) every 2 s and
-// renders streams, origins and edges. Elements carry data-* attributes with raw values
-// (`tr[data-stream="live/x"] [data-field="viewers"]` has `data-value="3"`) for scripts and tests.
+// renders streams, recordings, origins and edges. Elements carry data-* attributes with raw
+// values (`tr[data-stream="live/x"] [data-field="viewers"]` has `data-value="3"`;
+// `tr[data-recording="live/x/ID"] [data-field="state"]` has `data-value="complete"`) for scripts
+// and tests.
 (function () {
   'use strict';
 
   const REFRESH_MS = 2000;
   const REFRESH_HIDDEN_MS = 10000;
   const FETCH_TIMEOUT_MS = 5000;
+  /** The recordings table shows this many, newest first. */
+  const MAX_RECORDINGS = 100;
 
   const $ = (id) => document.getElementById(id);
   const body = document.body;
@@ -64,6 +68,16 @@
 
   const keyPath = (k) => (k && k.app ? k.app + '/' + k.name : '');
 
+  function size(bytes) {
+    const b = bytes || 0;
+    if (b >= 1e9) return (b / 1e9).toFixed(2) + ' GB';
+    return (b / 1e6).toFixed(1) + ' MB';
+  }
+
+  const localTime = (ms) => (ms ? new Date(ms).toLocaleString(undefined, {
+    year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit',
+  }) : '–');
+
   // --- Addresses ----------------------------------------------------------------------
   /** Splits `ip:port` / `[v6]:port`; a wildcard or empty host becomes the page's own host. */
   function hostPort(addr) {
@@ -86,6 +100,13 @@
     return 'http://' + hostPort(pick.http_addr) + path;
   }
 
+  /** An edge to play recordings from: the first ready one with an HTTP address, or null. */
+  function vodEdge(edges) {
+    const usable = edges.filter((e) => e.http_addr && hostPort(e.http_addr));
+    const pick = usable.find((e) => e.ready) || usable[0];
+    return pick ? 'http://' + hostPort(pick.http_addr) : null;
+  }
+
   // --- Fetching -----------------------------------------------------------------------
   async function getJson(path) {
     const abort = new AbortController();
@@ -102,8 +123,14 @@
   async function refresh() {
     clearTimeout(timer);
     try {
-      const [s, n] = await Promise.all([getJson('/api/v1/streams'), getJson('/api/v1/nodes')]);
+      // A control plane without the recordings index (or failing to read it) still shows the rest.
+      const [s, n, r] = await Promise.all([
+        getJson('/api/v1/streams'),
+        getJson('/api/v1/nodes'),
+        getJson('/api/v1/recordings').catch((e) => ({ failed: e })),
+      ]);
       render(s.streams || [], n.nodes || []);
+      renderRecordings(r, (n.nodes || []).filter((x) => x.role === 'edge'));
       lastOk = Date.now();
       body.dataset.health = 'ok';
       body.dataset.loaded = 'true';
@@ -236,6 +263,59 @@
       '<td data-label="Uptime" class="num" data-field="uptime" data-value="' + esc(s.uptime_seconds || 0) + '"><div class="v">' + esc(duration(s.uptime_seconds)) + '</div></td>' +
       '<td data-label="Viewers"><div class="v viewers"><span class="viewers-total" data-field="viewers" data-value="' + esc(s.viewers || 0) + '">' +
         esc(s.viewers || 0) + '</span>' + perEdge + '</div></td>' +
+      '</tr>';
+  }
+
+  function renderRecordings(answer, edges) {
+    const note = $('recordings-note');
+    if (answer.failed) {
+      note.textContent = 'Cannot read the recordings index (' +
+        (answer.failed.name === 'AbortError' ? 'timed out' : answer.failed.message || answer.failed) + ')';
+      return;
+    }
+    const all = Array.isArray(answer.recordings) ? answer.recordings : [];
+    const shown = all.slice(0, MAX_RECORDINGS);
+    const edge = vodEdge(edges);
+    $('recordings-count').textContent = all.length ? String(all.length) : '';
+    note.textContent = all.length > shown.length ? 'newest ' + shown.length + ' shown' : '';
+    keyedRender($('recordings'), shown, (r) => r.stream + '/' + r.id, 'recording', (r) => recordingRow(r, edge));
+    $('recordings-empty').hidden = all.length > 0;
+    body.dataset.recordingsLoaded = 'true';
+  }
+
+  const STATES = { recording: 'Recording', complete: 'Complete', failed: 'Failed' };
+
+  /** One recording; `edge` (`http://HOST:PORT`, or null) is where its links point. */
+  function recordingRow(r, edge) {
+    const stream = String(r.stream || '');
+    const slash = stream.indexOf('/');
+    const app = slash < 0 ? stream : stream.slice(0, slash);
+    const name = slash < 0 ? '' : stream.slice(slash + 1);
+    const playable = r.state !== 'recording' && r.origin_up;
+    const player = playable && edge
+      ? edge + '/' + encodeURIComponent(app) + '/' + encodeURIComponent(name) + '?vod=' + encodeURIComponent(r.id)
+      : null;
+    const file = playable && edge && r.url ? edge + r.url : null;
+    const title = '<span class="app">' + esc(app) + '/</span>' + esc(name);
+    const state = String(r.state || '');
+    const badge = state === 'complete' ? 'ready' : state === 'failed' ? 'not-ready' : 'recording';
+    const url = file
+      ? '<a class="mono" data-field="url" data-value="' + esc(r.url) + '" href="' + esc(file) + '" target="_blank" rel="noopener">' + esc(r.url) + '</a>'
+      : '<span class="mono" data-field="url" data-value="' + esc(r.url) + '">' + esc(r.url) + '</span>';
+    return '<tr data-recording="' + esc(stream + '/' + r.id) + '" data-id="' + esc(r.id) + '">' +
+      '<td data-label="Stream" data-field="stream" data-value="' + esc(stream) + '"><div class="stream-title">' + title + '</div>' +
+        '<div class="stream-sub mono">' + esc(r.id) + ' · epoch ' + esc(r.epoch) + '</div></td>' +
+      '<td data-label="Started" data-field="started_at_ms" data-value="' + esc(r.started_at_ms || 0) + '"><div class="v">' + esc(localTime(r.started_at_ms)) + '</div></td>' +
+      '<td data-label="Duration" class="num" data-field="duration_ms" data-value="' + esc(r.duration_ms || 0) + '"><div class="v">' + esc(duration((r.duration_ms || 0) / 1000)) + '</div></td>' +
+      '<td data-label="Size" class="num" data-field="size" data-value="' + esc(r.size || 0) + '"><div class="v">' + esc(size(r.size)) + '</div></td>' +
+      '<td data-label="State"><div class="v"><span class="badge ' + badge + '" data-field="state" data-value="' + esc(state) + '"' +
+        (r.reason ? ' title="' + esc(r.reason) + '"' : '') + '>' + esc(STATES[state] || state) + '</span>' +
+        (r.reason && state === 'failed' ? '<div class="cell-sub">' + esc(r.reason) + '</div>' : '') + '</div></td>' +
+      '<td data-label="Origin" data-field="origin" data-value="' + esc(r.origin) + '" data-up="' + esc(!!r.origin_up) + '"><div class="v">' +
+        '<span class="mono">' + esc(r.origin) + '</span>' + (r.origin_up ? '' : ' <span class="badge not-ready">down</span>') + '</div></td>' +
+      '<td data-label="Playback"><div class="v playback">' + url +
+        (player ? '<a class="watch" data-field="player" href="' + esc(player) + '" target="_blank" rel="noopener" aria-label="Play recording ' + esc(r.id) + '">Play ↗</a>' : '') +
+      '</div></td>' +
       '</tr>';
   }
 

@@ -6,6 +6,11 @@
 //   playing  frames are being shown
 //   offline  the edge answered 404: nobody is publishing; the page polls and starts by itself
 //   error    anything else (network down, 503, 403, decode error); retried with backoff
+//
+// Recordings: the page lists the stream's recordings (`/vod/APP/NAME/index.json`) and plays one
+// in its own native `<video id="vod">` (the browser seeks with HTTP ranges). While it does,
+// `document.body.dataset.view` is `vod` (else `live`), `dataset.vod` names the recording, and the
+// live player is stopped (state `loading`) until "Back to live". `?vod=ID` opens one directly.
 (function () {
   'use strict';
 
@@ -59,8 +64,28 @@
   });
   const app = parts[0] || '';
   const name = parts.slice(1).join('/') || '';
-  const flvUrl = location.origin + path + '.flv' + location.search;
-  const pageUrl = location.origin + path + location.search;
+  /** The page's query without its own `vod=` parameter, other pairs byte for byte (a token
+   *  passes through as it came). */
+  const withoutVod = (search) => {
+    const pairs = search.replace(/^\?/, '').split('&').filter((p) => p !== '' && p.split('=')[0] !== 'vod');
+    return pairs.length ? '?' + pairs.join('&') : '';
+  };
+  const vodParam = (search) => {
+    for (const pair of search.replace(/^\?/, '').split('&')) {
+      const [k, v] = pair.split('=');
+      if (k === 'vod' && v) {
+        try { return decodeURIComponent(v); } catch (_) { return v; }
+      }
+    }
+    return null;
+  };
+  const query = withoutVod(location.search);
+  const flvUrl = location.origin + path + '.flv' + query;
+  const pageUrl = location.origin + path + query;
+
+  /** Live playback needs Media Source Extensions (mpegts.js); recordings play without. */
+  const liveSupported = typeof mpegts !== 'undefined' && mpegts.isSupported() &&
+    !(mpegts.getFeatureList && !mpegts.getFeatureList().mseLivePlayback);
 
   // --- State ---------------------------------------------------------------------------
   let player = null;
@@ -74,14 +99,26 @@
   let lastProgressAt = 0;
 
   const STATUS_TEXT = { loading: 'Connecting', playing: 'Live', offline: 'Offline', error: 'Reconnecting' };
+  /** `live`, or `vod` while a recording plays (the live player is stopped then). */
+  let view = 'live';
+
+  /** The header's status pill and the tab title, for the current view and state. */
+  function showStatus() {
+    const state = body.dataset.state;
+    $('status').textContent = view === 'vod' ? 'Replay' : STATUS_TEXT[state] || state;
+    document.title = (name || 'Stream') +
+      (view === 'vod' ? ' (recording)' : state === 'offline' ? ' (offline)' : '') + ' · Corriente';
+  }
 
   function setState(state) {
-    if (body.dataset.state !== state) {
+    const before = body.dataset.state;
+    if (before !== state) {
       body.dataset.state = state;
-      $('status').textContent = STATUS_TEXT[state] || state;
-      document.title = (name || 'Stream') + (state === 'offline' ? ' (offline)' : '') + ' · Corriente';
+      showStatus();
       if (state !== 'playing') playingSince = 0;
       window.dispatchEvent(new CustomEvent('corriente:state', { detail: state }));
+      // The broadcast ended: its recording is about to be finished and listed.
+      if (before === 'playing' && view === 'live') recordingsAfterLiveEnd();
     }
     updateOverlays();
   }
@@ -99,6 +136,7 @@
   // --- Probing: is the stream live? ---------------------------------------------------
   async function probe() {
     clearTimer();
+    if (view !== 'live') return;
     const mine = ++attempt;
     let status = 0;
     const abort = new AbortController();
@@ -442,6 +480,11 @@
       (document.exitFullscreen || document.webkitExitFullscreen).call(document);
       return;
     }
+    if (view === 'vod') {
+      if (vod.requestFullscreen) vod.requestFullscreen().catch(() => {});
+      else if (vod.webkitEnterFullscreen) vod.webkitEnterFullscreen();
+      return;
+    }
     if (stage.requestFullscreen) stage.requestFullscreen().catch(() => {});
     else if (stage.webkitRequestFullscreen) stage.webkitRequestFullscreen();
     else if (video.webkitEnterFullscreen) video.webkitEnterFullscreen(); // iPhone Safari
@@ -470,7 +513,10 @@
 
   document.addEventListener('keydown', (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || /^(INPUT|TEXTAREA|SELECT)$/.test(e.target.tagName)) return;
-    if (e.key === 'm' || e.key === 'M') toggleMute();
+    if (e.key === 'm' || e.key === 'M') {
+      if (view === 'vod') vod.muted = !vod.muted;
+      else toggleMute();
+    }
     else if (e.key === 'f' || e.key === 'F') toggleFullscreen();
     else return;
     e.preventDefault();
@@ -493,6 +539,275 @@
   });
   window.addEventListener('online', () => {
     if (body.dataset.state === 'error') { failures = 0; probe(); }
+  });
+
+  // --- Recordings -----------------------------------------------------------------------
+  /** How often the list is refreshed (and when the tab is hidden). */
+  const RECORDINGS_POLL_MS = 30000;
+  const RECORDINGS_POLL_HIDDEN_MS = 120000;
+  /** After a broadcast ends its recording is being finished and indexed: check this often
+   *  until it is listed, for at most this long. */
+  const RECORDINGS_SETTLE_POLL_MS = 2000;
+  const RECORDINGS_SETTLE_MS = 30000;
+  const RECORDINGS_TIMEOUT_MS = 8000;
+
+  const vod = $('vod');
+  const vodStage = $('vod-stage');
+  const indexUrl = location.origin + '/vod' + path + '/index.json' + query;
+  /** The index's entries (newest first), as last fetched. */
+  let recordings = [];
+  /** The recording playing in the vod view, or null. */
+  let vodId = null;
+  let recordingsTimer = null;
+  let recordingsRound = 0;
+  /** After a broadcast ended: the ids available then, and until when to look for a new one. */
+  let settle = null;
+  /** What the list was last built from, to leave an unchanged list (and its focus) alone. */
+  let recordingsBuiltFrom = '';
+
+  const recordingUrl = (id) => {
+    const r = recordings.find((x) => x.id === id);
+    const url = r && typeof r.url === 'string' && r.url.startsWith('/vod/')
+      ? r.url
+      : '/vod' + path + '/' + encodeURIComponent(id) + '.mp4';
+    return location.origin + url + query;
+  };
+  const pageWithVod = (id) =>
+    location.origin + path + (query ? query + '&' : '?') + 'vod=' + encodeURIComponent(id);
+
+  function clock(ms) {
+    const s = Math.max(0, Math.round((ms || 0) / 1000));
+    const pad = (n) => String(n).padStart(2, '0');
+    const h = Math.floor(s / 3600);
+    const mmss = pad(Math.floor(s % 3600 / 60)) + ':' + pad(s % 60);
+    return h > 0 ? h + ':' + mmss : mmss;
+  }
+  const megabytes = (bytes) => ((bytes || 0) / 1e6).toFixed(1) + ' MB';
+  const startedText = (ms) => new Date(ms).toLocaleString(undefined, {
+    year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit',
+  });
+
+  async function refreshRecordings() {
+    clearTimeout(recordingsTimer);
+    const mine = ++recordingsRound;
+    const abort = new AbortController();
+    const deadline = setTimeout(() => abort.abort(), RECORDINGS_TIMEOUT_MS);
+    try {
+      const res = await fetch(indexUrl, { cache: 'no-store', signal: abort.signal, headers: { accept: 'application/json' } });
+      if (res.ok) {
+        const data = await res.json();
+        if (mine === recordingsRound) recordings = Array.isArray(data.recordings) ? data.recordings : [];
+      } else if (res.status === 404 && mine === recordingsRound) {
+        recordings = []; // an edge without on-demand playback, or a name it does not accept
+      }
+    } catch (_) {
+      // Unreachable for now: keep the last list, try again later.
+    } finally {
+      clearTimeout(deadline);
+    }
+    if (mine !== recordingsRound) return;
+    renderRecordings();
+    if (settle) {
+      const arrived = recordings.some((r) => r.available && !settle.known.has(r.id)) &&
+        !recordings.some((r) => r.state === 'recording');
+      if (arrived || Date.now() > settle.until) settle = null;
+    }
+    const next = settle ? RECORDINGS_SETTLE_POLL_MS : document.hidden ? RECORDINGS_POLL_HIDDEN_MS : RECORDINGS_POLL_MS;
+    recordingsTimer = setTimeout(refreshRecordings, next);
+  }
+
+  function recordingsAfterLiveEnd() {
+    settle = {
+      known: new Set(recordings.filter((r) => r.available).map((r) => r.id)),
+      until: Date.now() + RECORDINGS_SETTLE_MS,
+    };
+    refreshRecordings();
+  }
+
+  function renderRecordings() {
+    const panel = $('recordings-panel');
+    const shown = recordings.filter((r) => r && r.available && typeof r.id === 'string' && r.id);
+    panel.hidden = shown.length === 0;
+    panel.dataset.loaded = 'true';
+    panel.dataset.count = String(shown.length);
+    $('recordings-count').textContent = shown.length ? String(shown.length) : '';
+    const current = shown.find((r) => r.id === vodId);
+    $('vod-label').textContent = current ? 'Recorded ' + startedText(current.started_at_ms) : 'Recording';
+    const signature = JSON.stringify([vodId, shown.map((r) => [r.id, r.started_at_ms, r.duration_ms, r.size, r.state, r.url])]);
+    if (signature === recordingsBuiltFrom) return;
+    recordingsBuiltFrom = signature;
+    const list = $('recordings');
+    const focused = document.activeElement && list.contains(document.activeElement)
+      ? document.activeElement.dataset.recording : null;
+    list.replaceChildren(...shown.map((r) => {
+      const item = document.createElement('li');
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.className = 'rec';
+      button.dataset.recording = r.id;
+      button.dataset.url = r.url || '';
+      button.dataset.startedAtMs = String(r.started_at_ms || 0);
+      button.dataset.durationMs = String(r.duration_ms || 0);
+      button.dataset.size = String(r.size || 0);
+      button.dataset.state = String(r.state || '');
+      if (r.id === vodId) button.setAttribute('aria-current', 'true');
+      const icon = document.createElement('span');
+      icon.className = 'rec-play';
+      icon.setAttribute('aria-hidden', 'true');
+      const when = document.createElement('time');
+      when.className = 'rec-when';
+      when.dateTime = new Date(r.started_at_ms || 0).toISOString();
+      when.textContent = startedText(r.started_at_ms || 0);
+      const duration = document.createElement('span');
+      duration.className = 'rec-duration';
+      duration.textContent = clock(r.duration_ms);
+      const size = document.createElement('span');
+      size.className = 'rec-size';
+      size.textContent = megabytes(r.size);
+      const meta = document.createElement('span');
+      meta.className = 'rec-meta';
+      meta.append(duration, size);
+      const text = document.createElement('span');
+      text.className = 'rec-text';
+      text.append(when, meta);
+      button.append(icon, text);
+      if (r.state === 'failed') {
+        const note = document.createElement('span');
+        note.className = 'rec-note';
+        note.textContent = 'Incomplete';
+        note.title = 'Recording stopped early' + (r.reason ? ' (' + r.reason + ')' : '');
+        button.append(note);
+      }
+      if (r.id === vodId) {
+        const note = document.createElement('span');
+        note.className = 'rec-note now';
+        note.textContent = 'Playing';
+        button.append(note);
+      }
+      button.setAttribute('aria-label', 'Play the recording of ' + when.textContent + ', ' + duration.textContent);
+      button.addEventListener('click', () => {
+        playRecording(r.id, { muted: false, push: true });
+        vodStage.scrollIntoView({ block: 'nearest', behavior: 'smooth' });
+      });
+      item.append(button);
+      return item;
+    }));
+    if (focused) {
+      const again = list.querySelector('[data-recording="' + CSS.escape(focused) + '"]');
+      if (again) again.focus();
+    }
+  }
+
+  /** Plays recording `id` in the vod view (stopping the live player); `muted` for autoplay
+   *  without a click; `push` adds it to the history (`?vod=ID`). */
+  function playRecording(id, { muted, push }) {
+    if (view === 'live') {
+      view = 'vod';
+      clearTimer();
+      attempt += 1;
+      teardown();
+      if (liveSupported) setState('loading');
+    }
+    vodId = id;
+    body.dataset.view = 'vod';
+    body.dataset.vod = id;
+    stage.hidden = true;
+    vodStage.hidden = false;
+    if (push) history.pushState(null, '', pageWithVod(id));
+    showStatus();
+    renderRecordings();
+    loadVod(muted);
+  }
+
+  function loadVod(muted) {
+    body.dataset.vodState = 'loading';
+    vod.muted = muted;
+    vod.src = recordingUrl(vodId);
+    vod.load();
+    startVod();
+  }
+
+  /** Starts playback; refused with sound (no click to allow it), it starts muted instead. */
+  function startVod() {
+    const src = vod.src;
+    const played = vod.play();
+    if (!played || typeof played.catch !== 'function') return;
+    played.catch((e) => {
+      if (vod.src !== src || !e || e.name !== 'NotAllowedError') return;
+      if (vod.muted) { body.dataset.vodState = 'paused'; return; }
+      vod.muted = true;
+      vod.play().catch(() => { body.dataset.vodState = 'paused'; });
+    });
+  }
+
+  function backToLive({ push }) {
+    if (view !== 'vod') return;
+    view = 'live';
+    vodId = null;
+    vod.pause();
+    vod.removeAttribute('src');
+    vod.load();
+    body.dataset.view = 'live';
+    delete body.dataset.vod;
+    body.dataset.vodState = '';
+    vodStage.hidden = true;
+    stage.hidden = false;
+    if (push) history.pushState(null, '', pageUrl);
+    showStatus();
+    renderRecordings();
+    if (liveSupported) {
+      failures = 0;
+      setState('loading');
+      probe();
+    }
+  }
+
+  function describeVodFailure(status) {
+    if (status === 404) return ['Recording not found', 'It does not exist (any more) on this server.'];
+    if (status === 409) return ['Still recording', 'This recording plays once the broadcast ends.'];
+    if (status === 401 || status === 403) return ['Access denied', 'This link is not (or no longer) valid for this stream.'];
+    if (status === 502 || status === 503 || status === 504) return ['Temporarily unavailable', 'The server holding the recording cannot be reached right now.'];
+    if (status === 0) return ['Connection lost', 'The server cannot be reached.'];
+    const code = vod.error ? ' (media error ' + vod.error.code + ')' : '';
+    if (status >= 200 && status < 300) return ['Cannot play this recording', 'The browser could not decode it' + code + '.'];
+    return ['Cannot play this recording', 'The server answered ' + status + '.'];
+  }
+
+  vod.addEventListener('error', async () => {
+    const src = vod.getAttribute('src');
+    if (!src || view !== 'vod') return; // cleared on the way back to live
+    body.dataset.vodState = 'error';
+    let status = 0;
+    try {
+      status = (await fetch(src, { method: 'HEAD', cache: 'no-store' })).status;
+    } catch (_) {
+      status = 0;
+    }
+    if (vod.getAttribute('src') !== src) return;
+    const [title, text] = describeVodFailure(status);
+    $('vod-error-title').textContent = title;
+    $('vod-error-text').textContent = text;
+  });
+  const vodState = (state) => () => { if (view === 'vod' && body.dataset.vodState !== 'error') body.dataset.vodState = state; };
+  vod.addEventListener('playing', vodState('playing'));
+  vod.addEventListener('pause', vodState('paused'));
+  vod.addEventListener('ended', vodState('ended'));
+  vod.addEventListener('waiting', vodState('loading'));
+  const showVodUnmute = () => { $('vod-unmute').hidden = !(view === 'vod' && vod.muted && !vod.paused); };
+  ['volumechange', 'play', 'pause', 'emptied'].forEach((ev) => vod.addEventListener(ev, showVodUnmute));
+  $('vod-unmute').addEventListener('click', () => {
+    vod.muted = false;
+    if (vod.volume === 0) vod.volume = 1;
+  });
+  $('vod-retry').addEventListener('click', () => { if (vodId) loadVod(vod.muted); });
+  $('back-to-live').addEventListener('click', () => backToLive({ push: true }));
+  window.addEventListener('popstate', () => {
+    const id = vodParam(location.search);
+    if (id) playRecording(id, { muted: false, push: false });
+    else backToLive({ push: false });
+  });
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden) refreshRecordings();
   });
 
   // --- Sharing --------------------------------------------------------------------------
@@ -533,28 +848,35 @@
     body.classList.add('embedded');
   }
 
-  // For tests and the curious: `corriente.state`, `corriente.latency()`, `corriente.bitrate()`.
+  // For tests and the curious: `corriente.state`, `corriente.latency()`, `corriente.bitrate()`,
+  // `corriente.view`, `corriente.recordings`.
   window.corriente = {
     get state() { return body.dataset.state; },
     latency,
     bitrate,
     flvUrl,
     get player() { return player; },
+    get view() { return view; },
+    get recordings() { return recordings.slice(); },
+    indexUrl,
   };
 
-  if (typeof mpegts === 'undefined' || !mpegts.isSupported() ||
-      (mpegts.getFeatureList && !mpegts.getFeatureList().mseLivePlayback)) {
+  body.dataset.view = 'live';
+  refreshRecordings();
+  if (!liveSupported) {
     setState('error');
     $('error-title').textContent = 'This browser cannot play live video';
     $('error-text').textContent = 'It lacks Media Source Extensions. Open the stream URL below in VLC or ffplay.';
     $('retry').hidden = true;
-    return;
+  } else {
+    if (mpegts.LoggingControl) {
+      mpegts.LoggingControl.enableVerbose = false;
+      mpegts.LoggingControl.enableDebug = false;
+      mpegts.LoggingControl.enableInfo = false;
+    }
+    setState('loading');
   }
-  if (mpegts.LoggingControl) {
-    mpegts.LoggingControl.enableVerbose = false;
-    mpegts.LoggingControl.enableDebug = false;
-    mpegts.LoggingControl.enableInfo = false;
-  }
-  setState('loading');
-  probe();
+  const opening = vodParam(location.search);
+  if (opening) playRecording(opening, { muted: true, push: false });
+  else if (liveSupported) probe();
 })();

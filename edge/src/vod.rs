@@ -525,6 +525,9 @@ async fn respond(
                 format!("the recording has {size} bytes"),
             );
             common(&mut response);
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 response.headers_mut().insert(header::CONTENT_RANGE, v);
             }

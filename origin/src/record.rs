@@ -162,7 +162,6 @@ pub fn spawn(settings: Arc<RecordSettings>, key: StreamKey, epoch: u64, started_
                 state: RecordingState::Recording,
                 reason: String::new(),
             };
-            settings.changed();
             let result = record(&settings, &path, &hub, &sidecar).await;
             RECORDINGS_ACTIVE.dec();
             sidecar.duration_ms = settings
@@ -265,6 +264,8 @@ async fn record(
                     .map_err(|e| ("unsupported", e.to_string()))?;
                 write(&mut f, head).await.map_err(io)?;
                 info!(path = %path.display(), codecs = ?tracks.codecs(), "recording");
+                // The index lists it from now on, as being written.
+                settings.changed();
                 file = Some(Recording {
                     file: f,
                     has_video: tracks.track_id(TrackKind::Video).is_some(),
