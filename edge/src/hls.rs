@@ -676,14 +676,79 @@ fn block_limit(config: HlsConfig) -> Duration {
     Duration::from_secs(6).max(config.part_target * 30)
 }
 
+/// The purpose HLS media tokens are signed for (see [`media_token`]).
+const MEDIA_TOKEN: &str = "hls-media";
+
+/// How long a media token is valid at most: tokens change every hour, and each is valid for
+/// the hour after.
+const MEDIA_TOKEN_BUCKET: u64 = 3600;
+
+/// Whether `key` needs a signed URL on this edge.
+fn needs_token(ctx: &EdgeContext, key: &StreamKey) -> bool {
+    let auth = &ctx.config.play_auth;
+    auth.secrets.is_some()
+        && (auth.token_apps.is_empty() || auth.token_apps.iter().any(|a| a == key.app()))
+}
+
+/// The token the playlist puts in its media URIs when the stream needs a signed URL: signed
+/// with the edge's first playback secret for [`MEDIA_TOKEN`], the stream and an expiry rounded
+/// up to the next hour plus one. Every viewer of the stream, on every edge with the same
+/// secrets, gets the same token for an hour, so a cache in front shares parts and segments
+/// between viewers (its key includes the query), while the URIs still only work for someone
+/// given a playlist, and for two hours at most. The viewer's own token (which may be
+/// per-viewer) stays on the playlist URL only.
+fn media_token(ctx: &EdgeContext, key: &StreamKey) -> Option<String> {
+    if !needs_token(ctx, key) {
+        return None;
+    }
+    let secrets = ctx.config.play_auth.secrets.as_ref()?.secrets();
+    let secret = secrets.first()?;
+    let now = corriente_media::frame::unix_micros() / 1_000_000;
+    let expires = (now / MEDIA_TOKEN_BUCKET + 2) * MEDIA_TOKEN_BUCKET;
+    Some(corriente_core::access::sign(
+        secret,
+        MEDIA_TOKEN,
+        &key.to_string(),
+        expires,
+    ))
+}
+
+/// Whether a media request carries a valid media token for `key` (then the on_play hook is
+/// not asked again: the playlist request was authorized).
+fn has_media_token(ctx: &EdgeContext, key: &StreamKey, query: &str) -> bool {
+    let Some(secrets) = ctx.config.play_auth.secrets.as_ref() else {
+        return false;
+    };
+    let token = corriente_core::access::query_param(query, "token").unwrap_or("");
+    let now = corriente_media::frame::unix_micros() / 1_000_000;
+    corriente_core::access::verify(
+        &secrets.secrets(),
+        MEDIA_TOKEN,
+        &key.to_string(),
+        token,
+        now,
+    )
+    .is_ok()
+}
+
 /// The stream's pull, for an HLS request (authorized first).
 async fn lease(
     ctx: &EdgeContext,
     key: &StreamKey,
     query: &str,
     peer: std::net::IpAddr,
+    media: bool,
 ) -> Result<ViewerLease, Response> {
-    crate::vod::authorize(ctx, key, query, peer, "hls").await?;
+    if media && needs_token(ctx, key) && has_media_token(ctx, key, query) {
+        if !ctx.config.play_auth.ip_rules.permits(peer) {
+            return Err(plain(
+                StatusCode::FORBIDDEN,
+                format!("playback from {peer} is not allowed"),
+            ));
+        }
+    } else {
+        crate::vod::authorize(ctx, key, query, peer, "hls").await?;
+    }
     if ctx.draining.is_cancelled() {
         return Err(plain(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -727,7 +792,7 @@ fn passthrough(query: &str) -> String {
 /// `GET /APP/NAME.m3u8`: the media playlist, LL-HLS with blocking reloads and delta updates.
 pub(crate) async fn serve_playlist(
     ctx: &EdgeContext,
-    peer: std::net::IpAddr,
+    (peer, user_agent): (std::net::IpAddr, &str),
     app: &str,
     name: &str,
     query: &str,
@@ -740,10 +805,11 @@ pub(crate) async fn serve_playlist(
         Ok(r) => r,
         Err(e) => return plain(StatusCode::BAD_REQUEST, e),
     };
-    let lease = match lease(ctx, &key, query, peer).await {
+    let lease = match lease(ctx, &key, query, peer, false).await {
         Ok(lease) => lease,
         Err(response) => return response,
     };
+    ctx.hls_sessions.seen(peer, user_agent, &key);
     let packager = lease.hls();
     let config = packager.config();
     if let Some(msn) = request.msn {
@@ -764,12 +830,16 @@ pub(crate) async fn serve_playlist(
     {
         return response;
     }
+    let media_query = match media_token(ctx, &key) {
+        Some(token) => format!("token={token}"),
+        None => passthrough(query),
+    };
     let body = playlist(
         &packager.snapshot(),
         config,
         &request,
         &format!("{name}/hls/"),
-        &passthrough(query),
+        &media_query,
     );
     drop(lease);
     let mut response = (
@@ -816,7 +886,7 @@ fn media_name(file: &str) -> Option<Media> {
 /// about to be written (the playlist's preload hint) is waited for.
 pub(crate) async fn serve_media(
     ctx: &EdgeContext,
-    peer: std::net::IpAddr,
+    (peer, user_agent): (std::net::IpAddr, &str),
     (app, name, file): (&str, &str, &str),
     query: &str,
     head: bool,
@@ -828,7 +898,7 @@ pub(crate) async fn serve_media(
     let Some(media) = media_name(file) else {
         return plain(StatusCode::NOT_FOUND, format!("no such HLS file: {file}"));
     };
-    let lease = match lease(ctx, &key, query, peer).await {
+    let lease = match lease(ctx, &key, query, peer, true).await {
         Ok(lease) => lease,
         Err(response) => return response,
     };
@@ -840,12 +910,12 @@ pub(crate) async fn serve_media(
             format!("{file} is not (or no longer) kept"),
         )
     };
-    let bytes = match media {
-        Media::Init(name) => match packager.init(&name) {
+    let bytes = match &media {
+        Media::Init(name) => match packager.init(name) {
             Some(b) => b,
             None => return gone(),
         },
-        Media::Segment(msn) => {
+        &Media::Segment(msn) => {
             let now = *packager.progress().borrow();
             if msn > now.msn + 1 {
                 return gone();
@@ -862,7 +932,7 @@ pub(crate) async fn serve_media(
                 _ => return gone(),
             }
         }
-        Media::Part(msn, part) => {
+        &Media::Part(msn, part) => {
             let now = *packager.progress().borrow();
             let next = (msn == now.msn && part <= now.parts) || (msn == now.msn + 1 && part == 0);
             if !next
@@ -890,6 +960,9 @@ pub(crate) async fn serve_media(
         }
     };
     drop(lease);
+    if !matches!(media, Media::Init(_)) {
+        ctx.hls_sessions.served_media(peer, user_agent, &key);
+    }
     corriente_media::metrics::BYTES_OUT
         .with_label_values(&["hls"])
         .inc_by(bytes.len() as u64);
@@ -912,6 +985,110 @@ pub(crate) async fn serve_media(
         HeaderValue::from_static("public, max-age=31536000, immutable"),
     );
     response
+}
+
+/// HLS viewers: a viewer makes many requests, and is counted once — a session is its address,
+/// its `User-Agent` and the stream, alive while it keeps asking (within [`SESSION_IDLE`]).
+/// `corriente_viewers{protocol="hls"}` counts sessions; time to first frame runs from a
+/// session's first playlist request to its first part or segment.
+pub(crate) struct Sessions {
+    map: std::sync::Mutex<std::collections::HashMap<(std::net::IpAddr, u64, StreamKey), Session>>,
+}
+
+struct Session {
+    first: tokio::time::Instant,
+    last: tokio::time::Instant,
+    media_served: bool,
+}
+
+/// A session that asks for nothing this long is over.
+pub const SESSION_IDLE: Duration = Duration::from_secs(15);
+
+/// Most sessions tracked per edge (an address flooding with user agents cannot grow it past).
+const MAX_SESSIONS: usize = 100_000;
+
+impl Sessions {
+    pub fn new() -> Self {
+        Self {
+            map: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> MutexGuard<'_, std::collections::HashMap<(std::net::IpAddr, u64, StreamKey), Session>>
+    {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn id(
+        peer: std::net::IpAddr,
+        user_agent: &str,
+        key: &StreamKey,
+    ) -> (std::net::IpAddr, u64, StreamKey) {
+        (peer, fnv64(&[user_agent.as_bytes()]), key.clone())
+    }
+
+    /// A playlist request.
+    pub fn seen(&self, peer: std::net::IpAddr, user_agent: &str, key: &StreamKey) {
+        let now = tokio::time::Instant::now();
+        let mut map = self.lock();
+        let id = Self::id(peer, user_agent, key);
+        if let Some(s) = map.get_mut(&id) {
+            s.last = now;
+            return;
+        }
+        if map.len() >= MAX_SESSIONS {
+            return;
+        }
+        map.insert(
+            id,
+            Session {
+                first: now,
+                last: now,
+                media_served: false,
+            },
+        );
+        corriente_media::metrics::VIEWERS
+            .with_label_values(&["hls"])
+            .inc();
+    }
+
+    /// A part or segment served.
+    pub fn served_media(&self, peer: std::net::IpAddr, user_agent: &str, key: &StreamKey) {
+        let now = tokio::time::Instant::now();
+        let mut map = self.lock();
+        if let Some(s) = map.get_mut(&Self::id(peer, user_agent, key)) {
+            s.last = now;
+            if !s.media_served {
+                s.media_served = true;
+                corriente_media::metrics::time_to_first_frame(
+                    corriente_media::metrics::Protocol::Hls,
+                )
+                .observe((now - s.first).as_secs_f64());
+            }
+        }
+    }
+
+    /// HLS viewers per stream.
+    pub fn per_stream(&self) -> std::collections::HashMap<StreamKey, u32> {
+        let mut out = std::collections::HashMap::new();
+        for (_, _, key) in self.lock().keys() {
+            *out.entry(key.clone()).or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// Ends the sessions idle for [`SESSION_IDLE`].
+    pub fn sweep(&self) {
+        let now = tokio::time::Instant::now();
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|_, s| now - s.last < SESSION_IDLE);
+        corriente_media::metrics::VIEWERS
+            .with_label_values(&["hls"])
+            .sub((before - map.len()) as i64);
+    }
 }
 
 #[cfg(test)]

@@ -736,17 +736,26 @@ async fn vod(
     .await
 }
 
+/// A request's `User-Agent` (part of what tells HLS viewers apart).
+fn user_agent(headers: &axum::http::HeaderMap) -> &str {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
 /// HLS media: an initialization segment, a segment or a part.
 async fn hls_media(
     State(ctx): State<Arc<EdgeContext>>,
     Extension(Peer(peer)): Extension<Peer>,
     method: Method,
+    headers: axum::http::HeaderMap,
     Path((app, name, file)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
 ) -> Response {
     crate::hls::serve_media(
         &ctx,
-        peer,
+        (peer, user_agent(&headers)),
         (&app, &name, &file),
         query.as_deref().unwrap_or(""),
         method == Method::HEAD,
@@ -761,13 +770,20 @@ async fn play(
     Extension(StreamAdmission(admission)): Extension<StreamAdmission>,
     method: Method,
     version: axum::http::Version,
+    headers: axum::http::HeaderMap,
     Path((app, file)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Response {
     let requested = Instant::now();
     if let Some(name) = file.strip_suffix(".m3u8") {
-        return crate::hls::serve_playlist(&ctx, peer, &app, name, query.as_deref().unwrap_or(""))
-            .await;
+        return crate::hls::serve_playlist(
+            &ctx,
+            (peer, user_agent(&headers)),
+            &app,
+            name,
+            query.as_deref().unwrap_or(""),
+        )
+        .await;
     }
     if !file.ends_with(".flv") {
         // `/APP/NAME`: the player page (it fetches `/APP/NAME.flv` itself).

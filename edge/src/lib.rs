@@ -208,6 +208,8 @@ pub(crate) struct EdgeContext {
     egress: std::sync::Mutex<(u64, std::time::Instant)>,
     /// On-demand playback: the recordings cache.
     pub(crate) vod: vod::Vod,
+    /// HLS viewers (sessions of requests).
+    pub(crate) hls_sessions: hls::Sessions,
 }
 
 impl EdgeContext {
@@ -243,9 +245,14 @@ impl EdgeContext {
 impl Member for EdgeContext {
     fn node(&self) -> NodeRecord {
         let hubs = self.pulls.active();
+        let hls = self.hls_sessions.per_stream();
         let viewers: Vec<_> = hubs
             .iter()
-            .map(|hub| (hub.key().clone(), hub.subscribers() as u32))
+            .map(|hub| {
+                let key = hub.key().clone();
+                let n = hub.subscribers() as u32 + hls.get(&key).copied().unwrap_or(0);
+                (key, n)
+            })
             .collect();
         NodeRecord {
             id: self.config.node_id.clone(),
@@ -343,6 +350,7 @@ impl Edge {
         let vod = vod::Vod::new(config.vod_cache_bytes);
         let ctx = Arc::new(EdgeContext {
             vod,
+            hls_sessions: hls::Sessions::new(),
             rtmp_local: rtmp.local_addr().unwrap_or(config.rtmp_addr),
             http_local: http.local_addr().unwrap_or(config.http_addr),
             https_local: tls.https.as_ref().and_then(|l| l.local_addr().ok()),
@@ -415,6 +423,20 @@ impl Edge {
             ctx.health.clone(),
             membership_stop.clone(),
         ));
+        {
+            // HLS sessions that stopped asking end (and leave the viewer count).
+            let ctx = ctx.clone();
+            let stop = membership_stop.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(2));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => ctx.hls_sessions.sweep(),
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            });
+        }
 
         let tracker = TaskTracker::new();
         let rtmp_ctx = ctx.clone();

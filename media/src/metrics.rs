@@ -20,6 +20,8 @@ pub enum Protocol {
     Forward,
     /// An origin recording a stream to disk.
     Record,
+    /// HLS viewers (sessions of requests, counted by the edge).
+    Hls,
 }
 
 impl Protocol {
@@ -30,6 +32,7 @@ impl Protocol {
             Protocol::Relay => "relay",
             Protocol::Forward => "forward",
             Protocol::Record => "record",
+            Protocol::Hls => "hls",
         }
     }
 }
@@ -155,13 +158,14 @@ pub static STREAMS_ACTIVE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 /// Creates every series of this module whose label values are known (protocols, reasons), at
 /// zero, so that dashboards and alerts see 0 rather than "no data" before the first event.
 pub fn init() {
-    let viewers = [Protocol::Rtmp, Protocol::HttpFlv];
+    let viewers = [Protocol::Rtmp, Protocol::HttpFlv, Protocol::Hls];
     let all = [
         Protocol::Rtmp,
         Protocol::HttpFlv,
         Protocol::Relay,
         Protocol::Forward,
         Protocol::Record,
+        Protocol::Hls,
     ];
     for p in all.map(Protocol::as_str) {
         FRAMES_DROPPED.with_label_values(&[p, "lagging"]);
