@@ -768,17 +768,16 @@ async fn play(
     State(ctx): State<Arc<EdgeContext>>,
     Extension(Peer(peer)): Extension<Peer>,
     Extension(StreamAdmission(admission)): Extension<StreamAdmission>,
-    method: Method,
-    version: axum::http::Version,
-    headers: axum::http::HeaderMap,
+    request: axum::http::request::Parts,
     Path((app, file)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
 ) -> Response {
     let requested = Instant::now();
+    let (method, version) = (request.method.clone(), request.version);
+    let query = request.uri.query().map(str::to_owned);
     if let Some(name) = file.strip_suffix(".m3u8") {
         return crate::hls::serve_playlist(
             &ctx,
-            (peer, user_agent(&headers)),
+            (peer, user_agent(&request.headers)),
             &app,
             name,
             query.as_deref().unwrap_or(""),
