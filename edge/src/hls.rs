@@ -789,10 +789,46 @@ fn passthrough(query: &str) -> String {
         .join("&")
 }
 
+/// Who asks, as an HLS request tells: its address, `User-Agent` and `If-None-Match`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Client<'a> {
+    pub peer: std::net::IpAddr,
+    pub user_agent: &'a str,
+    pub if_none_match: Option<&'a str>,
+}
+
+/// An answer of `body` with entity tag `etag`, or `304` when the client has it.
+fn tagged(client: &Client<'_>, etag: &str, body: Body, len: usize, head: bool) -> Response {
+    let mut response = if client
+        .if_none_match
+        .is_some_and(|h| h.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = Response::new(if head { Body::empty() } else { body });
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        r
+    };
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Content-Length, ETag"),
+    );
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    response
+}
+
 /// `GET /APP/NAME.m3u8`: the media playlist, LL-HLS with blocking reloads and delta updates.
 pub(crate) async fn serve_playlist(
     ctx: &EdgeContext,
-    (peer, user_agent): (std::net::IpAddr, &str),
+    client: Client<'_>,
     app: &str,
     name: &str,
     query: &str,
@@ -805,11 +841,11 @@ pub(crate) async fn serve_playlist(
         Ok(r) => r,
         Err(e) => return plain(StatusCode::BAD_REQUEST, e),
     };
-    let lease = match lease(ctx, &key, query, peer, false).await {
+    let lease = match lease(ctx, &key, query, client.peer, false).await {
         Ok(lease) => lease,
         Err(response) => return response,
     };
-    ctx.hls_sessions.seen(peer, user_agent, &key);
+    ctx.hls_sessions.seen(client.peer, client.user_agent, &key);
     let packager = lease.hls();
     let config = packager.config();
     if let Some(msn) = request.msn {
@@ -842,14 +878,14 @@ pub(crate) async fn serve_playlist(
         &media_query,
     );
     drop(lease);
-    let mut response = (
-        [
-            (header::CONTENT_TYPE, "application/vnd.apple.mpegurl"),
-            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
-        ],
-        body,
-    )
-        .into_response();
+    let etag = format!("\"{:016x}\"", fnv64(&[body.as_bytes()]));
+    let len = body.len();
+    let mut response = tagged(&client, &etag, Body::from(body), len, false);
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/vnd.apple.mpegurl"),
+    );
     // A blocking request names what it waited for, so a cache may keep its answer a while;
     // a plain reload is fresh for about a part.
     let max_age = if request.msn.is_some() {
@@ -857,9 +893,7 @@ pub(crate) async fn serve_playlist(
     } else {
         "public, max-age=1"
     };
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static(max_age));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(max_age));
     response
 }
 
@@ -886,7 +920,7 @@ fn media_name(file: &str) -> Option<Media> {
 /// about to be written (the playlist's preload hint) is waited for.
 pub(crate) async fn serve_media(
     ctx: &EdgeContext,
-    (peer, user_agent): (std::net::IpAddr, &str),
+    client: Client<'_>,
     (app, name, file): (&str, &str, &str),
     query: &str,
     head: bool,
@@ -898,7 +932,7 @@ pub(crate) async fn serve_media(
     let Some(media) = media_name(file) else {
         return plain(StatusCode::NOT_FOUND, format!("no such HLS file: {file}"));
     };
-    let lease = match lease(ctx, &key, query, peer, true).await {
+    let lease = match lease(ctx, &key, query, client.peer, true).await {
         Ok(lease) => lease,
         Err(response) => return response,
     };
@@ -961,25 +995,19 @@ pub(crate) async fn serve_media(
     };
     drop(lease);
     if !matches!(media, Media::Init(_)) {
-        ctx.hls_sessions.served_media(peer, user_agent, &key);
+        ctx.hls_sessions
+            .served_media(client.peer, client.user_agent, &key);
     }
     corriente_media::metrics::BYTES_OUT
         .with_label_values(&["hls"])
         .inc_by(bytes.len() as u64);
     let len = bytes.len();
-    let mut response = Response::new(if head {
-        Body::empty()
-    } else {
-        Body::from(bytes)
-    });
+    // Names are never reused (numbers grow across publications; init names are digests), so
+    // the name is the entity tag and the bytes are immutable.
+    let etag = format!("\"{file}\"");
+    let mut response = tagged(&client, &etag, Body::from(bytes), len, head);
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    // Names are never reused (numbers grow across publications; init names are digests).
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=31536000, immutable"),

@@ -736,12 +736,19 @@ async fn vod(
     .await
 }
 
-/// A request's `User-Agent` (part of what tells HLS viewers apart).
-fn user_agent(headers: &axum::http::HeaderMap) -> &str {
-    headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
+/// What an HLS answer needs of its request: the client's address, `User-Agent` (part of what
+/// tells HLS viewers apart) and `If-None-Match`.
+fn hls_client(peer: IpAddr, headers: &axum::http::HeaderMap) -> crate::hls::Client<'_> {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    crate::hls::Client {
+        peer,
+        user_agent: text(header::USER_AGENT).unwrap_or(""),
+        if_none_match: text(header::IF_NONE_MATCH),
+    }
 }
 
 /// HLS media: an initialization segment, a segment or a part.
@@ -755,7 +762,7 @@ async fn hls_media(
 ) -> Response {
     crate::hls::serve_media(
         &ctx,
-        (peer, user_agent(&headers)),
+        hls_client(peer, &headers),
         (&app, &name, &file),
         query.as_deref().unwrap_or(""),
         method == Method::HEAD,
@@ -777,7 +784,7 @@ async fn play(
     if let Some(name) = file.strip_suffix(".m3u8") {
         return crate::hls::serve_playlist(
             &ctx,
-            (peer, user_agent(&request.headers)),
+            hls_client(peer, &request.headers),
             &app,
             name,
             query.as_deref().unwrap_or(""),
