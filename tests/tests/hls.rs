@@ -320,3 +320,58 @@ async fn audio_only_streams_play_over_hls() -> Result<()> {
     assert_eq!(bad.status, 400);
     Ok(())
 }
+
+/// Waits until `viewer` has decoded `more` frames beyond `from`, within `limit`.
+async fn decodes(
+    viewer: &corriente_tests::media::Viewer,
+    from: u64,
+    more: u64,
+    limit: Duration,
+    what: &str,
+) -> Result<Duration> {
+    let started = Instant::now();
+    wait_for(limit, what, || async {
+        (viewer.frames().0 >= from + more).then_some(())
+    })
+    .await?;
+    Ok(started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_hls_viewer_keeps_playing_through_a_failover() -> Result<()> {
+    let cluster = corriente_tests::Cluster::start(1, 2, 1, "3s")?;
+    let media = av_small()?;
+    let first = Publisher::start(&media, &cluster.origins[0].ingest_url("f"))?;
+    cluster.wait_live("f").await?;
+    let url = format!("http://{}/live/f.m3u8", cluster.edges[0].addr("edge-http"));
+    let mut viewer = corriente_tests::media::Viewer::start(&url)?;
+    decodes(&viewer, 0, 90, Duration::from_secs(30), "the HLS viewer decoding").await?;
+
+    // The origin dies; the streamer reconnects to the other origin: a new epoch, a new
+    // playlist of higher numbers.
+    cluster.origins[0].signal("KILL");
+    drop(first);
+    let before = viewer.frames().0;
+    let _second = Publisher::start(&media, &cluster.origins[1].ingest_url("f"))?;
+    let resumed = decodes(
+        &viewer,
+        before,
+        150,
+        Duration::from_secs(40),
+        "the HLS viewer decoding after the failover",
+    )
+    .await?;
+    eprintln!(
+        "the HLS viewer decoded 150 more frames {resumed:?} after the republish; longest gap {:?}",
+        viewer.longest_gap()
+    );
+    assert!(viewer.is_running(), "the HLS viewer gave up");
+    assert!(
+        viewer.longest_gap() < Duration::from_secs(10),
+        "the HLS viewer stalled {:?}",
+        viewer.longest_gap()
+    );
+    let playlist = String::from_utf8(get(cluster.edges[0].addr("edge-http"), "/live/f.m3u8").await?.body)?;
+    eprintln!("{}", playlist.lines().take(8).collect::<Vec<_>>().join("\n"));
+    Ok(())
+}
