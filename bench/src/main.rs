@@ -7,10 +7,13 @@
 //!   processes' CPU seconds and memory from /proc.
 //! - `fan-in`: N publishers into one server.
 //! - `floor`: the ideal fan-out floor server, to compare against.
+//! - `hls`: N LL-HLS clients (blocking playlist reloads, every part) against an edge, or the
+//!   same requests replayed from a capture against a static file server (`hls.rs`).
 //!
 //! Each run prints a readable summary and appends one JSON line to `--json`.
 
 mod floor;
+mod hls;
 mod publisher;
 mod stats;
 mod viewer;
@@ -49,6 +52,31 @@ enum Command {
     FanIn(FanInArgs),
     /// Serve the ideal fan-out floor.
     Floor(FloorArgs),
+    /// N LL-HLS clients (live against an edge, or replaying a capture from a static server).
+    Hls(HlsArgs),
+}
+
+#[derive(Args)]
+struct HlsArgs {
+    /// Where to publish (rtmp://HOST:PORT/APP/NAME), for live and capture runs.
+    #[arg(long)]
+    publish: Option<String>,
+    /// Live: the playlist, http://HOST:PORT/APP/NAME.m3u8.
+    #[arg(long)]
+    url: Option<String>,
+    /// Capture: one live client saves what it fetched into this directory (for --replay).
+    #[arg(long)]
+    capture: Option<PathBuf>,
+    /// Replay: the URL the captured directory is served at (http://HOST:PORT/DIR).
+    #[arg(long)]
+    replay: Option<String>,
+    /// Replay: the capture's timeline file.
+    #[arg(long)]
+    timeline: Option<PathBuf>,
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Args, Clone)]
@@ -333,7 +361,175 @@ fn main() -> Result<()> {
         }
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args)),
         Command::FanIn(args) => tokio::runtime::Runtime::new()?.block_on(fan_in(args)),
+        Command::Hls(args) => tokio::runtime::Runtime::new()?.block_on(hls_run(args)),
     }
+}
+
+#[derive(Serialize)]
+struct HlsReport {
+    label: String,
+    mode: &'static str,
+    clients: usize,
+    kept_up: u64,
+    kept_up_fraction: f64,
+    errors: u64,
+    measured_seconds: f64,
+    delivered_mbps: f64,
+    parts: u64,
+    playlists: u64,
+    /// Request to last byte of a part, milliseconds.
+    part_ms: Option<Quantiles>,
+    servers: Vec<ServerReport>,
+    bench_cpu_seconds: f64,
+    machine_cpu_seconds: f64,
+    machine_cpu_seconds_per_gbit: Option<f64>,
+    first_error: Option<String>,
+}
+
+async fn hls_run(args: HlsArgs) -> Result<()> {
+    let c = &args.common;
+    let mut watched: Vec<Watched> = c.pids.iter().map(|(l, p)| Watched::new(l, *p)).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    if let Some(url) = &args.publish {
+        let media = Arc::new(Media::load(&c.file)?);
+        let (addr, app, name) = rtmp_target(url)?;
+        let stats = Arc::new(PublishStats::default());
+        let (stats2, stop2) = (stats.clone(), stop.clone());
+        tokio::spawn(async move {
+            if let Err(e) = publish(addr, &app, &name, media, None, stats2, stop2).await {
+                eprintln!("publisher: {e:#}");
+            }
+        });
+        let started = Instant::now();
+        while !stats.running.load(Ordering::Relaxed) {
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("the publisher did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Segments need a GOP or two before the first playlist.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    for w in &mut watched {
+        w.rss_before = rss_kb(w.pid).unwrap_or(0);
+    }
+    let shared = Arc::new(hls::HlsShared::default());
+    let ramp_start = Instant::now();
+    let measure_from = ramp_start + c.ramp + c.warmup;
+    let until = measure_from + c.duration;
+    let (mode, clients) = match (&args.url, &args.replay) {
+        (Some(url), None) => {
+            if let Some(dir) = &args.capture {
+                std::fs::create_dir_all(dir)?;
+            }
+            let n = if args.capture.is_some() {
+                1
+            } else {
+                args.clients
+            };
+            for i in 0..n {
+                tokio::time::sleep_until(ramp_start + c.ramp.mul_f64(i as f64 / n.max(1) as f64))
+                    .await;
+                tokio::spawn(hls::live_client(
+                    url.clone(),
+                    shared.clone(),
+                    measure_from,
+                    until,
+                    args.capture.clone(),
+                ));
+            }
+            (
+                if args.capture.is_some() {
+                    "hls_capture"
+                } else {
+                    "hls_live"
+                },
+                n,
+            )
+        }
+        (None, Some(prefix)) => {
+            let timeline = args
+                .timeline
+                .as_ref()
+                .context("--replay needs --timeline")?;
+            let steps = Arc::new(hls::read_timeline(timeline)?);
+            for i in 0..args.clients {
+                tokio::time::sleep_until(
+                    ramp_start + c.ramp.mul_f64(i as f64 / args.clients.max(1) as f64),
+                )
+                .await;
+                // Clients at the live edge: all asking for the same few parts, as live viewers do.
+                tokio::spawn(hls::replay_client(
+                    prefix.clone(),
+                    steps.clone(),
+                    shared.clone(),
+                    i % 3,
+                    measure_from,
+                    until,
+                ));
+            }
+            ("hls_replay", args.clients)
+        }
+        _ => bail!("give --url (live, or with --capture) or --replay with --timeline"),
+    };
+    tokio::time::sleep_until(measure_from).await;
+    for w in &mut watched {
+        w.start();
+    }
+    let machine = MachineWindow::start();
+    let bytes_start = shared.bytes.load(Ordering::Relaxed);
+    let window_start = Instant::now();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for w in &mut watched {
+            w.sample();
+        }
+    }
+    let seconds = window_start.elapsed().as_secs_f64();
+    let (machine_cpu, _softirq, bench_cpu) = machine.end();
+    let delivered = shared.bytes.load(Ordering::Relaxed) - bytes_start;
+    let delivered_gbit = delivered as f64 * 8.0 / 1e9;
+    // Clients finish their last request and count themselves.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kept_up = shared.kept_up.load(Ordering::Relaxed);
+    let report = HlsReport {
+        label: c.label.clone(),
+        mode,
+        clients,
+        kept_up,
+        kept_up_fraction: round3(kept_up as f64 / clients.max(1) as f64),
+        errors: shared.errors.load(Ordering::Relaxed),
+        measured_seconds: round3(seconds),
+        delivered_mbps: round3(delivered as f64 * 8.0 / 1e6 / seconds),
+        parts: shared.parts.load(Ordering::Relaxed),
+        playlists: shared.playlists.load(Ordering::Relaxed),
+        part_ms: Quantiles::of(&shared.part_latency),
+        servers: watched
+            .iter()
+            .map(|w| w.report(delivered_gbit, clients))
+            .collect(),
+        bench_cpu_seconds: bench_cpu,
+        machine_cpu_seconds: machine_cpu,
+        machine_cpu_seconds_per_gbit: (delivered_gbit > 0.0)
+            .then(|| round3(machine_cpu / delivered_gbit)),
+        first_error: shared
+            .first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+    };
+    stop.store(true, Ordering::Relaxed);
+    let line = serde_json::to_string(&report)?;
+    if let Some(path) = &c.json {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        writeln!(f, "{line}")?;
+    }
+    println!("{line}");
+    Ok(())
 }
 
 async fn run(args: RunArgs) -> Result<()> {

@@ -48,13 +48,17 @@ async fn a_recording_plays_from_an_edge_through_the_relay_with_ranges_and_a_cach
 
     let publisher = Publisher::start_with(&av_small()?, &origin.ingest_url("cam"), &["-t", "20"])?;
     // Listed while it is written (not only once it ends).
-    let live = wait_for(Duration::from_secs(10), "the recording listed live", || async {
-        listed(&control, "live/cam")
-            .await
-            .ok()?
-            .into_iter()
-            .find(|r| r["state"] == "recording")
-    })
+    let live = wait_for(
+        Duration::from_secs(10),
+        "the recording listed live",
+        || async {
+            listed(&control, "live/cam")
+                .await
+                .ok()?
+                .into_iter()
+                .find(|r| r["state"] == "recording")
+        },
+    )
     .await?;
     eprintln!("while live: {live}");
     let (code, stderr) = publisher.wait(Duration::from_secs(60)).await?;
