@@ -121,7 +121,22 @@ pub struct Packager {
     config: HlsConfig,
     state: Mutex<State>,
     progress: watch::Sender<Progress>,
+    /// Playlists rendered lately: every viewer at the live edge asks the same blocking
+    /// request, so each answer is rendered once per change of the window, not per viewer.
+    rendered: std::sync::Mutex<VecDeque<Rendered>>,
 }
+
+/// A rendered playlist: the window's generation and the request it answers, its bytes and tag.
+struct Rendered {
+    generation: u64,
+    request: PlaylistRequest,
+    uris: String,
+    body: Bytes,
+    etag: String,
+}
+
+/// Rendered playlists kept (requests differ by query: tokens, skips, part numbers).
+const RENDERED: usize = 16;
 
 #[derive(Default)]
 struct State {
@@ -138,6 +153,8 @@ struct State {
     open: Option<Open>,
     segments: VecDeque<Segment>,
     bytes: usize,
+    /// Grows with every change of what a playlist would list.
+    generation: u64,
 }
 
 struct Open {
@@ -177,7 +194,56 @@ impl Packager {
             config,
             state: Mutex::new(State::default()),
             progress: watch::channel(Progress::default()).0,
+            rendered: std::sync::Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// The playlist answering `request` now, with media URIs `{prefix}…{?query}`, and its
+    /// entity tag; rendered once per window generation and request.
+    pub fn playlist(
+        &self,
+        request: &PlaylistRequest,
+        prefix: &str,
+        query: &str,
+    ) -> (Bytes, String) {
+        let uris = format!("{prefix}?{query}");
+        let (generation, snapshot) = {
+            let state = lock(&self.state);
+            let generation = state.generation;
+            let cached = self
+                .rendered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|r| r.generation == generation && r.request == *request && r.uris == uris)
+                .map(|r| (r.body.clone(), r.etag.clone()));
+            if let Some(hit) = cached {
+                return hit;
+            }
+            (
+                generation,
+                Snapshot {
+                    segments: state.segments.iter().cloned().collect(),
+                    discontinuity_sequence: state.epoch,
+                },
+            )
+        };
+        let text = playlist(&snapshot, self.config, request, prefix, query);
+        let etag = format!("\"{:016x}\"", fnv64(&[text.as_bytes()]));
+        let body = Bytes::from(text);
+        let mut rendered = self.rendered.lock().unwrap_or_else(|p| p.into_inner());
+        rendered.retain(|r| r.generation == generation);
+        if rendered.len() >= RENDERED {
+            rendered.pop_front();
+        }
+        rendered.push_back(Rendered {
+            generation,
+            request: *request,
+            uris,
+            body: body.clone(),
+            etag: etag.clone(),
+        });
+        (body, etag)
     }
 
     /// Turns packaging on (the first HLS request for the stream).
@@ -206,6 +272,7 @@ impl Packager {
             state.open = None;
             state.segments.clear();
             state.bytes = 0;
+            state.generation += 1;
             state.epoch = epoch;
             state.started_at_ms = started_at_ms;
             state.tracks = None;
@@ -243,6 +310,7 @@ impl Packager {
         if !changed {
             return;
         }
+        state.generation += 1;
         let p = state.progress();
         // Not under the state's lock: a blocked request checks the state from inside the
         // watch's.
@@ -363,16 +431,6 @@ impl Packager {
             seg.parts.push(part);
         }
         true
-    }
-
-    /// The segments kept, the init segments they use, and the discontinuity sequence of the
-    /// first.
-    pub fn snapshot(&self) -> Snapshot {
-        let state = lock(&self.state);
-        Snapshot {
-            segments: state.segments.iter().cloned().collect(),
-            discontinuity_sequence: state.epoch,
-        }
     }
 
     /// The initialization segment named `name`, if a kept segment uses it.
@@ -870,15 +928,8 @@ pub(crate) async fn serve_playlist(
         Some(token) => format!("token={token}"),
         None => passthrough(query),
     };
-    let body = playlist(
-        &packager.snapshot(),
-        config,
-        &request,
-        &format!("{name}/hls/"),
-        &media_query,
-    );
+    let (body, etag) = packager.playlist(&request, &format!("{name}/hls/"), &media_query);
     drop(lease);
-    let etag = format!("\"{:016x}\"", fnv64(&[body.as_bytes()]));
     let len = body.len();
     let mut response = tagged(&client, &etag, Body::from(body), len, false);
     let h = response.headers_mut();
