@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use corriente_tests::clients::{RawResponse, http_raw};
-use corriente_tests::media::{Publisher, audio_aac, av_small, decode, ffprobe};
+use corriente_tests::media::{Publisher, audio_aac, av_small, decode, ffprobe, video_only};
 use corriente_tests::{Node, Redis, wait_for};
 
 async fn get(addr: SocketAddr, path: &str) -> Result<RawResponse> {
@@ -301,7 +301,7 @@ async fn two_edges_serve_the_same_hls_and_a_player_alternating_between_them_play
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn audio_only_streams_play_over_hls() -> Result<()> {
+async fn audio_only_and_video_only_streams_play_over_hls() -> Result<()> {
     let node = Node::all(&[])?;
     let _publisher = Publisher::start(&audio_aac()?, &node.ingest_url("radio"))?;
     node.wait_live("radio").await?;
@@ -318,6 +318,26 @@ async fn audio_only_streams_play_over_hls() -> Result<()> {
     assert_eq!(missing.status, 404);
     let bad = get(node.addr("edge-http"), "/live/radio.m3u8?_HLS_part=1").await?;
     assert_eq!(bad.status, 400);
+
+    let _video = Publisher::start(&video_only()?, &node.ingest_url("silent"))?;
+    node.wait_live("silent").await?;
+    let url = format!("http://{}/live/silent.m3u8", node.addr("edge-http"));
+    let streams = wait_for(Duration::from_secs(20), "the video-only HLS", || async {
+        ffprobe(&url).await.ok().filter(|s| !s.is_empty())
+    })
+    .await?;
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert_eq!(streams[0].codec_name, "h264");
+    let decoded = decode(&url, 4).await?;
+    eprintln!(
+        "video-only over HLS: {} frames decoded in 4 s",
+        decoded.video_frames
+    );
+    assert!(
+        decoded.exit_ok && decoded.video_frames >= 108,
+        "{} of 120 frames",
+        decoded.video_frames
+    );
     Ok(())
 }
 
@@ -345,7 +365,14 @@ async fn an_hls_viewer_keeps_playing_through_a_failover() -> Result<()> {
     cluster.wait_live("f").await?;
     let url = format!("http://{}/live/f.m3u8", cluster.edges[0].addr("edge-http"));
     let mut viewer = corriente_tests::media::Viewer::start(&url)?;
-    decodes(&viewer, 0, 90, Duration::from_secs(30), "the HLS viewer decoding").await?;
+    decodes(
+        &viewer,
+        0,
+        90,
+        Duration::from_secs(30),
+        "the HLS viewer decoding",
+    )
+    .await?;
 
     // The origin dies; the streamer reconnects to the other origin: a new epoch, a new
     // playlist of higher numbers.
@@ -371,7 +398,14 @@ async fn an_hls_viewer_keeps_playing_through_a_failover() -> Result<()> {
         "the HLS viewer stalled {:?}",
         viewer.longest_gap()
     );
-    let playlist = String::from_utf8(get(cluster.edges[0].addr("edge-http"), "/live/f.m3u8").await?.body)?;
-    eprintln!("{}", playlist.lines().take(8).collect::<Vec<_>>().join("\n"));
+    let playlist = String::from_utf8(
+        get(cluster.edges[0].addr("edge-http"), "/live/f.m3u8")
+            .await?
+            .body,
+    )?;
+    eprintln!(
+        "{}",
+        playlist.lines().take(8).collect::<Vec<_>>().join("\n")
+    );
     Ok(())
 }
