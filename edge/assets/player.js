@@ -1,5 +1,13 @@
-// Corriente player page: plays this page's stream (`/APP/NAME` -> `/APP/NAME.flv`, query string
-// kept, so a playback token passes through) with mpegts.js, close to the live edge.
+// Corriente player page: plays this page's stream close to the live edge, with one of three
+// technologies (the page's query string is kept on the media URLs, so a playback token passes
+// through):
+//   flv         `/APP/NAME.flv` (HTTP-FLV) with mpegts.js: the default, wherever MSE can play it
+//   hls         `/APP/NAME.m3u8` (LL-HLS) with hls.js in `lowLatencyMode`, where mpegts.js cannot
+//   native-hls  the same playlist as the `<video>`'s own source, in browsers that play HLS
+//               themselves and have no MSE (iPhones before iOS 17.1)
+// The viewer can switch between HTTP-FLV and LL-HLS; `?tech=flv` or `?tech=hls` in the page URL
+// forces one (and is not passed on to the media URLs). The one in use is on
+// `document.body.dataset.tech`.
 //
 // States, mirrored on `document.body.dataset.state` for people (CSS) and tests:
 //   loading  connecting or waiting for the first frame
@@ -28,6 +36,18 @@
   const STALL_TIMEOUT_MS = 15000;
   /** Behind live by more than this: the LIVE badge greys out (click it to jump). */
   const BEHIND_S = 3;
+
+  /** hls.js for LL-HLS: parts and blocking playlist reloads (`lowLatencyMode`), the target
+   *  latency from the playlist's PART-HOLD-BACK, and a gentle speed-up when behind it. The
+   *  edge holds a blocking request up to 6 s (three target durations); hls.js's default time-
+   *  outs (10 s to the first byte) are longer than that. */
+  const HLS_CONFIG = {
+    lowLatencyMode: true,
+    enableWorker: true,
+    backBufferLength: 30,
+    maxLiveSyncPlaybackRate: 1.1,
+    liveDurationInfinity: true,
+  };
 
   /** Low-latency mpegts.js settings: no stash buffer, a gentle speed-up past 1.2 s behind
    *  live and a jump to the live edge past 2 s (the GOP cache hands a new viewer up to one
@@ -64,28 +84,59 @@
   });
   const app = parts[0] || '';
   const name = parts.slice(1).join('/') || '';
-  /** The page's query without its own `vod=` parameter, other pairs byte for byte (a token
-   *  passes through as it came). */
-  const withoutVod = (search) => {
-    const pairs = search.replace(/^\?/, '').split('&').filter((p) => p !== '' && p.split('=')[0] !== 'vod');
+  /** The page's own parameters: they say what the page does and never reach the edge. */
+  const OWN_PARAMS = ['vod', 'tech'];
+  /** The page's query without its own parameters, other pairs byte for byte (a token passes
+   *  through as it came). */
+  const withoutOwn = (search) => {
+    const pairs = search.replace(/^\?/, '').split('&').filter((p) => p !== '' && !OWN_PARAMS.includes(p.split('=')[0]));
     return pairs.length ? '?' + pairs.join('&') : '';
   };
-  const vodParam = (search) => {
+  const param = (search, key) => {
     for (const pair of search.replace(/^\?/, '').split('&')) {
       const [k, v] = pair.split('=');
-      if (k === 'vod' && v) {
+      if (k === key && v) {
         try { return decodeURIComponent(v); } catch (_) { return v; }
       }
     }
     return null;
   };
-  const query = withoutVod(location.search);
+  const vodParam = (search) => param(search, 'vod');
+  const query = withoutOwn(location.search);
   const flvUrl = location.origin + path + '.flv' + query;
+  const hlsUrl = location.origin + path + '.m3u8' + query;
   const pageUrl = location.origin + path + query;
 
-  /** Live playback needs Media Source Extensions (mpegts.js); recordings play without. */
-  const liveSupported = typeof mpegts !== 'undefined' && mpegts.isSupported() &&
-    !(mpegts.getFeatureList && !mpegts.getFeatureList().mseLivePlayback);
+  // --- Which technology plays the live stream -------------------------------------------
+  /** What this browser can use. Live playback needs Media Source Extensions (mpegts.js,
+   *  hls.js) or a browser that plays HLS itself; recordings play without either. */
+  const can = {
+    flv: typeof mpegts !== 'undefined' && mpegts.isSupported() &&
+      !(mpegts.getFeatureList && !mpegts.getFeatureList().mseLivePlayback),
+    hls: typeof Hls !== 'undefined' && Hls.isSupported(),
+    native: typeof video.canPlayType === 'function' &&
+      (video.canPlayType('application/vnd.apple.mpegurl') !== '' || video.canPlayType('application/x-mpegURL') !== ''),
+  };
+  /** The technology for a wish (`flv`, `hls` or none): the wish when this browser can, else the
+   *  best it can: HTTP-FLV, then hls.js, then its own HLS (only used without MSE). */
+  function techFor(wish) {
+    if (wish === 'flv' && can.flv) return 'flv';
+    if (wish === 'hls' && can.hls) return 'hls';
+    if (wish === 'hls' && can.native) return 'native-hls';
+    if (can.flv) return 'flv';
+    if (can.hls) return 'hls';
+    if (can.native) return 'native-hls';
+    return null;
+  }
+  /** What the viewer's switch calls a technology. */
+  const family = (t) => (t === 'flv' ? 'flv' : t ? 'hls' : null);
+  const ENGINE = { flv: 'HTTP-FLV · mpegts.js', hls: 'LL-HLS · hls.js', 'native-hls': 'LL-HLS · the browser\'s own player' };
+  const wished = param(location.search, 'tech');
+  /** The technology in use for live playback (null: this browser has none). */
+  let tech = techFor(wished);
+  /** Asked for by `?tech=` or the viewer's switch: then the page's URL keeps saying so. */
+  let techPinned = (wished === 'flv' || wished === 'hls') && family(tech) === wished;
+  const liveSupported = tech !== null;
 
   // --- State ---------------------------------------------------------------------------
   let player = null;
@@ -97,6 +148,8 @@
   let startedAt = 0;
   let lastTime = -1;
   let lastProgressAt = 0;
+  /** Set while switching technology (the stop is not the broadcast ending). */
+  let switchingTech = false;
 
   const STATUS_TEXT = { loading: 'Connecting', playing: 'Live', offline: 'Offline', error: 'Reconnecting' };
   /** `live`, or `vod` while a recording plays (the live player is stopped then). */
@@ -118,7 +171,7 @@
       if (state !== 'playing') playingSince = 0;
       window.dispatchEvent(new CustomEvent('corriente:state', { detail: state }));
       // The broadcast ended: its recording is about to be finished and listed.
-      if (before === 'playing' && view === 'live') recordingsAfterLiveEnd();
+      if (before === 'playing' && view === 'live' && !switchingTech) recordingsAfterLiveEnd();
     }
     updateOverlays();
   }
@@ -142,7 +195,9 @@
     const abort = new AbortController();
     const deadline = setTimeout(() => abort.abort(), PROBE_TIMEOUT_MS);
     try {
-      const res = await fetch(flvUrl, { method: 'HEAD', cache: 'no-store', signal: abort.signal });
+      // The URL the technology plays: an edge may serve one and not the other. (The first
+      // playlist request waits for the stream's first segment: the probe warms it up.)
+      const res = await fetch(tech === 'flv' ? flvUrl : hlsUrl, { method: 'HEAD', cache: 'no-store', signal: abort.signal });
       status = res.status;
     } catch (_) {
       status = 0;
@@ -198,6 +253,24 @@
     startedAt = Date.now();
     lastTime = -1;
     lastProgressAt = Date.now();
+    resetMeter();
+    if (tech === 'hls') startHls(mine);
+    else if (tech === 'native-hls') startNative(mine);
+    else startFlv(mine);
+  }
+
+  /** Starts the `<video>` (autoplay), noting when the browser refuses without a click. */
+  function playVideo(play, current) {
+    const played = play();
+    if (played && typeof played.catch === 'function') {
+      played.catch((e) => {
+        if (current() && e && e.name === 'NotAllowedError') body.dataset.blocked = 'true';
+        updateOverlays();
+      });
+    }
+  }
+
+  function startFlv(mine) {
     const p = mpegts.createPlayer({ type: 'flv', isLive: true, url: flvUrl }, PLAYER_CONFIG);
     player = p;
     const current = () => mine === attempt && player === p;
@@ -215,13 +288,36 @@
     p.on(mpegts.Events.MEDIA_INFO, (info) => { if (current()) showMediaInfo(info); });
     p.attachMediaElement(video);
     p.load();
-    const played = p.play();
-    if (played && typeof played.catch === 'function') {
-      played.catch((e) => {
-        if (current() && e && e.name === 'NotAllowedError') body.dataset.blocked = 'true';
-        updateOverlays();
-      });
-    }
+    playVideo(() => p.play(), current);
+  }
+
+  function startHls(mine) {
+    const h = new Hls(HLS_CONFIG);
+    player = h;
+    const current = () => mine === attempt && player === h;
+    let recoveries = 0;
+    h.on(Hls.Events.ERROR, (event, data) => {
+      if (!current() || !data.fatal) return;
+      // A decoding hiccup: hls.js can rebuild its buffers once; after that, start over.
+      if (data.type === Hls.ErrorTypes.MEDIA_ERROR && recoveries++ === 0) return h.recoverMediaError();
+      // The stream ending shows as a playlist answered 404; the probe of lost() tells.
+      lost(data.type === Hls.ErrorTypes.MEDIA_ERROR
+        ? ['Cannot play this stream', 'The browser could not decode it (' + data.details + ').']
+        : ['Connection lost', 'The stream was interrupted.']);
+    });
+    h.on(Hls.Events.BUFFER_CODECS, (event, data) => { if (current()) hlsMediaInfo(data); });
+    h.on(Hls.Events.FRAG_LOADED, (event, data) => { if (current()) meterChunk(data); });
+    h.attachMedia(video);
+    h.loadSource(hlsUrl);
+    playVideo(() => video.play(), current);
+  }
+
+  /** The browser's own HLS (no MSE): the playlist as the `<video>`'s source. */
+  function startNative(mine) {
+    const p = { native: true };
+    player = p;
+    video.src = hlsUrl;
+    playVideo(() => video.play(), () => mine === attempt && player === p);
   }
 
   /** The connection dropped or failed: try again at once the first time, then back off. */
@@ -241,6 +337,16 @@
     const p = player;
     player = null;
     if (!p) return;
+    video.playbackRate = 1;
+    if (p.native) {
+      video.removeAttribute('src');
+      video.load();
+      return;
+    }
+    if (typeof Hls !== 'undefined' && p instanceof Hls) {
+      try { p.destroy(); } catch (_) { /* already gone */ }
+      return;
+    }
     try { p.pause(); } catch (_) { /* already gone */ }
     try { p.unload(); } catch (_) { /* already gone */ }
     try { p.detachMediaElement(); } catch (_) { /* already gone */ }
@@ -258,7 +364,16 @@
     if (video.videoWidth === 0 && video.readyState >= 1) setLayout(false);
   });
   video.addEventListener('waiting', () => { body.dataset.buffering = 'true'; });
-  video.addEventListener('loadedmetadata', () => { if (video.videoWidth === 0) setLayout(false); });
+  video.addEventListener('loadedmetadata', () => {
+    if (video.videoWidth === 0) setLayout(false);
+    else if (player && tech !== 'flv') showMediaInfo(Object.assign(hlsInfo, { hasVideo: true }));
+  });
+  // hls.js and the browser's own HLS tell the picture's size only through the element.
+  video.addEventListener('resize', () => { if (player && tech !== 'flv' && video.videoWidth) showMediaInfo(hlsInfo); });
+  // hls.js reports its errors itself; the browser's own player only through the element.
+  video.addEventListener('error', () => {
+    if (player && player.native && video.error) lost(['Connection lost', 'The stream was interrupted (media error ' + video.error.code + ').']);
+  });
   video.addEventListener('pause', updateOverlays);
   video.addEventListener('play', updateOverlays);
   video.addEventListener('volumechange', () => {
@@ -286,14 +401,41 @@
   }, 1000);
 
   // --- Latency to live ------------------------------------------------------------------
-  /** Seconds between what is shown and the newest media received, or null. */
+  /** Seconds behind live, or null. HTTP-FLV: between what is shown and the newest media
+   *  received. hls.js: its own `latency`, the playlist's live edge (as old as the playlist is)
+   *  minus the playhead. The browser's own HLS: the wall clock minus the program date-time of
+   *  the playhead (Safari's `getStartDate()`), else the end of what is seekable, else (as with
+   *  HTTP-FLV) of what is buffered. */
   function latency() {
+    if (!player) return null;
+    if (tech === 'hls') {
+      const l = player.latency;
+      return Number.isFinite(l) && l > 0 ? l : null;
+    }
+    if (tech === 'native-hls') {
+      const start = typeof video.getStartDate === 'function' ? video.getStartDate().getTime() : NaN;
+      if (Number.isFinite(start) && start > 0) return Math.max(0, (Date.now() - start) / 1000 - video.currentTime);
+      const s = video.seekable;
+      if (s && s.length && Number.isFinite(s.end(s.length - 1))) return Math.max(0, s.end(s.length - 1) - video.currentTime);
+    }
     const b = video.buffered;
-    if (!player || !b || b.length === 0) return null;
+    if (!b || b.length === 0) return null;
     return Math.max(0, b.end(b.length - 1) - video.currentTime);
   }
 
   function jumpToLive() {
+    if (tech === 'hls' && player) {
+      const sync = player.liveSyncPosition;
+      if (Number.isFinite(sync) && sync - video.currentTime > 0.3) video.currentTime = sync;
+      if (video.paused) video.play().catch(() => {});
+      return;
+    }
+    const s = video.seekable;
+    if (tech === 'native-hls' && s && s.length && Number.isFinite(s.end(s.length - 1))) {
+      if (s.end(s.length - 1) - video.currentTime > 2) video.currentTime = Math.max(s.start(s.length - 1), s.end(s.length - 1) - 1);
+      if (video.paused) video.play().catch(() => {});
+      return;
+    }
     const b = video.buffered;
     if (!b || b.length === 0) return;
     const end = b.end(b.length - 1);
@@ -330,12 +472,36 @@
     body.dataset.layout = hasVideo ? 'video' : 'audio';
   }
 
+  /** What hls.js told of the stream's tracks (the size comes from the element). */
+  const hlsInfo = {};
+
+  function hlsMediaInfo({ video: v, audio: a, audiovideo: av }) {
+    const codecs = (t) => String((t && (t.codec || t.levelCodec)) || '').split(',').map((c) => c.trim()).filter(Boolean);
+    // One CMAF track set holding both (the edge's segments do) comes as `audiovideo`.
+    const muxed = codecs(av);
+    const videoCodec = codecs(v)[0] || muxed.find((c) => !c.startsWith('mp4a') && c !== 'opus');
+    const audioCodec = codecs(a)[0] || muxed.find((c) => c.startsWith('mp4a') || c === 'opus');
+    for (const k of Object.keys(hlsInfo)) delete hlsInfo[k];
+    Object.assign(hlsInfo, {
+      hasVideo: !!v || !!videoCodec,
+      hasAudio: !!a || !!audioCodec,
+      videoCodec,
+      audioCodec,
+      audioChannelCount: a && a.metadata && a.metadata.channelCount,
+    });
+    showMediaInfo(hlsInfo);
+  }
+
   function showMediaInfo(info) {
+    if (tech !== 'flv') {
+      info.width = video.videoWidth || info.width;
+      info.height = video.videoHeight || info.height;
+    }
     const hasVideo = info.hasVideo !== false && !(info.hasVideo === undefined && !info.videoCodec);
     setLayout(hasVideo);
     if (hasVideo && info.width && info.height) {
       const fps = info.fps ? ' · ' + Math.round(info.fps) + ' fps' : '';
-      $('fact-video').textContent = codecName(info.videoCodec) + ' · ' + info.width + '×' + info.height + fps;
+      $('fact-video').textContent = [codecName(info.videoCodec), info.width + '×' + info.height].filter(Boolean).join(' · ') + fps;
       $('quality').textContent = info.height + 'p';
     } else {
       $('fact-video').textContent = hasVideo ? codecName(info.videoCodec) || '–' : 'none (audio only)';
@@ -368,6 +534,36 @@
     meter.samples = [];
     meter.first = -1;
     meter.newest = -1;
+    chunks.length = 0;
+  }
+
+  // With hls.js, the same measure from the parts and segments it loads: their bytes over the
+  // media time they cover, for those in the last BITRATE_WINDOW_S seconds of media time. (The
+  // browser's own HLS player tells nothing of its downloads: no figure then.)
+  /** [media start s, duration s, bytes] of each part or segment loaded, in loading order. */
+  const chunks = [];
+
+  function meterChunk({ frag, part }) {
+    if (!frag || frag.sn === 'initSegment') return;
+    const piece = part || frag;
+    const bytes = piece.stats && piece.stats.loaded;
+    const start = piece.start;
+    const duration = piece.duration;
+    if (!(bytes > 0) || !(duration > 0) || !Number.isFinite(start)) return;
+    const last = chunks[chunks.length - 1];
+    const newestEnd = last ? last[0] + last[1] : -Infinity;
+    if (last && Math.abs(start - newestEnd) * 1000 > BITRATE_JUMP_MS) chunks.length = 0;
+    else if (start < newestEnd - 0.05) return; // media already counted (a reload)
+    chunks.push([start, duration, bytes]);
+    const from = start + duration - BITRATE_WINDOW_S;
+    while (chunks.length && chunks[0][0] < from - 1e-3) chunks.shift();
+  }
+
+  function chunkBitrate() {
+    let bytes = 0;
+    let span = 0;
+    for (const [, d, b] of chunks) { bytes += b; span += d; }
+    return span < BITRATE_MIN_SPAN_S ? null : (bytes * 8) / span;
   }
 
   function meterTag(ts, bytes) {
@@ -381,7 +577,8 @@
 
   /** Bits per second over the last BITRATE_WINDOW_S s of media time (less at the start), or null. */
   function bitrate() {
-    if (meter.newest < 0) return null;
+    if (tech === 'hls') return chunkBitrate();
+    if (tech !== 'flv' || meter.newest < 0) return null;
     const start = Math.max(meter.newest - BITRATE_WINDOW_S * 1000, meter.first);
     const span = (meter.newest - start) / 1000;
     if (span < BITRATE_MIN_SPAN_S) return null;
@@ -572,8 +769,13 @@
       : '/vod' + path + '/' + encodeURIComponent(id) + '.mp4';
     return location.origin + url + query;
   };
-  const pageWithVod = (id) =>
-    location.origin + path + (query ? query + '&' : '?') + 'vod=' + encodeURIComponent(id);
+  /** This page's URL: its query, the technology when pinned, and recording `id` if any. */
+  const selfUrl = (id) => {
+    const own = [];
+    if (techPinned && tech) own.push('tech=' + family(tech));
+    if (id) own.push('vod=' + encodeURIComponent(id));
+    return location.origin + path + (own.length ? (query ? query + '&' : '?') + own.join('&') : query);
+  };
 
   function clock(ms) {
     const s = Math.max(0, Math.round((ms || 0) / 1000));
@@ -713,7 +915,7 @@
     body.dataset.vod = id;
     stage.hidden = true;
     vodStage.hidden = false;
-    if (push) history.pushState(null, '', pageWithVod(id));
+    if (push) history.pushState(null, '', selfUrl(id));
     showStatus();
     renderRecordings();
     loadVod(muted);
@@ -752,7 +954,7 @@
     body.dataset.vodState = '';
     vodStage.hidden = true;
     stage.hidden = false;
-    if (push) history.pushState(null, '', pageUrl);
+    if (push) history.pushState(null, '', selfUrl(null));
     showStatus();
     renderRecordings();
     if (liveSupported) {
@@ -816,6 +1018,7 @@
     '<iframe src="' + attr(pageUrl) + '" width="640" height="360" style="border:0;max-width:100%" ' +
     'allow="autoplay; fullscreen; picture-in-picture" allowfullscreen title="' + attr(app + '/' + name) + ' live"></iframe>';
   $('flv-url').value = flvUrl;
+  $('hls-url').value = hlsUrl;
 
   document.querySelectorAll('[data-copy]').forEach((button) => {
     button.addEventListener('click', async () => {
@@ -832,7 +1035,42 @@
       setTimeout(() => { button.textContent = 'Copy'; }, 1600);
     });
   });
-  ['embed-code', 'flv-url'].forEach((id) => $(id).addEventListener('focus', (e) => e.target.select()));
+  ['embed-code', 'flv-url', 'hls-url'].forEach((id) => $(id).addEventListener('focus', (e) => e.target.select()));
+
+  // --- The viewer's choice of technology ------------------------------------------------
+  function showTech() {
+    body.dataset.tech = tech || '';
+    $('fact-tech').textContent = tech ? ENGINE[tech] : 'none';
+    // A choice only where both work here.
+    $('tech-switch').hidden = !(can.flv && (can.hls || can.native));
+    document.querySelectorAll('[data-tech-choice]').forEach((button) => {
+      button.setAttribute('aria-pressed', String(family(tech) === button.dataset.techChoice));
+    });
+  }
+
+  /** Switches live playback to `wish` (`flv` or `hls`), and says so in the page's URL. */
+  function useTech(wish) {
+    const next = techFor(wish);
+    if (!next || family(next) !== wish) return;
+    const changed = next !== tech;
+    tech = next;
+    techPinned = true;
+    history.replaceState(history.state, '', selfUrl(vodId));
+    if (!changed) return;
+    showTech();
+    if (view !== 'live') return; // used on the way back to live
+    clearTimer();
+    attempt += 1;
+    teardown();
+    failures = 0;
+    switchingTech = true;
+    setState('loading');
+    switchingTech = false;
+    probe();
+  }
+  document.querySelectorAll('[data-tech-choice]').forEach((button) => {
+    button.addEventListener('click', () => useTech(button.dataset.techChoice));
+  });
 
   // --- Go -------------------------------------------------------------------------------
   $('stream-app').textContent = app;
@@ -848,13 +1086,17 @@
     body.classList.add('embedded');
   }
 
-  // For tests and the curious: `corriente.state`, `corriente.latency()`, `corriente.bitrate()`,
-  // `corriente.view`, `corriente.recordings`.
+  // For tests and the curious: `corriente.state`, `corriente.tech`, `corriente.latency()`,
+  // `corriente.bitrate()`, `corriente.view`, `corriente.recordings`; `corriente.player` is the
+  // mpegts.js player or the hls.js instance in use.
   window.corriente = {
     get state() { return body.dataset.state; },
+    get tech() { return tech; },
     latency,
     bitrate,
     flvUrl,
+    hlsUrl,
+    useTech,
     get player() { return player; },
     get view() { return view; },
     get recordings() { return recordings.slice(); },
@@ -862,14 +1104,15 @@
   };
 
   body.dataset.view = 'live';
+  showTech();
   refreshRecordings();
   if (!liveSupported) {
     setState('error');
     $('error-title').textContent = 'This browser cannot play live video';
-    $('error-text').textContent = 'It lacks Media Source Extensions. Open the stream URL below in VLC or ffplay.';
+    $('error-text').textContent = 'It lacks Media Source Extensions and plays no HLS itself. Open a stream URL below in VLC or ffplay.';
     $('retry').hidden = true;
   } else {
-    if (mpegts.LoggingControl) {
+    if (typeof mpegts !== 'undefined' && mpegts.LoggingControl) {
       mpegts.LoggingControl.enableVerbose = false;
       mpegts.LoggingControl.enableDebug = false;
       mpegts.LoggingControl.enableInfo = false;

@@ -264,7 +264,9 @@ impl Packager {
     /// started at `started_at_ms`.
     pub fn push(&self, epoch: u64, started_at_ms: u64, frame: &Frame) {
         let mut state = lock(&self.state);
-        if !state.enabled {
+        // Configuration is kept even while packaging is off: it comes once, at the start of
+        // the pull, and a later first HLS request needs it.
+        if !state.enabled && !frame.is_config() {
             return;
         }
         if epoch != state.epoch {
@@ -300,6 +302,9 @@ impl Packager {
                 return;
             }
             _ => {}
+        }
+        if !state.enabled {
+            return;
         }
         let Some(s) = sample(frame) else { return };
         let changed = if frame.segment != 0 {
