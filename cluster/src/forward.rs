@@ -192,7 +192,11 @@ pub struct ForwardTarget {
 impl ForwardTarget {
     /// A destination whose id derives from its source and URL.
     pub fn derived(source: ForwardSource, url: String) -> Self {
-        let id = format!("{}-{:08x}", source.as_str(), fnv1a(url.as_bytes()) as u32);
+        let id = format!(
+            "{}-{:08x}",
+            source.as_str(),
+            corriente_core::digest::fnv1a(url.as_bytes()) as u32
+        );
         Self { id, source, url }
     }
 
@@ -212,12 +216,6 @@ impl fmt::Debug for ForwardTarget {
             .field("url", &self.redacted())
             .finish()
     }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// Where a forward is.

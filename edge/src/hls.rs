@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use corriente_core::MediaInfo;
+use corriente_core::digest::fnv1a_parts;
+use corriente_core::time::iso8601_ms;
 use corriente_media::frame::{Frame, FrameRole};
 use corriente_media::mp4::{Fragmenter, SampleData, TrackKind, Tracks, sample};
 use tokio::sync::watch;
@@ -72,6 +74,8 @@ pub struct Segment {
     pub pdt_ms: u64,
     pub parts: Vec<Part>,
     pub complete: bool,
+    /// Once complete, the whole segment (its parts are slices of it).
+    pub whole: Option<Bytes>,
 }
 
 impl Segment {
@@ -85,15 +89,6 @@ impl Segment {
             }
             _ => sum,
         }
-    }
-
-    /// The whole segment: its parts one after the other.
-    pub fn bytes(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.parts.iter().map(|p| p.bytes.len()).sum());
-        for p in &self.parts {
-            out.extend_from_slice(&p.bytes);
-        }
-        out.freeze()
     }
 }
 
@@ -174,20 +169,6 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// FNV-1a, for names that depend on bytes only.
-fn fnv64(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in *p {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 impl Packager {
     pub fn new(config: HlsConfig) -> Self {
         Self {
@@ -229,7 +210,7 @@ impl Packager {
             )
         };
         let text = playlist(&snapshot, self.config, request, prefix, query);
-        let etag = format!("\"{:016x}\"", fnv64(&[text.as_bytes()]));
+        let etag = format!("\"{:016x}\"", fnv1a_parts(&[text.as_bytes()]));
         let body = Bytes::from(text);
         let mut rendered = self.rendered.lock().unwrap_or_else(|p| p.into_inner());
         rendered.retain(|r| r.generation == generation);
@@ -346,7 +327,7 @@ impl Packager {
                 Ok((tracks, bytes)) => {
                     let name = format!(
                         "init-{:016x}.mp4",
-                        fnv64(&[&state.epoch.to_be_bytes(), &bytes])
+                        fnv1a_parts(&[&state.epoch.to_be_bytes(), &bytes])
                     );
                     let init = Arc::new(InitSegment {
                         name,
@@ -385,6 +366,7 @@ impl Packager {
             pdt_ms: state.started_at_ms + u64::from(ts),
             parts: Vec::new(),
             complete: false,
+            whole: None,
         });
         // The window: complete segments beyond it, and bytes beyond the cap, go.
         while state.segments.len() > self.config.window + 1
@@ -450,13 +432,23 @@ impl Packager {
             .map(|i| i.bytes.clone())
     }
 
-    /// Segment `msn`, if kept (whole only once complete).
-    pub fn segment(&self, msn: u64) -> Option<Segment> {
+    /// Segment `msn` whole, if kept and complete.
+    pub fn whole(&self, msn: u64) -> Option<Bytes> {
         lock(&self.state)
             .segments
             .iter()
             .find(|s| s.msn == msn)
-            .cloned()
+            .and_then(|s| s.whole.clone())
+    }
+
+    /// Part `part` of segment `msn`, if kept.
+    pub fn part(&self, msn: u64, part: usize) -> Option<Bytes> {
+        lock(&self.state)
+            .segments
+            .iter()
+            .find(|s| s.msn == msn)
+            .and_then(|s| s.parts.get(part))
+            .map(|p| p.bytes.clone())
     }
 
     pub fn config(&self) -> HlsConfig {
@@ -521,6 +513,20 @@ fn close_segment(state: &mut State, next_start: Option<u32>) -> bool {
         state.bytes += part.bytes.len();
         seg.parts.push(part);
     }
+    // The whole segment is served as often as its parts: join it once, and let the parts be
+    // slices of it, so it costs no memory of its own.
+    let mut whole = BytesMut::with_capacity(seg.parts.iter().map(|p| p.bytes.len()).sum());
+    for p in &seg.parts {
+        whole.extend_from_slice(&p.bytes);
+    }
+    let whole = whole.freeze();
+    let mut at = 0;
+    for p in &mut seg.parts {
+        let len = p.bytes.len();
+        p.bytes = whole.slice(at..at + len);
+        at += len;
+    }
+    seg.whole = Some(whole);
     seg.complete = true;
     true
 }
@@ -582,29 +588,6 @@ impl PlaylistRequest {
 /// Seconds with three decimals.
 fn secs(ms: u32) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-fn iso8601(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        unix_ms % 1000
-    )
 }
 
 /// The media playlist of `snapshot`, for `request`: segments' URIs are `{prefix}MSN.m4s`
@@ -684,7 +667,7 @@ pub fn playlist(
             let _ = writeln!(out, "#EXT-X-MAP:URI=\"{prefix}{}{q}\"", s.init.name);
             map = Some(s.init.name.as_str());
         }
-        let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", iso8601(s.pdt_ms));
+        let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", iso8601_ms(s.pdt_ms));
         if i >= listed_parts_from {
             let count = s.parts.len();
             for (p, part) in s.parts.iter().enumerate() {
@@ -1017,20 +1000,15 @@ pub(crate) async fn serve_media(
             {
                 return r;
             }
-            match packager.segment(msn) {
-                Some(s) if s.complete => s.bytes(),
-                _ => return gone(),
+            match packager.whole(msn) {
+                Some(b) => b,
+                None => return gone(),
             }
         }
         &Media::Part(msn, part) => {
             let now = *packager.progress().borrow();
             let next = (msn == now.msn && part <= now.parts) || (msn == now.msn + 1 && part == 0);
-            if !next
-                && packager
-                    .segment(msn)
-                    .and_then(|s| s.parts.get(part).cloned())
-                    .is_none()
-            {
+            if !next && packager.part(msn, part).is_none() {
                 return gone();
             }
             if let Err(r) = wait_until(packager, limit, |p| {
@@ -1040,11 +1018,8 @@ pub(crate) async fn serve_media(
             {
                 return r;
             }
-            match packager
-                .segment(msn)
-                .and_then(|s| s.parts.get(part).cloned())
-            {
-                Some(p) => p.bytes,
+            match packager.part(msn, part) {
+                Some(b) => b,
                 None => return gone(),
             }
         }
@@ -1110,7 +1085,7 @@ impl Sessions {
         user_agent: &str,
         key: &StreamKey,
     ) -> (std::net::IpAddr, u64, StreamKey) {
-        (peer, fnv64(&[user_agent.as_bytes()]), key.clone())
+        (peer, fnv1a_parts(&[user_agent.as_bytes()]), key.clone())
     }
 
     /// A playlist request.
@@ -1189,7 +1164,7 @@ mod tests {
 
     #[test]
     fn dates_are_iso_8601_in_utc() {
-        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(iso8601(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(iso8601_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
     }
 }

@@ -107,31 +107,10 @@ impl RecordSettings {
 
 /// Where a publication's recording goes: `DIR/APP/NAME/START-EEPOCH.mp4`.
 pub fn recording_path(dir: &Path, key: &StreamKey, started_ms: u64, epoch: u64) -> PathBuf {
-    dir.join(key.app())
-        .join(key.name())
-        .join(format!("{}-e{epoch}.mp4", utc_stamp(started_ms / 1000)))
-}
-
-/// `YYYYMMDDTHHMMSSZ` of Unix seconds.
-fn utc_stamp(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    dir.join(key.app()).join(key.name()).join(format!(
+        "{}-e{epoch}.mp4",
+        corriente_core::time::compact_utc(started_ms / 1000)
+    ))
 }
 
 /// Free bytes on the filesystem holding `path`, if it can be asked.
@@ -771,6 +750,23 @@ pub async fn run_sync(settings: Arc<RecordSettings>, control: ControlClient, nod
 /// complete box and rewritten like any finished recording (state `complete`, reason
 /// `recovered`); a faststart copy cut short is removed.
 pub async fn recover(dir: &Path) {
+    let dir = dir.to_path_buf();
+    let interrupted = match tokio::task::spawn_blocking(move || interrupted(&dir)).await {
+        Ok(found) => found,
+        Err(e) => {
+            warn!(error = %e, "scanning for interrupted recordings failed");
+            return;
+        }
+    };
+    for (done, sidecar) in interrupted {
+        finalize(&done, sidecar).await;
+    }
+}
+
+/// The recordings under `dir` a crash interrupted (their final path and sidecar, marked
+/// `recovered`), after removing leftover temporary files and `.part`s already finished.
+/// Blocking: file system walks.
+fn interrupted(dir: &Path) -> Vec<(PathBuf, Sidecar)> {
     let mut parts = Vec::new();
     for (p, _) in walk(dir) {
         let Some(name) = p.to_str() else { continue };
@@ -780,6 +776,7 @@ pub async fn recover(dir: &Path) {
             parts.push((p.clone(), PathBuf::from(done)));
         }
     }
+    let mut out = Vec::new();
     for (part, done) in parts {
         if done.exists() {
             // Finished, and the crash came before the `.part` was removed.
@@ -798,8 +795,9 @@ pub async fn recover(dir: &Path) {
         });
         sidecar.state = RecordingState::Complete;
         sidecar.reason = "recovered".to_owned();
-        finalize(&done, sidecar).await;
+        out.push((done, sidecar));
     }
+    out
 }
 
 #[cfg(test)]
@@ -811,8 +809,11 @@ mod tests {
         let key = StreamKey::new("live", "cam").unwrap();
         let p = recording_path(Path::new("/rec"), &key, 1_796_000_000_123, 7);
         assert_eq!(p, Path::new("/rec/live/cam/20261130T005320Z-e7.mp4"));
-        assert_eq!(utc_stamp(0), "19700101T000000Z");
-        assert_eq!(utc_stamp(951_782_400), "20000229T000000Z");
+        assert_eq!(corriente_core::time::compact_utc(0), "19700101T000000Z");
+        assert_eq!(
+            corriente_core::time::compact_utc(951_782_400),
+            "20000229T000000Z"
+        );
     }
 
     #[test]
