@@ -6,8 +6,8 @@
 //   stdout  {"result":{...}} on success, {"error":"..."} on failure.
 //   stderr  progress, for humans.
 //
-// Environment: CORRIENTE_PLAYER_URL (http://EDGE/live/NAME, live when this starts),
-// CORRIENTE_ARTIFACTS (directory for screenshots), CHROMIUM (default /usr/bin/chromium).
+// Environment: CORRIENTE_PLAYER_URL (http://EDGE/live/NAME, live when this starts), and those of
+// lib.mjs: CORRIENTE_ARTIFACTS (directory for screenshots), CHROMIUM (default /usr/bin/chromium).
 //
 // Latency to live is sampled every 250 ms inside the page, two ways: hls.js's own `hls.latency`
 // (the playlist's live edge, as old as the playlist is, minus the playhead) and, independently,
@@ -15,18 +15,9 @@
 // its EXT-X-PROGRAM-DATE-TIME plus the playhead's offset into it). The edge's date-times are the
 // publication's start plus media time, and browser and edge share this machine's clock.
 
-import { chromium } from 'playwright-core';
-import fs from 'node:fs';
-import path from 'node:path';
+import { browserScript, emit, env } from './lib.mjs';
 
-const env = (name, fallback) => {
-  const v = process.env[name] ?? fallback;
-  if (v === undefined) throw new Error(`${name} is not set`);
-  return v;
-};
 const PLAYER_URL = env('CORRIENTE_PLAYER_URL');
-const ARTIFACTS = env('CORRIENTE_ARTIFACTS');
-const CHROMIUM = env('CHROMIUM', '/usr/bin/chromium');
 const EDGE = new URL(PLAYER_URL).origin;
 const STREAM_PATH = new URL(PLAYER_URL).pathname; // "/live/NAME"
 const PLAYLIST_URL = EDGE + STREAM_PATH + '.m3u8';
@@ -38,8 +29,7 @@ const T = { page: 30_000, start: 60_000, state: 30_000 };
 const SAMPLE_MS = 250;
 const SAMPLES = 40;
 
-const log = (...args) => console.error('[hls]', ...args);
-const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
+const { log, launch, shot, openPage: open, screenshotPages, run } = browserScript('hls');
 
 /** Before any page script: wraps the `Hls` class the page's hls.min.js defines, so that every
  *  hls.js instance reports its errors and its warnings (through hls.js's `debug` logger hook)
@@ -196,20 +186,10 @@ function watchTraffic(page) {
   return seen;
 }
 
-async function shot(page, name, fullPage = false) {
-  const file = path.join(ARTIFACTS, name);
-  await page.screenshot({ path: file, fullPage });
-  log('screenshot', file);
-  return file;
-}
-
 /** A new page at `url`, and what it asks the edge for (from its first request on). */
 async function openPage(context, url, label) {
-  const page = await context.newPage();
-  const traffic = watchTraffic(page);
-  page.on('pageerror', (e) => log(`${label}: page error: ${e.message}`));
-  page.on('console', (m) => { if (m.type() === 'error') log(`${label}: console: ${m.text()}`); });
-  await page.goto(url, { timeout: T.page, waitUntil: 'load' });
+  let traffic;
+  const page = await open(context, url, label, { timeout: T.page, before: async (p) => { traffic = watchTraffic(p); } });
   return [page, traffic];
 }
 
@@ -224,21 +204,7 @@ const settle = (page, hlsExpr, videoId, timeout) => page.waitForFunction(([expr,
 
 // --- The run ---------------------------------------------------------------------------------
 async function main() {
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--no-first-run',
-      '--autoplay-policy=no-user-gesture-required',
-    ],
-    timeout: 60_000,
-  });
+  const browser = await launch();
   const result = { screenshots: [] };
   try {
     const desktop = await browser.newContext({ viewport: { width: 1280, height: 800 } });
@@ -369,15 +335,8 @@ async function main() {
       await noMse.close();
     }
   } catch (e) {
-    let n = 0;
-    for (const context of browser.contexts()) {
-      for (const page of context.pages()) {
-        n += 1;
-        await page.screenshot({ path: path.join(ARTIFACTS, `hls-failure-${n}.png`) }).catch(() => {});
-        const state = await page.evaluate(() => [document.body.dataset.state, document.body.dataset.tech, JSON.stringify(window.__hlsLog)]).catch(() => '?');
-        log(`hls-failure-${n}.png: ${page.url()} (${state})`);
-      }
-    }
+    await screenshotPages(browser, 'hls-failure', (page) =>
+      page.evaluate(() => [document.body.dataset.state, document.body.dataset.tech, JSON.stringify(window.__hlsLog)]));
     throw e;
   } finally {
     await browser.close();
@@ -385,11 +344,4 @@ async function main() {
   emit({ result });
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    log('failed:', e && e.stack ? e.stack : e);
-    emit({ error: String(e && e.message ? e.message : e) });
-    process.exit(1);
-  },
-);
+run(main);

@@ -8,32 +8,21 @@
 //
 // Environment: CORRIENTE_PLAYER_URL (http://EDGE/live/NAME, not live when this starts),
 // CORRIENTE_RADIO_URL (an audio-only stream, published on request), CORRIENTE_DASHBOARD_URL
-// (http://ADMIN/), CORRIENTE_ARTIFACTS (directory for screenshots), CHROMIUM (default
-// /usr/bin/chromium).
+// (http://ADMIN/), and those of lib.mjs: CORRIENTE_ARTIFACTS (directory for screenshots),
+// CHROMIUM (default /usr/bin/chromium).
 
-import { chromium } from 'playwright-core';
-import fs from 'node:fs';
-import path from 'node:path';
 import readline from 'node:readline';
+import { browserScript, emit, env, seconds } from './lib.mjs';
 
-const env = (name, fallback) => {
-  const v = process.env[name] ?? fallback;
-  if (v === undefined) throw new Error(`${name} is not set`);
-  return v;
-};
 const PLAYER_URL = env('CORRIENTE_PLAYER_URL');
 const RADIO_URL = env('CORRIENTE_RADIO_URL');
 const DASHBOARD_URL = env('CORRIENTE_DASHBOARD_URL');
-const ARTIFACTS = env('CORRIENTE_ARTIFACTS');
-const CHROMIUM = env('CHROMIUM', '/usr/bin/chromium');
 const STREAM = new URL(PLAYER_URL).pathname.replace(/^\//, ''); // "live/NAME"
 
 // Generous: a loaded 2-core machine runs cargo, ffmpeg, corriente and Chromium at once.
 const T = { page: 30_000, state: 30_000, dashboard: 30_000 };
 
-const log = (...args) => console.error('[browser]', ...args);
-const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
-const seconds = (ms) => Math.round(ms) / 1000;
+const { log, launch, shot, openPage: open, screenshotPages, run } = browserScript('browser');
 
 // --- Asking the Rust test to act (publish, unpublish) ----------------------------------------
 const stdin = readline.createInterface({ input: process.stdin });
@@ -95,13 +84,6 @@ const waitViewers = (page, key, n, timeout = T.dashboard) => page.waitForFunctio
   return el && Number(el.dataset.value) === want;
 }, [key, n], { timeout, polling: 100 });
 
-async function shot(page, name) {
-  const file = path.join(ARTIFACTS, name);
-  await page.screenshot({ path: file });
-  log('screenshot', file);
-  return file;
-}
-
 /** Shows the player's control bar (it fades out while the pointer is still). */
 async function wakeControls(page) {
   const box = await page.locator('#stage').boundingBox();
@@ -112,35 +94,12 @@ async function wakeControls(page) {
   await page.waitForTimeout(300); // the fade-in transition
 }
 
-async function openPage(context, url, label) {
-  const page = await context.newPage();
-  page.on('pageerror', (e) => log(`${label}: page error: ${e.message}`));
-  page.on('console', (m) => {
-    // 404s of the offline probe are expected; everything else is worth seeing.
-    if (m.type() === 'error' && !/404/.test(m.text())) log(`${label}: console: ${m.text()}`);
-  });
-  await page.goto(url, { timeout: T.page, waitUntil: 'load' });
-  return page;
-}
+// 404s of the offline probe are expected; every other console error is worth seeing.
+const openPage = (context, url, label) => open(context, url, label, { timeout: T.page, quiet: /404/ });
 
 // --- The run ---------------------------------------------------------------------------------
 async function main() {
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
-  // launch() gives Chromium a fresh, throwaway --user-data-dir of its own.
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--no-first-run',
-      '--autoplay-policy=no-user-gesture-required',
-    ],
-    timeout: 60_000,
-  });
+  const browser = await launch();
   const result = { stream: STREAM, screenshots: [] };
   try {
     const desktop = await browser.newContext({ viewport: { width: 1280, height: 800 } });
@@ -295,15 +254,8 @@ async function main() {
     await phone.close();
   } catch (e) {
     // What every open page showed when it went wrong.
-    let n = 0;
-    for (const context of browser.contexts()) {
-      for (const page of context.pages()) {
-        n += 1;
-        await page.screenshot({ path: path.join(ARTIFACTS, `failure-${n}.png`) }).catch(() => {});
-        const state = await page.evaluate(() => document.body.dataset.state).catch(() => '?');
-        log(`failure-${n}.png: ${page.url()} (state ${state})`);
-      }
-    }
+    await screenshotPages(browser, 'failure', (page) =>
+      page.evaluate(() => document.body.dataset.state).catch(() => '?').then((state) => `state ${state}`));
     throw e;
   } finally {
     await browser.close();
@@ -311,11 +263,4 @@ async function main() {
   emit({ result });
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    log('failed:', e && e.stack ? e.stack : e);
-    emit({ error: String(e && e.message ? e.message : e) });
-    process.exit(1);
-  },
-);
+run(main);

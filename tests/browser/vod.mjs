@@ -6,24 +6,15 @@
 //   stderr  progress, for humans.
 //
 // Environment: CORRIENTE_PLAYER_URL (http://EDGE/live/NAME?vod=ID), CORRIENTE_RECORDING_ID (ID),
-// CORRIENTE_DASHBOARD_URL (http://ADMIN/), CORRIENTE_ARTIFACTS (directory for screenshots),
-// CHROMIUM (default /usr/bin/chromium); CORRIENTE_VOD_DEBUG=1 adds every /vod/ request's and
-// response's headers to the result.
+// CORRIENTE_DASHBOARD_URL (http://ADMIN/), and those of lib.mjs: CORRIENTE_ARTIFACTS (directory
+// for screenshots), CHROMIUM (default /usr/bin/chromium); CORRIENTE_VOD_DEBUG=1 adds every /vod/
+// request's and response's headers to the result.
 
-import { chromium } from 'playwright-core';
-import fs from 'node:fs';
-import path from 'node:path';
+import { browserScript, emit, env, seconds } from './lib.mjs';
 
-const env = (name, fallback) => {
-  const v = process.env[name] ?? fallback;
-  if (v === undefined) throw new Error(`${name} is not set`);
-  return v;
-};
 const PLAYER_URL = env('CORRIENTE_PLAYER_URL');
 const RECORDING_ID = env('CORRIENTE_RECORDING_ID');
 const DASHBOARD_URL = env('CORRIENTE_DASHBOARD_URL');
-const ARTIFACTS = env('CORRIENTE_ARTIFACTS');
-const CHROMIUM = env('CHROMIUM', '/usr/bin/chromium');
 const STREAM = new URL(PLAYER_URL).pathname.replace(/^\//, ''); // "live/NAME"
 
 // Generous: a loaded 2-core machine runs cargo, corriente and Chromium at once.
@@ -33,29 +24,12 @@ const T = { page: 30_000, media: 60_000, dashboard: 30_000 };
  *  the seek would never need a range request. */
 const THROTTLE_BYTES_PER_S = 100_000;
 
-const log = (...args) => console.error('[vod]', ...args);
-const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
-const seconds = (ms) => Math.round(ms) / 1000;
+const { log, launch, shot, openPage: open, screenshotPages, run } = browserScript('vod');
 
-async function shot(page, name) {
-  const file = path.join(ARTIFACTS, name);
-  await page.screenshot({ path: file });
-  log('screenshot', file);
-  return file;
-}
-
-/** A new page at `url`; `before(page)` runs first (to watch its traffic from the start). */
-async function openPage(context, url, label, before = async () => {}) {
-  const page = await context.newPage();
-  await before(page);
-  page.on('pageerror', (e) => log(`${label}: page error: ${e.message}`));
-  page.on('console', (m) => {
-    // 404s of the live player's offline probe are expected; everything else is worth seeing.
-    if (m.type() === 'error' && !/404/.test(m.text())) log(`${label}: console: ${m.text()}`);
-  });
-  await page.goto(url, { timeout: T.page, waitUntil: 'load' });
-  return page;
-}
+/** A new page at `url`; `before(page)` runs first (to watch its traffic from the start). 404s of
+ *  the live player's offline probe are expected; every other console error is worth seeing. */
+const openPage = (context, url, label, before) =>
+  open(context, url, label, { timeout: T.page, quiet: /404/, before });
 
 /** Every /vod/ response the page saw: method, status, the Range asked for, what came back. */
 function recordVodTraffic(page) {
@@ -117,21 +91,7 @@ const noVodError = (page) => page.evaluate(() => {
 });
 
 async function main() {
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--no-first-run',
-      '--autoplay-policy=no-user-gesture-required',
-    ],
-    timeout: 60_000,
-  });
+  const browser = await launch();
   const result = { stream: STREAM, id: RECORDING_ID, screenshots: [] };
   try {
     const desktop = await browser.newContext({ viewport: { width: 1280, height: 800 } });
@@ -306,15 +266,8 @@ async function main() {
     await phone.close();
   } catch (e) {
     // What every open page showed when it went wrong.
-    let n = 0;
-    for (const context of browser.contexts()) {
-      for (const page of context.pages()) {
-        n += 1;
-        await page.screenshot({ path: path.join(ARTIFACTS, `vod-failure-${n}.png`) }).catch(() => {});
-        const state = await page.evaluate(() => JSON.stringify({ ...document.body.dataset })).catch(() => '?');
-        log(`vod-failure-${n}.png: ${page.url()} (${state})`);
-      }
-    }
+    await screenshotPages(browser, 'vod-failure', (page) =>
+      page.evaluate(() => JSON.stringify({ ...document.body.dataset })));
     throw e;
   } finally {
     await browser.close();
@@ -322,11 +275,4 @@ async function main() {
   emit({ result });
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    log('failed:', e && e.stack ? e.stack : e);
-    emit({ error: String(e && e.message ? e.message : e) });
-    process.exit(1);
-  },
-);
+run(main);

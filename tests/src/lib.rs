@@ -1,8 +1,10 @@
 //! Harness for Corriente's end-to-end tests: starts the real `corriente` binary on free ports
 //! (every listener binds `127.0.0.1:0` and the harness reads the bound addresses from the JSON
 //! log), encodes test media once with ffmpeg, publishes it with `ffmpeg -c copy`, and plays it
-//! with ffprobe, ffmpeg, and the RTMP and HTTP-FLV clients in [`clients`].
+//! with ffprobe, ffmpeg, and the RTMP and HTTP-FLV clients in [`clients`]; [`browser`] runs the
+//! headless Chromium tests' node scripts.
 
+pub mod browser;
 pub mod clients;
 pub mod gst;
 pub mod hook;
@@ -51,6 +53,14 @@ pub fn work_dir() -> PathBuf {
         .map(|target| target.join("test-media"))
         .unwrap_or_else(|| std::env::temp_dir().join("corriente-test-media"));
     std::fs::create_dir_all(&dir).expect("create test media dir");
+    dir
+}
+
+/// A recording directory for `--record-dir`, `target/test-media/rec-PID-NAME`, emptied: removed
+/// if an earlier run left it, so that corriente creates it afresh.
+pub fn record_dir(name: &str) -> PathBuf {
+    let dir = work_dir().join(format!("rec-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     dir
 }
 

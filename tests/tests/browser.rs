@@ -3,37 +3,13 @@
 //! real `corriente all`. The script asks this test to publish and unpublish, and reports what
 //! the pages showed; screenshots land in `target/artifacts/browser/`.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use corriente_tests::Node;
+use corriente_tests::browser::{Script, assert_screenshots, require_chromium_and_playwright};
 use corriente_tests::media::{Publisher, audio_aac, av_720p};
-use corriente_tests::{Node, corriente_bin};
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
-
-/// The whole browser run; it waits on conditions, so this only catches a hang.
-const RUN_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
-}
-
-/// `target/artifacts/browser`, next to the binary under test.
-fn artifacts_dir() -> PathBuf {
-    let bin = corriente_bin();
-    let target = bin
-        .parent()
-        .and_then(Path::parent)
-        .expect("corriente lives in target/<profile>/");
-    target.join("artifacts").join("browser")
-}
-
-fn chromium() -> String {
-    std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
-}
 
 /// The bitrate of a media file as ffprobe measures it: the bytes of all its packets over its
 /// duration, in bits per second.
@@ -68,78 +44,45 @@ async fn media_bitrate(file: &Path) -> Result<f64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn player_page_and_dashboard_in_headless_chromium() -> Result<()> {
-    if !Path::new(&chromium()).exists() {
-        bail!(
-            "{} is missing: install Debian's chromium (tests/run does)",
-            chromium()
-        );
-    }
-    if !browser_dir().join("node_modules/playwright-core").exists() {
-        bail!("playwright-core is missing: run `npm ci --prefix tests/browser` (tests/run does)");
-    }
+    require_chromium_and_playwright()?;
     let node = Node::all(&[])?;
     let edge = node.addr("edge-http");
     let player_url = format!("http://{edge}/live/cam");
     let radio_url = format!("http://{edge}/live/radio");
     let dashboard_url = format!("http://{}/", node.addr("admin"));
-    let artifacts = artifacts_dir();
-    std::fs::create_dir_all(&artifacts)?;
     // Encode the media before the browser starts waiting on it.
     let (video_file, radio_file) = (av_720p()?, audio_aac()?);
 
-    let mut script = Command::new("node")
-        .arg(browser_dir().join("pages.mjs"))
-        .current_dir(browser_dir())
-        .env("CORRIENTE_PLAYER_URL", &player_url)
-        .env("CORRIENTE_RADIO_URL", &radio_url)
-        .env("CORRIENTE_DASHBOARD_URL", &dashboard_url)
-        .env("CORRIENTE_ARTIFACTS", &artifacts)
-        .env("CHROMIUM", chromium())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("run node (is Node.js installed?)")?;
-    let mut to_script = script.stdin.take().context("stdin")?;
-    let mut from_script = BufReader::new(script.stdout.take().context("stdout")?).lines();
+    let mut script = Script::start_asking(
+        "pages.mjs",
+        &[
+            ("CORRIENTE_PLAYER_URL", &player_url),
+            ("CORRIENTE_RADIO_URL", &radio_url),
+            ("CORRIENTE_DASHBOARD_URL", &dashboard_url),
+        ],
+    )?;
 
     let mut publisher: Option<Publisher> = None;
     let mut radio: Option<Publisher> = None;
-    let result = tokio::time::timeout(RUN_TIMEOUT, async {
-        while let Some(line) = from_script.next_line().await? {
-            let msg: Value = serde_json::from_str(&line)
-                .with_context(|| format!("browser script printed {line:?}"))?;
-            if let Some(need) = msg["need"].as_str() {
-                match need {
-                    "publish" => {
-                        publisher = Some(Publisher::start(&video_file, &node.ingest_url("cam"))?)
-                    }
-                    "unpublish" => {
-                        if let Some(p) = publisher.take() {
-                            p.kill().await;
-                        }
-                    }
-                    "publish-radio" => {
-                        radio = Some(Publisher::start(&radio_file, &node.ingest_url("radio"))?)
-                    }
-                    other => bail!("browser script asked for {other:?}"),
+    let result = script
+        .result_answering(async |need: &str| {
+            match need {
+                "publish" => {
+                    publisher = Some(Publisher::start(&video_file, &node.ingest_url("cam"))?)
                 }
-                to_script.write_all(b"ok\n").await?;
-                to_script.flush().await?;
-            } else if let Some(error) = msg["error"].as_str() {
-                bail!(
-                    "browser script failed: {error} (screenshots in {})",
-                    artifacts.display()
-                );
-            } else if msg.get("result").is_some() {
-                return Ok::<Value, anyhow::Error>(msg["result"].clone());
+                "unpublish" => {
+                    if let Some(p) = publisher.take() {
+                        p.kill().await;
+                    }
+                }
+                "publish-radio" => {
+                    radio = Some(Publisher::start(&radio_file, &node.ingest_url("radio"))?)
+                }
+                other => bail!("browser script asked for {other:?}"),
             }
-        }
-        bail!("browser script ended without a result")
-    })
-    .await
-    .context("browser script timed out")??;
+            Ok(())
+        })
+        .await?;
     drop(radio);
     eprintln!(
         "browser results: {}",
@@ -262,17 +205,8 @@ async fn player_page_and_dashboard_in_headless_chromium() -> Result<()> {
     assert_eq!(result["radio"]["artVisible"], true);
     assert_eq!(result["radio"]["state"], "playing");
 
-    for shot in result["screenshots"].as_array().into_iter().flatten() {
-        let path = Path::new(shot.as_str().unwrap_or_default());
-        let size = std::fs::metadata(path)
-            .with_context(|| format!("screenshot {}", path.display()))?
-            .len();
-        assert!(size > 10_000, "{} is {size} bytes", path.display());
-    }
+    assert_screenshots(&result)?;
     drop(publisher);
-    let status = tokio::time::timeout(Duration::from_secs(30), script.wait())
-        .await
-        .context("browser script did not exit")??;
-    assert!(status.success(), "browser script exited with {status}");
+    script.finish().await?;
     Ok(())
 }

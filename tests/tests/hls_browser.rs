@@ -6,40 +6,15 @@
 //! frames and latency to live (hls.js's own, and the wall clock minus the playhead's program
 //! date-time); screenshots land in `target/artifacts/browser/hls-*.png`.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
-
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use corriente_tests::Node;
+use corriente_tests::browser::{Script, assert_screenshots, require_chromium_and_playwright};
 use corriente_tests::media::{Publisher, av_small};
-use corriente_tests::{Node, corriente_bin};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
-/// The whole browser run; it waits on conditions, so this only catches a hang.
-const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Latency to live (program date-time based) the median must stay under. The goal is 1.5 s
 /// (PART-HOLD-BACK is 0.6 s); this bound holds on a loaded 2-core machine too.
 const MAX_P50_LATENCY_S: f64 = 3.0;
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
-}
-
-/// `target/artifacts/browser`, next to the binary under test.
-fn artifacts_dir() -> PathBuf {
-    let bin = corriente_bin();
-    let target = bin
-        .parent()
-        .and_then(Path::parent)
-        .expect("corriente lives in target/<profile>/");
-    target.join("artifacts").join("browser")
-}
-
-fn chromium() -> String {
-    std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
-}
 
 /// The `p`th percentile (nearest rank) of the numbers among `values`.
 fn percentile(values: &[Value], p: f64) -> Option<f64> {
@@ -87,53 +62,15 @@ fn frames_over(summary: &Value) -> (u64, u64, f64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ll_hls_plays_in_headless_chromium_close_to_live() -> Result<()> {
-    if !Path::new(&chromium()).exists() {
-        bail!(
-            "{} is missing: install Debian's chromium (tests/run does)",
-            chromium()
-        );
-    }
-    if !browser_dir().join("node_modules/playwright-core").exists() {
-        bail!("playwright-core is missing: run `npm ci --prefix tests/browser` (tests/run does)");
-    }
+    require_chromium_and_playwright()?;
     let node = Node::all(&[])?;
     let publisher = Publisher::start(&av_small()?, &node.ingest_url("cam"))?;
     node.wait_live("cam").await?;
 
     let edge = node.addr("edge-http");
     let player_url = format!("http://{edge}/live/cam");
-    let artifacts = artifacts_dir();
-    std::fs::create_dir_all(&artifacts)?;
-    let mut script = Command::new("node")
-        .arg(browser_dir().join("hls.mjs"))
-        .current_dir(browser_dir())
-        .env("CORRIENTE_PLAYER_URL", &player_url)
-        .env("CORRIENTE_ARTIFACTS", &artifacts)
-        .env("CHROMIUM", chromium())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("run node (is Node.js installed?)")?;
-    let mut from_script = BufReader::new(script.stdout.take().context("stdout")?).lines();
-    let result = tokio::time::timeout(RUN_TIMEOUT, async {
-        while let Some(line) = from_script.next_line().await? {
-            let msg: Value = serde_json::from_str(&line)
-                .with_context(|| format!("browser script printed {line:?}"))?;
-            if let Some(error) = msg["error"].as_str() {
-                bail!(
-                    "browser script failed: {error} (screenshots in {})",
-                    artifacts.display()
-                );
-            } else if msg.get("result").is_some() {
-                return Ok::<Value, anyhow::Error>(msg["result"].clone());
-            }
-        }
-        bail!("browser script ended without a result")
-    })
-    .await
-    .context("browser script timed out")??;
+    let mut script = Script::start("hls.mjs", &[("CORRIENTE_PLAYER_URL", &player_url)])?;
+    let result = script.result().await?;
     let mut shown = result.clone();
     if let Some(player) = shown["player"].as_object_mut() {
         player.remove("samples"); // printed as figures below
@@ -285,17 +222,8 @@ async fn ll_hls_plays_in_headless_chromium_close_to_live() -> Result<()> {
         );
     }
 
-    for shot in result["screenshots"].as_array().into_iter().flatten() {
-        let path = Path::new(shot.as_str().unwrap_or_default());
-        let size = std::fs::metadata(path)
-            .with_context(|| format!("screenshot {}", path.display()))?
-            .len();
-        assert!(size > 10_000, "{} is {size} bytes", path.display());
-    }
-    let status = tokio::time::timeout(Duration::from_secs(30), script.wait())
-        .await
-        .context("browser script did not exit")??;
-    assert!(status.success(), "browser script exited with {status}");
+    assert_screenshots(&result)?;
+    script.finish().await?;
     drop(publisher);
     Ok(())
 }

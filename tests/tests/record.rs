@@ -7,13 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use corriente_tests::media::{Publisher, Viewer, av_small, count_frames, ffprobe};
-use corriente_tests::{Node, wait_for};
-
-fn record_dir(name: &str) -> PathBuf {
-    let dir = corriente_tests::work_dir().join(format!("rec-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
+use corriente_tests::{Node, record_dir, wait_for};
 
 /// Every recording under `dir`: `.mp4` files and `.mp4.part` files being written (not their
 /// `.json` sidecars).

@@ -3,19 +3,12 @@
 //! index with its duration; the edge serves it through the relay with HTTP ranges, from its
 //! cache the second time (counted); the admin API deletes it and the index follows.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use corriente_tests::clients::http_raw;
 use corriente_tests::media::{Publisher, av_small, count_frames, ffprobe};
-use corriente_tests::{Node, Redis, wait_for};
-
-fn record_dir(name: &str) -> PathBuf {
-    let dir = corriente_tests::work_dir().join(format!("vod-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
+use corriente_tests::{Node, Redis, record_dir, wait_for};
 
 /// The index's recordings of `stream`, as the control plane's admin API lists them.
 async fn listed(control: &Node, stream: &str) -> Result<Vec<serde_json::Value>> {
@@ -40,7 +33,7 @@ fn cache(metrics: &corriente_tests::Metrics, result: &str) -> f64 {
 async fn a_recording_plays_from_an_edge_through_the_relay_with_ranges_and_a_cache() -> Result<()> {
     let redis = Redis::start()?;
     let control = Node::control_plane(&redis.url(), &[])?;
-    let dir = record_dir("cluster");
+    let dir = record_dir("vod-cluster");
     let dir_arg = dir.display().to_string();
     let origin = Node::origin(&control.grpc_url(), &["--record-dir", &dir_arg])?;
     let edge = Node::edge(&control.grpc_url(), &[])?;

@@ -3,45 +3,16 @@
 //! (`?vod=ID`), seeks to its middle through HTTP ranges and plays on from there; the page's list
 //! and the dashboard's Recordings table show it. Screenshots land in `target/artifacts/browser/`.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use corriente_tests::browser::{Script, assert_screenshots, require_chromium_and_playwright};
 use corriente_tests::media::{Publisher, av_small};
-use corriente_tests::{Node, corriente_bin, wait_for};
+use corriente_tests::{Node, record_dir, wait_for};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
-/// The whole browser run; it waits on conditions, so this only catches a hang.
-const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the publication lasts.
 const PUBLISHED_S: f64 = 20.0;
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
-}
-
-/// `target/artifacts/browser`, next to the binary under test.
-fn artifacts_dir() -> PathBuf {
-    let bin = corriente_bin();
-    let target = bin
-        .parent()
-        .and_then(Path::parent)
-        .expect("corriente lives in target/<profile>/");
-    target.join("artifacts").join("browser")
-}
-
-fn chromium() -> String {
-    std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
-}
-
-fn record_dir() -> PathBuf {
-    let dir = corriente_tests::work_dir().join(format!("rec-{}-vod-browser", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 /// The recording of `live/cam` once the all-in-one admin API lists it complete: its entry.
 async fn complete_recording(node: &Node) -> Result<Value> {
@@ -69,16 +40,8 @@ async fn complete_recording(node: &Node) -> Result<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_recording_seeks_and_plays_in_headless_chromium() -> Result<()> {
-    if !Path::new(&chromium()).exists() {
-        bail!(
-            "{} is missing: install Debian's chromium (tests/run does)",
-            chromium()
-        );
-    }
-    if !browser_dir().join("node_modules/playwright-core").exists() {
-        bail!("playwright-core is missing: run `npm ci --prefix tests/browser` (tests/run does)");
-    }
-    let dir = record_dir();
+    require_chromium_and_playwright()?;
+    let dir = record_dir("vod-browser");
     let dir_arg = dir.display().to_string();
     let node = Node::all(&["--record-dir", &dir_arg])?;
     let publisher = Publisher::start_with(&av_small()?, &node.ingest_url("cam"), &["-t", "20"])?;
@@ -95,40 +58,15 @@ async fn a_recording_seeks_and_plays_in_headless_chromium() -> Result<()> {
     let edge = node.addr("edge-http");
     let player_url = format!("http://{edge}/live/cam?vod={id}");
     let dashboard_url = format!("http://{}/", node.addr("admin"));
-    let artifacts = artifacts_dir();
-    std::fs::create_dir_all(&artifacts)?;
-    let mut script = Command::new("node")
-        .arg(browser_dir().join("vod.mjs"))
-        .current_dir(browser_dir())
-        .env("CORRIENTE_PLAYER_URL", &player_url)
-        .env("CORRIENTE_RECORDING_ID", &id)
-        .env("CORRIENTE_DASHBOARD_URL", &dashboard_url)
-        .env("CORRIENTE_ARTIFACTS", &artifacts)
-        .env("CHROMIUM", chromium())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("run node (is Node.js installed?)")?;
-    let mut from_script = BufReader::new(script.stdout.take().context("stdout")?).lines();
-    let result = tokio::time::timeout(RUN_TIMEOUT, async {
-        while let Some(line) = from_script.next_line().await? {
-            let msg: Value = serde_json::from_str(&line)
-                .with_context(|| format!("browser script printed {line:?}"))?;
-            if let Some(error) = msg["error"].as_str() {
-                bail!(
-                    "browser script failed: {error} (screenshots in {})",
-                    artifacts.display()
-                );
-            } else if msg.get("result").is_some() {
-                return Ok::<Value, anyhow::Error>(msg["result"].clone());
-            }
-        }
-        bail!("browser script ended without a result")
-    })
-    .await
-    .context("browser script timed out")??;
+    let mut script = Script::start(
+        "vod.mjs",
+        &[
+            ("CORRIENTE_PLAYER_URL", &player_url),
+            ("CORRIENTE_RECORDING_ID", &id),
+            ("CORRIENTE_DASHBOARD_URL", &dashboard_url),
+        ],
+    )?;
+    let result = script.result().await?;
     eprintln!(
         "browser results: {}",
         serde_json::to_string_pretty(&result)?
@@ -305,17 +243,8 @@ async fn a_recording_seeks_and_plays_in_headless_chromium() -> Result<()> {
     eprintln!("corriente_vod_requests_total{{status=\"206\"}} {served_206}");
     assert!(served_206 >= 1.0, "no range request was answered 206");
 
-    for shot in result["screenshots"].as_array().into_iter().flatten() {
-        let path = Path::new(shot.as_str().unwrap_or_default());
-        let size = std::fs::metadata(path)
-            .with_context(|| format!("screenshot {}", path.display()))?
-            .len();
-        assert!(size > 10_000, "{} is {size} bytes", path.display());
-    }
-    let status = tokio::time::timeout(Duration::from_secs(30), script.wait())
-        .await
-        .context("browser script did not exit")??;
-    assert!(status.success(), "browser script exited with {status}");
+    assert_screenshots(&result)?;
+    script.finish().await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
