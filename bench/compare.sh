@@ -26,48 +26,10 @@ if [ "${1:-}" = "--quick" ]; then
   VIEWERS="100 500"; PUBLISHERS="4 8"; DURATION=6s; RAMP=2s; WARMUP=2s
 fi
 
-missing=()
-command -v nginx >/dev/null 2>&1 || missing+=(nginx)
-[ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing+=(libnginx-mod-rtmp)
-command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
-if ((${#missing[@]})); then
-  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-
-cargo build --release -p corriente -p corriente-bench
-BIN=target/release
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+. bench/lib.sh
+bench_setup "nginx ffmpeg" /usr/lib/nginx/modules/ngx_rtmp_module.so=libnginx-mod-rtmp
 RESULTS="$OUT/results.jsonl"
 : > "$RESULTS"
-MEDIA="$OUT/media-720p30.flv"
-if [ ! -f "$MEDIA" ]; then
-  ffmpeg -hide_banner -loglevel error -y \
-    -f lavfi -i testsrc2=size=1280x720:rate=30 -f lavfi -i sine=frequency=440:sample_rate=44100 -t 30 \
-    -c:v libx264 -preset veryfast -tune zerolatency -pix_fmt yuv420p -g 60 -b:v 2500k -maxrate 2500k -bufsize 2500k \
-    -c:a aac -b:a 128k -f flv "$MEDIA"
-fi
-
-pids=()
-cleanup() { local pid; for pid in "${pids[@]:-}"; do kill "$pid" 2>/dev/null || true; done; pids=(); }
-trap cleanup EXIT
-
-wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; return 1; }
-
-# Every load-generator client comes from 127.0.0.1: no per-address limits here.
-LIMITS=(--max-connections-per-ip 0)
-start_corriente() { # $1: coalescing window
-  $BIN/corriente control-plane --grpc 127.0.0.1:21051 --admin 127.0.0.1:21090 --log-format json 2>"$OUT/control.log" & pids+=($!)
-  wait_port 21051
-  $BIN/corriente origin --rtmp 127.0.0.1:21935 --relay 127.0.0.1:21052 --admin 127.0.0.1:21091 \
-    --control http://127.0.0.1:21051 "${LIMITS[@]}" --publish-rate-per-ip 0 --log-format json 2>"$OUT/origin.log" & pids+=($!); ORIGIN_PID=$!
-  $BIN/corriente edge --rtmp 127.0.0.1:21936 --http 127.0.0.1:21080 --admin 127.0.0.1:21092 \
-    --control http://127.0.0.1:21051 --coalesce-window "$1" "${LIMITS[@]}" --play-rate-per-ip 0 --log-format json 2>"$OUT/edge.log" & pids+=($!); EDGE_PID=$!
-  wait_port 21935; wait_port 21936; wait_port 21080
-  sleep 1
-}
 
 start_nginx() {
   mkdir -p "$OUT/nginx/logs"
@@ -103,16 +65,16 @@ run() { # label, then corriente-bench run arguments
 for n in $VIEWERS; do
   # Low latency (the default 20 ms grid) and throughput (100 ms), each against its floor.
   start_floor 20ms;  run "floor-20ms/rtmp/$n" --play http://127.0.0.1:23080/live/x.flv --viewers "$n" --pid server=$FLOOR_PID
-  start_corriente 20ms; run "corriente-ll/rtmp/$n" --publish rtmp://127.0.0.1:21935/live/s --play rtmp://127.0.0.1:21936/live/s --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
+  start_corriente --coalesce-window 20ms; run "corriente-ll/rtmp/$n" --publish rtmp://127.0.0.1:21935/live/s --play rtmp://127.0.0.1:21936/live/s --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
   start_nginx;       run "nginx/rtmp/$n" --publish rtmp://127.0.0.1:22935/live/s --play rtmp://127.0.0.1:22935/live/s --viewers "$n" --pid server=$NGINX_PID
-  start_corriente 20ms; run "corriente-ll/http_flv/$n" --publish rtmp://127.0.0.1:21935/live/s --play http://127.0.0.1:21080/live/s.flv --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
+  start_corriente --coalesce-window 20ms; run "corriente-ll/http_flv/$n" --publish rtmp://127.0.0.1:21935/live/s --play http://127.0.0.1:21080/live/s.flv --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
   start_floor 100ms; run "floor-100ms/rtmp/$n" --play http://127.0.0.1:23080/live/x.flv --viewers "$n" --pid server=$FLOOR_PID
-  start_corriente 100ms; run "corriente-tp/rtmp/$n" --publish rtmp://127.0.0.1:21935/live/s --play rtmp://127.0.0.1:21936/live/s --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
-  start_corriente 100ms; run "corriente-tp/http_flv/$n" --publish rtmp://127.0.0.1:21935/live/s --play http://127.0.0.1:21080/live/s.flv --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
+  start_corriente --coalesce-window 100ms; run "corriente-tp/rtmp/$n" --publish rtmp://127.0.0.1:21935/live/s --play rtmp://127.0.0.1:21936/live/s --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
+  start_corriente --coalesce-window 100ms; run "corriente-tp/http_flv/$n" --publish rtmp://127.0.0.1:21935/live/s --play http://127.0.0.1:21080/live/s.flv --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
 done
 
 for p in $PUBLISHERS; do
-  start_corriente 20ms
+  start_corriente --coalesce-window 20ms
   echo "== corriente/fan_in/$p" >&2
   $BIN/corriente-bench fan-in --label "corriente/fan_in/$p" --publish rtmp://127.0.0.1:21935/live --publishers "$p" --pid server=$ORIGIN_PID "${common[@]}" >/dev/null || true
   cleanup; sleep 1

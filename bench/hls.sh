@@ -16,45 +16,10 @@ RAMP=${RAMP:-5s}
 WARMUP=${WARMUP:-3s}
 OUT=${OUT:-target/bench}
 
-missing=()
-command -v nginx >/dev/null 2>&1 || missing+=(nginx)
-command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
-if ((${#missing[@]})); then
-  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-
-cargo build --release -p corriente -p corriente-bench
-BIN=target/release
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+. bench/lib.sh
+bench_setup "nginx ffmpeg"
 RESULTS="$OUT/hls-results.jsonl"
 : > "$RESULTS"
-MEDIA="$OUT/media-720p30.flv"
-if [ ! -f "$MEDIA" ]; then
-  ffmpeg -hide_banner -loglevel error -y \
-    -f lavfi -i testsrc2=size=1280x720:rate=30 -f lavfi -i sine=frequency=440:sample_rate=44100 -t 30 \
-    -c:v libx264 -preset veryfast -tune zerolatency -pix_fmt yuv420p -g 60 -b:v 2500k -maxrate 2500k -bufsize 2500k \
-    -c:a aac -b:a 128k -f flv "$MEDIA"
-fi
-
-pids=()
-cleanup() { local pid; for pid in "${pids[@]:-}"; do kill "$pid" 2>/dev/null || true; done; pids=(); }
-trap cleanup EXIT
-wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; return 1; }
-
-LIMITS=(--max-connections-per-ip 0)
-start_corriente() {
-  $BIN/corriente control-plane --grpc 127.0.0.1:21051 --admin 127.0.0.1:21090 --log-format json 2>"$OUT/control.log" & pids+=($!)
-  wait_port 21051
-  $BIN/corriente origin --rtmp 127.0.0.1:21935 --relay 127.0.0.1:21052 --admin 127.0.0.1:21091 \
-    --control http://127.0.0.1:21051 "${LIMITS[@]}" --publish-rate-per-ip 0 --log-format json 2>"$OUT/origin.log" & pids+=($!); ORIGIN_PID=$!
-  $BIN/corriente edge --rtmp 127.0.0.1:21936 --http 127.0.0.1:21080 --admin 127.0.0.1:21092 \
-    --control http://127.0.0.1:21051 "${LIMITS[@]}" --play-rate-per-ip 0 --log-format json 2>"$OUT/edge.log" & pids+=($!); EDGE_PID=$!
-  wait_port 21935; wait_port 21080
-  sleep 1
-}
 
 CAPTURE="$OUT/hls-capture"
 start_nginx() {

@@ -61,6 +61,43 @@ pub fn compact_utc(secs: u64) -> String {
     )
 }
 
+/// `Sun, 06 Nov 1994 08:49:37 GMT` of Unix seconds: an HTTP `Date` (RFC 9110, IMF-fixdate).
+pub fn http_date(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let c = Civil::of_unix_secs(secs);
+    format!(
+        "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
+        DAYS[(secs / 86_400 % 7) as usize],
+        c.day,
+        MONTHS[(c.month as usize).clamp(1, 12) - 1],
+        c.year,
+        c.hour,
+        c.minute,
+        c.second
+    )
+}
+
+/// [`http_date`] of now, formatted once per second per thread.
+pub fn http_date_now() -> std::rc::Rc<str> {
+    use std::cell::RefCell;
+    thread_local! {
+        static CACHE: RefCell<(u64, std::rc::Rc<str>)> = RefCell::new((u64::MAX, "".into()));
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != secs {
+            *cache = (secs, http_date(secs).into());
+        }
+        cache.1.clone()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +108,7 @@ mod tests {
         assert_eq!(iso8601_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(compact_utc(1_796_688_000 + 3661), "20261208T010101Z");
         assert_eq!(compact_utc(4_102_444_799), "20991231T235959Z");
+        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
     }
 }

@@ -1,15 +1,19 @@
 //! HTTP playback: `GET /APP/NAME.flv` streams the live FLV (HTTP/1.1 chunked, CORS-enabled so
-//! browser players can fetch it).
+//! browser players can fetch it), and `GET /APP/NAME.m3u8` with `/APP/NAME/hls/FILE` serve
+//! LL-HLS ([`crate::hls`]).
 //!
-//! The edge reads each connection's first request head itself. A playback request (the usual
-//! case: players open a connection for the stream) is served on the fast path: the socket is
-//! attached to the stream's direct fan-out like an RTMP viewer's, and the FLV tags shared with
+//! The edge reads a plain-HTTP connection's request heads itself. A playback request (the
+//! usual case: players open a connection for the stream) is served on the fast path: the socket
+//! is attached to the stream's direct fan-out like an RTMP viewer's, and the FLV tags shared with
 //! every other HTTP-FLV viewer are written with their chunk framing, no HTTP library in the
-//! loop. Every other request, and anything after the first request on a kept-alive connection,
-//! goes to hyper and the axum routes below, which serve the same stream through a feed-backed
-//! response body.
+//! loop. HLS requests (HTTP/1.1 `GET`/`HEAD` without a body: one playlist or part after another
+//! on a kept-alive connection) are answered on the socket too, by the same handlers the routes
+//! use, without hyper's and axum's per-request machinery. Every other request, and everything
+//! after the first one that is not HLS, goes to hyper and the axum routes below, which serve the
+//! same stream through a feed-backed response body.
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -126,16 +130,34 @@ pub(crate) async fn serve_connection(
 ) {
     let mut head = BytesMut::with_capacity(1024);
     let timeout = ctx.config.handshake_timeout;
-    match tokio::time::timeout(timeout, read_head(&mut stream, &mut head)).await {
-        Ok(Ok(Some(request))) => {
-            serve_flv(ctx, stream, peer, request, shutdown).await;
-            return;
-        }
-        Ok(Ok(None)) => {}
-        Ok(Err(_)) => return,
-        Err(_) => {
-            debug!(?timeout, "no request head in time");
-            return;
+    // The first request must come within the handshake deadline; a kept-alive connection's
+    // next one within the same idle limit hyper applies.
+    let mut served = 0u64;
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout(timeout, read_head(&mut stream, &mut head)) => next,
+            _ = shutdown.cancelled(), if served > 0 => return,
+        };
+        match next {
+            Ok(Ok(Head::Flv(request))) => {
+                serve_flv(ctx, stream, peer, request, shutdown).await;
+                return;
+            }
+            Ok(Ok(Head::Hls(request))) => {
+                served += 1;
+                let _ = head.split_to(request.len);
+                if !serve_hls(&ctx, &mut stream, peer.ip(), &request).await || request.close {
+                    return;
+                }
+            }
+            Ok(Ok(Head::Other)) => break,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                if served == 0 {
+                    debug!(?timeout, "no request head in time");
+                }
+                return;
+            }
         }
     }
     let router = router
@@ -200,42 +222,208 @@ struct FlvRequest {
     http11: bool,
 }
 
-/// Reads the first request head. `Some` for a playback request (`GET`/`HEAD` of
-/// `/APP/NAME.flv`); `None` for anything else, which hyper then reads from `buf` again.
-async fn read_head(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-) -> std::io::Result<Option<FlvRequest>> {
+/// An HLS request on the fast path: a playlist (`file` is `None`) or a media file.
+struct HlsRequest {
+    app: String,
+    name: String,
+    file: Option<String>,
+    query: String,
+    head_only: bool,
+    /// The client asked to close the connection after this answer.
+    close: bool,
+    user_agent: String,
+    if_none_match: Option<String>,
+    /// Length of the request head in the buffer.
+    len: usize,
+}
+
+/// What a request head asks for.
+enum Head {
+    Flv(FlvRequest),
+    Hls(HlsRequest),
+    /// Anything else: hyper reads it from the buffer again.
+    Other,
+}
+
+/// Reads the next request head (parsing what `buf` already holds first). HTTP-FLV playback
+/// (`GET`/`HEAD` of `/APP/NAME.flv`) and HTTP/1.1 `GET`/`HEAD` of HLS playlists and media
+/// without a body are answered on the fast path; anything else goes to hyper.
+async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<Head> {
     loop {
+        if !buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut request = httparse::Request::new(&mut headers);
+            match request.parse(buf) {
+                Ok(httparse::Status::Complete(len)) => return Ok(classify(&request, len)),
+                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+                _ => return Ok(Head::Other),
+            }
+        }
         if stream.read_buf(buf).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                let method = request.method.unwrap_or("");
-                let target = request.path.unwrap_or("");
-                let (path, query) = target.split_once('?').unwrap_or((target, ""));
-                let mut parts = path.trim_start_matches('/').splitn(2, '/');
-                let (Some(app), Some(file)) = (parts.next(), parts.next()) else {
-                    return Ok(None);
-                };
-                let playback = matches!(method, "GET" | "HEAD")
-                    && file.ends_with(".flv")
-                    && !file.contains('/');
-                return Ok(playback.then(|| FlvRequest {
-                    app: app.to_owned(),
-                    file: file.to_owned(),
-                    query: query.to_owned(),
-                    head_only: method == "HEAD",
-                    http11: request.version == Some(1),
-                }));
+    }
+}
+
+fn classify(request: &httparse::Request<'_, '_>, len: usize) -> Head {
+    let method = request.method.unwrap_or("");
+    if !matches!(method, "GET" | "HEAD") {
+        return Head::Other;
+    }
+    let target = request.path.unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let head_only = method == "HEAD";
+    match segments.as_slice() {
+        [app, file] if file.ends_with(".flv") => Head::Flv(FlvRequest {
+            app: (*app).to_owned(),
+            file: (*file).to_owned(),
+            query: query.to_owned(),
+            head_only,
+            http11: request.version == Some(1),
+        }),
+        [app, file] if file.ends_with(".m3u8") => {
+            hls_request(request, (app, &file[..file.len() - 5], None), query, len)
+        }
+        [app, name, "hls", file] => hls_request(request, (app, name, Some(file)), query, len),
+        _ => Head::Other,
+    }
+}
+
+/// An HLS request for the fast path, or [`Head::Other`] where hyper's handling is needed: not
+/// HTTP/1.1, a request body, or names that need percent-decoding.
+fn hls_request(
+    request: &httparse::Request<'_, '_>,
+    (app, name, file): (&str, &str, Option<&str>),
+    query: &str,
+    len: usize,
+) -> Head {
+    if request.version != Some(1)
+        || [app, name, file.unwrap_or("")]
+            .iter()
+            .any(|s| s.contains('%'))
+    {
+        return Head::Other;
+    }
+    let mut close = false;
+    let (mut user_agent, mut if_none_match) = (String::new(), None);
+    for h in request.headers.iter() {
+        let value = || std::str::from_utf8(h.value).ok();
+        if h.name.eq_ignore_ascii_case("content-length")
+            || h.name.eq_ignore_ascii_case("transfer-encoding")
+        {
+            if h.name.eq_ignore_ascii_case("transfer-encoding") || h.value != b"0" {
+                return Head::Other;
             }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
-            _ => return Ok(None),
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            close |= value()
+                .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+        } else if h.name.eq_ignore_ascii_case("user-agent") {
+            user_agent = value().unwrap_or("").to_owned();
+        } else if h.name.eq_ignore_ascii_case("if-none-match") {
+            if_none_match = value().map(str::to_owned);
+        } else if h.name.eq_ignore_ascii_case("upgrade") || h.name.eq_ignore_ascii_case("expect") {
+            return Head::Other;
         }
     }
+    Head::Hls(HlsRequest {
+        app: app.to_owned(),
+        name: name.to_owned(),
+        file: file.map(str::to_owned),
+        query: query.to_owned(),
+        head_only: request.method == Some("HEAD"),
+        close,
+        user_agent,
+        if_none_match,
+        len,
+    })
+}
+
+/// Answers an HLS request on the socket itself, with the same handlers the hyper routes use.
+/// Returns whether the connection can carry another request.
+async fn serve_hls(
+    ctx: &EdgeContext,
+    stream: &mut TcpStream,
+    peer: IpAddr,
+    request: &HlsRequest,
+) -> bool {
+    let client = crate::hls::Client {
+        peer,
+        user_agent: &request.user_agent,
+        if_none_match: request.if_none_match.as_deref(),
+    };
+    let response = match &request.file {
+        None => {
+            crate::hls::serve_playlist(ctx, client, &request.app, &request.name, &request.query)
+                .await
+        }
+        Some(file) => {
+            crate::hls::serve_media(
+                ctx,
+                client,
+                (&request.app, &request.name, file),
+                &request.query,
+                request.head_only,
+            )
+            .await
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+        return false;
+    };
+    let mut head = String::with_capacity(512);
+    let _ = write!(
+        head,
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    );
+    for (name, value) in &parts.headers {
+        let Ok(value) = value.to_str() else { continue };
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    let bodiless = parts.status == StatusCode::NOT_MODIFIED;
+    if !bodiless && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        let _ = write!(head, "content-length: {}\r\n", body.len());
+    }
+    let _ = write!(head, "date: {}\r\n", corriente_core::time::http_date_now());
+    if request.close {
+        head.push_str("connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    let body = if request.head_only || bodiless {
+        Bytes::new()
+    } else {
+        body
+    };
+    let written = tokio::time::timeout(
+        ctx.config.write_timeout,
+        write_two(stream, head.as_bytes(), &body),
+    )
+    .await;
+    matches!(written, Ok(Ok(())))
+}
+
+/// Writes `a` then `b`, in as few system calls as the socket allows.
+async fn write_two(stream: &mut TcpStream, a: &[u8], b: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (mut a, mut b) = (a, b);
+    while !a.is_empty() {
+        let n = stream
+            .write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        if n < a.len() {
+            a = &a[n..];
+        } else {
+            b = &b[n - a.len()..];
+            a = &[];
+        }
+    }
+    stream.write_all(b).await
 }
 
 /// Why a playback request is refused, as HTTP.
