@@ -8,6 +8,7 @@
 #   bench/compare.sh                      # the full sweep (about 25 minutes)
 #   bench/compare.sh --quick              # a short smoke run
 #   VIEWERS="100 500" DURATION=10s bench/compare.sh
+#   READERS=player PUBLISHERS= VIEWERS=1000 bench/compare.sh   # one reader mode, no fan-in
 #
 # Each server is started fresh for each run, so memory per viewer is measured from a clean
 # process. Runs alternate between servers at each N.
@@ -17,6 +18,9 @@ cd "$(dirname "$0")/.."
 # thousands of client sockets (and their TIME_WAIT remains) can hold any port inside it.
 
 VIEWERS=${VIEWERS:-"100 500 1000 2000"}
+# How viewers read: `lazy` (every 100 ms, discarding in the kernel: cheap for the load generator)
+# and `player` (as data arrives, copying every byte out, as players do). Both, side by side.
+READERS=${READERS:-"lazy player"}
 PUBLISHERS=${PUBLISHERS:-"4 8 16 32"}
 DURATION=${DURATION:-20s}
 RAMP=${RAMP:-5s}
@@ -62,15 +66,20 @@ run() { # label, then corriente-bench run arguments
   sleep 1
 }
 
-for n in $VIEWERS; do
-  # Low latency (the default 20 ms grid) and throughput (100 ms), each against its floor.
-  start_floor 20ms;  run "floor-20ms/rtmp/$n" --play http://127.0.0.1:23080/live/x.flv --viewers "$n" --pid server=$FLOOR_PID
-  start_corriente --coalesce-window 20ms; run "corriente-ll/rtmp/$n" --publish rtmp://127.0.0.1:21935/live/s --play rtmp://127.0.0.1:21936/live/s --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
-  start_nginx;       run "nginx/rtmp/$n" --publish rtmp://127.0.0.1:22935/live/s --play rtmp://127.0.0.1:22935/live/s --viewers "$n" --pid server=$NGINX_PID
-  start_corriente --coalesce-window 20ms; run "corriente-ll/http_flv/$n" --publish rtmp://127.0.0.1:21935/live/s --play http://127.0.0.1:21080/live/s.flv --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
-  start_floor 100ms; run "floor-100ms/rtmp/$n" --play http://127.0.0.1:23080/live/x.flv --viewers "$n" --pid server=$FLOOR_PID
-  start_corriente --coalesce-window 100ms; run "corriente-tp/rtmp/$n" --publish rtmp://127.0.0.1:21935/live/s --play rtmp://127.0.0.1:21936/live/s --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
-  start_corriente --coalesce-window 100ms; run "corriente-tp/http_flv/$n" --publish rtmp://127.0.0.1:21935/live/s --play http://127.0.0.1:21080/live/s.flv --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
+for readers in $READERS; do
+  # Labels: SERVER/PROTOCOL/N, with /player appended in the player reader mode.
+  sfx=""; [ "$readers" = lazy ] || sfx="/$readers"
+  rd=(--readers "$readers")
+  for n in $VIEWERS; do
+    # Low latency (the default 20 ms grid) and throughput (100 ms), each against its floor.
+    start_floor 20ms;  run "floor-20ms/rtmp/$n$sfx" "${rd[@]}" --play http://127.0.0.1:23080/live/x.flv --viewers "$n" --pid server=$FLOOR_PID
+    start_corriente --coalesce-window 20ms; run "corriente-ll/rtmp/$n$sfx" "${rd[@]}" --publish rtmp://127.0.0.1:21935/live/s --play rtmp://127.0.0.1:21936/live/s --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
+    start_nginx;       run "nginx/rtmp/$n$sfx" "${rd[@]}" --publish rtmp://127.0.0.1:22935/live/s --play rtmp://127.0.0.1:22935/live/s --viewers "$n" --pid server=$NGINX_PID
+    start_corriente --coalesce-window 20ms; run "corriente-ll/http_flv/$n$sfx" "${rd[@]}" --publish rtmp://127.0.0.1:21935/live/s --play http://127.0.0.1:21080/live/s.flv --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
+    start_floor 100ms; run "floor-100ms/rtmp/$n$sfx" "${rd[@]}" --play http://127.0.0.1:23080/live/x.flv --viewers "$n" --pid server=$FLOOR_PID
+    start_corriente --coalesce-window 100ms; run "corriente-tp/rtmp/$n$sfx" "${rd[@]}" --publish rtmp://127.0.0.1:21935/live/s --play rtmp://127.0.0.1:21936/live/s --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
+    start_corriente --coalesce-window 100ms; run "corriente-tp/http_flv/$n$sfx" "${rd[@]}" --publish rtmp://127.0.0.1:21935/live/s --play http://127.0.0.1:21080/live/s.flv --viewers "$n" --pid server=$EDGE_PID --pid origin=$ORIGIN_PID
+  done
 done
 
 for p in $PUBLISHERS; do

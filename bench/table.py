@@ -45,8 +45,9 @@ def main(path):
     fan_in = defaultdict(dict)
     for label, r in runs.items():
         parts = label.split("/")
-        if r["mode"] == "fan_out" and len(parts) == 3:
-            fan_out[int(parts[2])][f"{parts[0]}/{parts[1]}"] = r
+        if r["mode"] == "fan_out" and len(parts) in (3, 4):
+            readers = parts[3] if len(parts) == 4 else "lazy"
+            fan_out[(readers, int(parts[2]))][f"{parts[0]}/{parts[1]}"] = r
         elif r["mode"] == "fan_in" and len(parts) == 3:
             fan_in[int(parts[2])][parts[0]] = r
 
@@ -54,11 +55,14 @@ def main(path):
     print("CPU is the server process's CPU-seconds per delivered Gbit (edge only for Corriente; "
           "its origin is listed apart). Ratios compare with the floor of the same write window "
           "and with nginx-rtmp in the same run.\n")
-    print("| N | server | kept up | Mbit/s | CPU-s/Gbit | × floor | × nginx | TTFF p50 / p99 ms "
+    print("Readers: `lazy` viewers read every 100 ms and discard in the kernel; `player` viewers "
+          "read as data arrives and copy every byte out, as players do. Probes read at once in "
+          "both.\n")
+    print("| readers | N | server | kept up | Mbit/s | CPU-s/Gbit | × floor | × nginx | TTFF p50 / p99 ms "
           "| latency p50 / p99 / max ms | KB/viewer | origin CPU-s | load gen CPU-s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for n in sorted(fan_out):
-        group = fan_out[n]
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for readers, n in sorted(fan_out, key=lambda k: (k[0] != "lazy", k[0], k[1])):
+        group = fan_out[(readers, n)]
         nginx = group.get("nginx/rtmp")
         for key in ["floor-20ms/rtmp", "corriente-ll/rtmp", "corriente-ll/http_flv", "nginx/rtmp",
                     "floor-100ms/rtmp", "corriente-tp/rtmp", "corriente-tp/http_flv"]:
@@ -83,7 +87,7 @@ def main(path):
             to_nginx = None if (is_floor or key == "nginx/rtmp") else ratio(per_gbit(r), per_gbit(nginx) if nginx else None)
             ttff = r.get("ttff_ms")
             lat = r.get("latency_ms")
-            print(f"| {n} | {name} | {r['kept_up']}/{r['clients']} | {r['delivered_mbps']:.0f} | {fmt(per_gbit(r))} "
+            print(f"| {readers} | {n} | {name} | {r['kept_up']}/{r['clients']} | {r['delivered_mbps']:.0f} | {fmt(per_gbit(r))} "
                   f"| {fmt(to_floor, '.2f')} | {fmt(to_nginx, '.2f')} "
                   f"| {'—' if is_floor else fmt(quant(ttff, 'p50'), '.1f') + ' / ' + fmt(quant(ttff, 'p99'), '.1f')} "
                   f"| {fmt(quant(lat, 'p50'), '.1f')} / {fmt(quant(lat, 'p99'), '.1f')} / {fmt(quant(lat, 'max'), '.1f')} "

@@ -124,8 +124,20 @@ struct RunArgs {
     /// Other viewers read at most this often, so the load generator stays cheap (0: eager).
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     lazy_read: Duration,
+    /// How viewers other than probes read once playing: `lazy` (every `--lazy-read`, discarding
+    /// in the kernel) or `player` (as data arrives, copying every byte out, as a player's
+    /// socket reads do).
+    #[arg(long, value_enum, default_value_t = Readers::Lazy)]
+    readers: Readers,
     #[command(flatten)]
     common: Common,
+}
+
+/// See `RunArgs::readers`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Readers {
+    Lazy,
+    Player,
 }
 
 #[derive(Args)]
@@ -572,6 +584,7 @@ async fn run(args: RunArgs) -> Result<()> {
         log: args.publish.as_ref().map(|_| log.clone()),
         has_video: media.has_video,
         lazy_read: args.lazy_read,
+        player_reads: args.readers == Readers::Player,
         ..Shared::default()
     });
     let probe_every = (args.viewers / args.probes.max(1)).max(1);

@@ -37,6 +37,9 @@ pub struct Shared {
     /// Non-probe viewers read at most this often (zero: as data arrives). Batching reads
     /// keeps the load generator cheap; probes still read at once and measure latency.
     pub lazy_read: Duration,
+    /// Non-probe viewers read as data arrives and copy every byte out (as players do), instead
+    /// of `lazy_read`'s batched discards; they do not parse it.
+    pub player_reads: bool,
 }
 
 /// One viewer's counters.
@@ -137,8 +140,13 @@ pub async fn run_rtmp(
         if shared.stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        if !probe && recorder.first_frame && !shared.lazy_read.is_zero() {
-            return discard(&stream, &shared, &stats).await;
+        if !probe && recorder.first_frame {
+            if shared.player_reads {
+                return read_as_player(&mut stream, &shared, &stats).await;
+            }
+            if !shared.lazy_read.is_zero() {
+                return discard(&stream, &shared, &stats).await;
+            }
         }
         input.reserve(64 << 10);
         lazy_pause(&shared, probe, recorder.first_frame).await;
@@ -214,8 +222,13 @@ pub async fn run_flv(
         if shared.stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        if !probe && recorder.first_frame && !shared.lazy_read.is_zero() {
-            return discard(&stream, &shared, &stats).await;
+        if !probe && recorder.first_frame {
+            if shared.player_reads {
+                return read_as_player(&mut stream, &shared, &stats).await;
+            }
+            if !shared.lazy_read.is_zero() {
+                return discard(&stream, &shared, &stats).await;
+            }
         }
         input.reserve(64 << 10);
         lazy_pause(&shared, probe, recorder.first_frame).await;
@@ -236,7 +249,7 @@ pub async fn run_flv(
 /// Non-probe viewers, once playing, pause between reads so that several of the server's writes
 /// are read at once.
 async fn lazy_pause(shared: &Shared, probe: bool, playing: bool) {
-    if !probe && playing && !shared.lazy_read.is_zero() {
+    if !probe && playing && !shared.player_reads && !shared.lazy_read.is_zero() {
         tokio::time::sleep(shared.lazy_read).await;
     }
 }
@@ -289,6 +302,34 @@ async fn discard(stream: &TcpStream, shared: &Shared, stats: &ViewerStats) -> Re
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+}
+
+/// What non-probe viewers do once playing in `player` mode: wait for the socket, then read
+/// everything it holds into a buffer (a copy per byte, one wake-up per arrival, as a player's
+/// reads are), counting the bytes; the bytes are not parsed.
+async fn read_as_player(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    stats: &ViewerStats,
+) -> Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
+            Err(_) => continue,
+            Ok(Ok(0)) => {
+                stats.ended.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
+            Ok(Ok(n)) => {
+                shared.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                stats.media_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => return Err(e.into()),
         }
     }
 }
