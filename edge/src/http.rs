@@ -272,20 +272,24 @@ fn classify(request: &httparse::Request<'_, '_>, len: usize) -> Head {
     }
     let target = request.path.unwrap_or("");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Up to five path segments, without collecting them (this runs for every HLS request).
+    let mut it = path.trim_start_matches('/').split('/');
+    let segments = [it.next(), it.next(), it.next(), it.next(), it.next()];
     let head_only = method == "HEAD";
-    match segments.as_slice() {
-        [app, file] if file.ends_with(".flv") => Head::Flv(FlvRequest {
-            app: (*app).to_owned(),
-            file: (*file).to_owned(),
+    match segments {
+        [Some(app), Some(file), None, ..] if file.ends_with(".flv") => Head::Flv(FlvRequest {
+            app: app.to_owned(),
+            file: file.to_owned(),
             query: query.to_owned(),
             head_only,
             http11: request.version == Some(1),
         }),
-        [app, file] if file.ends_with(".m3u8") => {
+        [Some(app), Some(file), None, ..] if file.ends_with(".m3u8") => {
             hls_request(request, (app, &file[..file.len() - 5], None), query, len)
         }
-        [app, name, "hls", file] => hls_request(request, (app, name, Some(file)), query, len),
+        [Some(app), Some(name), Some("hls"), Some(file), None] => {
+            hls_request(request, (app, name, Some(file)), query, len)
+        }
         _ => Head::Other,
     }
 }
