@@ -132,6 +132,8 @@ pub fn stream_to_pb(s: &StreamRecord) -> pb::StreamRecord {
         publisher_addr: s.publisher_addr.clone(),
         started_at_ms: s.started_at_ms as i64,
         forwards: s.forwards.iter().map(forward_status_to_pb).collect(),
+        hls_first_msn: s.hls.first_msn,
+        hls_discontinuity: s.hls.discontinuity,
     }
 }
 
@@ -146,6 +148,10 @@ pub fn stream_from_pb(s: Option<pb::StreamRecord>) -> Result<StreamRecord, Statu
         publisher_addr: s.publisher_addr,
         started_at_ms: s.started_at_ms.max(0) as u64,
         forwards: s.forwards.into_iter().map(forward_status_from_pb).collect(),
+        hls: crate::HlsSequence {
+            first_msn: s.hls_first_msn,
+            discontinuity: s.hls_discontinuity,
+        },
     })
 }
 
@@ -180,6 +186,8 @@ pub fn owned_to_pb(o: &OwnedStream) -> pb::OwnedStream {
         publisher_addr: o.publisher_addr.clone(),
         started_at_ms: o.started_at_ms as i64,
         forwards: o.forwards.iter().map(forward_status_to_pb).collect(),
+        hls_next_msn: o.hls.first_msn,
+        hls_discontinuity: o.hls.discontinuity,
     }
 }
 
@@ -196,6 +204,10 @@ pub fn owned_from_pb(o: pb::OwnedStream) -> Result<OwnedStream, Status> {
             .take(crate::forward::MAX_FORWARDS_PER_STREAM)
             .map(forward_status_from_pb)
             .collect(),
+        hls: crate::HlsSequence {
+            first_msn: o.hls_next_msn,
+            discontinuity: o.hls_discontinuity,
+        },
     })
 }
 

@@ -23,7 +23,7 @@ pub use forward::{ForwardSource, ForwardState, ForwardStatus, ForwardTarget, For
 pub use membership::{Health, Member, Readiness, run_membership};
 pub use publish::{PublishCredential, PublishDecision, PublishDenial};
 pub use records::{
-    NodeLoad, NodeRecord, NodeRole, OwnedStream, RecordingRecord, RecordingState, RegistryEvent,
-    StreamClaim, StreamRecord,
+    HlsSequence, NodeLoad, NodeRecord, NodeRole, OwnedStream, RecordingRecord, RecordingState,
+    RegistryEvent, StreamClaim, StreamRecord,
 };
 pub use webhook::{Webhook, WebhookError};

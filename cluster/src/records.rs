@@ -63,6 +63,8 @@ pub struct StreamRecord {
     pub started_at_ms: u64,
     /// Its forwards (restreaming), as the owner last reported them.
     pub forwards: Vec<ForwardStatus>,
+    /// Its HLS numbering.
+    pub hls: HlsSequence,
 }
 
 /// A request to own a stream.
@@ -85,6 +87,61 @@ pub struct OwnedStream {
     pub started_at_ms: u64,
     /// Its forwards, as the node runs them.
     pub forwards: Vec<ForwardStatus>,
+    /// Its HLS numbering as it stands: `first_msn` is the next number it will use.
+    pub hls: HlsSequence,
+}
+
+/// How a publication numbers its HLS segments, decided by the registry when the stream is
+/// claimed, so that every edge numbers alike and a failover continues the playlist.
+///
+/// Media sequence numbers must grow by one per segment in a playlist and never be reused for
+/// other media (caches in front keep segments by name). The registry remembers, per name, the
+/// next number the owner last reported in its heartbeat and the publication's discontinuity
+/// sequence number. A new publication of the name then starts [`HlsSequence::slack`] numbers
+/// past the reported one (covering the segments cut since the last report, at most one per
+/// [`MIN_SEGMENT_MS`] of a lease TTL) with the next discontinuity sequence number: edges that
+/// still list the old publication's segments fill the few numbers in between with
+/// `EXT-X-GAP` segments and continue after an `EXT-X-DISCONTINUITY`. A name the registry
+/// does not remember starts at a tenth of the Unix time in milliseconds, with discontinuity
+/// sequence 0: above every number used before as long as segments last 100 ms or more on
+/// average (segments last a second or more).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HlsSequence {
+    /// First media sequence number (in a heartbeat: the next one the owner will use).
+    pub first_msn: u64,
+    /// Discontinuity sequence number of the publication.
+    pub discontinuity: u64,
+}
+
+/// Shortest time between two segment starts the origin makes (a second's target, less the
+/// jitter `media::segment` allows).
+pub const MIN_SEGMENT_MS: u64 = 950;
+
+impl HlsSequence {
+    /// Numbers a lapsed owner may have used since its last report: one per
+    /// [`MIN_SEGMENT_MS`] of the lease, and one for the report in flight.
+    pub fn slack(lease_ttl: std::time::Duration) -> u64 {
+        (lease_ttl.as_millis() as u64).div_ceil(MIN_SEGMENT_MS) + 1
+    }
+
+    /// The numbering of a new publication claimed at `now_ms`, after a previous one the
+    /// registry remembers as `previous` (its reported next number and discontinuity), if any.
+    pub fn after(
+        previous: Option<HlsSequence>,
+        now_ms: u64,
+        lease_ttl: std::time::Duration,
+    ) -> Self {
+        match previous {
+            Some(p) if p.first_msn > 0 => HlsSequence {
+                first_msn: p.first_msn + Self::slack(lease_ttl),
+                discontinuity: p.discontinuity + 1,
+            },
+            _ => HlsSequence {
+                first_msn: (now_ms / 100).max(1),
+                discontinuity: 0,
+            },
+        }
+    }
 }
 
 /// A change in the registry.

@@ -6,8 +6,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use corriente_cluster::{
-    ForwardTarget, NodeRecord, OwnedStream, RecordingRecord, RegistryEvent, StreamClaim,
-    StreamRecord,
+    ForwardTarget, HlsSequence, NodeRecord, OwnedStream, RecordingRecord, RegistryEvent,
+    StreamClaim, StreamRecord,
 };
 
 use corriente_core::StreamKey;
@@ -48,6 +48,9 @@ struct State {
     forwards: HashMap<StreamKey, Vec<ForwardTarget>>,
     /// The recordings index, per origin.
     recordings: HashMap<String, Vec<RecordingRecord>>,
+    /// Per name, the HLS numbering its last publication reported (the next number it would
+    /// use), remembered as long as retired epochs, for the next publication to continue.
+    hls: HashMap<StreamKey, (HlsSequence, Instant)>,
 }
 
 /// A registry held in this process.
@@ -100,6 +103,7 @@ impl MemoryRegistry {
                 state.retire(key, epoch, forget_at);
             }
             state.retired.retain(|_, r| r.forget_at > now);
+            state.hls.retain(|_, (_, forget_at)| *forget_at > now);
             state.nodes.retain(|id, leased| {
                 let live = leased.expires > now;
                 if !live {
@@ -179,6 +183,14 @@ impl MemoryRegistry {
             let epoch = state.last_epoch;
             // The live record carries the name's latest epoch from now on.
             state.retired.remove(&claim.key);
+            let previous = state
+                .hls
+                .get(&claim.key)
+                .filter(|(_, forget_at)| *forget_at > now)
+                .map(|(seq, _)| *seq);
+            let hls = HlsSequence::after(previous, unix_ms(), self.ttl);
+            let forget_at = now + self.epoch_memory();
+            state.hls.insert(claim.key.clone(), (hls, forget_at));
             let record = StreamRecord {
                 key: claim.key.clone(),
                 node_id: claim.node_id,
@@ -188,6 +200,7 @@ impl MemoryRegistry {
                 publisher_addr: claim.publisher_addr,
                 started_at_ms: unix_ms(),
                 forwards: Vec::new(),
+                hls,
             };
             state.streams.insert(
                 claim.key,
@@ -259,6 +272,15 @@ impl Registry for MemoryRegistry {
                         let mut record = record;
                         record.media = owned.media;
                         record.forwards = owned.forwards;
+                        let forget_at = now + self.epoch_memory();
+                        let seq = state
+                            .hls
+                            .entry(owned.key.clone())
+                            .or_insert((record.hls, forget_at));
+                        if seq.0.discontinuity == owned.hls.discontinuity {
+                            seq.0.first_msn = seq.0.first_msn.max(owned.hls.first_msn);
+                        }
+                        seq.1 = forget_at;
                         state.streams.insert(
                             owned.key,
                             Leased {
@@ -282,7 +304,10 @@ impl Registry for MemoryRegistry {
                                 publisher_addr: owned.publisher_addr,
                                 started_at_ms: owned.started_at_ms,
                                 forwards: owned.forwards,
+                                hls: owned.hls,
                             };
+                            let forget_at = now + self.epoch_memory();
+                            state.hls.insert(owned.key.clone(), (owned.hls, forget_at));
                             state.last_epoch = state.last_epoch.max(owned.epoch);
                             state.retired.remove(&owned.key);
                             events.push(RegistryEvent::StreamUp(record.clone()));
@@ -528,6 +553,7 @@ mod tests {
             publisher_addr: String::new(),
             started_at_ms: 0,
             forwards: Vec::new(),
+            hls: HlsSequence::default(),
         }
     }
 
@@ -586,6 +612,53 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(all.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_publication_continues_the_hls_numbering_of_the_last_one() {
+        let ttl = Duration::from_secs(3);
+        let registry = MemoryRegistry::new(ttl);
+        let first = registry.claim_stream(claim("o1")).await.unwrap();
+        assert_eq!(first.hls.discontinuity, 0);
+        assert!(
+            first.hls.first_msn >= unix_ms() / 100 - 10,
+            "a name never seen starts at the time's number"
+        );
+        // The owner reports its progress, then dies.
+        let mut report = owned(first.epoch);
+        report.hls = HlsSequence {
+            first_msn: first.hls.first_msn + 40,
+            discontinuity: 0,
+        };
+        registry.heartbeat(node("o1"), vec![report]).await.unwrap();
+        tokio::time::advance(ttl * 2).await;
+        registry.sweep();
+        let second = registry.claim_stream(claim("o2")).await.unwrap();
+        assert_eq!(
+            second.hls,
+            HlsSequence {
+                first_msn: first.hls.first_msn + 40 + HlsSequence::slack(ttl),
+                discontinuity: 1,
+            }
+        );
+        // A stale report (the old owner, fenced) never moves the numbering.
+        let mut stale = owned(first.epoch);
+        stale.hls = HlsSequence {
+            first_msn: first.hls.first_msn + 99,
+            discontinuity: 0,
+        };
+        let lost = registry.heartbeat(node("o1"), vec![stale]).await.unwrap();
+        assert_eq!(lost, [key()]);
+        registry
+            .release_stream(&key(), "o2", second.epoch)
+            .await
+            .unwrap();
+        let third = registry.claim_stream(claim("o1")).await.unwrap();
+        assert_eq!(third.hls.discontinuity, 2);
+        assert_eq!(
+            third.hls.first_msn,
+            second.hls.first_msn + HlsSequence::slack(ttl)
+        );
     }
 
     #[tokio::test(start_paused = true)]

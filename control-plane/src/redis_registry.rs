@@ -8,6 +8,7 @@
 //! | `{P}:streams` | sorted set | stream names, scored by lease expiry (ms, Redis clock) |
 //! | `{P}:stream:NAME` | hash | owner node, relay address, epoch, media (JSON), publisher, start |
 //! | `{P}:epoch:NAME` | counter | last fencing epoch handed out for NAME (kept a week) |
+//! | `{P}:hls:NAME` | hash | `next`, `dsn`: HLS numbering of NAME's last publication (kept a week) |
 //! | `{P}:nodes` | sorted set | node ids, scored by lease expiry |
 //! | `{P}:node:ID` | string | the node record (JSON) |
 //! | `{P}:events` | pub/sub channel | stream up/down and node up/down (JSON) |
@@ -28,8 +29,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use corriente_cluster::forward::MAX_FORWARDS_PER_STREAM;
 use corriente_cluster::{
-    ForwardTarget, NodeRecord, OwnedStream, RecordingRecord, RegistryEvent, StreamClaim,
-    StreamRecord,
+    ForwardTarget, HlsSequence, NodeRecord, OwnedStream, RecordingRecord, RegistryEvent,
+    StreamClaim, StreamRecord,
 };
 use corriente_core::{MediaInfo, StreamKey};
 use futures_util::StreamExt;
@@ -49,9 +50,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 "#;
 
-/// KEYS: streams, stream hash, epoch key.
+/// KEYS: streams, stream hash, epoch key, HLS numbering key.
 /// ARGV: name, node, relay, media, publisher, ttl, channel, takeover node, takeover epoch,
-/// epoch floor.
+/// epoch floor, HLS numbering slack. Numbering as `HlsSequence::after`.
 const CLAIM: &str = r#"
 local exp = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
 local owner = redis.call('HGET', KEYS[2], 'node_id')
@@ -70,16 +71,26 @@ end
 -- and past the highest epoch this control-plane replica has seen (ARGV[10]).
 local epoch = math.max((tonumber(redis.call('GET', KEYS[3]) or '0')) + 1, now * 1000, (tonumber(ARGV[10]) or 0) + 1)
 redis.call('SET', KEYS[3], string.format('%d', epoch), 'PX', 604800000)
+local prev = redis.call('HMGET', KEYS[4], 'next', 'dsn')
+local first, dsn = math.max(math.floor(now / 100), 1), 0
+if prev[1] and tonumber(prev[1]) and tonumber(prev[1]) > 0 then
+  first = tonumber(prev[1]) + tonumber(ARGV[11])
+  dsn = (tonumber(prev[2]) or 0) + 1
+end
+first, dsn = string.format('%d', first), string.format('%d', dsn)
+redis.call('HSET', KEYS[4], 'next', first, 'dsn', dsn)
+redis.call('PEXPIRE', KEYS[4], 604800000)
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'node_id', ARGV[2], 'relay_addr', ARGV[3], 'epoch', string.format('%d', epoch), 'media', ARGV[4], 'publisher_addr', ARGV[5], 'started_at_ms', now)
+redis.call('HSET', KEYS[2], 'node_id', ARGV[2], 'relay_addr', ARGV[3], 'epoch', string.format('%d', epoch), 'media', ARGV[4], 'publisher_addr', ARGV[5], 'started_at_ms', now, 'hls_first', first, 'hls_dsn', dsn)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[6]), ARGV[1])
-redis.call('PUBLISH', ARGV[7], cjson.encode({type='stream_up', key=ARGV[1], node_id=ARGV[2], relay_addr=ARGV[3], epoch=string.format('%d', epoch), media=ARGV[4], publisher_addr=ARGV[5], started_at_ms=now}))
-return {'1', string.format('%d', epoch), tostring(now)}
+redis.call('PUBLISH', ARGV[7], cjson.encode({type='stream_up', key=ARGV[1], node_id=ARGV[2], relay_addr=ARGV[3], epoch=string.format('%d', epoch), media=ARGV[4], publisher_addr=ARGV[5], started_at_ms=now, hls_first=first, hls_dsn=dsn}))
+return {'1', string.format('%d', epoch), tostring(now), first, dsn}
 "#;
 
-/// KEYS: streams, nodes, node key, then a hash and an epoch key per stream.
+/// KEYS: streams, nodes, node key, then a hash, an epoch key and an HLS numbering key per
+/// stream.
 /// ARGV: node id, node JSON, ttl, channel, relay, then name, epoch, media, publisher, started,
-/// forwards (JSON) per stream.
+/// forwards (JSON), HLS next number, HLS discontinuity per stream.
 const HEARTBEAT: &str = r#"
 local ttl = tonumber(ARGV[3])
 local nexp = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0')
@@ -89,10 +100,11 @@ if nexp <= now then
   redis.call('PUBLISH', ARGV[4], cjson.encode({type='node_up', node=ARGV[2]}))
 end
 local lost = {}
-local n = (#ARGV - 5) / 6
+local n = (#ARGV - 5) / 8
 for i = 0, n - 1 do
-  local name, epoch, media, publisher, started, forwards = ARGV[6 + i*6], ARGV[7 + i*6], ARGV[8 + i*6], ARGV[9 + i*6], ARGV[10 + i*6], ARGV[11 + i*6]
-  local hkey, ekey = KEYS[4 + i*2], KEYS[5 + i*2]
+  local name, epoch, media, publisher, started, forwards = ARGV[6 + i*8], ARGV[7 + i*8], ARGV[8 + i*8], ARGV[9 + i*8], ARGV[10 + i*8], ARGV[11 + i*8]
+  local hnext, hdsn = ARGV[12 + i*8], ARGV[13 + i*8]
+  local hkey, ekey, ckey = KEYS[4 + i*3], KEYS[5 + i*3], KEYS[6 + i*3]
   local exp = tonumber(redis.call('ZSCORE', KEYS[1], name) or '0')
   local owner = redis.call('HGET', hkey, 'node_id')
   local current = redis.call('HGET', hkey, 'epoch')
@@ -101,6 +113,14 @@ for i = 0, n - 1 do
       redis.call('ZADD', KEYS[1], now + ttl, name)
       redis.call('HSET', hkey, 'media', media, 'forwards', forwards)
       redis.call('PEXPIRE', ekey, 604800000)
+      -- The numbering only moves forward, and only for the publication the key describes.
+      local c = redis.call('HMGET', ckey, 'next', 'dsn')
+      if not c[1] then
+        redis.call('HSET', ckey, 'next', hnext, 'dsn', hdsn)
+      elseif c[2] == hdsn and tonumber(hnext) > (tonumber(c[1]) or 0) then
+        redis.call('HSET', ckey, 'next', hnext)
+      end
+      redis.call('PEXPIRE', ckey, 604800000)
     else
       table.insert(lost, name)
     end
@@ -112,9 +132,14 @@ for i = 0, n - 1 do
     if tonumber(epoch) >= last then
       redis.call('SET', ekey, epoch, 'PX', 604800000)
       redis.call('DEL', hkey)
-      redis.call('HSET', hkey, 'node_id', ARGV[1], 'relay_addr', ARGV[5], 'epoch', epoch, 'media', media, 'publisher_addr', publisher, 'started_at_ms', started, 'forwards', forwards)
+      redis.call('HSET', hkey, 'node_id', ARGV[1], 'relay_addr', ARGV[5], 'epoch', epoch, 'media', media, 'publisher_addr', publisher, 'started_at_ms', started, 'forwards', forwards, 'hls_first', hnext, 'hls_dsn', hdsn)
+      local c = tonumber(redis.call('HGET', ckey, 'next') or '0')
+      if tonumber(hnext) > c then
+        redis.call('HSET', ckey, 'next', hnext, 'dsn', hdsn)
+      end
+      redis.call('PEXPIRE', ckey, 604800000)
       redis.call('ZADD', KEYS[1], now + ttl, name)
-      redis.call('PUBLISH', ARGV[4], cjson.encode({type='stream_up', key=name, node_id=ARGV[1], relay_addr=ARGV[5], epoch=epoch, media=media, publisher_addr=publisher, started_at_ms=tonumber(started)}))
+      redis.call('PUBLISH', ARGV[4], cjson.encode({type='stream_up', key=name, node_id=ARGV[1], relay_addr=ARGV[5], epoch=epoch, media=media, publisher_addr=publisher, started_at_ms=tonumber(started), hls_first=hnext, hls_dsn=hdsn}))
     else
       table.insert(lost, name)
     end
@@ -403,6 +428,10 @@ impl RedisRegistry {
         format!("{}:epoch:{key}", self.keys)
     }
 
+    fn hls_key(&self, key: &StreamKey) -> String {
+        format!("{}:hls:{key}", self.keys)
+    }
+
     fn publish_keys_key(&self) -> String {
         format!("{}:publish_keys", self.keys)
     }
@@ -589,6 +618,10 @@ enum WireEvent {
         media: String,
         publisher_addr: String,
         started_at_ms: u64,
+        #[serde(default, deserialize_with = "epoch_field")]
+        hls_first: u64,
+        #[serde(default, deserialize_with = "epoch_field")]
+        hls_dsn: u64,
     },
     StreamDown {
         key: String,
@@ -614,6 +647,8 @@ fn parse_event(payload: &str) -> Option<RegistryEvent> {
             media,
             publisher_addr,
             started_at_ms,
+            hls_first,
+            hls_dsn,
         } => RegistryEvent::StreamUp(StreamRecord {
             key: StreamKey::parse(&key).ok()?,
             node_id,
@@ -623,6 +658,10 @@ fn parse_event(payload: &str) -> Option<RegistryEvent> {
             publisher_addr,
             started_at_ms,
             forwards: Vec::new(),
+            hls: HlsSequence {
+                first_msn: hls_first,
+                discontinuity: hls_dsn,
+            },
         }),
         WireEvent::StreamDown {
             key,
@@ -661,6 +700,10 @@ fn record_from_fields(key: StreamKey, fields: &[String]) -> Option<StreamRecord>
         forwards: get("forwards")
             .and_then(|f| serde_json::from_str(f).ok())
             .unwrap_or_default(),
+        hls: HlsSequence {
+            first_msn: get("hls_first").and_then(|s| s.parse().ok()).unwrap_or(0),
+            discontinuity: get("hls_dsn").and_then(|s| s.parse().ok()).unwrap_or(0),
+        },
     })
 }
 
@@ -709,6 +752,7 @@ impl RedisRegistry {
             .key(self.streams_key())
             .key(self.stream_key(&claim.key))
             .key(self.epoch_key(&claim.key))
+            .key(self.hls_key(&claim.key))
             .arg(claim.key.to_string())
             .arg(&claim.node_id)
             .arg(&claim.relay_addr)
@@ -719,6 +763,7 @@ impl RedisRegistry {
             .arg(from_node)
             .arg(from_epoch.to_string())
             .arg(self.epoch_floor().to_string())
+            .arg(HlsSequence::slack(self.ttl).to_string())
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;
@@ -742,6 +787,10 @@ impl RedisRegistry {
                 media: claim.media,
                 publisher_addr: claim.publisher_addr,
                 forwards: Vec::new(),
+                hls: HlsSequence {
+                    first_msn: reply.get(3).and_then(|e| e.parse().ok()).unwrap_or(0),
+                    discontinuity: reply.get(4).and_then(|e| e.parse().ok()).unwrap_or(0),
+                },
             },
             _ => {
                 return Err(RegistryError::AlreadyOwned {
@@ -825,12 +874,15 @@ impl Registry for RedisRegistry {
                 invocation
                     .key(self.stream_key(&s.key))
                     .key(self.epoch_key(&s.key))
+                    .key(self.hls_key(&s.key))
                     .arg(s.key.to_string())
                     .arg(s.epoch.to_string())
                     .arg(media_json(&s.media))
                     .arg(&s.publisher_addr)
                     .arg(s.started_at_ms.to_string())
-                    .arg(serde_json::to_string(&s.forwards).unwrap_or_else(|_| "[]".to_owned()));
+                    .arg(serde_json::to_string(&s.forwards).unwrap_or_else(|_| "[]".to_owned()))
+                    .arg(s.hls.first_msn.to_string())
+                    .arg(s.hls.discontinuity.to_string());
             }
             invocation
                 .invoke_async::<Vec<String>>(&mut conn)

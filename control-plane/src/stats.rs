@@ -137,6 +137,7 @@ mod tests {
             publisher_addr: "203.0.113.1:4000".into(),
             started_at_ms: now_ms() - 5000,
             forwards: Vec::new(),
+            hls: Default::default(),
         };
         let edge = |id: &str, n: u32| NodeRecord {
             id: id.into(),

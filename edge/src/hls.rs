@@ -9,12 +9,17 @@
 //! frames only, and names, durations and program date-times derive from the epoch, the
 //! publication's start time and media timestamps. The packager takes the relay's frames before
 //! the pull's timeline rebasing (which depends on the edge's own history). An edge that joins
-//! mid-stream starts at the next marked frame. A new epoch (a failover, a republication)
-//! restarts the playlist at the new publication's numbers (higher than any before) and its
-//! discontinuity sequence (the epoch): media sequence numbers must grow by one per segment, and
-//! no edge can know where the new publication's numbers would have to start to continue the
-//! old ones, so playlists never mix two publications; program date-times let players line
-//! the two up.
+//! mid-stream starts at the next marked frame.
+//!
+//! **A failover continues the playlist.** The registry numbers a new publication of a name a
+//! few numbers past the last one its previous publication reported, with the next
+//! discontinuity sequence number (`HlsSequence` in the cluster crate). An edge that still
+//! lists the old publication's segments keeps them, fills the numbers between with
+//! `EXT-X-GAP` segments (a playlist's numbers grow by one per segment) and lists the new
+//! publication's after an `EXT-X-DISCONTINUITY`; the same holds for segments lost within one
+//! publication (a relay reconnect). Every edge that saw the same old segments gives the same
+//! playlist. A publication that does not follow on (numbers too far ahead or behind, another
+//! discontinuity sequence) restarts the playlist.
 //!
 //! Memory is bounded per stream: a sliding window of segments, nothing per viewer.
 
@@ -76,12 +81,19 @@ pub struct Segment {
     pub complete: bool,
     /// Once complete, the whole segment (its parts are slices of it).
     pub whole: Option<Bytes>,
+    /// Discontinuity sequence number (of its publication).
+    pub discontinuity: u64,
+    /// A segment the edge never had (`EXT-X-GAP`), and the duration it is given.
+    pub gap: Option<u32>,
 }
 
 impl Segment {
     /// Media time it covers: its parts' (the last part's is known once the next segment
     /// starts; until then, or when none follows, it counts as long as the part before it).
     pub fn duration_ms(&self) -> u32 {
+        if let Some(gap) = self.gap {
+            return gap;
+        }
         let sum: u32 = self.parts.iter().map(|p| p.duration_ms).sum();
         match self.parts.as_slice() {
             [.., before, last] if self.complete && last.duration_ms == 0 => {
@@ -133,12 +145,29 @@ struct Rendered {
 /// Rendered playlists kept (requests differ by query: tokens, skips, part numbers).
 const RENDERED: usize = 16;
 
+/// Most missing segments bridged with `EXT-X-GAP` segments; a longer hole restarts the
+/// playlist.
+const MAX_GAP: u64 = 32;
+
+/// Shortest duration given to a gap segment.
+const MIN_GAP_MS: u32 = 100;
+
+/// The publication a frame belongs to, as the registry described it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Publication {
+    /// Its fencing epoch.
+    pub epoch: u64,
+    /// When it started (Unix milliseconds): program date-times are this plus media time.
+    pub started_at_ms: u64,
+    /// Its discontinuity sequence number.
+    pub discontinuity: u64,
+}
+
 #[derive(Default)]
 struct State {
     /// Off until someone asks for HLS: until then frames are ignored.
     enabled: bool,
-    epoch: u64,
-    started_at_ms: u64,
+    publication: Publication,
     media: MediaInfo,
     video_config: Option<Frame>,
     audio_config: Option<Frame>,
@@ -205,7 +234,10 @@ impl Packager {
                 generation,
                 Snapshot {
                     segments: state.segments.iter().cloned().collect(),
-                    discontinuity_sequence: state.epoch,
+                    discontinuity_sequence: state
+                        .segments
+                        .front()
+                        .map_or(state.publication.discontinuity, |s| s.discontinuity),
                 },
             )
         };
@@ -241,23 +273,36 @@ impl Packager {
         self.progress.send_modify(|p| p.ended = true);
     }
 
-    /// A frame as the relay delivered it (before any rebasing), of publication `epoch` that
-    /// started at `started_at_ms`.
-    pub fn push(&self, epoch: u64, started_at_ms: u64, frame: &Frame) {
+    /// The relay stopped mid-segment (the origin went away): the open segment ends with what
+    /// it has, so that players are not left waiting for its next part. If the same
+    /// publication comes back, packaging resumes at its next segment.
+    pub fn interrupt(&self) {
+        let mut state = lock(&self.state);
+        if close_open(&mut state) {
+            self.changed(state);
+        }
+    }
+
+    /// A frame as the relay delivered it (before any rebasing), of `publication`.
+    pub fn push(&self, publication: Publication, frame: &Frame) {
         let mut state = lock(&self.state);
         // Configuration is kept even while packaging is off: it comes once, at the start of
         // the pull, and a later first HLS request needs it.
         if !state.enabled && !frame.is_config() {
             return;
         }
-        if epoch != state.epoch {
-            // A new publication: its segments replace the old ones (its numbers are higher).
-            state.open = None;
-            state.segments.clear();
-            state.bytes = 0;
+        if publication.epoch != state.publication.epoch {
+            // A new publication: it continues the playlist when it is the next discontinuity
+            // (its first segment decides whether its numbers follow on), or replaces it.
+            let follows = state.publication.epoch != 0
+                && publication.discontinuity == state.publication.discontinuity + 1;
+            close_open(&mut state);
+            if !follows {
+                state.segments.clear();
+                state.bytes = 0;
+            }
             state.generation += 1;
-            state.epoch = epoch;
-            state.started_at_ms = started_at_ms;
+            state.publication = publication;
             state.tracks = None;
             state.video_config = None;
             state.audio_config = None;
@@ -293,9 +338,13 @@ impl Packager {
         } else {
             self.continue_segment(&mut state, s)
         };
-        if !changed {
-            return;
+        if changed {
+            self.changed(state);
         }
+    }
+
+    /// Announces a change of the window to blocked requests.
+    fn changed(&self, mut state: MutexGuard<'_, State>) {
         state.generation += 1;
         let p = state.progress();
         // Not under the state's lock: a blocked request checks the state from inside the
@@ -315,6 +364,43 @@ impl Packager {
     /// Closes the open segment and opens `msn` with `first`.
     fn start_segment(&self, state: &mut State, msn: u64, ts: u32, first: &SampleData) -> bool {
         let closed = close_segment(state, Some(ts));
+        let discontinuity = state.publication.discontinuity;
+        let pdt_ms = state.publication.started_at_ms + u64::from(ts);
+        if let Some(last) = state.segments.back() {
+            let (last_msn, last_dsn) = (last.msn, last.discontinuity);
+            let last_end = last.pdt_ms + u64::from(last.duration_ms());
+            if msn <= last_msn && last_dsn == discontinuity {
+                // Already had (a relay reconnect resends its start): wait for the next one.
+                return closed;
+            }
+            let missing = msn.checked_sub(last_msn + 1).filter(|m| *m <= MAX_GAP);
+            match missing {
+                Some(missing) if missing > 0 => {
+                    let cap = max_target_ms(&state.segments);
+                    let hole = pdt_ms.saturating_sub(last_end) / missing;
+                    let each = (hole.min(u64::from(cap)) as u32).max(MIN_GAP_MS);
+                    let init = last.init.clone();
+                    for (i, n) in (last_msn + 1..msn).enumerate() {
+                        state.segments.push_back(Segment {
+                            msn: n,
+                            init: init.clone(),
+                            pdt_ms: last_end + i as u64 * u64::from(each),
+                            parts: Vec::new(),
+                            complete: true,
+                            whole: None,
+                            discontinuity,
+                            gap: Some(each),
+                        });
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    // Does not follow on: a new playlist.
+                    state.segments.clear();
+                    state.bytes = 0;
+                }
+            }
+        }
         if state.tracks.is_none() {
             let tracks = Tracks::new(
                 state.video_config.as_ref(),
@@ -327,7 +413,7 @@ impl Packager {
                 Ok((tracks, bytes)) => {
                     let name = format!(
                         "init-{:016x}.mp4",
-                        fnv1a_parts(&[&state.epoch.to_be_bytes(), &bytes])
+                        fnv1a_parts(&[&state.publication.epoch.to_be_bytes(), &bytes])
                     );
                     let init = Arc::new(InitSegment {
                         name,
@@ -363,10 +449,12 @@ impl Packager {
         state.segments.push_back(Segment {
             msn,
             init,
-            pdt_ms: state.started_at_ms + u64::from(ts),
+            pdt_ms,
             parts: Vec::new(),
             complete: false,
             whole: None,
+            discontinuity,
+            gap: None,
         });
         // The window: complete segments beyond it, and bytes beyond the cap, go.
         while state.segments.len() > self.config.window + 1
@@ -490,6 +578,34 @@ impl Packager {
 /// `mfhd` sequence numbers: growing within a stream, from the segment's number and the part's.
 fn fragment_number(msn: u64, part: u32) -> u32 {
     ((msn % (1 << 24)) as u32) * 128 + part.min(127) + 1
+}
+
+/// The longest complete segment's duration (at least a second): gap segments last no longer,
+/// so that they never raise the playlist's target duration.
+fn max_target_ms(segments: &VecDeque<Segment>) -> u32 {
+    segments
+        .iter()
+        .filter(|s| s.complete && s.gap.is_none())
+        .map(Segment::duration_ms)
+        .max()
+        .unwrap_or(1000)
+        .max(1000)
+}
+
+/// Ends the open segment where its frames end (the stream was interrupted); a segment that
+/// got no part at all is dropped. Returns whether anything changed.
+fn close_open(state: &mut State) -> bool {
+    if !close_segment(state, None) {
+        return false;
+    }
+    if state
+        .segments
+        .back()
+        .is_some_and(|s| s.gap.is_none() && s.parts.is_empty())
+    {
+        state.segments.pop_back();
+    }
+    true
 }
 
 /// Ends the open segment with its last part (every sample, the last ones with the duration of
@@ -640,8 +756,10 @@ pub fn playlist(
     let mut skipped = 0usize;
     if request.skip {
         let mut from_end = total;
+        let first_dsn = segs.first().map_or(0, |s| s.discontinuity);
         for (s, d) in segs.iter().zip(&durations) {
-            if from_end <= u64::from(skip_until) || !s.complete {
+            // Never past a discontinuity: the tag must stay in the update.
+            if from_end <= u64::from(skip_until) || !s.complete || s.discontinuity != first_dsn {
                 break;
             }
             from_end -= u64::from(*d);
@@ -663,11 +781,17 @@ pub fn playlist(
     }
     let mut map: Option<&str> = None;
     for (i, (s, d)) in segs.iter().zip(&durations).enumerate().skip(skipped) {
+        if i > 0 && segs[i - 1].discontinuity != s.discontinuity {
+            let _ = writeln!(out, "#EXT-X-DISCONTINUITY");
+        }
         if map != Some(s.init.name.as_str()) {
             let _ = writeln!(out, "#EXT-X-MAP:URI=\"{prefix}{}{q}\"", s.init.name);
             map = Some(s.init.name.as_str());
         }
         let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", iso8601_ms(s.pdt_ms));
+        if s.gap.is_some() {
+            let _ = writeln!(out, "#EXT-X-GAP");
+        }
         if i >= listed_parts_from {
             let count = s.parts.len();
             for (p, part) in s.parts.iter().enumerate() {
@@ -1160,6 +1284,148 @@ mod tests {
         assert_eq!((r.msn, r.part, r.skip), (Some(10), Some(2), true));
         assert!(PlaylistRequest::parse("_HLS_part=1").is_err());
         assert!(PlaylistRequest::parse("_HLS_msn=x").is_err());
+    }
+
+    /// An audio-only publication: AAC configuration, then 23 ms frames from `from_ms` to
+    /// `to_ms`, segments starting at every second numbered from `first`.
+    fn publish(p: &Packager, publication: Publication, first: u64, seconds: u32) {
+        use corriente_media::frame::FrameKind;
+        let config = Frame::new(
+            FrameKind::Audio,
+            0,
+            Bytes::from_static(&[0xaf, 0, 0x12, 0x10]),
+            0,
+        );
+        p.push(publication, &config);
+        let mut next_cut = 0;
+        let mut msn = first;
+        for i in 0..(seconds * 1000 / 23) {
+            let ts = i * 23;
+            let mut f = Frame::new(
+                FrameKind::Audio,
+                ts,
+                Bytes::from(vec![0xaf, 1, 0x21, 0, 0, 0]),
+                0,
+            );
+            if ts >= next_cut {
+                f.segment = msn;
+                msn += 1;
+                next_cut += 1000;
+            }
+            p.push(publication, &f);
+        }
+    }
+
+    fn render(p: &Packager) -> String {
+        let (body, _) = p.playlist(&PlaylistRequest::default(), "", "");
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_failover_continues_the_playlist_after_gaps_and_a_discontinuity() {
+        let p = Packager::new(HlsConfig {
+            window: 20,
+            ..HlsConfig::default()
+        });
+        p.enable();
+        let a = Publication {
+            epoch: 5,
+            started_at_ms: 1_000_000,
+            discontinuity: 3,
+        };
+        publish(&p, a, 100, 4);
+        // The relay goes away mid-segment: the open segment ends with what it had.
+        p.interrupt();
+        let before = render(&p);
+        assert!(before.contains("#EXTINF:1.0"), "{before}");
+        assert!(
+            before.contains("\n103.m4s"),
+            "the interrupted segment closes: {before}"
+        );
+        assert!(!before.contains("PRELOAD-HINT"), "{before}");
+        // The next publication, numbered a few past the last report, one discontinuity on.
+        let b = Publication {
+            epoch: 9,
+            started_at_ms: 1_010_000,
+            discontinuity: 4,
+        };
+        publish(&p, b, 106, 3);
+        let text = render(&p);
+        assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:100\n"), "{text}");
+        assert!(text.contains("#EXT-X-DISCONTINUITY-SEQUENCE:3\n"), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        let uri = |name: &str| lines.iter().position(|l| *l == name).unwrap();
+        // 104 and 105 were never made: gaps, after the discontinuity, before 106.
+        let disc = lines
+            .iter()
+            .position(|l| *l == "#EXT-X-DISCONTINUITY")
+            .expect("a discontinuity");
+        assert_eq!(text.matches("#EXT-X-DISCONTINUITY\n").count(), 1, "{text}");
+        assert!(uri("103.m4s") < disc && disc < uri("104.m4s"), "{text}");
+        assert_eq!(text.matches("#EXT-X-GAP").count(), 2, "{text}");
+        assert!(lines[uri("104.m4s") - 2] == "#EXT-X-GAP", "{text}");
+        assert!(
+            text.contains("#EXT-X-TARGETDURATION:2\n"),
+            "gaps never raise it: {text}"
+        );
+        assert!(lines[uri("104.m4s") - 1] == "#EXTINF:1.012,", "{text}");
+        assert!(lines[uri("105.m4s") - 2] == "#EXT-X-GAP", "{text}");
+        assert!(uri("105.m4s") < uri("106.m4s") && uri("106.m4s") < uri("107.m4s"));
+        // Gap segments are not served; the new publication's are.
+        assert!(p.whole(104).is_none() && p.part(104, 0).is_none());
+        assert!(p.whole(106).is_some());
+        // A delta update never skips past the discontinuity.
+        let (delta, _) = p.playlist(
+            &PlaylistRequest {
+                skip: true,
+                ..PlaylistRequest::default()
+            },
+            "",
+            "",
+        );
+        let delta = String::from_utf8(delta.to_vec()).unwrap();
+        if delta.contains("EXT-X-SKIP") {
+            assert!(delta.contains("#EXT-X-DISCONTINUITY\n"), "{delta}");
+        }
+    }
+
+    #[test]
+    fn a_publication_that_does_not_follow_on_restarts_the_playlist() {
+        let p = Packager::new(HlsConfig::default());
+        p.enable();
+        let a = Publication {
+            epoch: 5,
+            started_at_ms: 1_000_000,
+            discontinuity: 0,
+        };
+        publish(&p, a, 100, 3);
+        // A fresh numbering (the registry forgot the name): another discontinuity sequence.
+        let b = Publication {
+            epoch: 9,
+            started_at_ms: 2_000_000,
+            discontinuity: 0,
+        };
+        publish(&p, b, 20_000, 3);
+        let text = render(&p);
+        assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:20000\n"), "{text}");
+        assert!(!text.contains("100.m4s") && !text.contains("GAP"), "{text}");
+        assert!(!text.contains("#EXT-X-DISCONTINUITY\n"), "{text}");
+        // Numbers too far ahead also restart, even one discontinuity on.
+        let c = Publication {
+            epoch: 11,
+            started_at_ms: 3_000_000,
+            discontinuity: 1,
+        };
+        publish(&p, c, 20_000 + MAX_GAP + 10, 2);
+        let text = render(&p);
+        assert!(
+            text.contains(&format!(
+                "#EXT-X-MEDIA-SEQUENCE:{}\n",
+                20_000 + MAX_GAP + 10
+            )),
+            "{text}"
+        );
+        assert!(text.contains("#EXT-X-DISCONTINUITY-SEQUENCE:1\n"), "{text}");
     }
 
     #[test]

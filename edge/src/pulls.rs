@@ -586,7 +586,11 @@ async fn pull(
             state,
             writer,
             upstream,
-            (record.epoch, record.started_at_ms),
+            crate::hls::Publication {
+                epoch: record.epoch,
+                started_at_ms: record.started_at_ms,
+                discontinuity: record.hls.discontinuity,
+            },
             failover_from,
             &mut timeline,
             &mut linger,
@@ -596,6 +600,7 @@ async fn pull(
         match end {
             SessionEnd::Ended(reason) | SessionEnd::Stopped(reason) => return reason,
             SessionEnd::Lost(why) => {
+                entry.hls.interrupt();
                 if session_started.elapsed() < QUICK_LOSS {
                     quick_losses = quick_losses.saturating_add(1);
                 } else {
@@ -617,7 +622,7 @@ async fn relay_session(
     state: &watch::Sender<PullState>,
     writer: &mut HubWriter,
     mut upstream: Streaming<pb::RelayMessage>,
-    (epoch, started_at_ms): (u64, u64),
+    publication: crate::hls::Publication,
     mut failover_from: Option<Instant>,
     timeline: &mut Timeline,
     linger: &mut Option<Instant>,
@@ -629,7 +634,7 @@ async fn relay_session(
         tokio::select! {
             _ = moved.changed() => {
                 let newest = *moved.borrow_and_update();
-                if newest > epoch {
+                if newest > publication.epoch {
                     return SessionEnd::Lost(format!("the stream moved to another origin (epoch {newest})"));
                 }
             }
@@ -647,7 +652,7 @@ async fn relay_session(
                         .with_label_values(&["relay"])
                         .inc_by(frame.payload.len() as u64);
                     // HLS takes the origin's timestamps, the same on every edge.
-                    entry.hls.push(epoch, started_at_ms, &frame);
+                    entry.hls.push(publication, &frame);
                     let ts = timeline.map(&frame);
                     writer.push(frame.with_timestamp(ts));
                     if *state.borrow() != PullState::Live {

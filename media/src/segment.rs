@@ -8,11 +8,13 @@
 //! A segment starts at a video keyframe once at least the target duration (less a frame's
 //! worth of jitter) has passed since the last segment started — at every keyframe when they
 //! are further apart —, and in an audio-only stream at the first audio frame past the target.
-//! Numbers start at `started_at_ms / 100` of the publication and grow by one per segment, so a
-//! later publication of the name (a new epoch, after a failover for example) starts above
-//! every number the previous one used, as long as segments last at least 100 ms (the target is
-//! at least a second).
+//! Numbers start where the registry says (`HlsSequence` in the cluster crate: past every
+//! number an earlier publication of the name used, close enough to continue its playlist
+//! after a failover) and grow by one per segment. The marker shares the next number with the
+//! origin's heartbeat, which reports it to the registry.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::frame::{Frame, FrameKind, FrameRole};
@@ -27,23 +29,28 @@ const EARLY_MS: u32 = 50;
 #[derive(Debug, Clone)]
 pub struct SegmentMarker {
     target_ms: u32,
-    next: u64,
+    next: Arc<AtomicU64>,
     last_cut: Option<u32>,
     has_video: bool,
 }
 
 impl SegmentMarker {
-    /// A marker for a publication that started at `started_at_ms` (Unix milliseconds).
-    pub fn new(target: Duration, started_at_ms: u64) -> Self {
+    /// A marker for a publication whose first segment is number `first_msn`.
+    pub fn new(target: Duration, first_msn: u64) -> Self {
         Self {
             target_ms: target
                 .max(MIN_TARGET)
                 .as_millis()
                 .min(u128::from(u32::MAX / 4)) as u32,
-            next: (started_at_ms / 100).max(1),
+            next: Arc::new(AtomicU64::new(first_msn.max(1))),
             last_cut: None,
             has_video: false,
         }
+    }
+
+    /// The number the next segment will get, as it moves.
+    pub fn next(&self) -> Arc<AtomicU64> {
+        self.next.clone()
     }
 
     /// Sets `frame.segment` when the frame starts a segment.
@@ -69,8 +76,7 @@ impl SegmentMarker {
             since >= self.target_ms.saturating_sub(EARLY_MS) || since > u32::MAX / 2
         });
         if due {
-            frame.segment = self.next;
-            self.next += 1;
+            frame.segment = self.next.fetch_add(1, Ordering::Relaxed);
             self.last_cut = Some(frame.timestamp);
         }
     }
@@ -111,8 +117,8 @@ mod tests {
     }
 
     #[test]
-    fn cuts_at_keyframes_past_the_target_numbered_from_the_start_time() {
-        let mut m = SegmentMarker::new(Duration::from_secs(2), 1_796_000_000_123);
+    fn cuts_at_keyframes_past_the_target_numbered_from_the_first_number() {
+        let mut m = SegmentMarker::new(Duration::from_secs(2), 17_960_000_001);
         let mut marks = Vec::new();
         let mut c = config();
         m.mark(&mut c);
@@ -137,11 +143,12 @@ mod tests {
                 (4000, 17_960_000_003)
             ]
         );
+        assert_eq!(m.next().load(Ordering::Relaxed), 17_960_000_004);
     }
 
     #[test]
     fn audio_only_streams_cut_on_audio_and_slow_keyframes_cut_every_time() {
-        let mut m = SegmentMarker::new(Duration::from_secs(1), 1000);
+        let mut m = SegmentMarker::new(Duration::from_secs(1), 10);
         let cuts = (0..100u32)
             .map(|i| {
                 let mut a = audio(i * 23);
@@ -151,7 +158,7 @@ mod tests {
             .filter(|s| *s != 0)
             .count();
         assert_eq!(cuts, 3, "2.3 s of audio, 1 s segments");
-        let mut m = SegmentMarker::new(Duration::from_secs(1), 1000);
+        let mut m = SegmentMarker::new(Duration::from_secs(1), 10);
         let cuts = (0..4u32)
             .map(|i| {
                 let mut v = video(i * 4000, true);

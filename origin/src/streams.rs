@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use corriente_cluster::{
-    ControlClient, ControlError, ForwardSource, ForwardTarget, OwnedStream, PublishDecision,
-    StreamClaim,
+    ControlClient, ControlError, ForwardSource, ForwardTarget, HlsSequence, OwnedStream,
+    PublishDecision, StreamClaim,
 };
 use corriente_media::frame::unix_micros;
 use corriente_media::segment::SegmentMarker;
@@ -90,12 +90,16 @@ struct LiveStream {
     self_fenced: Arc<AtomicBool>,
     /// Its forwards (restreaming); they stop when this is dropped or the stream is fenced.
     forwards: StreamForwards,
+    /// Its HLS numbering: the next number the marker will use, shared with it, and the
+    /// publication's discontinuity sequence number, for heartbeats.
+    hls_next: Arc<std::sync::atomic::AtomicU64>,
+    hls_discontinuity: u64,
 }
 
 enum Slot {
     /// A publisher asked for the name and the claim is in flight.
     Claiming,
-    Live(LiveStream),
+    Live(Box<LiveStream>),
 }
 
 /// Why a publish was refused. Each maps to an RTMP status and a metrics reason.
@@ -274,9 +278,16 @@ impl Streams {
         let fenced = CancellationToken::new();
         let self_fenced = Arc::new(AtomicBool::new(false));
         let ttl = Duration::from_millis(self.lease_ttl_ms.load(Ordering::Relaxed));
+        let first_msn = if record.hls.first_msn > 0 {
+            record.hls.first_msn
+        } else {
+            // A control plane that does not number HLS (an older one): the start time's.
+            started_at_ms / 100
+        };
+        let marker = SegmentMarker::new(self.hls_segment, first_msn);
         self.lock().insert(
             key.clone(),
-            Slot::Live(LiveStream {
+            Slot::Live(Box::new(LiveStream {
                 hub,
                 epoch: record.epoch,
                 publisher_addr: peer,
@@ -285,7 +296,9 @@ impl Streams {
                 fenced: fenced.clone(),
                 self_fenced: self_fenced.clone(),
                 forwards,
-            }),
+                hls_next: marker.next(),
+                hls_discontinuity: record.hls.discontinuity,
+            })),
         );
         metrics::PUBLISHERS.inc();
         corriente_media::metrics::STREAMS_ACTIVE
@@ -294,7 +307,7 @@ impl Streams {
         Ok(Publication {
             key,
             epoch: record.epoch,
-            marker: SegmentMarker::new(self.hls_segment, started_at_ms),
+            marker,
             writer: Some(writer),
             fenced,
             self_fenced,
@@ -386,6 +399,10 @@ impl Streams {
                     publisher_addr: s.publisher_addr.clone(),
                     started_at_ms: s.started_at_ms,
                     forwards: s.forwards.statuses(),
+                    hls: HlsSequence {
+                        first_msn: s.hls_next.load(Ordering::Relaxed),
+                        discontinuity: s.hls_discontinuity,
+                    },
                 }),
                 Slot::Claiming => None,
             })

@@ -380,6 +380,19 @@ async fn an_hls_viewer_keeps_playing_through_a_failover() -> Result<()> {
     drop(first);
     let before = viewer.frames().0;
     let _second = Publisher::start(&media, &cluster.origins[1].ingest_url("f"))?;
+    // The playlist goes on: the old publication's segments, a few gap segments for numbers
+    // nobody made, a discontinuity, the new publication's.
+    let edge = cluster.edges[0].addr("edge-http");
+    let playlist = wait_for(
+        Duration::from_secs(30),
+        "a discontinuity in the playlist",
+        || async {
+            let body = get(edge, "/live/f.m3u8").await.ok()?.body;
+            let text = String::from_utf8(body).ok()?;
+            across_discontinuity(&text).map(|_| text)
+        },
+    )
+    .await?;
     let resumed = decodes(
         &viewer,
         before,
@@ -398,14 +411,60 @@ async fn an_hls_viewer_keeps_playing_through_a_failover() -> Result<()> {
         "the HLS viewer stalled {:?}",
         viewer.longest_gap()
     );
-    let playlist = String::from_utf8(
-        get(cluster.edges[0].addr("edge-http"), "/live/f.m3u8")
-            .await?
-            .body,
-    )?;
+    let (old, gaps, new) = across_discontinuity(&playlist)
+        .with_context(|| format!("no discontinuity in the playlist:\n{playlist}"))?;
     eprintln!(
-        "{}",
-        playlist.lines().take(8).collect::<Vec<_>>().join("\n")
+        "after the failover the playlist continues: segment {old}, {gaps} gap segments, a discontinuity, segment {new}"
+    );
+    assert_eq!(
+        new,
+        old + gaps + 1,
+        "numbers grow by one per segment:\n{playlist}"
+    );
+    // A 3 s lease: at most ceil(3000 / 950) + 1 = 5 numbers skipped, and any the old origin
+    // made after its last report.
+    assert!(gaps <= 8, "{gaps} gap segments:\n{playlist}");
+    assert!(
+        !new_segments_before_discontinuity(&playlist),
+        "gaps only between the publications:\n{playlist}"
     );
     Ok(())
+}
+
+/// Numbers of a playlist's segments in order, with whether each is a gap and whether a
+/// discontinuity precedes it.
+fn numbered(playlist: &str) -> Vec<(u64, bool, bool)> {
+    let mut out = Vec::new();
+    let first = media_sequence(playlist).unwrap_or(0);
+    let (mut gap, mut disc) = (false, false);
+    for line in playlist.lines() {
+        match line {
+            "#EXT-X-GAP" => gap = true,
+            "#EXT-X-DISCONTINUITY" => disc = true,
+            l if !l.starts_with('#') && l.ends_with(".m4s") => {
+                out.push((first + out.len() as u64, gap, disc));
+                (gap, disc) = (false, false);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The last segment before the discontinuity, the gap segments after it, and the first real
+/// segment after them.
+fn across_discontinuity(playlist: &str) -> Option<(u64, u64, u64)> {
+    let segs = numbered(playlist);
+    let at = segs.iter().position(|s| s.2)?;
+    let old = segs.get(at.checked_sub(1)?)?.0;
+    let gaps = segs[at..].iter().take_while(|s| s.1).count() as u64;
+    let new = segs.get(at + gaps as usize)?.0;
+    Some((old, gaps, new))
+}
+
+/// Whether a gap segment comes before the discontinuity.
+fn new_segments_before_discontinuity(playlist: &str) -> bool {
+    let segs = numbered(playlist);
+    let at = segs.iter().position(|s| s.2).unwrap_or(segs.len());
+    segs[..at].iter().any(|s| s.1)
 }
