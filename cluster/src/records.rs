@@ -118,10 +118,12 @@ pub struct HlsSequence {
 pub const MIN_SEGMENT_MS: u64 = 950;
 
 impl HlsSequence {
-    /// Numbers a lapsed owner may have used since its last report: one per
-    /// [`MIN_SEGMENT_MS`] of the lease, and one for the report in flight.
+    /// Numbers a lapsed owner may have used since its last report (one per
+    /// [`MIN_SEGMENT_MS`] of the lease, and one for the report in flight), and one more, so
+    /// that at least one gap segment separates two publications: a player hinted the old
+    /// publication's next segment finds that number a gap of the old publication.
     pub fn slack(lease_ttl: std::time::Duration) -> u64 {
-        (lease_ttl.as_millis() as u64).div_ceil(MIN_SEGMENT_MS) + 1
+        (lease_ttl.as_millis() as u64).div_ceil(MIN_SEGMENT_MS) + 2
     }
 
     /// The numbering of a new publication claimed at `now_ms`, after a previous one the

@@ -15,9 +15,11 @@
 //! few numbers past the last one its previous publication reported, with the next
 //! discontinuity sequence number (`HlsSequence` in the cluster crate). An edge that still
 //! lists the old publication's segments keeps them, fills the numbers between with
-//! `EXT-X-GAP` segments (a playlist's numbers grow by one per segment) and lists the new
+//! `EXT-X-GAP` segments (a playlist's numbers grow by one per segment; the gaps belong to the
+//! old publication, whose next segment players may have been hinted) and lists the new
 //! publication's after an `EXT-X-DISCONTINUITY`; the same holds for segments lost within one
-//! publication (a relay reconnect). Every edge that saw the same old segments gives the same
+//! publication (a relay reconnect). The old publication's open segment ends when the new
+//! one's first segment starts. Every edge that saw the same old segments gives the same
 //! playlist. A publication that does not follow on (numbers too far ahead or behind, another
 //! discontinuity sequence) restarts the playlist.
 //!
@@ -179,6 +181,9 @@ struct State {
     bytes: usize,
     /// Grows with every change of what a playlist would list.
     generation: u64,
+    /// Frames the pull already delivered are coming again (a relay reconnect): ignored until
+    /// the next segment starts.
+    resent: bool,
 }
 
 struct Open {
@@ -273,16 +278,6 @@ impl Packager {
         self.progress.send_modify(|p| p.ended = true);
     }
 
-    /// The relay stopped mid-segment (the origin went away): the open segment ends with what
-    /// it has, so that players are not left waiting for its next part. If the same
-    /// publication comes back, packaging resumes at its next segment.
-    pub fn interrupt(&self) {
-        let mut state = lock(&self.state);
-        if close_open(&mut state) {
-            self.changed(state);
-        }
-    }
-
     /// A frame as the relay delivered it (before any rebasing), of `publication`.
     pub fn push(&self, publication: Publication, frame: &Frame) {
         let mut state = lock(&self.state);
@@ -303,6 +298,7 @@ impl Packager {
             }
             state.generation += 1;
             state.publication = publication;
+            state.resent = false;
             state.tracks = None;
             state.video_config = None;
             state.audio_config = None;
@@ -363,16 +359,23 @@ impl Packager {
 
     /// Closes the open segment and opens `msn` with `first`.
     fn start_segment(&self, state: &mut State, msn: u64, ts: u32, first: &SampleData) -> bool {
-        let closed = close_segment(state, Some(ts));
         let discontinuity = state.publication.discontinuity;
+        if state
+            .segments
+            .back()
+            .is_some_and(|last| msn <= last.msn && last.discontinuity == discontinuity)
+        {
+            // Already had (a relay reconnect resends from a keyframe): its frames are
+            // dropped until the next segment starts.
+            state.resent = true;
+            return false;
+        }
+        state.resent = false;
+        let closed = close_segment(state, Some(ts));
         let pdt_ms = state.publication.started_at_ms + u64::from(ts);
         if let Some(last) = state.segments.back() {
             let (last_msn, last_dsn) = (last.msn, last.discontinuity);
             let last_end = last.pdt_ms + u64::from(last.duration_ms());
-            if msn <= last_msn && last_dsn == discontinuity {
-                // Already had (a relay reconnect resends its start): wait for the next one.
-                return closed;
-            }
             let missing = msn.checked_sub(last_msn + 1).filter(|m| *m <= MAX_GAP);
             match missing {
                 Some(missing) if missing > 0 => {
@@ -380,6 +383,8 @@ impl Packager {
                     let hole = pdt_ms.saturating_sub(last_end) / missing;
                     let each = (hole.min(u64::from(cap)) as u32).max(MIN_GAP_MS);
                     let init = last.init.clone();
+                    // Gaps belong to the publication before: players that hinted its next
+                    // segment find that number in the discontinuity they expect.
                     for (i, n) in (last_msn + 1..msn).enumerate() {
                         state.segments.push_back(Segment {
                             msn: n,
@@ -388,7 +393,7 @@ impl Packager {
                             parts: Vec::new(),
                             complete: true,
                             whole: None,
-                            discontinuity,
+                            discontinuity: last_dsn,
                             gap: Some(each),
                         });
                     }
@@ -456,13 +461,19 @@ impl Packager {
             discontinuity,
             gap: None,
         });
-        // The window: complete segments beyond it, and bytes beyond the cap, go.
-        while state.segments.len() > self.config.window + 1
+        // The window: complete segments beyond it, and bytes beyond the cap, go. Gap segments
+        // hold nothing and do not count; none is left at the front.
+        let mut media = state.segments.iter().filter(|s| s.gap.is_none()).count();
+        while media > self.config.window + 1
             || (state.bytes > MAX_BYTES && state.segments.len() > 1)
+            || state.segments.front().is_some_and(|s| s.gap.is_some())
         {
             let Some(old) = state.segments.pop_front() else {
                 break;
             };
+            if old.gap.is_none() {
+                media -= 1;
+            }
             state.bytes -= old.parts.iter().map(|p| p.bytes.len()).sum::<usize>();
         }
         true
@@ -471,6 +482,9 @@ impl Packager {
     /// Adds a sample to the open segment, cutting a part at the next boundary.
     fn continue_segment(&self, state: &mut State, s: SampleData) -> bool {
         let part_ms = self.config.part_target.as_millis() as u32;
+        if state.resent {
+            return false;
+        }
         let Some(open) = state.open.as_mut() else {
             return false;
         };
@@ -592,8 +606,13 @@ fn max_target_ms(segments: &VecDeque<Segment>) -> u32 {
         .max(1000)
 }
 
-/// Ends the open segment where its frames end (the stream was interrupted); a segment that
-/// got no part at all is dropped. Returns whether anything changed.
+/// Ends the open segment where its frames end (its publication is over); a segment that got
+/// no part at all is dropped. Returns whether anything changed.
+///
+/// Not done when the relay merely breaks: players hold a hint for the open segment's next
+/// part, and hls.js refuses a playlist in which that segment then ends without it and later
+/// numbers appear ("media sequence mismatch"); the segment ends when the next publication
+/// (or the same one, back) starts its next segment.
 fn close_open(state: &mut State) -> bool {
     if !close_segment(state, None) {
         return false;
@@ -1286,9 +1305,9 @@ mod tests {
         assert!(PlaylistRequest::parse("_HLS_msn=x").is_err());
     }
 
-    /// An audio-only publication: AAC configuration, then 23 ms frames from `from_ms` to
-    /// `to_ms`, segments starting at every second numbered from `first`.
-    fn publish(p: &Packager, publication: Publication, first: u64, seconds: u32) {
+    /// An audio-only publication: AAC configuration, then `seconds` of 23 ms frames from
+    /// media time `from_s`, segments starting at every second numbered from `first`.
+    fn publish_from(p: &Packager, publication: Publication, first: u64, from_s: u32, seconds: u32) {
         use corriente_media::frame::FrameKind;
         let config = Frame::new(
             FrameKind::Audio,
@@ -1297,10 +1316,10 @@ mod tests {
             0,
         );
         p.push(publication, &config);
-        let mut next_cut = 0;
+        let mut next_cut = from_s * 1000;
         let mut msn = first;
         for i in 0..(seconds * 1000 / 23) {
-            let ts = i * 23;
+            let ts = from_s * 1000 + i * 23;
             let mut f = Frame::new(
                 FrameKind::Audio,
                 ts,
@@ -1314,6 +1333,10 @@ mod tests {
             }
             p.push(publication, &f);
         }
+    }
+
+    fn publish(p: &Packager, publication: Publication, first: u64, seconds: u32) {
+        publish_from(p, publication, first, 0, seconds);
     }
 
     fn render(p: &Packager) -> String {
@@ -1334,15 +1357,9 @@ mod tests {
             discontinuity: 3,
         };
         publish(&p, a, 100, 4);
-        // The relay goes away mid-segment: the open segment ends with what it had.
-        p.interrupt();
-        let before = render(&p);
-        assert!(before.contains("#EXTINF:1.0"), "{before}");
-        assert!(
-            before.contains("\n103.m4s"),
-            "the interrupted segment closes: {before}"
-        );
-        assert!(!before.contains("PRELOAD-HINT"), "{before}");
+        // The relay goes away mid-segment; the open segment stays open (hls.js holds a hint
+        // for its next part) until the next publication's first frames close it.
+        assert!(render(&p).contains("PRELOAD-HINT:TYPE=PART,URI=\"103."));
         // The next publication, numbered a few past the last report, one discontinuity on.
         let b = Publication {
             epoch: 9,
@@ -1355,13 +1372,13 @@ mod tests {
         assert!(text.contains("#EXT-X-DISCONTINUITY-SEQUENCE:3\n"), "{text}");
         let lines: Vec<&str> = text.lines().collect();
         let uri = |name: &str| lines.iter().position(|l| *l == name).unwrap();
-        // 104 and 105 were never made: gaps, after the discontinuity, before 106.
+        // 104 and 105 were never made: gaps, then the discontinuity, then 106.
         let disc = lines
             .iter()
             .position(|l| *l == "#EXT-X-DISCONTINUITY")
             .expect("a discontinuity");
         assert_eq!(text.matches("#EXT-X-DISCONTINUITY\n").count(), 1, "{text}");
-        assert!(uri("103.m4s") < disc && disc < uri("104.m4s"), "{text}");
+        assert!(uri("105.m4s") < disc && disc < uri("106.m4s"), "{text}");
         assert_eq!(text.matches("#EXT-X-GAP").count(), 2, "{text}");
         assert!(lines[uri("104.m4s") - 2] == "#EXT-X-GAP", "{text}");
         assert!(
@@ -1387,6 +1404,34 @@ mod tests {
         if delta.contains("EXT-X-SKIP") {
             assert!(delta.contains("#EXT-X-DISCONTINUITY\n"), "{delta}");
         }
+    }
+
+    #[test]
+    fn frames_resent_by_a_relay_reconnect_are_not_packaged_twice() {
+        let p = Packager::new(HlsConfig::default());
+        p.enable();
+        let a = Publication {
+            epoch: 5,
+            started_at_ms: 1_000_000,
+            discontinuity: 0,
+        };
+        publish(&p, a, 100, 3);
+        let before = render(&p);
+        // The same publication from its start again: nothing changes until a new number.
+        publish(&p, a, 100, 3);
+        assert_eq!(render(&p), before);
+        let whole = p.whole(101).unwrap();
+        publish_from(&p, a, 102, 2, 2);
+        let text = render(&p);
+        assert!(
+            text.contains("\n102.m4s") && text.contains("103.0.m4s"),
+            "{text}"
+        );
+        assert_eq!(p.whole(101).unwrap(), whole);
+        assert!(
+            !text.contains("GAP") && !text.contains("#EXT-X-DISCONTINUITY\n"),
+            "{text}"
+        );
     }
 
     #[test]

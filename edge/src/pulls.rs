@@ -600,7 +600,6 @@ async fn pull(
         match end {
             SessionEnd::Ended(reason) | SessionEnd::Stopped(reason) => return reason,
             SessionEnd::Lost(why) => {
-                entry.hls.interrupt();
                 if session_started.elapsed() < QUICK_LOSS {
                     quick_losses = quick_losses.saturating_add(1);
                 } else {

@@ -6,6 +6,8 @@
 //   stdout  {"result":{...}} on success, {"error":"..."} on failure.
 //   stderr  progress, for humans.
 //
+// With CORRIENTE_HLS_MODE=failover it plays through a failover instead (see `failover`).
+//
 // Environment: CORRIENTE_PLAYER_URL (http://EDGE/live/NAME, live when this starts), and those of
 // lib.mjs: CORRIENTE_ARTIFACTS (directory for screenshots), CHROMIUM (default /usr/bin/chromium).
 //
@@ -29,7 +31,7 @@ const T = { page: 30_000, start: 60_000, state: 30_000 };
 const SAMPLE_MS = 250;
 const SAMPLES = 40;
 
-const { log, launch, shot, openPage: open, screenshotPages, run } = browserScript('hls');
+const { log, launch, shot, openPage: open, screenshotPages, run, need } = browserScript('hls');
 
 /** Before any page script: wraps the `Hls` class the page's hls.min.js defines, so that every
  *  hls.js instance reports its errors and its warnings (through hls.js's `debug` logger hook)
@@ -83,16 +85,22 @@ function sampleWindow({ ms, count, hlsExpr, videoId }) {
   // eslint-disable-next-line no-new-func
   const hlsOf = new Function('return ' + hlsExpr);
   const v = document.getElementById(videoId);
-  /** The playhead's program date-time (Unix ms) from hls.js's parsed playlist: the last
-   *  fragment (complete, or the open one with its parts) starting at or before the playhead. */
-  const playheadPdt = (h, t) => {
-    const details = h.latestLevelDetails || (h.levels[h.currentLevel] && h.levels[h.currentLevel].details);
+  const detailsOf = (h) => h.latestLevelDetails || (h.levels[h.currentLevel] && h.levels[h.currentLevel].details);
+  /** The fragment under the playhead in hls.js's parsed playlist: the last one (complete, or
+   *  the open one with its parts) starting at or before the playhead. */
+  const playheadFrag = (h, t) => {
+    const details = detailsOf(h);
     if (!details) return null;
     const frags = details.fragments.concat(details.fragmentHint ? [details.fragmentHint] : []);
     let found = null;
     for (const f of frags) {
       if (Number.isFinite(f.programDateTime) && f.start <= t + 1e-3) found = f;
     }
+    return found;
+  };
+  /** The playhead's program date-time (Unix ms). */
+  const playheadPdt = (h, t) => {
+    const found = playheadFrag(h, t);
     return found ? found.programDateTime + (t - found.start) * 1000 : null;
   };
   return new Promise((resolve) => {
@@ -120,6 +128,11 @@ function sampleWindow({ ms, count, hlsExpr, videoId }) {
         tech: document.body.dataset.tech || null,
         indicator: document.body.dataset.latency ? Number(document.body.dataset.latency) : null,
         bitrate: document.getElementById('fact-bitrate') ? Number(document.getElementById('fact-bitrate').dataset.bps) || null : null,
+        // The playhead's discontinuity (hls.js's `cc`) and segment number, and the gap
+        // segments of the playlist.
+        cc: h && playheadFrag(h, t) ? playheadFrag(h, t).cc : null,
+        sn: h && playheadFrag(h, t) ? playheadFrag(h, t).sn : null,
+        gaps: h && detailsOf(h) ? detailsOf(h).fragments.filter((f) => f.gap).length : null,
       });
       if (out.length >= count) resolve(out);
       else setTimeout(take, Math.max(0, out[0].at + out.length * ms - Date.now()));
@@ -344,4 +357,59 @@ async function main() {
   emit({ result });
 }
 
-run(main);
+/** hls.js on a bare page through a failover: plays, asks the test to kill the stream's origin
+ *  and republish on another (`{"need":"failover"}`), and samples playback for 20 s after. */
+async function failover() {
+  const browser = await launch();
+  const result = { screenshots: [] };
+  try {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    await context.addInitScript(instrument);
+    const page = await context.newPage();
+    page.on('pageerror', (e) => log(`failover: page error: ${e.message}`));
+    const traffic = watchTraffic(page);
+    await page.setContent(`<!doctype html><html><body style="margin:0;background:#000">
+<video id="v" muted autoplay playsinline style="width:640px;height:480px"></video>
+<script src="${EDGE}/_corriente/hls.min.js"></script>
+<script>
+  const v = document.getElementById('v');
+  window.__hls = new Hls({ lowLatencyMode: true });
+  window.__hls.loadSource(${JSON.stringify(PLAYLIST_URL)});
+  window.__hls.attachMedia(v);
+  v.play().catch(() => {});
+</script></body></html>`, { timeout: T.page, waitUntil: 'load' });
+    await settle(page, 'window.__hls', 'v', T.start);
+    const window_ = { ms: SAMPLE_MS, hlsExpr: 'window.__hls', videoId: 'v' };
+    const before = await page.evaluate(sampleWindow, { ...window_, count: 8 });
+    await need('failover');
+    const after = await page.evaluate(sampleWindow, { ...window_, count: 80 });
+    // The longest time the decoded frame count stood still.
+    let stall = 0;
+    let since = after[0];
+    for (const s of after) {
+      if (s.frames > since.frames) since = s;
+      stall = Math.max(stall, s.at - since.at);
+    }
+    result.failover = {
+      before: summarize(before),
+      after: summarize(after),
+      longestStallSeconds: stall / 1000,
+      ccs: [...new Set(before.concat(after).map((s) => s.cc).filter((c) => c !== null))],
+      maxGaps: Math.max(0, ...after.map((s) => s.gaps || 0)),
+      lastSample: after[after.length - 1],
+      hls: await hlsLog(page),
+      traffic,
+    };
+    log('failover', JSON.stringify({ ...result.failover, hls: undefined, traffic: undefined }));
+    result.screenshots.push(await shot(page, 'hls-failover.png'));
+  } catch (e) {
+    await screenshotPages(browser, 'hls-failover-failure', (page) =>
+      page.evaluate(() => JSON.stringify(window.__hlsLog)));
+    throw e;
+  } finally {
+    await browser.close();
+  }
+  emit({ result });
+}
+
+run(process.env.CORRIENTE_HLS_MODE === 'failover' ? failover : main);

@@ -2,8 +2,9 @@
 // they launch Debian's headless Chromium, log progress, take screenshots, open pages, and
 // report to the Rust test that runs them (tests/src/browser.rs):
 //
-//   stdout  one JSON object per line: {"need":"..."} (pages.mjs only), then {"result":{...}}
-//           on success or {"error":"..."} on failure.
+//   stdout  one JSON object per line: {"need":"..."} (a request to the test, which answers
+//           "ok" on stdin once done), then {"result":{...}} on success or {"error":"..."} on
+//           failure.
 //   stderr  progress, for humans.
 //
 // Environment (every script): CORRIENTE_ARTIFACTS (directory for screenshots), CHROMIUM
@@ -12,6 +13,7 @@
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import path from 'node:path';
+import readline from 'node:readline';
 
 /** `process.env[name]`, else `fallback`; throws when neither is there. */
 export const env = (name, fallback) => {
@@ -29,6 +31,20 @@ export const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 
 /** Milliseconds to seconds, to the millisecond. */
 export const seconds = (ms) => Math.round(ms) / 1000;
+
+// The test's answers on stdin, read from the first question on.
+let answers = null;
+function nextLine() {
+  if (!answers) {
+    const stdin = readline.createInterface({ input: process.stdin });
+    answers = { lines: [], waiters: [], closed: false };
+    stdin.on('line', (line) => (answers.waiters.length ? answers.waiters.shift()(line) : answers.lines.push(line)));
+    stdin.on('close', () => { answers.closed = true; answers.waiters.splice(0).forEach((w) => w(null)); });
+  }
+  if (answers.lines.length) return Promise.resolve(answers.lines.shift());
+  if (answers.closed) return Promise.resolve(null);
+  return new Promise((r) => answers.waiters.push(r));
+}
 
 /** The helpers of one script, logging to stderr under `[tag]`. */
 export function browserScript(tag) {
@@ -102,5 +118,13 @@ export function browserScript(tag) {
     );
   }
 
-  return { log, launch, shot, openPage, screenshotPages, run };
+  /** Asks the Rust test to do `what` and waits until it did. */
+  async function need(what) {
+    emit({ need: what });
+    const line = await nextLine();
+    if (line === null || line.trim() !== 'ok') throw new Error(`the test did not do "${what}": ${line}`);
+    log(`${what}: done`);
+  }
+
+  return { log, launch, shot, openPage, screenshotPages, run, need };
 }

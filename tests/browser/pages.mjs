@@ -11,7 +11,6 @@
 // (http://ADMIN/), and those of lib.mjs: CORRIENTE_ARTIFACTS (directory for screenshots),
 // CHROMIUM (default /usr/bin/chromium).
 
-import readline from 'node:readline';
 import { browserScript, emit, env, seconds } from './lib.mjs';
 
 const PLAYER_URL = env('CORRIENTE_PLAYER_URL');
@@ -22,20 +21,7 @@ const STREAM = new URL(PLAYER_URL).pathname.replace(/^\//, ''); // "live/NAME"
 // Generous: a loaded 2-core machine runs cargo, ffmpeg, corriente and Chromium at once.
 const T = { page: 30_000, state: 30_000, dashboard: 30_000 };
 
-const { log, launch, shot, openPage: open, screenshotPages, run } = browserScript('browser');
-
-// --- Asking the Rust test to act (publish, unpublish) ----------------------------------------
-const stdin = readline.createInterface({ input: process.stdin });
-const replies = [];
-const waiters = [];
-stdin.on('line', (line) => (waiters.length ? waiters.shift()(line) : replies.push(line)));
-stdin.on('close', () => waiters.splice(0).forEach((w) => w(null)));
-async function need(what) {
-  emit({ need: what });
-  const line = replies.length ? replies.shift() : await new Promise((r) => waiters.push(r));
-  if (line === null || line.trim() !== 'ok') throw new Error(`the test did not do "${what}": ${line}`);
-  log(`${what}: done`);
-}
+const { log, launch, shot, openPage: open, screenshotPages, run, need } = browserScript('browser');
 
 // --- Page helpers ----------------------------------------------------------------------------
 /** What the player shows right now: state, progress, decoded frames and distance to live. */

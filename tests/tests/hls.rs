@@ -421,11 +421,11 @@ async fn an_hls_viewer_keeps_playing_through_a_failover() -> Result<()> {
         old + gaps + 1,
         "numbers grow by one per segment:\n{playlist}"
     );
-    // A 3 s lease: at most ceil(3000 / 950) + 1 = 5 numbers skipped, and any the old origin
-    // made after its last report.
-    assert!(gaps <= 8, "{gaps} gap segments:\n{playlist}");
+    // A 3 s lease: ceil(3000 / 950) + 2 = 6 numbers skipped, less any the old origin made
+    // after its last report; one at least.
+    assert!((1..=6).contains(&gaps), "{gaps} gap segments:\n{playlist}");
     assert!(
-        !new_segments_before_discontinuity(&playlist),
+        !gaps_elsewhere(&playlist),
         "gaps only between the publications:\n{playlist}"
     );
     Ok(())
@@ -451,20 +451,20 @@ fn numbered(playlist: &str) -> Vec<(u64, bool, bool)> {
     out
 }
 
-/// The last segment before the discontinuity, the gap segments after it, and the first real
-/// segment after them.
+/// The last real segment before the discontinuity, the gap segments between it and the
+/// discontinuity, and the first segment after.
 fn across_discontinuity(playlist: &str) -> Option<(u64, u64, u64)> {
     let segs = numbered(playlist);
     let at = segs.iter().position(|s| s.2)?;
-    let old = segs.get(at.checked_sub(1)?)?.0;
-    let gaps = segs[at..].iter().take_while(|s| s.1).count() as u64;
-    let new = segs.get(at + gaps as usize)?.0;
-    Some((old, gaps, new))
+    let gaps = segs[..at].iter().rev().take_while(|s| s.1).count();
+    let old = segs.get(at.checked_sub(gaps + 1)?)?.0;
+    Some((old, gaps as u64, segs[at].0))
 }
 
-/// Whether a gap segment comes before the discontinuity.
-fn new_segments_before_discontinuity(playlist: &str) -> bool {
+/// Whether a gap segment is anywhere but right before the discontinuity.
+fn gaps_elsewhere(playlist: &str) -> bool {
     let segs = numbered(playlist);
     let at = segs.iter().position(|s| s.2).unwrap_or(segs.len());
-    segs[..at].iter().any(|s| s.1)
+    let before = segs[..at].iter().rev().take_while(|s| s.1).count();
+    segs.iter().filter(|s| s.1).count() != before
 }

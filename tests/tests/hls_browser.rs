@@ -227,3 +227,84 @@ async fn ll_hls_plays_in_headless_chromium_close_to_live() -> Result<()> {
     drop(publisher);
     Ok(())
 }
+
+/// hls.js through a failover: a cluster over a real Redis, the stream's origin killed and the
+/// streamer republishing to the other one. The playlist continues across an
+/// `EXT-X-DISCONTINUITY` (after `EXT-X-GAP` segments for the numbers nobody made), and hls.js
+/// plays on: no fatal error, frames decoded after the failover, the playhead through both
+/// publications.
+#[tokio::test(flavor = "multi_thread")]
+async fn hls_js_plays_on_through_a_failover() -> Result<()> {
+    require_chromium_and_playwright()?;
+    let cluster = corriente_tests::Cluster::start(1, 2, 1, "3s")?;
+    let media = av_small()?;
+    let mut first = Some(Publisher::start(
+        &media,
+        &cluster.origins[0].ingest_url("f"),
+    )?);
+    cluster.wait_live("f").await?;
+    let player_url = format!("http://{}/live/f", cluster.edges[0].addr("edge-http"));
+    let mut script = Script::start_asking(
+        "hls.mjs",
+        &[
+            ("CORRIENTE_PLAYER_URL", &player_url),
+            ("CORRIENTE_HLS_MODE", "failover"),
+        ],
+    )?;
+    let mut second = None;
+    let result = script
+        .result_answering(async |need: &str| {
+            anyhow::ensure!(need == "failover", "browser script asked for {need:?}");
+            cluster.origins[0].signal("KILL");
+            drop(first.take());
+            second = Some(Publisher::start(
+                &media,
+                &cluster.origins[1].ingest_url("f"),
+            )?);
+            Ok(())
+        })
+        .await?;
+    let failover = &result["failover"];
+    let mut shown = failover.clone();
+    if let Some(f) = shown.as_object_mut() {
+        f.remove("traffic");
+    }
+    eprintln!(
+        "hls.js through a failover: {}",
+        serde_json::to_string_pretty(&shown)?
+    );
+    let fatal = fatal_errors(&failover["hls"]);
+    assert!(fatal.is_empty(), "fatal hls.js errors: {fatal:?}");
+    let (first_frames, last_frames, wall) = frames_over(&failover["after"]);
+    let stall = failover["longestStallSeconds"]
+        .as_f64()
+        .unwrap_or(f64::INFINITY);
+    eprintln!(
+        "hls.js decoded {} frames in the {wall:.1} s after the origin died (longest stall \
+         {stall:.1} s); discontinuities at the playhead {}; gap segments listed at most {}; \
+         failed requests {}",
+        last_frames.saturating_sub(first_frames),
+        failover["ccs"],
+        failover["maxGaps"],
+        failover["traffic"]["failures"]
+    );
+    assert!(
+        last_frames > first_frames + 150,
+        "decoded frames {first_frames} -> {last_frames} in {wall:.1} s after the failover"
+    );
+    assert!(stall < 10.0, "playback stalled {stall:.1} s");
+    assert!(
+        failover["ccs"].as_array().is_some_and(|c| c.len() >= 2),
+        "the playhead crossed the discontinuity: {}",
+        failover["ccs"]
+    );
+    assert_eq!(
+        failover["lastSample"]["paused"], false,
+        "playing at the end: {}",
+        failover["lastSample"]
+    );
+    assert_screenshots(&result)?;
+    script.finish().await?;
+    drop(second);
+    Ok(())
+}
