@@ -192,6 +192,199 @@ pub fn audio_mp3() -> Result<PathBuf> {
     )
 }
 
+/// 6 s of HEVC video: 320x240, 30 fps, 1 s GOP with B-frames, as an FLV of enhanced RTMP
+/// (FourCC `hvc1`, the way OBS and ffmpeg 6.1+ publish HEVC). Debian's ffmpeg 5.1 writes no
+/// HEVC to FLV, so libx265's MP4 is rewrapped here: the `hvcC` record becomes the
+/// SequenceStart, each sample a CodedFrames tag with its composition time.
+pub fn hevc_flv() -> Result<PathBuf> {
+    let dir = work_dir();
+    let path = dir.join("hevc-enhanced.flv");
+    if path.exists() {
+        return Ok(path);
+    }
+    let lock = File::create(dir.join("hevc-enhanced.flv.lock"))?;
+    lock.lock()?;
+    if !path.exists() {
+        let mp4 = dir.join("hevc-enhanced.partial.mp4");
+        let status = std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y"])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=30",
+                "-t",
+                "6",
+            ])
+            .args([
+                "-c:v",
+                "libx265",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+            ])
+            .args([
+                "-x265-params",
+                "keyint=30:min-keyint=30:bframes=2:log-level=error",
+            ])
+            .args(["-tag:v", "hvc1", "-movflags", "+faststart"])
+            .arg(&mp4)
+            .status()
+            .context("run ffmpeg (is it installed? tests/run installs it)")?;
+        if !status.success() {
+            bail!("ffmpeg failed to encode HEVC: {status}");
+        }
+        let flv = enhanced_flv_from_mp4(&std::fs::read(&mp4)?)?;
+        let partial = dir.join("hevc-enhanced.partial.flv");
+        std::fs::write(&partial, flv)?;
+        std::fs::rename(&partial, &path)?;
+    }
+    drop(lock);
+    Ok(path)
+}
+
+/// The body of the first box `kind` among the boxes in `data[range]`.
+fn child(
+    data: &[u8],
+    range: std::ops::Range<usize>,
+    kind: &[u8; 4],
+) -> Option<std::ops::Range<usize>> {
+    let mut at = range.start;
+    while at + 8 <= range.end {
+        let size = u32::from_be_bytes(data[at..at + 4].try_into().ok()?) as usize;
+        if size < 8 || at + size > range.end {
+            return None;
+        }
+        if &data[at + 4..at + 8] == kind {
+            return Some(at + 8..at + size);
+        }
+        at += size;
+    }
+    None
+}
+
+/// The big-endian `u32`s of a full box's table after its version, flags and entry count,
+/// `width` of them per entry.
+fn table(data: &[u8], body: std::ops::Range<usize>, width: usize) -> Vec<Vec<u32>> {
+    let u32_at =
+        |at: usize| u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+    let count = u32_at(body.start + 4) as usize;
+    (0..count)
+        .map(|i| {
+            (0..width)
+                .map(|k| u32_at(body.start + 8 + (i * width + k) * 4))
+                .collect()
+        })
+        .collect()
+}
+
+/// The video track of a (non-fragmented, single-track) MP4 with an `hvcC` record, as
+/// enhanced-RTMP FLV.
+fn enhanced_flv_from_mp4(data: &[u8]) -> Result<Vec<u8>> {
+    let path = |kinds: &[&[u8; 4]]| {
+        kinds
+            .iter()
+            .try_fold(0..data.len(), |range, kind| child(data, range, kind))
+    };
+    let stbl = path(&[b"moov", b"trak", b"mdia", b"minf", b"stbl"]).context("no stbl")?;
+    let mdhd = path(&[b"moov", b"trak", b"mdia", b"mdhd"]).context("no mdhd")?;
+    // Version 0: creation, modification (4 bytes each), then the timescale.
+    let timescale = i64::from(u32::from_be_bytes(
+        data[mdhd.start + 12..mdhd.start + 16].try_into()?,
+    ))
+    .max(1);
+    let box_in = |kind: &[u8; 4]| child(data, stbl.clone(), kind);
+    // The hvcC box's body, as it is in the file.
+    let at = data
+        .windows(4)
+        .position(|w| w == b"hvcC")
+        .context("no hvcC box")?;
+    let size = u32::from_be_bytes(data[at - 4..at].try_into()?) as usize;
+    let record = &data[at + 4..at - 4 + size];
+    let stsz = box_in(b"stsz").context("no stsz")?;
+    let fixed = u32::from_be_bytes(data[stsz.start + 4..stsz.start + 8].try_into()?);
+    let count = u32::from_be_bytes(data[stsz.start + 8..stsz.start + 12].try_into()?) as usize;
+    let sizes: Vec<u32> = if fixed != 0 {
+        vec![fixed; count]
+    } else {
+        (0..count)
+            .map(|i| {
+                let at = stsz.start + 12 + i * 4;
+                u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
+            })
+            .collect()
+    };
+    let chunks: Vec<u64> = table(data, box_in(b"stco").context("no stco")?, 1)
+        .iter()
+        .map(|e| u64::from(e[0]))
+        .collect();
+    let stsc = table(data, box_in(b"stsc").context("no stsc")?, 3);
+    let mut offsets = Vec::with_capacity(sizes.len());
+    for (i, &chunk) in chunks.iter().enumerate() {
+        let number = i as u32 + 1;
+        let per = stsc
+            .iter()
+            .rev()
+            .find(|e| e[0] <= number)
+            .map_or(0, |e| e[1]);
+        let mut off = chunk;
+        for _ in 0..per {
+            let Some(size) = sizes.get(offsets.len()) else {
+                break;
+            };
+            offsets.push(off);
+            off += u64::from(*size);
+        }
+    }
+    let mut dts = Vec::with_capacity(sizes.len());
+    let mut t = 0i64;
+    for e in table(data, box_in(b"stts").context("no stts")?, 2) {
+        for _ in 0..e[0] {
+            dts.push(t);
+            t += i64::from(e[1]);
+        }
+    }
+    let mut cts = vec![0i64; sizes.len()];
+    if let Some(ctts) = box_in(b"ctts") {
+        let mut i = 0;
+        for e in table(data, ctts, 2) {
+            for _ in 0..e[0] {
+                if let Some(c) = cts.get_mut(i) {
+                    // Version 1 offsets are signed.
+                    *c = i64::from(e[1] as i32);
+                }
+                i += 1;
+            }
+        }
+    }
+    let sync: Option<Vec<u32>> =
+        box_in(b"stss").map(|b| table(data, b, 1).into_iter().map(|e| e[0]).collect());
+    let mut out = bytes::BytesMut::new();
+    out.extend_from_slice(&corriente_media::flv::file_header(false, true));
+    // SequenceStart (packet type 0), keyframe.
+    let mut body = vec![0x80 | (1 << 4)];
+    body.extend_from_slice(b"hvc1");
+    body.extend_from_slice(record);
+    corriente_media::flv::write_tag(&mut out, 9, 0, &body);
+    for i in 0..sizes.len().min(offsets.len()).min(dts.len()) {
+        let key = sync.as_ref().is_none_or(|s| s.contains(&(i as u32 + 1)));
+        let ms = |v: i64| v * 1000 / timescale;
+        let frame_type: u8 = if key { 1 } else { 2 };
+        // CodedFrames (packet type 1): SI24 composition time, then the length-prefixed NALUs.
+        let mut body = vec![0x80 | (frame_type << 4) | 1];
+        body.extend_from_slice(b"hvc1");
+        body.extend_from_slice(&(ms(cts[i]) as i32).to_be_bytes()[1..]);
+        let start = offsets[i] as usize;
+        body.extend_from_slice(
+            data.get(start..start + sizes[i] as usize)
+                .context("a sample past the file")?,
+        );
+        corriente_media::flv::write_tag(&mut out, 9, ms(dts[i]) as u32, &body);
+    }
+    Ok(out.to_vec())
+}
+
 /// 10 s of H.264 video only: 640x360, 30 fps, 1 s GOP.
 pub fn video_only() -> Result<PathBuf> {
     encode_once(
