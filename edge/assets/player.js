@@ -85,7 +85,7 @@
   const app = parts[0] || '';
   const name = parts.slice(1).join('/') || '';
   /** The page's own parameters: they say what the page does and never reach the edge. */
-  const OWN_PARAMS = ['vod', 'tech'];
+  const OWN_PARAMS = ['vod', 'tech', 'session'];
   /** The page's query without its own parameters, other pairs byte for byte (a token passes
    *  through as it came). */
   const withoutOwn = (search) => {
@@ -104,7 +104,11 @@
   const vodParam = (search) => param(search, 'vod');
   const query = withoutOwn(location.search);
   const flvUrl = location.origin + path + '.flv' + query;
-  const hlsUrl = location.origin + path + '.m3u8' + query;
+  // A session of its own for the playlist, so that the edge counts two tabs as two HLS viewers
+  // (the edge keeps it off media URIs, which caches share).
+  const session = Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, '0')).join('');
+  const hlsShareUrl = location.origin + path + '.m3u8' + query;
+  const hlsUrl = hlsShareUrl + (query ? '&' : '?') + 'session=' + session;
   const pageUrl = location.origin + path + query;
 
   // --- Which technology plays the live stream -------------------------------------------
@@ -1018,7 +1022,7 @@
     '<iframe src="' + attr(pageUrl) + '" width="640" height="360" style="border:0;max-width:100%" ' +
     'allow="autoplay; fullscreen; picture-in-picture" allowfullscreen title="' + attr(app + '/' + name) + ' live"></iframe>';
   $('flv-url').value = flvUrl;
-  $('hls-url').value = hlsUrl;
+  $('hls-url').value = hlsShareUrl;
 
   document.querySelectorAll('[data-copy]').forEach((button) => {
     button.addEventListener('click', async () => {

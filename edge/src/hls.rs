@@ -968,12 +968,14 @@ async fn wait_until(
     }
 }
 
-/// The playlist's query minus the blocking-request parameters: what segment URIs carry (a
-/// playback token).
+/// The playlist's query minus the blocking-request parameters and the viewer's session: what
+/// segment URIs carry (a playback token), the same for every viewer with the same token.
 fn passthrough(query: &str) -> String {
     query
         .split('&')
-        .filter(|p| !p.is_empty() && !p.starts_with("_HLS_"))
+        .filter(|p| {
+            !p.is_empty() && !p.starts_with("_HLS_") && p.split('=').next() != Some(SESSION_PARAM)
+        })
         .collect::<Vec<_>>()
         .join("&")
 }
@@ -1034,7 +1036,8 @@ pub(crate) async fn serve_playlist(
         Ok(lease) => lease,
         Err(response) => return response,
     };
-    ctx.hls_sessions.seen(client.peer, client.user_agent, &key);
+    ctx.hls_sessions
+        .seen(client.peer, client.user_agent, &key, query);
     let packager = lease.hls();
     let config = packager.config();
     if let Some(msn) = request.msn {
@@ -1189,15 +1192,26 @@ pub(crate) async fn serve_media(
     response
 }
 
-/// HLS viewers: a viewer makes many requests, and is counted once — a session is its address,
-/// its `User-Agent` and the stream, alive while it keeps asking (within [`SESSION_IDLE`]).
-/// `corriente_viewers{protocol="hls"}` counts sessions; time to first frame runs from a
-/// session's first playlist request to its first part or segment.
+/// HLS viewers: a viewer makes many requests, and is counted once. A session is the viewer's
+/// address, `User-Agent` and stream, and the `session` query parameter of its playlist URL
+/// when it has one (the player page adds a random one, so that two tabs of one browser are two
+/// viewers; it is kept off media URIs, which caches share); alive while it keeps asking
+/// (within [`SESSION_IDLE`]). `corriente_viewers{protocol="hls"}` counts sessions; time to
+/// first frame runs from a session's first playlist request to its first part or segment
+/// (media requests carry no session: each one counts for the oldest session of its address,
+/// agent and stream still waiting for media).
 pub(crate) struct Sessions {
-    map: std::sync::Mutex<std::collections::HashMap<(std::net::IpAddr, u64, StreamKey), Session>>,
+    map: std::sync::Mutex<std::collections::HashMap<SessionGroup, Vec<Session>>>,
+    /// Sessions in the map.
+    count: std::sync::atomic::AtomicUsize,
 }
 
+/// Sessions that media requests cannot tell apart: an address, a `User-Agent` digest, a stream.
+type SessionGroup = (std::net::IpAddr, u64, StreamKey);
+
 struct Session {
+    /// Digest of the playlist URL's `session` parameter (0: none).
+    id: u64,
     first: tokio::time::Instant,
     last: tokio::time::Instant,
     media_served: bool,
@@ -1209,48 +1223,61 @@ pub const SESSION_IDLE: Duration = Duration::from_secs(15);
 /// Most sessions tracked per edge (an address flooding with user agents cannot grow it past).
 const MAX_SESSIONS: usize = 100_000;
 
+/// Most sessions of one address, agent and stream (tabs of one browser).
+const MAX_GROUP: usize = 64;
+
+/// The playlist query parameter naming a viewer's session.
+pub const SESSION_PARAM: &str = "session";
+
+/// The digest of a query's `session` parameter (0 without one).
+fn session_id(query: &str) -> u64 {
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix(SESSION_PARAM)?.strip_prefix('='))
+        .filter(|v| !v.is_empty())
+        .map_or(0, |v| fnv1a_parts(&[v.as_bytes()]).max(1))
+}
+
 impl Sessions {
     pub fn new() -> Self {
         Self {
             map: std::sync::Mutex::new(std::collections::HashMap::new()),
+            count: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
-    fn lock(
-        &self,
-    ) -> MutexGuard<'_, std::collections::HashMap<(std::net::IpAddr, u64, StreamKey), Session>>
-    {
+    fn lock(&self) -> MutexGuard<'_, std::collections::HashMap<SessionGroup, Vec<Session>>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn id(
-        peer: std::net::IpAddr,
-        user_agent: &str,
-        key: &StreamKey,
-    ) -> (std::net::IpAddr, u64, StreamKey) {
+    fn group(peer: std::net::IpAddr, user_agent: &str, key: &StreamKey) -> SessionGroup {
         (peer, fnv1a_parts(&[user_agent.as_bytes()]), key.clone())
     }
 
-    /// A playlist request.
-    pub fn seen(&self, peer: std::net::IpAddr, user_agent: &str, key: &StreamKey) {
+    /// A playlist request with `query`.
+    pub fn seen(&self, peer: std::net::IpAddr, user_agent: &str, key: &StreamKey, query: &str) {
         let now = tokio::time::Instant::now();
+        let id = session_id(query);
         let mut map = self.lock();
-        let id = Self::id(peer, user_agent, key);
-        if let Some(s) = map.get_mut(&id) {
-            s.last = now;
-            return;
+        let total = self.count.load(std::sync::atomic::Ordering::Relaxed);
+        let group = Self::group(peer, user_agent, key);
+        if let Some(sessions) = map.get_mut(&group) {
+            if let Some(s) = sessions.iter_mut().find(|s| s.id == id) {
+                s.last = now;
+                return;
+            }
+            if sessions.len() >= MAX_GROUP || total >= MAX_SESSIONS {
+                return;
+            }
+            sessions.push(Session::new(id, now));
+        } else {
+            if total >= MAX_SESSIONS {
+                return;
+            }
+            map.insert(group, vec![Session::new(id, now)]);
         }
-        if map.len() >= MAX_SESSIONS {
-            return;
-        }
-        map.insert(
-            id,
-            Session {
-                first: now,
-                last: now,
-                media_served: false,
-            },
-        );
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         corriente_media::metrics::VIEWERS
             .with_label_values(&["hls"])
             .inc();
@@ -1260,23 +1287,28 @@ impl Sessions {
     pub fn served_media(&self, peer: std::net::IpAddr, user_agent: &str, key: &StreamKey) {
         let now = tokio::time::Instant::now();
         let mut map = self.lock();
-        if let Some(s) = map.get_mut(&Self::id(peer, user_agent, key)) {
+        let Some(sessions) = map.get_mut(&Self::group(peer, user_agent, key)) else {
+            return;
+        };
+        for s in sessions.iter_mut() {
             s.last = now;
-            if !s.media_served {
-                s.media_served = true;
-                corriente_media::metrics::time_to_first_frame(
-                    corriente_media::metrics::Protocol::Hls,
-                )
+        }
+        if let Some(s) = sessions
+            .iter_mut()
+            .filter(|s| !s.media_served)
+            .min_by_key(|s| s.first)
+        {
+            s.media_served = true;
+            corriente_media::metrics::time_to_first_frame(corriente_media::metrics::Protocol::Hls)
                 .observe((now - s.first).as_secs_f64());
-            }
         }
     }
 
     /// HLS viewers per stream.
     pub fn per_stream(&self) -> std::collections::HashMap<StreamKey, u32> {
         let mut out = std::collections::HashMap::new();
-        for (_, _, key) in self.lock().keys() {
-            *out.entry(key.clone()).or_insert(0) += 1;
+        for ((_, _, key), sessions) in self.lock().iter() {
+            *out.entry(key.clone()).or_insert(0) += sessions.len() as u32;
         }
         out
     }
@@ -1285,11 +1317,29 @@ impl Sessions {
     pub fn sweep(&self) {
         let now = tokio::time::Instant::now();
         let mut map = self.lock();
-        let before = map.len();
-        map.retain(|_, s| now - s.last < SESSION_IDLE);
+        let mut ended = 0;
+        map.retain(|_, sessions| {
+            let before = sessions.len();
+            sessions.retain(|s| now - s.last < SESSION_IDLE);
+            ended += before - sessions.len();
+            !sessions.is_empty()
+        });
+        self.count
+            .fetch_sub(ended, std::sync::atomic::Ordering::Relaxed);
         corriente_media::metrics::VIEWERS
             .with_label_values(&["hls"])
-            .sub((before - map.len()) as i64);
+            .sub(ended as i64);
+    }
+}
+
+impl Session {
+    fn new(id: u64, now: tokio::time::Instant) -> Self {
+        Self {
+            id,
+            first: now,
+            last: now,
+            media_served: false,
+        }
     }
 }
 
@@ -1471,6 +1521,38 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("#EXT-X-DISCONTINUITY-SEQUENCE:1\n"), "{text}");
+    }
+
+    #[test]
+    fn sessions_count_tabs_apart_and_media_urls_never_carry_them() {
+        assert_eq!(passthrough("token=t&session=ab12&_HLS_msn=3"), "token=t");
+        assert_eq!(session_id("token=t"), 0);
+        assert_ne!(session_id("session=ab12"), session_id("session=cd34"));
+        let sessions = Sessions::new();
+        let key = StreamKey::new("live", "a").unwrap();
+        let ip: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+        // Two tabs of one browser (one address, one agent), each reloading its playlist.
+        for _ in 0..3 {
+            sessions.seen(ip, "Chrome", &key, "session=ab12&_HLS_msn=1");
+            sessions.seen(ip, "Chrome", &key, "session=cd34&_HLS_msn=1");
+        }
+        // A player without a session parameter counts once however often it asks.
+        for _ in 0..3 {
+            sessions.seen(ip, "VLC", &key, "");
+        }
+        assert_eq!(sessions.per_stream().get(&key), Some(&3));
+        let group = sessions.lock();
+        let tabs = &group[&Sessions::group(ip, "Chrome", &key)];
+        assert!(tabs.iter().all(|s| !s.media_served));
+        drop(group);
+        // Media requests carry no session: each serves the oldest session still waiting.
+        sessions.served_media(ip, "Chrome", &key);
+        let group = sessions.lock();
+        let tabs = &group[&Sessions::group(ip, "Chrome", &key)];
+        assert_eq!(
+            tabs.iter().map(|s| s.media_served).collect::<Vec<_>>(),
+            [true, false]
+        );
     }
 
     #[test]

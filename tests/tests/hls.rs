@@ -392,6 +392,35 @@ async fn hevc_from_enhanced_rtmp_plays_over_hls() -> Result<()> {
         "{} of 120 frames",
         decoded.video_frames
     );
+
+    // Viewers are sessions, not requests: ffprobe and ffmpeg (one address, one agent) made
+    // dozens of requests and are one viewer; this test's own requests (another agent) are one
+    // more, and two more that name sessions (two tabs of the player page) two more.
+    for session in ["tab-a", "tab-b"] {
+        let r = get(
+            node.addr("edge-http"),
+            &format!("/live/hevc.m3u8?session={session}"),
+        )
+        .await?;
+        assert_eq!(r.status, 200);
+    }
+    let m = node.metrics().await?;
+    assert_eq!(
+        m.value("corriente_viewers", &[("protocol", "hls")]),
+        Some(4.0),
+        "HLS viewers"
+    );
+    let ttff = m
+        .value(
+            "corriente_time_to_first_frame_seconds_count",
+            &[("protocol", "hls")],
+        )
+        .unwrap_or(0.0);
+    // Only ffmpeg's session fetched parts or segments (this test's fetched an init segment).
+    assert_eq!(
+        ttff, 1.0,
+        "time to first frame measured for {ttff} sessions"
+    );
     drop(publisher);
     Ok(())
 }
