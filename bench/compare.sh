@@ -35,21 +35,7 @@ bench_setup "nginx ffmpeg" /usr/lib/nginx/modules/ngx_rtmp_module.so=libnginx-mo
 RESULTS="$OUT/results.jsonl"
 : > "$RESULTS"
 
-start_nginx() {
-  mkdir -p "$OUT/nginx/logs"
-  cat > "$OUT/nginx/nginx.conf" <<EOF
-load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-error_log logs/error.log warn;
-pid logs/nginx.pid;
-events { worker_connections 10000; }
-rtmp { server { listen 127.0.0.1:22935; chunk_size 4096; application live { live on; } } }
-EOF
-  nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
-  wait_port 22935
-  NGINX_PID=$(pgrep -P "${pids[-1]}" -f "nginx: worker" | head -1)
-}
+start_nginx() { start_nginx_rtmp 22935; }
 
 start_floor() { # $1: window
   $BIN/corriente-bench floor --listen 127.0.0.1:23080 --file "$MEDIA" --window "$1" 2>"$OUT/floor.log" & pids+=($!); FLOOR_PID=$!

@@ -27,13 +27,11 @@ if [ ! -f "$MEDIA" ]; then
     -c:a aac -b:a 128k -f flv "$MEDIA"
 fi
 
-pids=()
+# wait_port, LIMITS and start_nginx_rtmp from lib.sh; this script's own start_corriente (two
+# builds side by side, ports of its own) and a cleanup that also waits for the processes.
+. bench/lib.sh
 cleanup() { local pid; for pid in "${pids[@]:-}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]:-}"; do wait "$pid" 2>/dev/null || true; done; pids=(); }
-trap cleanup EXIT
-wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; return 1; }
-
-LIMITS=(--max-connections-per-ip 0)
 start_corriente() { # $1: directory of the binary, $2: extra origin arguments, comma-separated
   local extra=(); [ -z "${2:-}" ] || IFS=, read -r -a extra <<<"$2"
   "$1/corriente" control-plane --grpc 127.0.0.1:26051 --admin 127.0.0.1:26090 --log-format json 2>"$OUT/control.log" & pids+=($!)
@@ -48,19 +46,8 @@ start_corriente() { # $1: directory of the binary, $2: extra origin arguments, c
 }
 
 start_nginx() {
-  mkdir -p "$OUT/nginx/logs"
-  cat > "$OUT/nginx/nginx.conf" <<EOC
-load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-error_log logs/error.log warn;
-pid logs/nginx.pid;
-events { worker_connections 10000; }
-rtmp { server { listen 127.0.0.1:27935; chunk_size 4096; application live { live on; } } }
-EOC
-  nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
-  wait_port 27935
-  SERVER_PID=$(pgrep -P "${pids[-1]}" -f "nginx: worker" | head -1)
+  start_nginx_rtmp 27935
+  SERVER_PID=$NGINX_PID
   URL=rtmp://127.0.0.1:27935/live
 }
 

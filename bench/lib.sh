@@ -3,6 +3,7 @@
 #
 #   bench_setup "Debian packages to have" "files that must exist=package ..."
 #   start_corriente [edge arguments ...]    # control plane, origin and edge; sets ORIGIN_PID, EDGE_PID
+#   start_nginx_rtmp PORT                   # nginx-rtmp, one worker; sets NGINX_PID (the worker)
 #   wait_port PORT
 #   cleanup                                 # stops everything started (also on exit)
 
@@ -57,4 +58,22 @@ start_corriente() {
     --control http://127.0.0.1:21051 "$@" "${LIMITS[@]}" --play-rate-per-ip 0 --log-format json 2>"$OUT/edge.log" & pids+=($!); EDGE_PID=$!
   wait_port 21935; wait_port 21936; wait_port 21080
   sleep 1
+}
+
+# nginx-rtmp from Debian with one worker on 127.0.0.1:$1, application `live`; NGINX_PID is the
+# worker's pid (the process that serves).
+start_nginx_rtmp() {
+  mkdir -p "$OUT/nginx/logs"
+  cat > "$OUT/nginx/nginx.conf" <<EOF
+load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+error_log logs/error.log warn;
+pid logs/nginx.pid;
+events { worker_connections 10000; }
+rtmp { server { listen 127.0.0.1:$1; chunk_size 4096; application live { live on; } } }
+EOF
+  nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
+  wait_port "$1"
+  NGINX_PID=$(pgrep -P "${pids[-1]}" -f "nginx: worker" | head -1)
 }
