@@ -24,6 +24,7 @@ WARMUP=2s
 . bench/lib.sh
 bench_setup "nginx ffmpeg strace perf" /usr/lib/nginx/modules/ngx_rtmp_module.so=libnginx-mod-rtmp
 PROF="$OUT/profile"
+SYSCALLS=syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_write,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_futex
 mkdir -p "$PROF"
 
 start_nginx() { start_nginx_rtmp 22935; }
@@ -33,19 +34,23 @@ profile() {
   local label=$1 pid=$2; shift 2
   echo "== $label (pid $pid)" >&2
   $BIN/corriente-bench run --label "$label" --file "$MEDIA" --ramp "$RAMP" --warmup "$WARMUP" \
-    --duration "$((SAMPLE * 2 + 6))s" --quiet "$@" >/dev/null & local bench=$!
+    --duration "$((SAMPLE * 3 + 8))s" --quiet "$@" >/dev/null & local bench=$!
   sleep 7
-  timeout -s INT "$SAMPLE" strace -c -f -p "$pid" -o "$PROF/strace-$label.txt" 2>/dev/null || true
-  sleep 1
+  # System calls counted by the kernel's tracepoints (nothing slows down), then sampled, then
+  # strace (which slows the server down: last, and its times are not the server's).
+  perf stat -x, -e "$SYSCALLS" -p "$pid" -o "$PROF/syscalls-$label.csv" -- sleep "$SAMPLE" >/dev/null 2>&1 || true
   perf record -q -F 499 -g -p "$pid" -o "$PROF/perf-$label.data" -- sleep "$SAMPLE" >/dev/null 2>&1 || true
+  timeout -s INT "$SAMPLE" strace -c -f -p "$pid" -o "$PROF/strace-$label.txt" 2>/dev/null || true
   wait "$bench" || true
   perf report -q -i "$PROF/perf-$label.data" --stdio --no-children --sort symbol --percent-limit 1.5 -g none \
     > "$PROF/perf-$label.txt" 2>/dev/null || true
   rm -f "$PROF/perf-$label.data"
   cleanup
   sleep 1
-  echo "-- $label: system calls in ${SAMPLE} s (strace -c)"
-  head -n 14 "$PROF/strace-$label.txt"
+  echo "-- $label: system calls per second (perf stat, untraced)"
+  awk -F, -v s="$SAMPLE" '$1 ~ /^[0-9]+$/ && $1 > 0 { sub("syscalls:sys_enter_", "", $3); printf "  %-12s %10.0f/s\n", $3, $1 / s }' "$PROF/syscalls-$label.csv"
+  echo "-- $label: system calls while traced (strace -c; tracing slows the server)"
+  head -n 12 "$PROF/strace-$label.txt"
   echo "-- $label: where the CPU goes (perf, symbols over 1.5%)"
   head -n 25 "$PROF/perf-$label.txt"
 }
