@@ -1385,6 +1385,14 @@ mod tests {
         }
     }
 
+    fn publication(epoch: u64, started_at_ms: u64, discontinuity: u64) -> Publication {
+        Publication {
+            epoch,
+            started_at_ms,
+            discontinuity,
+        }
+    }
+
     fn publish(p: &Packager, publication: Publication, first: u64, seconds: u32) {
         publish_from(p, publication, first, 0, seconds);
     }
@@ -1401,21 +1409,13 @@ mod tests {
             ..HlsConfig::default()
         });
         p.enable();
-        let a = Publication {
-            epoch: 5,
-            started_at_ms: 1_000_000,
-            discontinuity: 3,
-        };
+        let a = publication(5, 1_000_000, 3);
         publish(&p, a, 100, 4);
         // The relay goes away mid-segment; the open segment stays open (hls.js holds a hint
         // for its next part) until the next publication's first frames close it.
         assert!(render(&p).contains("PRELOAD-HINT:TYPE=PART,URI=\"103."));
         // The next publication, numbered a few past the last report, one discontinuity on.
-        let b = Publication {
-            epoch: 9,
-            started_at_ms: 1_010_000,
-            discontinuity: 4,
-        };
+        let b = publication(9, 1_010_000, 4);
         publish(&p, b, 106, 3);
         let text = render(&p);
         assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:100\n"), "{text}");
@@ -1460,11 +1460,7 @@ mod tests {
     fn frames_resent_by_a_relay_reconnect_are_not_packaged_twice() {
         let p = Packager::new(HlsConfig::default());
         p.enable();
-        let a = Publication {
-            epoch: 5,
-            started_at_ms: 1_000_000,
-            discontinuity: 0,
-        };
+        let a = publication(5, 1_000_000, 0);
         publish(&p, a, 100, 3);
         let before = render(&p);
         // The same publication from its start again: nothing changes until a new number.
@@ -1488,29 +1484,17 @@ mod tests {
     fn a_publication_that_does_not_follow_on_restarts_the_playlist() {
         let p = Packager::new(HlsConfig::default());
         p.enable();
-        let a = Publication {
-            epoch: 5,
-            started_at_ms: 1_000_000,
-            discontinuity: 0,
-        };
+        let a = publication(5, 1_000_000, 0);
         publish(&p, a, 100, 3);
         // A fresh numbering (the registry forgot the name): another discontinuity sequence.
-        let b = Publication {
-            epoch: 9,
-            started_at_ms: 2_000_000,
-            discontinuity: 0,
-        };
+        let b = publication(9, 2_000_000, 0);
         publish(&p, b, 20_000, 3);
         let text = render(&p);
         assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:20000\n"), "{text}");
         assert!(!text.contains("100.m4s") && !text.contains("GAP"), "{text}");
         assert!(!text.contains("#EXT-X-DISCONTINUITY\n"), "{text}");
         // Numbers too far ahead also restart, even one discontinuity on.
-        let c = Publication {
-            epoch: 11,
-            started_at_ms: 3_000_000,
-            discontinuity: 1,
-        };
+        let c = publication(11, 3_000_000, 1);
         publish(&p, c, 20_000 + MAX_GAP + 10, 2);
         let text = render(&p);
         assert!(

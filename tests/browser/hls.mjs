@@ -206,6 +206,25 @@ async function openPage(context, url, label) {
   return [page, traffic];
 }
 
+/** A page of `context` of no origin of the edge's, where hls.js alone (`window.__hls`, low
+ *  latency) plays the raw playlist URL into `<video id="v">`; and what it asks the edge for. */
+async function openBare(context, label) {
+  const page = await context.newPage();
+  page.on('pageerror', (e) => log(`${label}: page error: ${e.message}`));
+  const traffic = watchTraffic(page);
+  await page.setContent(`<!doctype html><html><body style="margin:0;background:#000">
+<video id="v" muted autoplay playsinline style="width:640px;height:480px"></video>
+<script src="${EDGE}/_corriente/hls.min.js"></script>
+<script>
+  const v = document.getElementById('v');
+  window.__hls = new Hls({ lowLatencyMode: true });
+  window.__hls.loadSource(${JSON.stringify(PLAYLIST_URL)});
+  window.__hls.attachMedia(v);
+  v.play().catch(() => {});
+</script></body></html>`, { timeout: T.page, waitUntil: 'load' });
+  return [page, traffic];
+}
+
 const hlsLog = (page) => page.evaluate(() => JSON.parse(JSON.stringify(window.__hlsLog)));
 
 /** Waits for steady playback: playing, a few seconds in, hls.js's latency known. */
@@ -284,19 +303,7 @@ async function main() {
 
     // 3. hls.js alone, on a page of another origin, playing the raw playlist URL.
     {
-      const page = await desktop.newPage();
-      page.on('pageerror', (e) => log(`bare: page error: ${e.message}`));
-      const traffic = watchTraffic(page);
-      await page.setContent(`<!doctype html><html><body style="margin:0;background:#000">
-<video id="v" muted autoplay playsinline style="width:640px;height:480px"></video>
-<script src="${EDGE}/_corriente/hls.min.js"></script>
-<script>
-  const v = document.getElementById('v');
-  window.__hls = new Hls({ lowLatencyMode: true });
-  window.__hls.loadSource(${JSON.stringify(PLAYLIST_URL)});
-  window.__hls.attachMedia(v);
-  v.play().catch(() => {});
-</script></body></html>`, { timeout: T.page, waitUntil: 'load' });
+      const [page, traffic] = await openBare(desktop, 'bare');
       await settle(page, 'window.__hls', 'v', T.start);
       const samples = await page.evaluate(sampleWindow, { ms: SAMPLE_MS, count: SAMPLES, hlsExpr: 'window.__hls', videoId: 'v' });
       result.bare = {
@@ -365,19 +372,7 @@ async function failover() {
   try {
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     await context.addInitScript(instrument);
-    const page = await context.newPage();
-    page.on('pageerror', (e) => log(`failover: page error: ${e.message}`));
-    const traffic = watchTraffic(page);
-    await page.setContent(`<!doctype html><html><body style="margin:0;background:#000">
-<video id="v" muted autoplay playsinline style="width:640px;height:480px"></video>
-<script src="${EDGE}/_corriente/hls.min.js"></script>
-<script>
-  const v = document.getElementById('v');
-  window.__hls = new Hls({ lowLatencyMode: true });
-  window.__hls.loadSource(${JSON.stringify(PLAYLIST_URL)});
-  window.__hls.attachMedia(v);
-  v.play().catch(() => {});
-</script></body></html>`, { timeout: T.page, waitUntil: 'load' });
+    const [page, traffic] = await openBare(context, 'failover');
     await settle(page, 'window.__hls', 'v', T.start);
     const window_ = { ms: SAMPLE_MS, hlsExpr: 'window.__hls', videoId: 'v' };
     const before = await page.evaluate(sampleWindow, { ...window_, count: 8 });
