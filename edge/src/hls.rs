@@ -1201,9 +1201,14 @@ pub(crate) async fn serve_media(
 /// (media requests carry no session: each one counts for the oldest session of its address,
 /// agent and stream still waiting for media).
 pub(crate) struct Sessions {
-    map: std::sync::Mutex<std::collections::HashMap<SessionGroup, Vec<Session>>>,
-    /// Sessions in the map.
-    count: std::sync::atomic::AtomicUsize,
+    map: std::sync::Mutex<SessionMap>,
+}
+
+#[derive(Default)]
+struct SessionMap {
+    groups: std::collections::HashMap<SessionGroup, Vec<Session>>,
+    /// Sessions in all groups.
+    count: usize,
 }
 
 /// Sessions that media requests cannot tell apart: an address, a `User-Agent` digest, a stream.
@@ -1241,12 +1246,11 @@ fn session_id(query: &str) -> u64 {
 impl Sessions {
     pub fn new() -> Self {
         Self {
-            map: std::sync::Mutex::new(std::collections::HashMap::new()),
-            count: std::sync::atomic::AtomicUsize::new(0),
+            map: std::sync::Mutex::new(SessionMap::default()),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, std::collections::HashMap<SessionGroup, Vec<Session>>> {
+    fn lock(&self) -> MutexGuard<'_, SessionMap> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -1259,25 +1263,24 @@ impl Sessions {
         let now = tokio::time::Instant::now();
         let id = session_id(query);
         let mut map = self.lock();
-        let total = self.count.load(std::sync::atomic::Ordering::Relaxed);
+        let full = map.count >= MAX_SESSIONS;
         let group = Self::group(peer, user_agent, key);
-        if let Some(sessions) = map.get_mut(&group) {
+        if let Some(sessions) = map.groups.get_mut(&group) {
             if let Some(s) = sessions.iter_mut().find(|s| s.id == id) {
                 s.last = now;
                 return;
             }
-            if sessions.len() >= MAX_GROUP || total >= MAX_SESSIONS {
+            if full || sessions.len() >= MAX_GROUP {
                 return;
             }
             sessions.push(Session::new(id, now));
         } else {
-            if total >= MAX_SESSIONS {
+            if full {
                 return;
             }
-            map.insert(group, vec![Session::new(id, now)]);
+            map.groups.insert(group, vec![Session::new(id, now)]);
         }
-        self.count
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        map.count += 1;
         corriente_media::metrics::VIEWERS
             .with_label_values(&["hls"])
             .inc();
@@ -1287,7 +1290,7 @@ impl Sessions {
     pub fn served_media(&self, peer: std::net::IpAddr, user_agent: &str, key: &StreamKey) {
         let now = tokio::time::Instant::now();
         let mut map = self.lock();
-        let Some(sessions) = map.get_mut(&Self::group(peer, user_agent, key)) else {
+        let Some(sessions) = map.groups.get_mut(&Self::group(peer, user_agent, key)) else {
             return;
         };
         for s in sessions.iter_mut() {
@@ -1307,7 +1310,7 @@ impl Sessions {
     /// HLS viewers per stream.
     pub fn per_stream(&self) -> std::collections::HashMap<StreamKey, u32> {
         let mut out = std::collections::HashMap::new();
-        for ((_, _, key), sessions) in self.lock().iter() {
+        for ((_, _, key), sessions) in &self.lock().groups {
             *out.entry(key.clone()).or_insert(0) += sessions.len() as u32;
         }
         out
@@ -1318,14 +1321,13 @@ impl Sessions {
         let now = tokio::time::Instant::now();
         let mut map = self.lock();
         let mut ended = 0;
-        map.retain(|_, sessions| {
+        map.groups.retain(|_, sessions| {
             let before = sessions.len();
             sessions.retain(|s| now - s.last < SESSION_IDLE);
             ended += before - sessions.len();
             !sessions.is_empty()
         });
-        self.count
-            .fetch_sub(ended, std::sync::atomic::Ordering::Relaxed);
+        map.count -= ended;
         corriente_media::metrics::VIEWERS
             .with_label_values(&["hls"])
             .sub(ended as i64);
@@ -1525,14 +1527,14 @@ mod tests {
             sessions.seen(ip, "VLC", &key, "");
         }
         assert_eq!(sessions.per_stream().get(&key), Some(&3));
-        let group = sessions.lock();
-        let tabs = &group[&Sessions::group(ip, "Chrome", &key)];
+        let map = sessions.lock();
+        let tabs = &map.groups[&Sessions::group(ip, "Chrome", &key)];
         assert!(tabs.iter().all(|s| !s.media_served));
-        drop(group);
+        drop(map);
         // Media requests carry no session: each serves the oldest session still waiting.
         sessions.served_media(ip, "Chrome", &key);
-        let group = sessions.lock();
-        let tabs = &group[&Sessions::group(ip, "Chrome", &key)];
+        let map = sessions.lock();
+        let tabs = &map.groups[&Sessions::group(ip, "Chrome", &key)];
         assert_eq!(
             tabs.iter().map(|s| s.media_served).collect::<Vec<_>>(),
             [true, false]

@@ -281,8 +281,8 @@ impl Streams {
         let first_msn = if record.hls.first_msn > 0 {
             record.hls.first_msn
         } else {
-            // A control plane that does not number HLS (an older one): the start time's.
-            started_at_ms / 100
+            // A control plane that does not number HLS (an older one): a fresh numbering.
+            HlsSequence::after(None, started_at_ms, ttl).first_msn
         };
         let marker = SegmentMarker::new(self.hls_segment, first_msn);
         self.lock().insert(

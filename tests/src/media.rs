@@ -3,7 +3,7 @@
 //! ffprobe and ffmpeg check what viewers receive.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,6 +14,24 @@ use crate::work_dir;
 
 /// Encodes `name` with ffmpeg `args` unless it exists; safe when many test processes race.
 fn encode_once(name: &str, args: &[&str]) -> Result<PathBuf> {
+    made_once(name, |partial| {
+        let status = std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y"])
+            .args(args)
+            .args(["-f", "flv"])
+            .arg(partial)
+            .status()
+            .context("run ffmpeg (is it installed? tests/run installs it)")?;
+        if !status.success() {
+            bail!("ffmpeg failed to encode {name}: {status}");
+        }
+        Ok(())
+    })
+}
+
+/// `work_dir()/name`, made once by `make` (given a partial path to write, renamed when done)
+/// under a file lock, so that tests running in parallel make it once between them.
+fn made_once(name: &str, make: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
     let dir = work_dir();
     let path = dir.join(name);
     if path.exists() {
@@ -23,16 +41,7 @@ fn encode_once(name: &str, args: &[&str]) -> Result<PathBuf> {
     lock.lock()?;
     if !path.exists() {
         let partial = dir.join(format!("{name}.partial.flv"));
-        let status = std::process::Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-y"])
-            .args(args)
-            .args(["-f", "flv"])
-            .arg(&partial)
-            .status()
-            .context("run ffmpeg (is it installed? tests/run installs it)")?;
-        if !status.success() {
-            bail!("ffmpeg failed to encode {name}: {status}");
-        }
+        make(&partial)?;
         std::fs::rename(&partial, &path)?;
     }
     drop(lock);
@@ -197,15 +206,8 @@ pub fn audio_mp3() -> Result<PathBuf> {
 /// HEVC to FLV, so libx265's MP4 is rewrapped here: the `hvcC` record becomes the
 /// SequenceStart, each sample a CodedFrames tag with its composition time.
 pub fn hevc_flv() -> Result<PathBuf> {
-    let dir = work_dir();
-    let path = dir.join("hevc-enhanced.flv");
-    if path.exists() {
-        return Ok(path);
-    }
-    let lock = File::create(dir.join("hevc-enhanced.flv.lock"))?;
-    lock.lock()?;
-    if !path.exists() {
-        let mp4 = dir.join("hevc-enhanced.partial.mp4");
+    made_once("hevc-enhanced.flv", |partial| {
+        let mp4 = work_dir().join("hevc-enhanced.partial.mp4");
         let status = std::process::Command::new("ffmpeg")
             .args(["-hide_banner", "-loglevel", "error", "-y"])
             .args([
@@ -235,13 +237,9 @@ pub fn hevc_flv() -> Result<PathBuf> {
         if !status.success() {
             bail!("ffmpeg failed to encode HEVC: {status}");
         }
-        let flv = enhanced_flv_from_mp4(&std::fs::read(&mp4)?)?;
-        let partial = dir.join("hevc-enhanced.partial.flv");
-        std::fs::write(&partial, flv)?;
-        std::fs::rename(&partial, &path)?;
-    }
-    drop(lock);
-    Ok(path)
+        std::fs::write(partial, enhanced_flv_from_mp4(&std::fs::read(&mp4)?)?)?;
+        Ok(())
+    })
 }
 
 /// The body of the first box `kind` among the boxes in `data[range]`.
