@@ -56,7 +56,7 @@ profile() {
 }
 
 for readers in $READERS; do
-  start_corriente --coalesce-window 20ms
+  start_corriente --coalesce-window 10ms
   profile "corriente-ll-$readers" "$EDGE_PID" --readers "$readers" --viewers "$VIEWERS" \
     --publish rtmp://127.0.0.1:21935/live/s --play rtmp://127.0.0.1:21936/live/s
   start_nginx

@@ -608,9 +608,11 @@ fn parse_forwards(s: &str) -> Result<Forwards, String> {
 /// Edge tuning.
 #[derive(Debug, Clone, Args)]
 pub struct EdgeTuning {
-    /// Coalescing grid: frames go to viewers together every period (a frame waits half of it
-    /// on average). The dial between latency and viewers per core: 20ms is low-latency mode,
-    /// 100ms throughput mode, 0 writes every frame at once.
+    /// Coalescing window: the longest a frame waits for others to go to viewers with it. A
+    /// frame is held only while another one is due within it (each track's next frame is
+    /// expected a frame duration after its last), so most go out at once. The dial between
+    /// latency and viewers per core: 10ms is low-latency mode, 100ms throughput mode, 0 writes
+    /// every frame on its own.
     #[arg(long, env = "CORRIENTE_COALESCE_WINDOW", value_name = "DURATION", default_value = shown(Dur(EdgeConfig::default().pull.hub.coalesce_window)), value_parser = parse_duration)]
     pub coalesce_window: Duration,
 

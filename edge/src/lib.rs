@@ -150,7 +150,7 @@ impl Default for EdgeConfig {
             viewer_lag: LagPolicy::default(),
             pull: PullConfig {
                 hub: HubConfig {
-                    coalesce_window: Duration::from_millis(20),
+                    coalesce_window: Duration::from_millis(10),
                     outputs: corriente_media::mux::Outputs::viewers(session.chunk_size),
                     ..HubConfig::default()
                 },

@@ -2,7 +2,8 @@
 //!
 //! A single [`HubWriter`] (the publisher's connection at an origin, the relay pull at an edge)
 //! pushes frames in. The writer muxes each frame once per output format and coalesces frames
-//! into [`Batch`]es over a short window; each batch goes to every subscriber through a bounded
+//! into [`Batch`]es: a frame waits only while another is due before its window closes (see
+//! [`HubConfig::coalesce_window`]); each batch goes to every subscriber through a bounded
 //! broadcast ring as one shared `Arc`, so per subscriber there is one wake-up and one vectored
 //! write per batch, and never a copy of the payload. The hub also keeps what a newcomer needs
 //! to start at once: the configuration frames ([`Init`]) and the group of pictures since the
@@ -36,8 +37,11 @@ use corriente_core::StreamKey;
 /// How a hub batches, muxes and caches.
 #[derive(Debug, Clone, Copy)]
 pub struct HubConfig {
-    /// Frames go out together on a grid of this period (a frame waits half of it on average).
-    /// Zero sends every frame at once. The dial between latency and writes per viewer.
+    /// The longest a frame waits for others to go out with it. A frame is held only while
+    /// another frame of the stream is due before its window closes (each track's next frame is
+    /// expected one frame duration after its last), so most frames go out as soon as nothing
+    /// more can join them, and a batch never waits longer than this. Zero sends every frame at
+    /// once. The dial between latency and writes per viewer.
     pub coalesce_window: Duration,
     /// A pending batch is sent early once it holds this many payload bytes.
     pub coalesce_max_bytes: usize,
@@ -220,7 +224,8 @@ pub fn spawn_hub(key: StreamKey, config: HubConfig) -> (Hub, HubWriter) {
         init: Arc::new(Init::default()),
         pending: Pending::default(),
         deadline: None,
-        grid_origin: Instant::now(),
+        pending_since: Instant::now(),
+        clocks: [TrackClock::default(); 2],
         synced: false,
         has_video: false,
         rate: RateMeter::new(Duration::from_secs(2)),
@@ -376,14 +381,44 @@ impl Pending {
     }
 }
 
+/// When a track's next frame is due: one frame duration after its last one arrived. The
+/// duration is the smaller of the last timestamp step and the last arrival gap, so a burst
+/// (frames arriving faster than their timestamps advance) is expected to go on.
+#[derive(Debug, Clone, Copy, Default)]
+struct TrackClock {
+    last: Option<(u32, Instant)>,
+    period: Option<Duration>,
+}
+
+impl TrackClock {
+    /// Longest frame duration believed: past it (a pause, a timestamp jump) nothing is expected.
+    const MAX_PERIOD: Duration = Duration::from_secs(1);
+
+    fn arrived(&mut self, timestamp: u32, at: Instant) {
+        self.period = self.last.and_then(|(ts, then)| {
+            let step = Duration::from_millis(u64::from(timestamp.wrapping_sub(ts)));
+            let gap = at.saturating_duration_since(then);
+            let period = step.min(gap);
+            (step > Duration::ZERO && step <= Self::MAX_PERIOD).then_some(period)
+        });
+        self.last = Some((timestamp, at));
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        Some(self.last?.1 + self.period?)
+    }
+}
+
 /// The single producer of a hub. Dropping it ends the stream as unpublished.
 pub struct HubWriter {
     shared: Arc<Shared>,
     init: Arc<Init>,
     pending: Pending,
     deadline: Option<Instant>,
-    /// Origin of the coalescing grid.
-    grid_origin: Instant,
+    /// When the pending batch's first frame was pushed.
+    pending_since: Instant,
+    /// When the next audio and video frames are due, for coalescing.
+    clocks: [TrackClock; 2],
     /// A frame where viewers may start has been pushed.
     synced: bool,
     has_video: bool,
@@ -474,9 +509,23 @@ impl HubWriter {
         }
         mux_frame(&frame, outputs, &mut p.flv, &mut p.rtmp);
         p.payload_bytes += frame.payload.len();
-        if p.frames.capacity() == 0 && self.shared.config.coalesce_window.is_zero() {
+        let coalescing = !self.shared.config.coalesce_window.is_zero();
+        if p.frames.capacity() == 0 && !coalescing {
             // One frame per batch: no room for more.
             p.frames.reserve_exact(1);
+        }
+        if coalescing {
+            let now = Instant::now();
+            if p.frames.is_empty() {
+                self.pending_since = now;
+            }
+            if !frame.is_config() {
+                match frame.kind {
+                    FrameKind::Audio => self.clocks[0].arrived(frame.timestamp, now),
+                    FrameKind::Video => self.clocks[1].arrived(frame.timestamp, now),
+                    FrameKind::Script => {}
+                }
+            }
         }
         p.frames.push(frame);
 
@@ -493,13 +542,23 @@ impl HubWriter {
         }
     }
 
-    /// Sends the pending batch now or on the coalescing grid.
+    /// Sends the pending batch now, or holds it for a frame due before its window closes.
     fn schedule(&mut self, first_sync: bool) {
         let window = self.shared.config.coalesce_window;
         if window.is_zero() || first_sync {
             self.flush();
-        } else if self.deadline.is_none() && !self.pending.frames.is_empty() {
-            self.deadline = Some(self.next_tick(window));
+            return;
+        }
+        if self.pending.frames.is_empty() {
+            return;
+        }
+        let closes = self.pending_since + window;
+        let next_due = self.clocks.iter().filter_map(TrackClock::next_due).min();
+        match next_due {
+            // Another frame can still join: wait for it, or for the window to close.
+            Some(due) if due <= closes => self.deadline = Some(closes),
+            // Nothing more is due in time: holding would only add latency.
+            _ => self.flush(),
         }
     }
 
@@ -516,18 +575,6 @@ impl HubWriter {
             let first_sync = std::mem::take(&mut self.held_first_sync);
             self.schedule(first_sync);
         }
-    }
-
-    /// The next boundary of this hub's grid of coalescing windows. Batches go out on a fixed
-    /// grid rather than a window after their first frame: a frame waits half a window on
-    /// average (not nearly a whole one, as most batches hold one frame), for the same number of
-    /// writes. Each hub's grid starts when the hub does, so streams do not all flush together.
-    fn next_tick(&self, window: Duration) -> Instant {
-        let now = Instant::now();
-        let since = now.duration_since(self.grid_origin).as_nanos();
-        let step = window.as_nanos().max(1);
-        let ticks = since / step + 1;
-        self.grid_origin + Duration::from_nanos((ticks * step).min(u64::MAX as u128) as u64)
     }
 
     /// When the pending batch must go out, if there is one.
@@ -804,6 +851,67 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A live stream at its own pace (30 fps video, AAC audio every 23 ms): frames are held
+    /// only while another is due within the window, so most go out at once, none waits longer
+    /// than the window, and batches are still fewer than frames.
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_waits_only_for_frames_due_within_the_window() {
+        let window = Duration::from_millis(20);
+        let config = HubConfig {
+            coalesce_window: window,
+            outputs: Outputs::viewers(4096),
+            ..HubConfig::default()
+        };
+        let (hub, mut writer) = spawn_hub(StreamKey::new("live", "a").unwrap(), config);
+        let mut feed = hub
+            .subscribe(LagPolicy::default(), Protocol::HttpFlv)
+            .unwrap();
+        let start = Instant::now();
+        // Three seconds of frames in arrival order: (timestamp ms, video?).
+        let mut frames: Vec<(u32, bool)> = (0..90).map(|i| (i * 1000 / 30, true)).collect();
+        frames.extend((0..129).map(|i| (i * 1024 * 1000 / 44_100 + 7, false)));
+        frames.sort();
+        let mut waits = Vec::new();
+        let mut batches = 0;
+        let mut collect = |feed: &mut Feed| {
+            while let Some(Some(Segment::Batch { batch, .. })) = feed.next().now_or_never() {
+                batches += 1;
+                for f in &batch.frames {
+                    let arrived = start + Duration::from_millis(u64::from(f.timestamp));
+                    waits.push(batch.sent_at - arrived);
+                }
+            }
+        };
+        for (ts, is_video) in frames {
+            let at = start + Duration::from_millis(u64::from(ts));
+            if let Some(deadline) = writer.deadline()
+                && deadline <= at
+            {
+                tokio::time::advance(deadline - Instant::now()).await;
+                writer.flush_due().await;
+            }
+            tokio::time::advance(at.saturating_duration_since(Instant::now())).await;
+            writer.push(if is_video {
+                video(ts, ts == 0)
+            } else {
+                audio(ts)
+            });
+            collect(&mut feed);
+        }
+        let total = waits.len();
+        let at_once = waits.iter().filter(|w| w.is_zero()).count();
+        let longest = waits.iter().max().copied().unwrap_or_default();
+        assert!(longest <= window, "a frame waited {longest:?}");
+        assert!(
+            at_once * 2 > total,
+            "{at_once} of {total} frames went out at once"
+        );
+        assert!(
+            batches * 10 < total * 8,
+            "{batches} batches for {total} frames: nothing coalesced"
+        );
     }
 
     #[tokio::test]
