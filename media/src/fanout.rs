@@ -345,22 +345,28 @@ impl Sink {
         };
         self.bytes_out.inc_by(written as u64);
         if written < total {
-            metrics::FANOUT_BACKLOGS
-                .with_label_values(&[self.protocol.as_str()])
-                .inc();
-            let mut skip = written;
-            for b in &parts.bufs[..parts.len] {
-                if skip >= b.len() {
-                    skip -= b.len();
-                    continue;
-                }
-                inner.backlog.push(b.slice(skip..));
-                skip = 0;
-            }
-            drop(inner);
-            self.wake.notify_one();
+            self.queue_rest(inner, &parts, written);
         }
         true
+    }
+
+    /// The socket took only `written` bytes of `parts`: the rest goes to the backlog, as
+    /// shared buffers, and the connection task drains it.
+    fn queue_rest(&self, mut inner: MutexGuard<'_, SinkInner>, parts: &Parts, written: usize) {
+        metrics::FANOUT_BACKLOGS
+            .with_label_values(&[self.protocol.as_str()])
+            .inc();
+        let mut skip = written;
+        for b in &parts.bufs[..parts.len] {
+            if skip >= b.len() {
+                skip -= b.len();
+                continue;
+            }
+            inner.backlog.push(b.slice(skip..));
+            skip = 0;
+        }
+        drop(inner);
+        self.wake.notify_one();
     }
 
     /// Writes a whole batch to a caught-up viewer, the hot path: straight from the batch's
@@ -405,9 +411,6 @@ impl Sink {
         };
         self.bytes_out.inc_by(written as u64);
         if written < total {
-            metrics::FANOUT_BACKLOGS
-                .with_label_values(&[self.protocol.as_str()])
-                .inc();
             let mut parts = Parts::new();
             parts.add(
                 &Segment::Batch {
@@ -416,17 +419,7 @@ impl Sink {
                 },
                 self.wire,
             );
-            let mut skip = written;
-            for b in &parts.bufs[..parts.len] {
-                if skip >= b.len() {
-                    skip -= b.len();
-                    continue;
-                }
-                inner.backlog.push(b.slice(skip..));
-                skip = 0;
-            }
-            drop(inner);
-            self.wake.notify_one();
+            self.queue_rest(inner, &parts, written);
         }
         true
     }

@@ -814,17 +814,23 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn coalesces_frames_within_the_window() {
+    /// A hub coalescing over `window`, muxing for viewers, with one subscriber.
+    fn coalescing(window: Duration) -> (Hub, HubWriter, Feed) {
         let config = HubConfig {
-            coalesce_window: Duration::from_millis(20),
+            coalesce_window: window,
             outputs: Outputs::viewers(4096),
             ..HubConfig::default()
         };
-        let (hub, mut writer) = spawn_hub(StreamKey::new("live", "a").unwrap(), config);
-        let mut feed = hub
+        let (hub, writer) = spawn_hub(StreamKey::new("live", "a").unwrap(), config);
+        let feed = hub
             .subscribe(LagPolicy::default(), Protocol::HttpFlv)
             .unwrap();
+        (hub, writer, feed)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn coalesces_frames_within_the_window() {
+        let (_hub, mut writer, mut feed) = coalescing(Duration::from_millis(20));
         // The first keyframe goes out at once, for viewers waiting on a picture.
         writer.push(video(0, true));
         assert!(writer.deadline().is_none());
@@ -859,15 +865,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_frame_waits_only_for_frames_due_within_the_window() {
         let window = Duration::from_millis(20);
-        let config = HubConfig {
-            coalesce_window: window,
-            outputs: Outputs::viewers(4096),
-            ..HubConfig::default()
-        };
-        let (hub, mut writer) = spawn_hub(StreamKey::new("live", "a").unwrap(), config);
-        let mut feed = hub
-            .subscribe(LagPolicy::default(), Protocol::HttpFlv)
-            .unwrap();
+        let (_hub, mut writer, mut feed) = coalescing(window);
         let start = Instant::now();
         // Three seconds of frames in arrival order: (timestamp ms, video?).
         let mut frames: Vec<(u32, bool)> = (0..90).map(|i| (i * 1000 / 30, true)).collect();
