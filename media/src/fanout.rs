@@ -327,27 +327,36 @@ impl Sink {
             }
             return true;
         }
-        let written = {
-            let slices: [IoSlice<'_>; 6] = std::array::from_fn(|i| IoSlice::new(&parts.bufs[i]));
-            // Past Tokio's readiness, as in `write_batch`.
-            socket2::SockRef::from(&*self.socket).send_vectored(&slices[..parts.len])
-        };
-        let written = match written {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(_) => {
-                // The connection task finds out on its next read or write.
-                inner.detached = true;
-                drop(inner);
-                self.wake.notify_one();
-                return false;
-            }
+        let slices: [IoSlice<'_>; 6] = std::array::from_fn(|i| IoSlice::new(&parts.bufs[i]));
+        let Ok(written) = self.send(&slices[..parts.len]) else {
+            return self.failed(inner);
         };
         self.bytes_out.inc_by(written as u64);
         if written < total {
             self.queue_rest(inner, &parts, written);
         }
         true
+    }
+
+    /// One write from a shard: straight to the socket, not through Tokio's readiness
+    /// (`try_write_vectored` checks it and clears it on a full socket, which showed at 5-6% of
+    /// the edge in `perf`), as the shard never waits on readiness. After a full socket the
+    /// connection task's first `writable` may see stale readiness and try once more before it
+    /// waits. A full socket is zero bytes written.
+    fn send(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        match socket2::SockRef::from(&*self.socket).send_vectored(slices) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            other => other,
+        }
+    }
+
+    /// A write failed: the shard drops the sink, and the connection task finds out on its next
+    /// read or write.
+    fn failed(&self, mut inner: MutexGuard<'_, SinkInner>) -> bool {
+        inner.detached = true;
+        drop(inner);
+        self.wake.notify_one();
+        false
     }
 
     /// The socket took only `written` bytes of `parts`: the rest goes to the backlog, as
@@ -373,7 +382,7 @@ impl Sink {
     /// buffers, borrowed (cloning them would touch their reference counts, shared with every
     /// other viewer and shard, twice per viewer per batch). What the socket does not take is
     /// queued as shared buffers for the connection task.
-    fn write_batch(&self, mut inner: MutexGuard<'_, SinkInner>, batch: &Arc<Batch>) -> bool {
+    fn write_batch(&self, inner: MutexGuard<'_, SinkInner>, batch: &Arc<Batch>) -> bool {
         let own_head;
         let bufs: [&[u8]; 3] = match self.wire {
             Wire::Rtmp => [&batch.rtmp, &[], &[]],
@@ -393,21 +402,8 @@ impl Sink {
         if total == 0 {
             return true;
         }
-        let slices = bufs.map(IoSlice::new);
-        // Straight to the socket, not through Tokio's readiness (`try_write_vectored` checks
-        // it and clears it on a full socket, which showed at 5-6% of the edge in `perf`): the
-        // shard never waits on readiness. After a full socket the connection task's first
-        // `writable` may see stale readiness and try once more before it waits.
-        let written = match socket2::SockRef::from(&*self.socket).send_vectored(&slices) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(_) => {
-                // The connection task finds out on its next read or write.
-                inner.detached = true;
-                drop(inner);
-                self.wake.notify_one();
-                return false;
-            }
+        let Ok(written) = self.send(&bufs.map(IoSlice::new)) else {
+            return self.failed(inner);
         };
         self.bytes_out.inc_by(written as u64);
         if written < total {
