@@ -21,17 +21,6 @@ RESULTS="$OUT/results.jsonl"; : > "$RESULTS"
 common=(--file "$MEDIA" --ramp "$RAMP" --warmup "$WARMUP" --duration "$DURATION" --json "$RESULTS" --quiet)
 play_url() { if [ "$PROTOCOL" = rtmp ]; then echo rtmp://127.0.0.1:24936/live/s; else echo http://127.0.0.1:24080/live/s.flv; fi; }
 
-start_variant() { # $1: directory of the binary, $2: extra edge arguments, comma-separated
-  local extra=(); [ -z "${2:-}" ] || IFS=, read -r -a extra <<<"$2"
-  "$1/corriente" control-plane --grpc 127.0.0.1:24051 --admin 127.0.0.1:24090 --log-format json 2>"$OUT/control.log" & pids+=($!)
-  wait_port 24051
-  "$1/corriente" origin --rtmp 127.0.0.1:24935 --relay 127.0.0.1:24052 --admin 127.0.0.1:24091 \
-    --control http://127.0.0.1:24051 "${LIMITS[@]}" --publish-rate-per-ip 0 --log-format json 2>"$OUT/origin.log" & pids+=($!); ORIGIN_PID=$!
-  "$1/corriente" edge --rtmp 127.0.0.1:24936 --http 127.0.0.1:24080 --admin 127.0.0.1:24092 \
-    --control http://127.0.0.1:24051 "${extra[@]}" "${LIMITS[@]}" --play-rate-per-ip 0 --log-format json 2>"$OUT/edge.log" & pids+=($!); EDGE_PID=$!
-  wait_port 24935; wait_port 24936; wait_port 24080
-  sleep 1
-}
 
 for round in $(seq 1 "$ROUNDS"); do
   for readers in $READERS; do
@@ -44,7 +33,7 @@ for round in $(seq 1 "$ROUNDS"); do
         args=(--publish rtmp://127.0.0.1:24937/live/s --play rtmp://127.0.0.1:24937/live/s --pid server=$NGINX_PID)
       else
         spec=${v#*:}; dir=${spec%%:*}; extra=""; [ "$spec" = "$dir" ] || extra=${spec#*:}
-        start_variant "$dir" "$extra"
+        start_cluster "$dir" 24 "" "$extra"
         args=(--publish rtmp://127.0.0.1:24935/live/s --play "$(play_url)" --pid server=$EDGE_PID)
       fi
       $BIN/corriente-bench run --label "$label" --readers "$readers" --viewers "$N" "${common[@]}" "${args[@]}" >/dev/null \

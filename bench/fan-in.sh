@@ -27,21 +27,15 @@ if [ ! -f "$MEDIA" ]; then
     -c:a aac -b:a 128k -f flv "$MEDIA"
 fi
 
-# wait_port, LIMITS and start_nginx_rtmp from lib.sh; this script's own start_corriente (two
-# builds side by side, ports of its own) and a cleanup that also waits for the processes.
+# wait_port, LIMITS, start_cluster and start_nginx_rtmp from lib.sh; this script's own
+# start_corriente (a build of its choice, on ports of its own) and a cleanup that also waits for
+# the processes.
 . bench/lib.sh
 cleanup() { local pid; for pid in "${pids[@]:-}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]:-}"; do wait "$pid" 2>/dev/null || true; done; pids=(); }
 start_corriente() { # $1: directory of the binary, $2: extra origin arguments, comma-separated
-  local extra=(); [ -z "${2:-}" ] || IFS=, read -r -a extra <<<"$2"
-  "$1/corriente" control-plane --grpc 127.0.0.1:26051 --admin 127.0.0.1:26090 --log-format json 2>"$OUT/control.log" & pids+=($!)
-  wait_port 26051
-  "$1/corriente" origin --rtmp 127.0.0.1:26935 --relay 127.0.0.1:26052 --admin 127.0.0.1:26091 \
-    --control http://127.0.0.1:26051 "${LIMITS[@]}" --publish-rate-per-ip 0 "${extra[@]}" --log-format json 2>"$OUT/origin.log" & pids+=($!); SERVER_PID=$!
-  "$1/corriente" edge --rtmp 127.0.0.1:26936 --http 127.0.0.1:26080 --admin 127.0.0.1:26092 \
-    --control http://127.0.0.1:26051 "${LIMITS[@]}" --play-rate-per-ip 0 --log-format json 2>"$OUT/edge.log" & pids+=($!)
-  wait_port 26935; wait_port 26936; wait_port 26080
-  sleep 1
+  start_cluster "$1" 26 "${2:-}" ""
+  SERVER_PID=$ORIGIN_PID
   URL=rtmp://127.0.0.1:26935/live
 }
 

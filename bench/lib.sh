@@ -3,6 +3,7 @@
 #
 #   bench_setup "Debian packages to have" "files that must exist=package ..."
 #   start_corriente [edge arguments ...]    # control plane, origin and edge; sets ORIGIN_PID, EDGE_PID
+#   start_cluster DIR PORTS ORIGIN-ARGS EDGE-ARGS  # the same from another build, ports, arguments
 #   start_nginx_rtmp PORT                   # nginx-rtmp, one worker; sets NGINX_PID (the worker)
 #   wait_port PORT
 #   cleanup                                 # stops everything started (also on exit)
@@ -48,17 +49,26 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev
 # of client sockets (and their TIME_WAIT remains) can hold any port inside it.
 LIMITS=(--max-connections-per-ip 0)
 
-# Control plane, origin and edge as separate processes; arguments go to the edge.
-start_corriente() {
-  $BIN/corriente control-plane --grpc 127.0.0.1:21051 --admin 127.0.0.1:21090 --log-format json 2>"$OUT/control.log" & pids+=($!)
-  wait_port 21051
-  $BIN/corriente origin --rtmp 127.0.0.1:21935 --relay 127.0.0.1:21052 --admin 127.0.0.1:21091 \
-    --control http://127.0.0.1:21051 "${LIMITS[@]}" --publish-rate-per-ip 0 --log-format json 2>"$OUT/origin.log" & pids+=($!); ORIGIN_PID=$!
-  $BIN/corriente edge --rtmp 127.0.0.1:21936 --http 127.0.0.1:21080 --admin 127.0.0.1:21092 \
-    --control http://127.0.0.1:21051 "$@" "${LIMITS[@]}" --play-rate-per-ip 0 --log-format json 2>"$OUT/edge.log" & pids+=($!); EDGE_PID=$!
-  wait_port 21935; wait_port 21936; wait_port 21080
+# Control plane, origin and edge as separate processes from the `corriente` in $1, on ports
+# $2051 (control), $2935/$2052 (origin RTMP/relay), $2936/$2080 (edge RTMP/HTTP) and
+# $2090-$2092 (admin); $3 and $4: extra origin and edge arguments, comma-separated. Sets
+# ORIGIN_PID and EDGE_PID.
+start_cluster() {
+  local bin=$1 p=$2 origin=() edge=()
+  [ -z "${3:-}" ] || IFS=, read -r -a origin <<<"$3"
+  [ -z "${4:-}" ] || IFS=, read -r -a edge <<<"$4"
+  "$bin/corriente" control-plane --grpc 127.0.0.1:${p}051 --admin 127.0.0.1:${p}090 --log-format json 2>"$OUT/control.log" & pids+=($!)
+  wait_port ${p}051
+  "$bin/corriente" origin --rtmp 127.0.0.1:${p}935 --relay 127.0.0.1:${p}052 --admin 127.0.0.1:${p}091 \
+    --control http://127.0.0.1:${p}051 "${LIMITS[@]}" --publish-rate-per-ip 0 "${origin[@]}" --log-format json 2>"$OUT/origin.log" & pids+=($!); ORIGIN_PID=$!
+  "$bin/corriente" edge --rtmp 127.0.0.1:${p}936 --http 127.0.0.1:${p}080 --admin 127.0.0.1:${p}092 \
+    --control http://127.0.0.1:${p}051 "${edge[@]}" "${LIMITS[@]}" --play-rate-per-ip 0 --log-format json 2>"$OUT/edge.log" & pids+=($!); EDGE_PID=$!
+  wait_port ${p}935; wait_port ${p}936; wait_port ${p}080
   sleep 1
 }
+
+# start_cluster of $BIN on the 21xxx ports; arguments go to the edge.
+start_corriente() { start_cluster "$BIN" 21 "" "$(IFS=,; echo "$*")"; }
 
 # nginx-rtmp from Debian with one worker on 127.0.0.1:$1, application `live`; NGINX_PID is the
 # worker's pid (the process that serves).

@@ -383,20 +383,13 @@ impl Sink {
     /// other viewer and shard, twice per viewer per batch). What the socket does not take is
     /// queued as shared buffers for the connection task.
     fn write_batch(&self, inner: MutexGuard<'_, SinkInner>, batch: &Arc<Batch>) -> bool {
-        let own_head;
+        // The same buffers, in the same order, as `Parts::add` of the whole batch (the rest of a
+        // partial write is cut from those).
         let bufs: [&[u8]; 3] = match self.wire {
             Wire::Rtmp => [&batch.rtmp, &[], &[]],
             Wire::Flv => [&batch.flv, &[], &[]],
             Wire::FlvChunked if batch.flv.is_empty() => [&[], &[], &[]],
-            Wire::FlvChunked => {
-                let head: &[u8] = if batch.flv_chunk_head.is_empty() {
-                    own_head = chunk_head(batch.flv.len());
-                    &own_head
-                } else {
-                    &batch.flv_chunk_head
-                };
-                [head, &batch.flv, b"\r\n"]
-            }
+            Wire::FlvChunked => [&batch.flv_chunk_head, &batch.flv, &CRLF],
         };
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if total == 0 {

@@ -417,7 +417,7 @@ pub struct HubWriter {
     deadline: Option<Instant>,
     /// When the pending batch's first frame was pushed.
     pending_since: Instant,
-    /// When the next audio and video frames are due, for coalescing.
+    /// When the next audio (`[0]`) and video (`[1]`) frames are due, for coalescing.
     clocks: [TrackClock; 2],
     /// A frame where viewers may start has been pushed.
     synced: bool,

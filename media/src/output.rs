@@ -124,7 +124,8 @@ pub struct Batch {
     pub init: Arc<Init>,
     /// When the batch was sent.
     pub sent_at: Instant,
-    /// HTTP/1.1 chunk-size line for all of `flv`, shared by every chunked HTTP-FLV viewer.
+    /// HTTP/1.1 chunk-size line for all of `flv`, shared by every chunked HTTP-FLV viewer; set
+    /// whenever `flv` is not empty (the fan-out's hot path relies on it).
     pub(crate) flv_chunk_head: Bytes,
 }
 
