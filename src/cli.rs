@@ -636,6 +636,13 @@ pub struct EdgeTuning {
     #[arg(long, env = "CORRIENTE_VIEWER_SEND_BUFFER", value_name = "BYTES", default_value_t = EdgeConfig::default().viewer_send_buffer)]
     pub viewer_send_buffer: u32,
 
+    /// Write to playing viewers with TCP_NODELAY, each coalesced batch a segment of its own.
+    /// Without it, Nagle's algorithm sends a batch at once when the viewer has acknowledged the last
+    /// one and merges it with the next while it has not, so viewers that read in bursts cost
+    /// one segment per burst.
+    #[arg(long, env = "CORRIENTE_VIEWER_NODELAY")]
+    pub viewer_nodelay: bool,
+
     /// Keyframe skips a lagging viewer may need within a minute before it is disconnected.
     #[arg(
         long,
@@ -1192,6 +1199,7 @@ fn edge_config(
         handshake_timeout: rtmp_args.handshake_timeout,
         write_timeout: tuning.viewer_write_timeout,
         viewer_send_buffer: tuning.viewer_send_buffer,
+        viewer_nodelay: tuning.viewer_nodelay,
         max_connections: rtmp_args.max_connections,
         max_connections_per_ip: rtmp_args.max_connections_per_ip,
         play_rate_per_ip: tuning.play_rate_per_ip.0,

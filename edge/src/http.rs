@@ -574,7 +574,7 @@ async fn serve_flv(
         return;
     }
     debug!(stream = %key, "playing over HTTP-FLV");
-    let socket = Arc::new(stream);
+    let socket = viewer::playing_socket(stream, ctx.config.viewer_nodelay);
     let wire = if chunked { Wire::FlvChunked } else { Wire::Flv };
     let sink = Sink::new(
         socket.clone(),

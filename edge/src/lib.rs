@@ -77,6 +77,13 @@ pub struct EdgeConfig {
     /// within a second or two of falling behind and skip to a keyframe, instead of queueing
     /// many seconds in the kernel.
     pub viewer_send_buffer: u32,
+    /// Write to playing viewers (RTMP and HTTP-FLV over plain TCP) with `TCP_NODELAY`, every
+    /// coalesced batch a segment of its own. Off by default: Nagle's algorithm then sends a
+    /// batch at once when the viewer has acknowledged the last one, and merges it with the next
+    /// while it has not, so a viewer that reads promptly gets every batch as it is written and
+    /// one that reads in bursts costs one segment per burst, not one per batch. Connection setup
+    /// (handshakes, requests) always runs with `TCP_NODELAY`.
+    pub viewer_nodelay: bool,
     /// Most simultaneous connections per listener.
     pub max_connections: usize,
     /// Most simultaneous connections per listener from one client address (an IPv6 client
@@ -141,6 +148,7 @@ impl Default for EdgeConfig {
             handshake_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             viewer_send_buffer: 256 << 10,
+            viewer_nodelay: false,
             max_connections: 20_000,
             max_connections_per_ip: 256,
             play_rate_per_ip: Some(Rate {

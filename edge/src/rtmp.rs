@@ -210,7 +210,10 @@ async fn play(
         input,
     } = setup;
     let config = &ctx.config;
-    let socket = Arc::new(stream.take().ok_or(ViewerError::Refused)?);
+    let socket = viewer::playing_socket(
+        stream.take().ok_or(ViewerError::Refused)?,
+        config.viewer_nodelay,
+    );
     let sink = Sink::new(
         socket.clone(),
         Wire::Rtmp,

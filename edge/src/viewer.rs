@@ -41,6 +41,22 @@ pub(crate) enum Ended {
     TooSlow,
 }
 
+/// Hands a viewer's socket over to playback, shared by the fan-out's shards and the viewer's
+/// task. `nodelay` is [`crate::EdgeConfig::viewer_nodelay`]: off (the default), Nagle's algorithm
+/// holds a batch only while the viewer has not acknowledged the last, so the kernel merges the
+/// batches of a viewer that reads in bursts into one segment (the segment, its receive work and
+/// the reader's wake-up are what a write costs), and a viewer that reads promptly gets each
+/// batch at once. The setup before it (handshake, request, answers) ran with `TCP_NODELAY`.
+pub(crate) fn playing_socket(
+    stream: tokio::net::TcpStream,
+    nodelay: bool,
+) -> Arc<tokio::net::TcpStream> {
+    if let Err(e) = stream.set_nodelay(nodelay) {
+        debug!(error = %e, "could not set TCP_NODELAY on a playing viewer's socket");
+    }
+    Arc::new(stream)
+}
+
 /// Runs a viewer's playback until it ends. `attachment` keeps the sink attached to its hub;
 /// `input` holds the start of an unfinished message the viewer sent before playback began.
 ///

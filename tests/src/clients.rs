@@ -480,3 +480,70 @@ pub async fn closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
         }
     }
 }
+
+/// TCP segments carrying data or not that this socket has received so far (`tcpi_segs_in` of
+/// Linux's `TCP_INFO`, which glibc's `struct tcp_info` does not reach, so read at its offset).
+pub fn segments_received(stream: &TcpStream) -> Result<u32> {
+    use std::os::fd::AsRawFd;
+    const TCPI_SEGS_IN: usize = 140;
+    let mut info = [0u8; 232];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: the buffer and its length are valid for the call, which writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("getsockopt(TCP_INFO)");
+    }
+    if (len as usize) < TCPI_SEGS_IN + 4 {
+        bail!("TCP_INFO of {len} bytes has no tcpi_segs_in (Linux before 4.2)");
+    }
+    let mut segs = [0u8; 4];
+    segs.copy_from_slice(&info[TCPI_SEGS_IN..TCPI_SEGS_IN + 4]);
+    Ok(u32::from_ne_bytes(segs))
+}
+
+/// Plays `path` over HTTP-FLV, reading everything there is every `pause` (zero: as data
+/// arrives, as a player does), and returns the TCP segments per second and the bits per second
+/// it received over `window`, counted after `warm` (which takes the joining burst).
+pub async fn flv_segment_rate(
+    addr: SocketAddr,
+    path: &str,
+    pause: Duration,
+    warm: Duration,
+    window: Duration,
+) -> Result<(f64, f64)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut read_for = async |stream: &mut TcpStream, span: Duration| -> Result<u64> {
+        let end = Instant::now() + span;
+        let mut bytes = 0u64;
+        while Instant::now() < end {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            match tokio::time::timeout_at(end, stream.read(&mut buf)).await {
+                Err(_) => break,
+                Ok(Ok(0)) => bail!("the stream ended"),
+                Ok(Ok(n)) => bytes += n as u64,
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+        Ok(bytes)
+    };
+    read_for(&mut stream, warm).await?;
+    let (segments, started) = (segments_received(&stream)?, Instant::now());
+    let bytes = read_for(&mut stream, window).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let segments = segments_received(&stream)?.wrapping_sub(segments);
+    Ok((f64::from(segments) / secs, bytes as f64 * 8.0 / secs))
+}

@@ -459,3 +459,55 @@ async fn metadata_reaches_joining_viewers_at_timestamp_zero() -> Result<()> {
     publisher.abort();
     Ok(())
 }
+
+/// The fan-out's sockets leave Nagle's algorithm on: a viewer that reads in bursts gets the
+/// batches written meanwhile merged into fewer segments (a segment is what a write costs: its
+/// receive work and the reader's wake-up), while one that reads as data arrives, and so
+/// acknowledges each batch, gets every batch at once. With `--viewer-nodelay` every batch is a
+/// segment of its own whatever the viewer does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_viewer_reading_in_bursts_gets_batches_merged_into_fewer_segments() -> Result<()> {
+    use corriente_tests::clients::flv_segment_rate;
+    for (args, merged) in [(&[][..], true), (&["--viewer-nodelay"][..], false)] {
+        let node = Node::all(args)?;
+        let _publisher = Publisher::start(&av_720p()?, &node.ingest_url("cam"))?;
+        node.wait_live("cam").await?;
+        let (warm, window) = (Duration::from_secs(1), Duration::from_secs(4));
+        let addr = node.addr("edge-http");
+        let (prompt, bursty) = tokio::join!(
+            flv_segment_rate(addr, "/live/cam.flv", Duration::ZERO, warm, window),
+            flv_segment_rate(
+                addr,
+                "/live/cam.flv",
+                Duration::from_millis(150),
+                warm,
+                window
+            ),
+        );
+        let ((prompt, prompt_bits), (bursty, bursty_bits)) = (prompt?, bursty?);
+        eprintln!(
+            "{args:?}: prompt {prompt:.1} segments/s ({:.2} Mbit/s), bursty {bursty:.1} segments/s ({:.2} Mbit/s)",
+            prompt_bits / 1e6,
+            bursty_bits / 1e6
+        );
+        // Both keep up with the stream (about 2.7 Mbit/s of FLV).
+        for (what, bits) in [("prompt", prompt_bits), ("bursty", bursty_bits)] {
+            assert!(
+                bits > 2.0e6,
+                "{args:?}: the {what} reader fell behind: {bits} bit/s"
+            );
+        }
+        if merged {
+            assert!(
+                bursty < 0.8 * prompt,
+                "the bursty reader's batches were not merged: {bursty:.1} segments/s against {prompt:.1}"
+            );
+        } else {
+            assert!(
+                bursty > 0.85 * prompt,
+                "--viewer-nodelay: the bursty reader got batches merged: {bursty:.1} segments/s against {prompt:.1}"
+            );
+        }
+    }
+    Ok(())
+}
