@@ -43,6 +43,7 @@ pub enum Wire {
 }
 
 static CRLF: Bytes = Bytes::from_static(b"\r\n");
+static EMPTY: Bytes = Bytes::new();
 
 /// Up to six buffers for one write, without allocating.
 struct Parts {
@@ -80,9 +81,7 @@ impl Parts {
                     return;
                 }
                 let head = match segment {
-                    Segment::Batch { batch, from: 0 } if !batch.flv_chunk_head.is_empty() => {
-                        batch.flv_chunk_head.clone()
-                    }
+                    Segment::Batch { batch, from: 0 } => batch.flv_chunk_head.clone(),
                     _ => chunk_head(data.len()),
                 };
                 self.push(head);
@@ -333,7 +332,7 @@ impl Sink {
         };
         self.bytes_out.inc_by(written as u64);
         if written < total {
-            self.queue_rest(inner, &parts, written);
+            self.queue_rest(inner, &parts.bufs[..parts.len], written);
         }
         true
     }
@@ -359,14 +358,19 @@ impl Sink {
         false
     }
 
-    /// The socket took only `written` bytes of `parts`: the rest goes to the backlog, as
-    /// shared buffers, and the connection task drains it.
-    fn queue_rest(&self, mut inner: MutexGuard<'_, SinkInner>, parts: &Parts, written: usize) {
+    /// The socket took only `written` bytes of `bufs` (what was written, in order): the rest
+    /// goes to the backlog, as shared buffers, and the connection task drains it.
+    fn queue_rest<'a>(
+        &self,
+        mut inner: MutexGuard<'_, SinkInner>,
+        bufs: impl IntoIterator<Item = &'a Bytes>,
+        written: usize,
+    ) {
         metrics::FANOUT_BACKLOGS
             .with_label_values(&[self.protocol.as_str()])
             .inc();
         let mut skip = written;
-        for b in &parts.bufs[..parts.len] {
+        for b in bufs {
             if skip >= b.len() {
                 skip -= b.len();
                 continue;
@@ -381,34 +385,24 @@ impl Sink {
     /// Writes a whole batch to a caught-up viewer, the hot path: straight from the batch's
     /// buffers, borrowed (cloning them would touch their reference counts, shared with every
     /// other viewer and shard, twice per viewer per batch). What the socket does not take is
-    /// queued as shared buffers for the connection task.
-    fn write_batch(&self, inner: MutexGuard<'_, SinkInner>, batch: &Arc<Batch>) -> bool {
-        // The same buffers, in the same order, as `Parts::add` of the whole batch (the rest of a
-        // partial write is cut from those).
-        let bufs: [&[u8]; 3] = match self.wire {
-            Wire::Rtmp => [&batch.rtmp, &[], &[]],
-            Wire::Flv => [&batch.flv, &[], &[]],
-            Wire::FlvChunked if batch.flv.is_empty() => [&[], &[], &[]],
+    /// queued as shared buffers (cut from the same ones) for the connection task.
+    fn write_batch(&self, inner: MutexGuard<'_, SinkInner>, batch: &Batch) -> bool {
+        let bufs: [&Bytes; 3] = match self.wire {
+            Wire::Rtmp => [&batch.rtmp, &EMPTY, &EMPTY],
+            Wire::Flv => [&batch.flv, &EMPTY, &EMPTY],
+            Wire::FlvChunked if batch.flv.is_empty() => return true,
             Wire::FlvChunked => [&batch.flv_chunk_head, &batch.flv, &CRLF],
         };
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if total == 0 {
             return true;
         }
-        let Ok(written) = self.send(&bufs.map(IoSlice::new)) else {
+        let Ok(written) = self.send(&bufs.map(|b| IoSlice::new(b))) else {
             return self.failed(inner);
         };
         self.bytes_out.inc_by(written as u64);
         if written < total {
-            let mut parts = Parts::new();
-            parts.add(
-                &Segment::Batch {
-                    batch: batch.clone(),
-                    from: 0,
-                },
-                self.wire,
-            );
-            self.queue_rest(inner, &parts, written);
+            self.queue_rest(inner, bufs, written);
         }
         true
     }
