@@ -19,20 +19,12 @@ OUT=${OUT:-target/bench-fan-in}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 RESULTS="$OUT/results.jsonl"; : > "$RESULTS"
 BENCH=${BENCH:-target/release/corriente-bench}
 MEDIA=target/bench/media-720p30.flv
-if [ ! -f "$MEDIA" ]; then
-  mkdir -p target/bench
-  ffmpeg -hide_banner -loglevel error -y \
-    -f lavfi -i testsrc2=size=1280x720:rate=30 -f lavfi -i sine=frequency=440:sample_rate=44100 -t 30 \
-    -c:v libx264 -preset veryfast -tune zerolatency -pix_fmt yuv420p -g 60 -b:v 2500k -maxrate 2500k -bufsize 2500k \
-    -c:a aac -b:a 128k -f flv "$MEDIA"
-fi
 
-# wait_port, LIMITS, start_cluster and start_nginx_rtmp from lib.sh; this script's own
-# start_corriente (a build of its choice, on ports of its own) and a cleanup that also waits for
-# the processes.
+# bench_media, start_cluster, start_nginx_rtmp and cleanup from lib.sh (no bench_setup: no
+# build, so it can run next to the test suite); this script's own start_corriente (a build of
+# its choice, on ports of its own, arguments to the origin).
 . bench/lib.sh
-cleanup() { local pid; for pid in "${pids[@]:-}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]:-}"; do wait "$pid" 2>/dev/null || true; done; pids=(); }
+bench_media "$MEDIA"
 start_corriente() { # $1: directory of the binary, $2: extra origin arguments, comma-separated
   start_cluster "$1" 26 "${2:-}" ""
   SERVER_PID=$ORIGIN_PID

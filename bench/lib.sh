@@ -6,7 +6,8 @@
 #   start_cluster DIR PORTS ORIGIN-ARGS EDGE-ARGS  # the same from another build, ports, arguments
 #   start_nginx_rtmp PORT                   # nginx-rtmp, one worker; sets NGINX_PID (the worker)
 #   wait_port PORT
-#   cleanup                                 # stops everything started (also on exit)
+#   bench_media FILE                        # the test media, encoded once
+#   cleanup                                 # stops everything started and waits (also on exit)
 
 # $1: commands that must exist (each its own Debian package); the rest: `FILE=PACKAGE` pairs.
 bench_install() {
@@ -30,16 +31,23 @@ bench_setup() {
   mkdir -p "$OUT"
   OUT=$(cd "$OUT" && pwd)
   MEDIA="$OUT/media-720p30.flv"
-  if [ ! -f "$MEDIA" ]; then
-    ffmpeg -hide_banner -loglevel error -y \
-      -f lavfi -i testsrc2=size=1280x720:rate=30 -f lavfi -i sine=frequency=440:sample_rate=44100 -t 30 \
-      -c:v libx264 -preset veryfast -tune zerolatency -pix_fmt yuv420p -g 60 -b:v 2500k -maxrate 2500k -bufsize 2500k \
-      -c:a aac -b:a 128k -f flv "$MEDIA"
-  fi
+  bench_media "$MEDIA"
+}
+
+# Encodes the 720p30 test media into $1 unless it is there.
+bench_media() {
+  [ -f "$1" ] && return
+  mkdir -p "$(dirname "$1")"
+  ffmpeg -hide_banner -loglevel error -y \
+    -f lavfi -i testsrc2=size=1280x720:rate=30 -f lavfi -i sine=frequency=440:sample_rate=44100 -t 30 \
+    -c:v libx264 -preset veryfast -tune zerolatency -pix_fmt yuv420p -g 60 -b:v 2500k -maxrate 2500k -bufsize 2500k \
+    -c:a aac -b:a 128k -f flv "$1"
 }
 
 pids=()
-cleanup() { local pid; for pid in "${pids[@]:-}"; do kill "$pid" 2>/dev/null || true; done; pids=(); }
+# Stops everything started and waits for it to go, so the next server finds its ports free.
+cleanup() { local pid; for pid in "${pids[@]:-}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]:-}"; do wait "$pid" 2>/dev/null || true; done; pids=(); }
 trap cleanup EXIT
 
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; return 1; }
