@@ -42,11 +42,9 @@ pub(crate) enum Ended {
 }
 
 /// Hands a viewer's socket over to playback, shared by the fan-out's shards and the viewer's
-/// task. `nodelay` is [`crate::EdgeConfig::viewer_nodelay`]: off (the default), Nagle's algorithm
-/// holds a batch only while the viewer has not acknowledged the last, so the kernel merges the
-/// batches of a viewer that reads in bursts into one segment (the segment, its receive work and
-/// the reader's wake-up are what a write costs), and a viewer that reads promptly gets each
-/// batch at once. The setup before it (handshake, request, answers) ran with `TCP_NODELAY`.
+/// task, with `TCP_NODELAY` as [`crate::EdgeConfig::viewer_nodelay`] says (off by default, so
+/// Nagle's algorithm merges batches for a viewer that reads in bursts). The setup before it
+/// (handshake, request, answers) ran with `TCP_NODELAY`.
 pub(crate) fn playing_socket(
     stream: tokio::net::TcpStream,
     nodelay: bool,
